@@ -1,0 +1,12 @@
+"""vmae_fast.kernels: the fused ops of the VideoMAE encoder (inference, forward only).
+
+Each op takes `backend="auto"|"triton"|"torch"`: CUDA tensors run the Triton kernel, CPU tensors the plain-torch
+path, and TRITON_INTERPRET=1 runs the Triton path on CPU. Depends on torch and triton only.
+"""
+
+from .layer_norm import layer_norm
+from .mean_pool_layernorm import mean_pool_layernorm
+from .patch_embed import patch_embed
+from .varlen_attention import varlen_attention
+
+__all__ = ["layer_norm", "mean_pool_layernorm", "patch_embed", "varlen_attention"]
