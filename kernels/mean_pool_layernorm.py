@@ -6,15 +6,69 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
 
-from ._dispatch import use_triton
+from ._dispatch import (
+    check_last_dim_contiguous,
+    check_tensor,
+    check_vector,
+    register_triton_op,
+    use_triton,
+)
+from ._validate import check_cu_seqlens
+
+# The fp32 running sum of a (BLOCK_T, BLOCK_D) tile lives in registers; the Triton path refuses wider rows.
+MAX_D = 16384
 
 
-def mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps: float, *, backend: str = "auto"):
-    """tokens: (N_total, D); cu_seqlens: int32 (B+1,); weight, bias: (D,) or both None (plain mean). -> (B, D)."""
-    if use_triton(backend, tokens.device):
-        raise NotImplementedError("Triton mean_pool_layernorm lands with the kernels issue")
-    return _mean_pool_layernorm_torch(tokens, cu_seqlens, weight, bias, eps)
+@triton.jit
+def _mean_pool_layernorm_kernel(
+    X,  # (N_total, D) tokens, last dim contiguous, row stride stride_x
+    CU,  # (B+1,) int32 segment offsets
+    W,  # (D,) LayerNorm weight (unused when HAS_NORM is False)
+    Bias,  # (D,) LayerNorm bias (unused when HAS_NORM is False)
+    Y,  # (B, D) output, contiguous, tokens' dtype
+    N_total, D, stride_x, eps,
+    HAS_NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    clip = tl.program_id(0).to(tl.int64)
+    # Clamp to [0, N_total] so offsets that were not value-checked (CUDA, no sync) can never read out of bounds.
+    start = tl.minimum(tl.maximum(tl.load(CU + clip).to(tl.int64), 0), N_total)
+    end = tl.minimum(tl.maximum(tl.load(CU + clip + 1).to(tl.int64), start), N_total)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for row0 in range(start, end, BLOCK_T):
+        rows = row0 + tl.arange(0, BLOCK_T)
+        mask = (rows < end)[:, None] & col_ok[None, :]
+        acc += tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    # An empty segment gives 0/0 = NaN, as torch's mean of nothing: visible, never garbage.
+    mean = tl.sum(acc, axis=0) / (end - start).to(tl.float32)  # (BLOCK_D,)
+    if HAS_NORM:
+        mu = tl.sum(tl.where(col_ok, mean, 0.0), axis=0) / D
+        centered = tl.where(col_ok, mean - mu, 0.0)
+        var = tl.sum(centered * centered, axis=0) / D
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)
+        mean = centered * tl.math.rsqrt(var + eps) * w + b
+    tl.store(Y + clip * D + cols, mean.to(Y.dtype.element_ty), mask=col_ok)
+
+
+def _mean_pool_layernorm_launcher(tokens: torch.Tensor, cu_seqlens: torch.Tensor, weight: torch.Tensor | None,
+                                  bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    N_total, D = tokens.shape
+    B = cu_seqlens.shape[0] - 1
+    out = torch.empty((B, D), device=tokens.device, dtype=tokens.dtype)
+    block_d = triton.next_power_of_2(D)
+    block_t = max(1, min(32, 8192 // block_d))  # 8K fp32 accumulators per program: loads in flight, no spills
+    wrap_triton(_mean_pool_layernorm_kernel)[(B,)](
+        tokens, cu_seqlens, weight if weight is not None else tokens, bias if bias is not None else tokens, out,
+        N_total, D, tokens.stride(0), eps,
+        HAS_NORM=weight is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8 if block_d >= 1024 else 4,
+    )
+    return out
 
 
 def _mean_pool_layernorm_torch(tokens, cu_seqlens, weight, bias, eps):
@@ -22,7 +76,52 @@ def _mean_pool_layernorm_torch(tokens, cu_seqlens, weight, bias, eps):
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=tokens.device), lengths)  # (N_total,)
     sums = torch.zeros(lengths.numel(), tokens.shape[-1], device=tokens.device, dtype=torch.float32)
     sums.index_add_(0, segment, tokens.float())
-    mean = sums / lengths.clamp(min=1).unsqueeze(1).float()
+    mean = sums / lengths.unsqueeze(1).float()  # an empty segment gives NaN, like the kernel
     if weight is None:
         return mean.to(tokens.dtype)
     return F.layer_norm(mean, (mean.shape[-1],), weight.float(), bias.float(), eps).to(tokens.dtype)
+
+
+# CPU kernel = the torch path (or the interpreter, TRITON_INTERPRET=1).
+mean_pool_layernorm_op = register_triton_op("mean_pool_layernorm", _mean_pool_layernorm_launcher,
+                                            _mean_pool_layernorm_torch)
+
+
+def mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps: float, *, backend: str = "auto"):
+    """Mean of each clip's tokens, then LayerNorm (fc_norm of fine-tuned VideoMAE).
+
+    tokens: (N_total, D) float32/float16/bfloat16, last dim contiguous (any row stride); cu_seqlens: int32 (B+1,)
+    offsets on tokens' device, 0 = cu_seqlens[0] <= ... <= cu_seqlens[B] = N_total; weight, bias: (D,) float, or both
+    None for the plain mean; eps: float. Mean and statistics in fp32. Returns (B, D) in tokens' dtype.
+
+    Empty segments: ValueError when the offsets are on the CPU (their values are checked there). CUDA offsets are not
+    read on the host (that would be a sync); an empty segment then yields a NaN row and out-of-range offsets are
+    clamped to [0, N_total], so nothing is read out of bounds."""
+    check_tensor("tokens", tokens, ndim=2)
+    N_total, D = tokens.shape
+    if D == 0:
+        raise ValueError(f"tokens must be (N_total, D) with D >= 1, got shape {tuple(tokens.shape)}")
+    bounds = check_cu_seqlens(cu_seqlens, N_total, tokens.device, check_values=False)
+    if bounds is not None:
+        empty = [i for i in range(len(bounds) - 1) if bounds[i] == bounds[i + 1]]
+        if empty:
+            raise ValueError(f"mean_pool_layernorm needs at least one token per clip; cu_seqlens has empty "
+                             f"segments at clip(s) {empty[:8]}")
+    if (weight is None) != (bias is None):
+        raise ValueError("weight and bias must both be given (LayerNorm) or both be None (plain mean), got "
+                         f"weight={'None' if weight is None else tuple(weight.shape)}, "
+                         f"bias={'None' if bias is None else tuple(bias.shape)}")
+    if weight is not None:
+        check_vector("weight", weight, D, tokens.device)
+        check_vector("bias", bias, D, tokens.device)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    triton_path = use_triton(backend, tokens.device)
+    if triton_path and D > MAX_D:
+        if backend == "triton":
+            raise ValueError(f"the Triton mean_pool_layernorm supports D <= {MAX_D}, got D = {D}; use backend='torch'")
+        triton_path = False
+    if not triton_path:
+        return _mean_pool_layernorm_torch(tokens, cu_seqlens, weight, bias, eps)
+    check_last_dim_contiguous("tokens", tokens)
+    return mean_pool_layernorm_op(tokens, cu_seqlens, weight, bias, float(eps))
