@@ -5,20 +5,141 @@ kept tokens in one kernel (Triton). Idea: the Conv3d of VideoMAE's PatchEmbed wr
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
 
-from ._dispatch import use_triton
+from ._dispatch import (
+    _INTERPRETED_AT_IMPORT,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    check_vector,
+    register_triton_op,
+    use_triton,
+)
+
+# GEMM tiles (BLOCK_M tokens x BLOCK_N features x BLOCK_K tubelet values). K = 3*ts*P*P (1176 for P=14, ts=2; 1536
+# for P=16) is rarely a multiple of BLOCK_K, so the K loop is masked. Under the interpreter one config: autotuning
+# there would time numpy, not a GPU.
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 4),
+                             (64, 64, 64, 4, 3)]
+]
+if _INTERPRETED_AT_IMPORT:
+    _CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
 
 
-def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=None, *,
-                patch_size: int, tubelet_size: int, backend: str = "auto"):
-    """frames: uint8 (B, T, H, W, 3) (normalized here with mean/std, (3,) each, in [0, 1] pixel units) or float
-    (B, T, 3, H, W) already normalized (mean/std must be None). weight: (D, 3*tubelet_size*patch_size**2), the Conv3d
-    weight flattened in (C, t, y, x) order; bias: (D,); pos_table: (N, D) with N = T/ts * H/P * W/P tokens per clip in
-    (t, h, w) order; token_ids: int64 (N_kept,) flat ids b*N + n of the kept tokens in output order, or None (all).
-    Returns (N_kept, D) in weight's dtype."""
-    if use_triton(backend, frames.device):
-        raise NotImplementedError("Triton patch_embed lands with the kernels issue")
-    return _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
+@triton.autotune(configs=_CONFIGS, key=["D", "K", "CHANNELS_LAST"])
+@triton.jit(do_not_specialize=["M", "num_clips"])
+def _patch_embed_kernel(
+    Frames,  # uint8 (B, T, H, W, 3) or float (B, T, 3, H, W); strides below, channel stride may be anything
+    Wt,  # (D, K) flattened Conv3d weight, columns in (c, dt, y, x) order, last dim contiguous
+    Bias,  # (D,)
+    Pos,  # (N, D) sin/cos position table, last dim contiguous
+    Mean,  # (3,) float pixel mean in [0, 1] units (unused unless NORMALIZE)
+    Std,  # (3,) float pixel std (unused unless NORMALIZE)
+    TokenIds,  # (M,) int64 flat ids b*N + n of the kept tokens (unused unless HAS_IDS)
+    Out,  # (M, D) output, contiguous, weight's dtype
+    M, num_clips, D, K, N, n_h, n_w,
+    stride_b, stride_t, stride_c, stride_h, stride_w, stride_wd, stride_pos,
+    P: tl.constexpr, TS: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, NORMALIZE: tl.constexpr, HAS_IDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Feature tiles vary fastest so the programs sharing a block of tubelets run together (tubelets reused from L2).
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) output rows
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) features
+    row_ok = rows < M
+    col_ok = cols < D
+    if HAS_IDS:
+        token = tl.load(TokenIds + rows, mask=row_ok, other=0)
+    else:
+        token = rows
+    # Ids that were not value-checked (CUDA, no sync) and fall outside the batch read nothing and yield NaN rows.
+    token_ok = row_ok & (token >= 0) & (token < num_clips * N)
+    token = tl.where(token_ok, token, 0)
+    clip = token // N
+    n = token % N  # token index in the clip, (t, h, w) order
+    t = n // (n_h * n_w)
+    h = (n // n_w) % n_h
+    w = n % n_w
+    # The tubelet unfold is separable: address = row part (which tubelet) + column part (where inside it).
+    row_off = clip * stride_b + t * (TS * stride_t) + h * (P * stride_h) + w * (P * stride_w)  # (BLOCK_M,) int64
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        if CHANNELS_LAST:
+            # uint8 (..., x, c) layout: walk K as (dt, y, x, c) so 3*P consecutive bytes are read per (dt, y).
+            c = k % 3
+            x = (k // 3) % P
+            y = (k // (3 * P)) % P
+            dt = k // (3 * P * P)
+            w_col = c * (TS * P * P) + dt * (P * P) + y * P + x  # the same value's column in the weight
+        else:
+            x = k % P
+            y = (k // P) % P
+            dt = (k // (P * P)) % TS
+            c = k // (TS * P * P)
+            w_col = k
+        col_off = dt * stride_t + y * stride_h + x * stride_w + c * stride_c  # (BLOCK_K,)
+        a_mask = token_ok[:, None] & k_ok[None, :]
+        a = tl.load(Frames + row_off[:, None] + col_off[None, :], mask=a_mask, other=0)
+        if NORMALIZE:
+            # (pixel/255 - mean)/std folded into one FMA: pixel * 1/(255 std) + (-mean/std), per channel.
+            std = tl.load(Std + c, mask=k_ok, other=1.0).to(tl.float32)
+            mean = tl.load(Mean + c, mask=k_ok, other=0.0).to(tl.float32)
+            a = a.to(tl.float32) * (1.0 / (255.0 * std))[None, :] + (-mean / std)[None, :]
+        b = tl.load(Wt + cols[None, :] * stride_wd + w_col[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
+
+    acc += tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    pos = tl.load(Pos + n[:, None] * stride_pos + cols[None, :], mask=token_ok[:, None] & col_ok[None, :], other=0.0)
+    acc += pos.to(tl.float32)
+    acc = tl.where(token_ok[:, None], acc, float("nan"))
+    tl.store(Out + rows[:, None] * D + cols[None, :], acc.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos_table: torch.Tensor,
+                          mean: torch.Tensor | None, std: torch.Tensor | None, token_ids: torch.Tensor | None,
+                          patch_size: int, tubelet_size: int) -> torch.Tensor:
+    channels_last = frames.dtype == torch.uint8
+    if channels_last:
+        B, T, H, W, _ = frames.shape
+        stride_b, stride_t, stride_h, stride_w, stride_c = frames.stride()
+    else:
+        B, T, _, H, W = frames.shape
+        stride_b, stride_t, stride_c, stride_h, stride_w = frames.stride()
+    D, K = weight.shape
+    n_h, n_w = H // patch_size, W // patch_size
+    N = (T // tubelet_size) * n_h * n_w
+    M = token_ids.shape[0] if token_ids is not None else B * N
+    out = torch.empty((M, D), device=frames.device, dtype=weight.dtype)
+    if M == 0:
+        return out
+    dummy = bias  # stands in for pointers a constexpr switch leaves unused
+
+    def grid(meta):
+        return (triton.cdiv(D, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
+
+    wrap_triton(_patch_embed_kernel)[grid](
+        frames, weight, bias, pos_table,
+        mean if mean is not None else dummy, std if std is not None else dummy,
+        token_ids if token_ids is not None else dummy, out,
+        M, B, D, K, N, n_h, n_w,
+        stride_b, stride_t, stride_c, stride_h, stride_w, weight.stride(0), pos_table.stride(0),
+        P=patch_size, TS=tubelet_size, CHANNELS_LAST=channels_last, NORMALIZE=channels_last,
+        HAS_IDS=token_ids is not None,
+        # fp32 weights mean "accuracy first": no TF32 rounding of the operands.
+        DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+    )
+    return out
 
 
 def _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size):
@@ -39,3 +160,86 @@ def _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, pa
     out = torch.addmm(bias.to(x.dtype), x.to(weight.dtype), weight.t()) if x.dtype == weight.dtype else \
         torch.addmm(bias.float(), x.float(), weight.float().t())
     return (out.float() + pos.float()).to(weight.dtype)
+
+
+# CPU kernel = the torch path (or the interpreter, TRITON_INTERPRET=1).
+patch_embed_op = register_triton_op("patch_embed", _patch_embed_launcher, _patch_embed_torch)
+
+
+def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size):
+    """Shape/dtype/device checks (metadata only); token id values only when they are on the CPU."""
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+    for name, v in (("patch_size", patch_size), ("tubelet_size", tubelet_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if frames.dtype == torch.uint8:
+        if frames.dim() != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"uint8 frames must be (B, T, H, W, 3), got shape {tuple(frames.shape)}")
+        B, T, H, W, _ = frames.shape
+        if mean is None or std is None:
+            raise ValueError("uint8 frames need mean and std ((3,) each, in [0, 1] pixel units) to normalize; got "
+                             f"mean={'None' if mean is None else tuple(mean.shape)}, "
+                             f"std={'None' if std is None else tuple(std.shape)}")
+        check_vector("mean", mean, 3, frames.device)
+        check_vector("std", std, 3, frames.device)
+    elif frames.is_floating_point():
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"float frames must be (B, T, 3, H, W), already normalized, got shape "
+                             f"{tuple(frames.shape)}")
+        B, T, _, H, W = frames.shape
+        if mean is not None or std is not None:
+            raise ValueError("float frames are taken as already normalized: pass mean=None and std=None (or pass "
+                             "uint8 (B, T, H, W, 3) frames to normalize inside the kernel)")
+    else:
+        raise TypeError(f"frames must be uint8 (B, T, H, W, 3) or float (B, T, 3, H, W), got {frames.dtype}")
+    if T % tubelet_size or H % patch_size or W % patch_size:
+        raise ValueError(f"frames of T={T}, H={H}, W={W} do not tile into tubelets of {tubelet_size}x{patch_size}x"
+                         f"{patch_size}: T must be divisible by tubelet_size, H and W by patch_size")
+    check_last_dim_contiguous("frames", frames)
+    N = (T // tubelet_size) * (H // patch_size) * (W // patch_size)
+    K = 3 * tubelet_size * patch_size * patch_size
+
+    check_tensor("weight", weight, ndim=2)
+    if weight.shape[1] != K or weight.shape[0] == 0:
+        raise ValueError(f"weight must be (D, 3*tubelet_size*patch_size**2) = (D, {K}) (Conv3d weight reshaped to "
+                         f"(D, -1)), got shape {tuple(weight.shape)}")
+    D = weight.shape[0]
+    check_vector("bias", bias, D, frames.device)
+    check_tensor("pos_table", pos_table, ndim=2)
+    if tuple(pos_table.shape) != (N, D):
+        raise ValueError(f"pos_table must be (N, D) = ({N}, {D}) for these frames and weight, got shape "
+                         f"{tuple(pos_table.shape)}")
+    check_same_device(frames.device, weight=weight, pos_table=pos_table)
+    check_last_dim_contiguous("weight", weight)
+    check_last_dim_contiguous("pos_table", pos_table)
+    if token_ids is not None:
+        if not isinstance(token_ids, torch.Tensor):
+            raise TypeError(f"token_ids must be an int64 tensor or None, got {type(token_ids).__name__}")
+        if token_ids.dtype != torch.int64:
+            raise TypeError(f"token_ids must be int64 flat ids b*N + n, got {token_ids.dtype}")
+        if token_ids.dim() != 1:
+            raise ValueError(f"token_ids must be 1-D (N_kept,), got shape {tuple(token_ids.shape)}")
+        check_same_device(frames.device, token_ids=token_ids)
+        if token_ids.device.type == "cpu" and token_ids.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(token_ids.min()), int(token_ids.max())
+            if lo < 0 or hi >= B * N:
+                raise ValueError(f"token_ids must lie in [0, B*N) = [0, {B * N}) for {B} clips of {N} tokens, "
+                                 f"got min {lo}, max {hi}")
+
+
+def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=None, *,
+                patch_size: int, tubelet_size: int, backend: str = "auto"):
+    """frames: uint8 (B, T, H, W, 3) (normalized here with mean/std, (3,) each, in [0, 1] pixel units) or float
+    (B, T, 3, H, W) already normalized (mean/std must be None). weight: (D, 3*tubelet_size*patch_size**2), the Conv3d
+    weight flattened in (C, t, y, x) order; bias: (D,); pos_table: (N, D) with N = T/ts * H/P * W/P tokens per clip in
+    (t, h, w) order; token_ids: int64 (N_kept,) flat ids b*N + n of the kept tokens in output order, or None (all).
+    Returns (N_kept, D) in weight's dtype (fp32 accumulation; the tubelet values are rounded to weight's dtype for
+    the matrix units, as the unfused Conv3d in that dtype does).
+
+    Frames may be strided views (e.g. a crop) as long as the last dim is contiguous. Token id values are checked when
+    they are on the CPU; on CUDA (no sync) an out-of-range id yields a NaN row and reads nothing out of bounds."""
+    _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
+    if use_triton(backend, frames.device):
+        return patch_embed_op(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
+    return _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
