@@ -56,11 +56,13 @@ def _mean_pool_layernorm_kernel(
     tl.store(Y + clip * D + cols, mean.to(Y.dtype.element_ty), mask=col_ok)
 
 
-def _mean_pool_layernorm_launcher(tokens: torch.Tensor, cu_seqlens: torch.Tensor, weight: torch.Tensor | None,
-                                  bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps, out=None):
+    """Launch on checked inputs. Shapes only, no host read of values: traceable by torch.compile, capturable in a
+    CUDA graph. `out` (B, D) contiguous in tokens' dtype is for tests (NaN-poisoned buffers)."""
     N_total, D = tokens.shape
     B = cu_seqlens.shape[0] - 1
-    out = torch.empty((B, D), device=tokens.device, dtype=tokens.dtype)
+    if out is None:
+        out = torch.empty((B, D), device=tokens.device, dtype=tokens.dtype)
     block_d = triton.next_power_of_2(D)
     block_t = max(1, min(32, 8192 // block_d))  # 8K fp32 accumulators per program: loads in flight, no spills
     wrap_triton(_mean_pool_layernorm_kernel)[(B,)](
@@ -69,6 +71,12 @@ def _mean_pool_layernorm_launcher(tokens: torch.Tensor, cu_seqlens: torch.Tensor
         HAS_NORM=weight is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8 if block_d >= 1024 else 4,
     )
     return out
+
+
+def _mean_pool_layernorm_launcher(tokens: torch.Tensor, cu_seqlens: torch.Tensor, weight: torch.Tensor | None,
+                                  bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Body of the custom op vmae_fast::mean_pool_layernorm (inputs already checked)."""
+    return _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps)
 
 
 def _mean_pool_layernorm_torch(tokens, cu_seqlens, weight, bias, eps):
@@ -87,21 +95,23 @@ mean_pool_layernorm_op = register_triton_op("mean_pool_layernorm", _mean_pool_la
                                             _mean_pool_layernorm_torch)
 
 
-def mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps: float, *, backend: str = "auto"):
+def mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps: float, *, backend: str = "auto", check: bool = True):
     """Mean of each clip's tokens, then LayerNorm (fc_norm of fine-tuned VideoMAE).
 
     tokens: (N_total, D) float32/float16/bfloat16, last dim contiguous (any row stride); cu_seqlens: int32 (B+1,)
     offsets on tokens' device, 0 = cu_seqlens[0] <= ... <= cu_seqlens[B] = N_total; weight, bias: (D,) float, or both
     None for the plain mean; eps: float. Mean and statistics in fp32. Returns (B, D) in tokens' dtype.
 
-    Empty segments: ValueError when the offsets are on the CPU (their values are checked there). CUDA offsets are not
-    read on the host (that would be a sync); an empty segment then yields a NaN row and out-of-range offsets are
-    clamped to [0, N_total], so nothing is read out of bounds."""
+    check: read cu_seqlens on the host to check its values (start 0, non-decreasing, ends at N_total, no empty
+    segment). Free on the CPU (always checked); one sync on CUDA, so the model passes check=False (also skipped while
+    torch.compile traces or a CUDA graph is captured). Unchecked, an empty segment yields a NaN row (0/0, as
+    torch's mean of nothing) and offsets are clamped to [0, N_total], so nothing is read out of bounds.
+    Raises TypeError (types, dtypes) or ValueError (shapes, strides, devices, values), naming what was got."""
     check_tensor("tokens", tokens, ndim=2)
     N_total, D = tokens.shape
     if D == 0:
         raise ValueError(f"tokens must be (N_total, D) with D >= 1, got shape {tuple(tokens.shape)}")
-    bounds = check_cu_seqlens(cu_seqlens, N_total, tokens.device, check_values=False)
+    bounds = check_cu_seqlens(cu_seqlens, N_total, tokens.device, check_values=check)
     if bounds is not None:
         empty = [i for i in range(len(bounds) - 1) if bounds[i] == bounds[i + 1]]
         if empty:

@@ -18,6 +18,7 @@ from ._dispatch import (
     register_triton_op,
     use_triton,
 )
+from ._validate import _host_read_allowed
 
 # GEMM tiles (BLOCK_M tokens x BLOCK_N features x BLOCK_K tubelet values). K = 3*ts*P*P (1176 for P=14, ts=2; 1536
 # for P=16) is rarely a multiple of BLOCK_K, so the K loop is masked. Under the interpreter one config: autotuning
@@ -106,9 +107,9 @@ def _patch_embed_kernel(
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos_table: torch.Tensor,
-                          mean: torch.Tensor | None, std: torch.Tensor | None, token_ids: torch.Tensor | None,
-                          patch_size: int, tubelet_size: int) -> torch.Tensor:
+def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size, out=None):
+    """Launch on checked inputs. Shapes only, no host read of values: traceable by torch.compile, capturable in a
+    CUDA graph. `out` (N_kept, D) contiguous in weight's dtype is for tests (NaN-poisoned buffers)."""
     channels_last = frames.dtype == torch.uint8
     if channels_last:
         B, T, H, W, _ = frames.shape
@@ -120,7 +121,8 @@ def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torc
     n_h, n_w = H // patch_size, W // patch_size
     N = (T // tubelet_size) * n_h * n_w
     M = token_ids.shape[0] if token_ids is not None else B * N
-    out = torch.empty((M, D), device=frames.device, dtype=weight.dtype)
+    if out is None:
+        out = torch.empty((M, D), device=frames.device, dtype=weight.dtype)
     if M == 0:
         return out
     dummy = bias  # stands in for pointers a constexpr switch leaves unused
@@ -140,6 +142,13 @@ def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torc
         DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
     )
     return out
+
+
+def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos_table: torch.Tensor,
+                          mean: torch.Tensor | None, std: torch.Tensor | None, token_ids: torch.Tensor | None,
+                          patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """Body of the custom op vmae_fast::patch_embed (inputs already checked)."""
+    return _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
 
 
 def _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size):
@@ -166,8 +175,9 @@ def _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, pa
 patch_embed_op = register_triton_op("patch_embed", _patch_embed_launcher, _patch_embed_torch)
 
 
-def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size):
-    """Shape/dtype/device checks (metadata only); token id values only when they are on the CPU."""
+def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size,
+                              check: bool):
+    """Shape/dtype/device checks (metadata only); token id values when on the CPU, or on CUDA when `check`."""
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
     for name, v in (("patch_size", patch_size), ("tubelet_size", tubelet_size)):
@@ -221,7 +231,8 @@ def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_
         if token_ids.dim() != 1:
             raise ValueError(f"token_ids must be 1-D (N_kept,), got shape {tuple(token_ids.shape)}")
         check_same_device(frames.device, token_ids=token_ids)
-        if token_ids.device.type == "cpu" and token_ids.numel() and not torch.compiler.is_compiling():
+        read_values = token_ids.device.type == "cpu" or check
+        if read_values and token_ids.numel() and _host_read_allowed(token_ids):
             lo, hi = int(token_ids.min()), int(token_ids.max())
             if lo < 0 or hi >= B * N:
                 raise ValueError(f"token_ids must lie in [0, B*N) = [0, {B * N}) for {B} clips of {N} tokens, "
@@ -229,7 +240,7 @@ def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_
 
 
 def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=None, *,
-                patch_size: int, tubelet_size: int, backend: str = "auto"):
+                patch_size: int, tubelet_size: int, backend: str = "auto", check: bool = True):
     """frames: uint8 (B, T, H, W, 3) (normalized here with mean/std, (3,) each, in [0, 1] pixel units) or float
     (B, T, 3, H, W) already normalized (mean/std must be None). weight: (D, 3*tubelet_size*patch_size**2), the Conv3d
     weight flattened in (C, t, y, x) order; bias: (D,); pos_table: (N, D) with N = T/ts * H/P * W/P tokens per clip in
@@ -237,9 +248,12 @@ def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=
     Returns (N_kept, D) in weight's dtype (fp32 accumulation; the tubelet values are rounded to weight's dtype for
     the matrix units, as the unfused Conv3d in that dtype does).
 
-    Frames may be strided views (e.g. a crop) as long as the last dim is contiguous. Token id values are checked when
-    they are on the CPU; on CUDA (no sync) an out-of-range id yields a NaN row and reads nothing out of bounds."""
-    _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
+    Frames may be strided views (e.g. a crop) as long as the last dim is contiguous.
+    check: read token_ids on the host to check 0 <= id < B*N. Free on the CPU (always checked); one sync on CUDA, so
+    the model passes check=False (also skipped while torch.compile traces or a CUDA graph is captured). An unchecked
+    out-of-range id yields a NaN row and reads nothing out of bounds.
+    Raises TypeError (types, dtypes) or ValueError (shapes, strides, devices, values), naming what was got."""
+    _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size, check)
     if use_triton(backend, frames.device):
         return patch_embed_op(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
     return _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size)
