@@ -1,0 +1,421 @@
+"""Load a VideoMAE encoder from a Hugging Face directory, an original MCG-NJU / VideoMAE V2 .pth, a hub id in the
+local Hugging Face cache, or `random:<preset>[:seed]`. The import is strict: every checkpoint key is used or
+deliberately ignored (the pre-training decoder), every shape is checked, and the fused qkv is built here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEConfig
+from .model import BACKENDS, VideoMAE
+
+# Our parameter name -> the checkpoint key(s) it is built from, per layout ("{}" = block index). A tuple is
+# concatenated along dim 0 (the fused qkv); None in a tuple is a zero block (the key projection has no bias).
+HF_WEIGHT_MAP: dict[str, Any] = {
+    "patch_embed.weight": "embeddings.patch_embeddings.projection.weight",  # Conv3d (D, C, ts, P, P), flattened
+    "patch_embed.bias": "embeddings.patch_embeddings.projection.bias",
+    "blocks.{}.norm1.weight": "encoder.layer.{}.layernorm_before.weight",
+    "blocks.{}.norm1.bias": "encoder.layer.{}.layernorm_before.bias",
+    "blocks.{}.attn.wqkv.weight": ("encoder.layer.{}.attention.attention.query.weight",
+                                   "encoder.layer.{}.attention.attention.key.weight",
+                                   "encoder.layer.{}.attention.attention.value.weight"),
+    "blocks.{}.attn.wqkv.bias": ("encoder.layer.{}.attention.attention.query.bias", None,
+                                 "encoder.layer.{}.attention.attention.value.bias"),
+    "blocks.{}.attn.proj.weight": "encoder.layer.{}.attention.output.dense.weight",
+    "blocks.{}.attn.proj.bias": "encoder.layer.{}.attention.output.dense.bias",
+    "blocks.{}.norm2.weight": "encoder.layer.{}.layernorm_after.weight",
+    "blocks.{}.norm2.bias": "encoder.layer.{}.layernorm_after.bias",
+    "blocks.{}.mlp.fc1.weight": "encoder.layer.{}.intermediate.dense.weight",
+    "blocks.{}.mlp.fc1.bias": "encoder.layer.{}.intermediate.dense.bias",
+    "blocks.{}.mlp.fc2.weight": "encoder.layer.{}.output.dense.weight",
+    "blocks.{}.mlp.fc2.bias": "encoder.layer.{}.output.dense.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+    "fc_norm.weight": "fc_norm.weight",
+    "fc_norm.bias": "fc_norm.bias",
+    "head.weight": "classifier.weight",
+    "head.bias": "classifier.bias",
+}
+ORIGINAL_WEIGHT_MAP: dict[str, Any] = {
+    "patch_embed.weight": "patch_embed.proj.weight",  # Conv3d (D, C, ts, P, P), flattened
+    "patch_embed.bias": "patch_embed.proj.bias",
+    "blocks.{}.norm1.weight": "blocks.{}.norm1.weight",
+    "blocks.{}.norm1.bias": "blocks.{}.norm1.bias",
+    "blocks.{}.attn.wqkv.weight": "blocks.{}.attn.qkv.weight",
+    "blocks.{}.attn.wqkv.bias": ("blocks.{}.attn.q_bias", None, "blocks.{}.attn.v_bias"),
+    "blocks.{}.attn.proj.weight": "blocks.{}.attn.proj.weight",
+    "blocks.{}.attn.proj.bias": "blocks.{}.attn.proj.bias",
+    "blocks.{}.norm2.weight": "blocks.{}.norm2.weight",
+    "blocks.{}.norm2.bias": "blocks.{}.norm2.bias",
+    "blocks.{}.mlp.fc1.weight": "blocks.{}.mlp.fc1.weight",
+    "blocks.{}.mlp.fc1.bias": "blocks.{}.mlp.fc1.bias",
+    "blocks.{}.mlp.fc2.weight": "blocks.{}.mlp.fc2.weight",
+    "blocks.{}.mlp.fc2.bias": "blocks.{}.mlp.fc2.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+    "fc_norm.weight": "fc_norm.weight",
+    "fc_norm.bias": "fc_norm.bias",
+    "head.weight": "head.weight",
+    "head.bias": "head.bias",
+}
+WEIGHT_MAPS = {"hf": HF_WEIGHT_MAP, "original": ORIGINAL_WEIGHT_MAP}
+# transformers 4.x names of the q/v biases (5.x uses query.bias / value.bias; both are read)
+HF_LEGACY_NAMES = {".attention.attention.q_bias": ".attention.attention.query.bias",
+                   ".attention.attention.v_bias": ".attention.attention.value.bias"}
+PREFIXES = {"hf": ("_orig_mod.", "videomae."), "original": ("_orig_mod.", "module.", "backbone.", "encoder.")}
+# the pre-training decoder and its mask token are not part of the encoder: dropped on purpose
+IGNORED = re.compile(r"^(decoder\.|decoder_|encoder_to_decoder\.|mask_token$)")
+PATCH_KEYS = {"hf": "embeddings.patch_embeddings.projection.weight", "original": "patch_embed.proj.weight"}
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str = "auto",
+               config: VideoMAEConfig | Mapping[str, Any] | None = None, *,
+               allow_download: bool | None = None) -> VideoMAE:
+    """Build a VideoMAE in eval mode from `source`:
+      - a Hugging Face directory: config.json + model.safetensors | pytorch_model.bin | a sharded *.index.json
+        (+ optional preprocessor_config.json for mean/std);
+      - a weights file: an original MCG-NJU / VideoMAE V2 .pth (state dict under "model" or "module"), or a
+        .safetensors / .bin of either layout; the architecture is inferred from the shapes and the presets;
+      - "random:<preset>[:seed]" (seed 0 by default): deterministic random weights for demos and benchmarks;
+      - a hub id ("MCG-NJU/videomae-base-finetuned-kinetics") found in the local Hugging Face cache (HF_HUB_CACHE);
+        it is downloaded only when allow_download=True or VMAE_FAST_ALLOW_DOWNLOAD=1.
+    device: None = CUDA when available, else CPU. dtype: None = bf16 on CUDA, fp32 on CPU (or "fp16"/"bf16"/"fp32"/a
+    torch dtype). config: a VideoMAEConfig used as is, or a dict of fields overriding the inferred ones (e.g.
+    {"num_attention_heads": 16} for an original checkpoint whose head count differs from its preset)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                           else "cpu")
+    dtype = _resolve_dtype(dtype, device)
+    text = os.fspath(source)
+    if text.startswith("random:"):
+        return _load_random(text, device, dtype, backend, config)
+    path = Path(text).expanduser()
+    hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
+    if hub_id:
+        path = _resolve_hub_id(text, allow_download)
+    elif not path.exists():
+        raise FileNotFoundError(f"model {text!r} is not a file, a directory, 'random:<preset>' or a hub id")
+    state_dict, files, hf_config, preprocessor = _read_source(path)
+    layout, state_dict = _normalize_keys(state_dict)
+    cfg = _build_config(state_dict, layout, hf_config, preprocessor, config)
+    weights = convert_state_dict(state_dict, layout, cfg)
+    model = _assemble(cfg, weights, device, dtype, backend)
+    model.source = text if hub_id else os.fspath(path.resolve())
+    model.weights_sha256 = _files_sha256(files)
+    return model
+
+
+# --- sources ---------------------------------------------------------------------------------------------------------
+def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch floating dtype, got {dtype!r}")
+        return DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+    return dtype
+
+
+def _resolve_hub_id(repo_id: str, allow_download: bool | None) -> Path:
+    """Local snapshot directory of a hub repo: the Hugging Face cache first, the network only when allowed."""
+    if allow_download is None:
+        allow_download = os.environ.get("VMAE_FAST_ALLOW_DOWNLOAD", "0") not in ("", "0")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{repo_id!r} looks like a hub id; resolving it needs `pip install huggingface_hub`") from None
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now: huggingface_hub reads it only at import
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=not allow_download,
+                                      allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except (OSError, ValueError) as e:  # not cached / offline / no such repo (HfHubHTTPError is an OSError)
+        hint = ("" if allow_download else
+                "; download it once (`huggingface-cli download " + repo_id + "`), or pass allow_download=True / set "
+                "VMAE_FAST_ALLOW_DOWNLOAD=1")
+        raise FileNotFoundError(f"model {repo_id!r} is not a local path and could not be found in the Hugging Face "
+                                f"cache ({cache_dir or 'default location'}): {type(e).__name__}{hint}") from None
+
+
+def _read_source(path: Path):
+    """-> (state_dict, weight files, HF config dict or None, preprocessor dict or None)."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
+        hf_config = json.loads((path / "config.json").read_text())
+        if hf_config.get("model_type") != "videomae":
+            raise ValueError(f"{path} holds a {hf_config.get('model_type')!r} model (config.json model_type), "
+                             f"not a VideoMAE ('videomae')")
+        name = next((n for n in HF_WEIGHT_FILES if (path / n).is_file()), None)
+        if name is None:
+            raise FileNotFoundError(f"{path} has no weights: expected one of {list(HF_WEIGHT_FILES)}")
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads((path / name).read_text())["weight_map"].values()))
+            files = [path / s for s in shards]
+        else:
+            files = [path / name]
+        state_dict = {}
+        for f in files:
+            state_dict.update(_read_weights_file(f))
+        preprocessor = None
+        for pre in ("preprocessor_config.json", "video_preprocessor_config.json"):
+            if (path / pre).is_file():
+                preprocessor = json.loads((path / pre).read_text())
+                break
+        return state_dict, files, hf_config, preprocessor
+    return _read_weights_file(path), [path], None, None
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} from .safetensors, or from a torch pickle loaded with weights_only=True (the state dict
+    may sit under "model", "module" or "state_dict")."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        # original training checkpoints often carry their argparse.Namespace of arguments: harmless, allow it
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        raise ValueError(f"cannot read {path} as a weights file with torch.load(weights_only=True): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for wrapper in ("model", "module", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors (looked under 'model', 'module', "
+                         f"'state_dict' and the top level)")
+    return dict(obj)
+
+
+def _files_sha256(files: list[Path]) -> str:
+    """sha256 of the weight file (the hub's LFS checksum); several shards: sha256 over 'name sha256' lines."""
+    digests = []
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        digests.append((f.name, h.hexdigest()))
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join(f"{n} {d}\n" for n, d in sorted(digests)).encode()).hexdigest()
+
+
+# --- keys, config and conversion -------------------------------------------------------------------------------------
+def _normalize_keys(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """Detect the layout ("hf" or "original"), strip its wrapper prefixes, rename legacy names. Another
+    architecture (no Conv3d tubelet embedding) is a ValueError saying what was found."""
+    layout = None
+    for name, suffix in (("hf", PATCH_KEYS["hf"]), ("original", PATCH_KEYS["original"])):
+        found = [k for k in state_dict if k.endswith(suffix)]
+        if found:
+            layout, patch_key = name, found[0]
+            break
+    if layout is None:
+        sample = sorted(state_dict)[:6]
+        raise ValueError(f"not a VideoMAE checkpoint: no patch embedding key ('{PATCH_KEYS['original']}' in the "
+                         f"original layout or '{PATCH_KEYS['hf']}' in the Hugging Face one); its keys start with "
+                         f"{sample}")
+    shape = tuple(state_dict[patch_key].shape)
+    if len(shape) != 5:
+        raise ValueError(f"not a VideoMAE checkpoint: {patch_key!r} has shape {shape}, a {len(shape) - 2}-D "
+                         f"convolution (an image model?); VideoMAE embeds tubelets with a Conv3d of shape "
+                         f"(hidden, channels, tubelet, patch, patch)")
+    out = {}
+    for key, tensor in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in PREFIXES[layout]:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        if layout == "hf":
+            for old, new in HF_LEGACY_NAMES.items():
+                if key.endswith(old):
+                    key = key[: -len(old)] + new
+        out[key] = tensor
+    return layout, out
+
+
+def _build_config(state_dict, layout, hf_config, preprocessor, override) -> VideoMAEConfig:
+    """config.json when there is one, else the shapes plus the presets; corrected by what the weights contain
+    (head, fc_norm) and by the preprocessor; `override` last."""
+    if isinstance(override, VideoMAEConfig):
+        return override
+    names = WEIGHT_MAPS[layout]
+    has = {ours: (src if isinstance(src, str) else src[0]).format(0) in state_dict for ours, src in names.items()}
+    head_key = names["head.weight"]
+    num_labels = state_dict[head_key].shape[0] if head_key in state_dict else 0
+    if hf_config is not None:
+        cfg = VideoMAEConfig.from_hf(hf_config)
+        id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
+        cfg = cfg.replace(num_labels=num_labels, id2label=id2label, has_fc_norm=has["fc_norm.weight"])
+    else:
+        cfg = _infer_config(state_dict, layout, num_labels, has, override or {})
+    if preprocessor is not None:
+        mean, std = preprocessor.get("image_mean"), preprocessor.get("image_std")
+        if mean is not None and std is not None:
+            cfg = cfg.replace(image_mean=tuple(mean), image_std=tuple(std))
+        crop = preprocessor.get("crop_size")
+        crop = crop.get("height") if isinstance(crop, Mapping) else crop
+        if crop is not None and crop != cfg.image_size:
+            warnings.warn(f"preprocessor crop_size {crop} differs from the model's image_size {cfg.image_size}; "
+                          f"frames are prepared at image_size", stacklevel=3)
+    return cfg.replace(**dict(override)) if override else cfg
+
+
+def _infer_config(state_dict, layout, num_labels, has, override) -> VideoMAEConfig:
+    """Architecture of a checkpoint without config.json: sizes from the shapes, the head count from the preset of
+    the same width (or `override`), 16 frames of 224x224 unless overridden, eps 1e-6 as the originals use."""
+    names = WEIGHT_MAPS[layout]
+    D, C, ts, P, _ = state_dict[names["patch_embed.weight"]].shape
+    block = re.compile(r"^" + re.escape(names["blocks.{}.norm1.weight"]).replace(r"\{\}", r"(\d+)") + "$")
+    depth = 1 + max((int(m.group(1)) for k in state_dict if (m := block.match(k))), default=-1)
+    fc1 = names["blocks.{}.mlp.fc1.weight"].format(0)
+    if depth == 0 or fc1 not in state_dict:
+        raise ValueError(f"not a VideoMAE checkpoint: no transformer blocks (expected keys like {fc1!r})")
+    heads = override.get("num_attention_heads")
+    if heads is None:
+        preset = next((p for p in PRESETS.values() if p["hidden_size"] == D), None)
+        if preset is None:
+            raise ValueError(f"cannot infer the number of attention heads for hidden size {D} (no preset of that "
+                             f"width); pass config={{'num_attention_heads': H}}")
+        heads = preset["num_attention_heads"]
+    use_mean_pooling = has["fc_norm.weight"] or not has["norm.weight"]
+    return VideoMAEConfig(
+        image_size=224, patch_size=P, num_channels=C, num_frames=16, tubelet_size=ts, hidden_size=D,
+        num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=state_dict[fc1].shape[0],
+        qkv_bias=has["blocks.{}.attn.wqkv.bias"], use_mean_pooling=use_mean_pooling,
+        layer_norm_eps=1e-6, fc_norm_eps=1e-6, has_fc_norm=has["fc_norm.weight"], num_labels=num_labels,
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config: VideoMAEConfig):
+    """Checkpoint tensors (keys already normalized) -> our state dict, through WEIGHT_MAPS[layout]. Raises ValueError
+    naming every missing, unexpected and mis-shaped key."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VideoMAE(config).state_dict().items()}
+    table = WEIGHT_MAPS[layout]
+    out, used, missing, misshaped = {}, set(), [], []
+    for key, shape in expected.items():
+        m = re.match(r"^blocks\.(\d+)\.(.*)$", key)
+        template, index = (f"blocks.{{}}.{m.group(2)}", m.group(1)) if m else (key, None)
+        sources = table[template]
+        parts = sources if isinstance(sources, tuple) else (sources,)
+        part_shape = (shape[0] // len(parts), *shape[1:])
+        if template == "patch_embed.weight":
+            c = config
+            part_shape = (c.hidden_size, c.num_channels, c.tubelet_size, c.patch_size, c.patch_size)
+        tensors = []
+        for part in parts:
+            if part is None:
+                tensors.append(None)
+                continue
+            name = part.format(index)
+            if name not in state_dict:
+                missing.append(name)
+                continue
+            used.add(name)
+            if tuple(state_dict[name].shape) != part_shape:
+                misshaped.append(f"{name}: expected {part_shape}, got {tuple(state_dict[name].shape)}")
+            tensors.append(state_dict[name])
+        if len(tensors) != len(parts) or any(t is not None and tuple(t.shape) != part_shape for t in tensors):
+            continue
+        like = next(t for t in tensors if t is not None)
+        tensors = [torch.zeros(part_shape, dtype=like.dtype) if t is None else t for t in tensors]
+        out[key] = torch.cat(tensors).reshape(shape) if len(tensors) > 1 else tensors[0].reshape(shape)
+    unexpected = sorted(k for k in state_dict if k not in used and not IGNORED.match(k))
+    if layout == "original" and "pos_embed" in unexpected:
+        _check_sincos_pos_embed(state_dict["pos_embed"], config)
+        unexpected.remove("pos_embed")
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+            problems.append(f"{label} keys: {shown}")
+    if problems:
+        raise ValueError(f"checkpoint does not fit the VideoMAE config (layout {layout}, hidden {config.hidden_size}, "
+                         f"{config.num_hidden_layers} blocks, use_mean_pooling={config.use_mean_pooling}): "
+                         + "; ".join(problems))
+    return out
+
+
+def _check_sincos_pos_embed(pos_embed: torch.Tensor, config: VideoMAEConfig) -> None:
+    """A stored `pos_embed` must be the fixed sin/cos table we rebuild; learnable positions are not supported."""
+    from .model import sincos_table
+
+    table = sincos_table(config.num_tokens, config.hidden_size)
+    if tuple(pos_embed.shape[-2:]) != tuple(table.shape):
+        raise ValueError(f"pos_embed has shape {tuple(pos_embed.shape)} but the config gives {config.num_tokens} "
+                         f"tokens of {config.hidden_size}; pass config={{'num_frames': ..., 'image_size': ...}}")
+    if not torch.allclose(pos_embed.reshape(table.shape).float(), table, atol=1e-4):
+        raise ValueError("pos_embed differs from the fixed sin/cos table: learnable position embeddings are not "
+                         "supported")
+
+
+# --- model assembly --------------------------------------------------------------------------------------------------
+def _assemble(config, weights, device, dtype, backend) -> VideoMAE:
+    with torch.device("meta"):
+        model = VideoMAE(config, backend)
+    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.requires_grad_(False)
+    model.init_buffers()
+    return model.eval()
+
+
+def random_state_dict(config: VideoMAEConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic random weights (CPU float32, same on every machine): matrices N(0, 0.02), biases 0, LayerNorm
+    gains 1."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in VideoMAE(config).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            out[name] = torch.randn(shape, generator=g) * 0.02
+        elif "norm" in name and name.endswith("weight"):
+            out[name] = torch.ones(shape)
+        else:
+            out[name] = torch.zeros(shape)
+    return out
+
+
+def _load_random(text, device, dtype, backend, override) -> VideoMAE:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
+        raise ValueError(f"random weights are spelled 'random:<preset>[:seed]', got {text!r}")
+    preset, seed = parts[1], int(parts[2]) if len(parts) == 3 else 0
+    if isinstance(override, VideoMAEConfig):
+        config = override
+    else:
+        config = VideoMAEConfig.from_name(preset)
+        config = config.replace(**dict(override)) if override else config
+    model = _assemble(config, random_state_dict(config, seed), device, dtype, backend)
+    model.source = f"random:{preset}" + (f":{seed}" if seed else "")
+    model.weights_sha256 = hashlib.sha256(f"random:{preset}:seed={seed}".encode()).hexdigest()
+    return model
+
+
+__all__ = ["HF_WEIGHT_MAP", "ORIGINAL_WEIGHT_MAP", "convert_state_dict", "load_model", "random_state_dict"]

@@ -1,0 +1,251 @@
+"""The VideoMAE encoder over packed kept tokens: every clip of a batch keeps its own set of tokens, the tokens of all
+clips are packed into one (N_kept, D) tensor, and attention runs per clip through cu_seqlens (flash-attention's varlen
+convention). Numerics follow transformers' VideoMAEModel / VideoMAEForVideoClassification (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VideoMAEConfig
+from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
+from .tokens import KeepAll, KeepPolicy, pack, parse_keep
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+@dataclass
+class VideoMAEOutput:
+    """embeddings (B, D); logits (B, C) or None without a head; tokens (N_kept, D) or None unless asked for (the last
+    block output, or the final LayerNorm of it when use_mean_pooling=False, as HF's last_hidden_state);
+    cu_seqlens int32 (B+1,): clip b owns tokens[cu_seqlens[b]:cu_seqlens[b+1]]."""
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor | None
+    tokens: torch.Tensor | None
+    cu_seqlens: torch.Tensor
+
+
+def sincos_table(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed sin/cos position table (num_tokens, dim) float32 over the flat token index, computed in float64 as the
+    reference implementations do: angle(p, j) = p / 10000^(2 * (j // 2) / dim), sin on even j, cos on odd j."""
+    position = torch.arange(num_tokens, dtype=torch.float64).unsqueeze(1)  # (N, 1)
+    j = torch.arange(dim, dtype=torch.float64)
+    angle = position / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)  # (N, D)
+    table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float()
+
+
+class Attention(nn.Module):
+    def __init__(self, config: VideoMAEConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        # one GEMM for q, k and v; bias = [q_bias, 0, v_bias] (the key projection has no bias in VideoMAE)
+        self.wqkv = nn.Linear(D, 3 * D, bias=config.qkv_bias)
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> torch.Tensor:
+        N = x.shape[0]
+        qkv = self.wqkv(x).view(N, 3, self.num_heads, self.head_dim)  # (N_kept, 3, H, d)
+        q, k, v = qkv.unbind(1)  # each (N_kept, H, d), strided views of qkv
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)  # (N_kept, H, d)
+        return self.proj(out.reshape(N, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: VideoMAEConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as HF "gelu" and the originals' nn.GELU
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. It returns its branch output and the residual stream separately, so the next
+    LayerNorm adds them in the same pass (layer_norm with residual)."""
+
+    def __init__(self, config: VideoMAEConfig):
+        super().__init__()
+        self.eps = config.layer_norm_eps
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=self.eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=self.eps)
+        self.mlp = MLP(config)
+
+    def forward(self, branch, residual, cu_seqlens, max_seqlen, backend):
+        """branch: (N_kept, D) output of the previous block's MLP (or the embeddings when residual is None);
+        residual: (N_kept, D) residual stream before that branch, or None. Returns (mlp_out, residual)."""
+        if residual is None:
+            y, residual = layer_norm(branch, self.norm1.weight, self.norm1.bias, self.eps, backend=backend), branch
+        else:
+            y, residual = layer_norm(branch, self.norm1.weight, self.norm1.bias, self.eps, residual, backend=backend)
+        attn_out = self.attn(y, cu_seqlens, max_seqlen, backend)
+        y, residual = layer_norm(attn_out, self.norm2.weight, self.norm2.bias, self.eps, residual, backend=backend)
+        return self.mlp(y), residual
+
+
+class VideoMAE(nn.Module):
+    """VideoMAE encoder (+ optional classification head) on packed kept tokens. Build through load_model()."""
+
+    def __init__(self, config: VideoMAEConfig, backend: str = "auto"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.config, self.backend = config, backend
+        D = config.hidden_size
+        # the Conv3d patch embedding as a GEMM: weight (D, C*ts*P*P) in the Conv3d's (C, t, y, x) order
+        self.patch_embed = nn.Linear(config.patch_dim, D)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        pooled_norm = config.use_mean_pooling and config.has_fc_norm
+        self.norm = None if config.use_mean_pooling else nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=config.fc_norm_eps) if pooled_norm else None
+        self.head = nn.Linear(D, config.num_labels) if config.num_labels > 0 else None
+        # fixed tensors, not in the state dict; (re)built by init_buffers() once the parameters live on their device
+        self.register_buffer("pos_table", torch.empty(0), persistent=False)  # (N, D) float32
+        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)  # (C,) float32
+        self.register_buffer("pixel_std", torch.empty(0), persistent=False)  # (C,) float32
+        self.source, self.weights_sha256 = None, None  # set by load_model
+        if self.patch_embed.weight.device.type != "meta":
+            self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """Position table and pixel statistics in float32 on the parameters' device (whatever their dtype)."""
+        device, c = self.patch_embed.weight.device, self.config
+        self.pos_table = sincos_table(c.num_tokens, c.hidden_size).to(device)
+        self.pixel_mean = torch.tensor(c.image_mean, dtype=torch.float32, device=device)
+        self.pixel_std = torch.tensor(c.image_std, dtype=torch.float32, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.weight.dtype
+
+    # --- input checks --------------------------------------------------------------------------------------------
+    def _check_frames(self, frames) -> None:
+        c = self.config
+        expected = (f"uint8 (B, {c.num_frames}, {c.image_size}, {c.image_size}, {c.num_channels}) or normalized float "
+                    f"(B, {c.num_frames}, {c.num_channels}, {c.image_size}, {c.image_size})")
+        if not isinstance(frames, torch.Tensor):
+            raise TypeError(f"frames must be a torch.Tensor, {expected}; got {type(frames).__name__}")
+        if frames.dtype == torch.uint8:
+            layout = "uint8 (B, T, H, W, C)"
+        elif frames.is_floating_point():
+            layout = "float (B, T, C, H, W)"
+        else:
+            raise TypeError(f"frames must be {expected}; got dtype {frames.dtype}")
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be 5-D, {expected}; got shape {tuple(frames.shape)}")
+        B, T = frames.shape[:2]
+        C, H, W = frames.shape[4], frames.shape[2], frames.shape[3]
+        if frames.dtype != torch.uint8:
+            C, H, W = frames.shape[2], frames.shape[3], frames.shape[4]
+        got = f"got {layout} shape {tuple(frames.shape)}"
+        if B == 0:
+            raise ValueError(f"frames must hold at least one clip, {got}")
+        if C != c.num_channels:
+            raise ValueError(f"frames must have {c.num_channels} channels, {expected}; {got}")
+        if (H, W) != (c.image_size, c.image_size):
+            raise ValueError(f"frames must be {c.image_size}x{c.image_size} (H x W), {expected}; {got}")
+        if T % c.tubelet_size:
+            raise ValueError(f"frame count {T} is not divisible by tubelet_size {c.tubelet_size}; {expected}; {got}")
+        if T != c.num_frames:
+            raise ValueError(f"this model takes {c.num_frames} frames per clip (its position table is fixed), {got}")
+
+    def _keep_mask(self, keep, frames) -> torch.Tensor | None:
+        """keep (None | str | KeepPolicy | bool (B, N)) -> bool (B, N) on the model's device, or None for all."""
+        B, N = frames.shape[0], self.config.num_tokens
+        if isinstance(keep, torch.Tensor):
+            if keep.dtype != torch.bool:
+                raise TypeError(f"a keep mask must be a bool tensor (B, N) = ({B}, {N}) with True = kept, "
+                                f"got dtype {keep.dtype}")
+            if tuple(keep.shape) != (B, N):
+                raise ValueError(f"a keep mask must have shape (B, N) = ({B}, {N}), got {tuple(keep.shape)}")
+            mask = keep.to(self.device)
+        else:
+            policy = parse_keep(keep)
+            if policy is None or isinstance(policy, KeepAll):
+                return None
+            if not isinstance(policy, KeepPolicy):  # pragma: no cover - parse_keep guarantees it
+                raise TypeError(f"keep must be None, a policy or a bool mask, got {type(keep).__name__}")
+            mask = policy.mask(frames, self.config)
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"every clip must keep at least one token; rows {empty} of the keep mask keep none")
+        return mask
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor, keep=None, return_tokens: bool = False) -> VideoMAEOutput:
+        """frames: uint8 (B, T, H, W, C) (normalized here with the checkpoint's mean/std) or float (B, T, C, H, W)
+        already normalized; keep: None | "all" | policy string | KeepPolicy | bool (B, N) with True = kept (rows may
+        keep different counts). With keep=None the forward makes no host sync (CUDA-graph capturable)."""
+        self._check_frames(frames)
+        c, backend = self.config, self.backend
+        frames = frames.to(self.device, non_blocking=True)
+        if frames.is_floating_point() and frames.dtype != self.dtype:
+            frames = frames.to(self.dtype)
+        B, N = frames.shape[0], c.num_tokens
+        mask = self._keep_mask(keep, frames)
+        if mask is None:  # all tokens: offsets known without looking at data
+            token_ids = None
+            cu_seqlens = torch.arange(B + 1, device=self.device, dtype=torch.int32) * N
+            max_seqlen = N
+        else:
+            token_ids, cu_seqlens, max_seqlen = pack(mask)
+        uint8 = frames.dtype == torch.uint8
+        x = patch_embed(frames, self.patch_embed.weight, self.patch_embed.bias, self.pos_table,
+                        self.pixel_mean if uint8 else None, self.pixel_std if uint8 else None, token_ids,
+                        patch_size=c.patch_size, tubelet_size=c.tubelet_size, backend=backend)  # (N_kept, D)
+
+        branch, residual = x, None
+        for block in self.blocks:
+            branch, residual = block(branch, residual, cu_seqlens, max_seqlen, backend)
+
+        if c.use_mean_pooling:
+            tokens = branch + residual  # (N_kept, D) last block output
+            w, b = (self.fc_norm.weight, self.fc_norm.bias) if self.fc_norm is not None else (None, None)
+            embeddings = mean_pool_layernorm(tokens, cu_seqlens, w, b, c.fc_norm_eps, backend=backend)  # (B, D)
+            logits = self.head(embeddings) if self.head is not None else None
+        else:
+            tokens, _ = layer_norm(branch, self.norm.weight, self.norm.bias, c.layer_norm_eps, residual,
+                                   backend=backend)
+            embeddings = mean_pool_layernorm(tokens, cu_seqlens, None, None, 0.0, backend=backend)
+            # no CLS token: HF's classifier reads the first kept token of each clip
+            logits = self.head(tokens[cu_seqlens[:-1].long()]) if self.head is not None else None
+        return VideoMAEOutput(embeddings, logits, tokens if return_tokens else None, cu_seqlens)
+
+    # --- description -------------------------------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> dict:
+        """JSON-serializable description recorded with every output: source, weights checksum, config,
+        preprocessing, dtype, device, backend, labels."""
+        c = self.config
+        return {
+            "source": self.source,
+            "weights_sha256": self.weights_sha256,
+            "config": c.to_dict(),
+            "num_parameters": self.num_parameters(),
+            "input_shape": {"uint8": ["B", c.num_frames, c.image_size, c.image_size, c.num_channels],
+                            "float": ["B", c.num_frames, c.num_channels, c.image_size, c.image_size]},
+            "preprocessing": {"image_size": c.image_size, "mean": list(c.image_mean), "std": list(c.image_std),
+                              "resize": "shortest_edge", "crop": "center", "interpolation": "bilinear"},
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "backend": self.backend,
+            "id2label": {str(k): v for k, v in c.id2label.items()} if c.id2label else None,
+        }
+
+
+__all__ = ["VideoMAE", "VideoMAEOutput", "sincos_table"]
