@@ -1,0 +1,506 @@
+"""Video -> clips: sampling plans, decoding (decord, PyAV fallback) and a crash-isolating pool of decode workers.
+
+decode_clips() turns one video into model-ready clips: uint8 (num_frames, S, S, 3), short side resized to S while
+decoding, center crop. Frames are decoded in one sequential pass per video (sorted indices; frames shared by
+overlapping clips decoded once) and timed by their presentation timestamps, never by index / fps.
+DecodePool runs decode_clips in worker processes so that a decoder that hangs, segfaults or aborts costs one
+video, not the run.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Lower-case file extensions (with the dot) treated as videos when scanning directories: `Path(p).suffix.lower()`.
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
+    ".3gp", ".ogv", ".asf", ".vob",
+}
+DEFAULT_SAMPLE_FPS = 7.5  # default frame spacing: about 1/7.5 s, i.e. frame step 4 at 30 fps
+STAGES = ("open", "decode", "sample")
+BACKENDS = ("auto", "decord", "pyav")
+
+
+class VideoError(Exception):
+    """A video that cannot become clips. stage: "open" (file/container/stream), "decode" (frames), "sample" (plan)."""
+
+    def __init__(self, stage: str, message: str):
+        if stage not in STAGES:
+            raise ValueError(f"VideoError stage must be one of {STAGES}, got {stage!r}")
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return (VideoError, (self.stage, self.message))
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.message}"
+
+
+# --- sampling --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames make a clip and which clips a video gives.
+
+    num_frames: frames per clip (the model's num_frames).
+    frame_step: take every frame_step-th frame; fps: or choose the step so frames are about 1/fps s apart (step =
+    round(average fps / fps), at least 1). Neither: fps=7.5 (step 4 at 30 fps). The average fps comes from the
+    frame timestamps ((n - 1) / (last - first)), so variable-frame-rate files get a sensible step.
+    clip_stride_s: sliding windows starting every clip_stride_s seconds (by frame timestamps); default: the clip's
+    span (num_frames * step frames), no overlap, no gap. clips_per_video: instead, N clips spread uniformly.
+    Only whole clips are taken, except that a video (or time range) shorter than one clip gives one clip padded by
+    repeating its last sampled frame. A tail shorter than a clip after the last window is not covered.
+    """
+
+    num_frames: int = 16
+    frame_step: int | None = None
+    fps: float | None = None
+    clip_stride_s: float | None = None
+    clips_per_video: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"num_frames must be an int >= 1, got {self.num_frames!r}")
+        if self.frame_step is not None and self.fps is not None:
+            raise ValueError(f"give frame_step or fps, not both (got frame_step={self.frame_step}, fps={self.fps})")
+        if self.frame_step is not None and (not isinstance(self.frame_step, int) or self.frame_step < 1):
+            raise ValueError(f"frame_step must be an int >= 1, got {self.frame_step!r}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+        if self.clip_stride_s is not None and self.clips_per_video is not None:
+            raise ValueError(f"give clip_stride_s or clips_per_video, not both (got {self.clip_stride_s}, "
+                             f"{self.clips_per_video})")
+        if self.clip_stride_s is not None and not (self.clip_stride_s > 0 and math.isfinite(self.clip_stride_s)):
+            raise ValueError(f"clip_stride_s must be a positive number of seconds, got {self.clip_stride_s!r}")
+        if self.clips_per_video is not None and (not isinstance(self.clips_per_video, int)
+                                                 or self.clips_per_video < 1):
+            raise ValueError(f"clips_per_video must be an int >= 1, got {self.clips_per_video!r}")
+
+    def step_for(self, avg_fps: float) -> int:
+        """Frame step for a video whose average frame rate is avg_fps."""
+        if self.frame_step is not None:
+            return self.frame_step
+        target = self.fps if self.fps is not None else DEFAULT_SAMPLE_FPS
+        if not (avg_fps > 0 and math.isfinite(avg_fps)):
+            return 1
+        return max(1, round(avg_fps / target))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to decode; start_s / end_s restrict clips to frames with start_s <= pts < end_s (seconds)."""
+
+    path: str
+    video_id: str | None = None  # None: str(path)
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", os.fspath(self.path))
+        if self.video_id is None:
+            object.__setattr__(self, "video_id", self.path)
+        if self.start_s is not None and self.end_s is not None and not self.end_s > self.start_s:
+            raise ValueError(f"end_s must be > start_s, got start_s={self.start_s}, end_s={self.end_s}")
+
+
+@dataclass
+class Clip:
+    """One model input.
+
+    frames: np.uint8 (num_frames, S, S, 3) RGB. frame_indices: np.int64 (num_frames,) source frame of each slot
+    (padding repeats the last sampled frame). start_frame: first source frame; end_frame: last sampled source frame
+    + 1 (exclusive). start_s: PTS of the first frame; end_s: PTS of the last sampled frame + that frame's duration
+    (next PTS - its PTS; the last frame of a file uses the container's duration or the average frame duration), so
+    [start_s, end_s) is the time the clip covers. padded_frames: slots filled by repeating the last frame.
+    """
+
+    clip_index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    padded_frames: int
+    frames: np.ndarray
+    frame_indices: np.ndarray = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """A clip before decoding: the same fields as Clip without the pixels."""
+
+    clip_index: int
+    frame_indices: np.ndarray  # int64 (num_frames,)
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    padded_frames: int
+
+    @property
+    def last_frame(self) -> int:
+        return self.end_frame - 1
+
+
+def plan_clips(
+    timestamps: np.ndarray,
+    sampling: Sampling,
+    *,
+    last_duration: float | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> list[ClipPlan]:
+    """Clip plans for a video whose frames have presentation times `timestamps` (float64 (n,), seconds, sorted).
+
+    last_duration: duration of the last frame (default: the median frame interval). Clips are in time order with
+    clip_index 0, 1, ... Raises VideoError("sample") when no frame lies in [start_s, end_s).
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    n = len(ts)
+    if n == 0:
+        raise VideoError("sample", "the video has no frames")
+    gaps = np.diff(ts)
+    typical = float(np.median(gaps)) if n > 1 and np.median(gaps) > 0 else None
+    span_s = ts[-1] - ts[0]
+    avg_fps = (n - 1) / span_s if n > 1 and span_s > 0 else (1.0 / last_duration if last_duration else 30.0)
+    last_duration = last_duration if last_duration and last_duration > 0 else (typical or 1.0 / avg_fps)
+    durations = np.append(gaps, last_duration)
+
+    lo, hi = 0, n - 1
+    if start_s is not None or end_s is not None:
+        lo = int(np.searchsorted(ts, start_s, "left")) if start_s is not None else 0
+        hi = int(np.searchsorted(ts, end_s, "left")) - 1 if end_s is not None else n - 1
+        if lo > hi:
+            raise VideoError("sample", f"no frame in [{start_s}, {end_s}) s; the video's frames span "
+                                       f"{ts[0]:.3f}..{ts[-1] + last_duration:.3f} s")
+    step = sampling.step_for(avg_fps)
+    t = sampling.num_frames
+    need = (t - 1) * step + 1  # source frames one clip spans
+    last_start = hi - need + 1
+    if last_start < lo:
+        starts = [lo]
+    elif sampling.clips_per_video is not None:
+        starts = sorted({round(x) for x in np.linspace(lo, last_start, sampling.clips_per_video)})
+    elif sampling.clip_stride_s is not None:
+        starts, k = [], 0
+        while True:
+            s = int(np.searchsorted(ts, ts[lo] + k * sampling.clip_stride_s - 1e-9, "left"))
+            s = max(s, starts[-1] + 1) if starts else s
+            if s > last_start:
+                break
+            starts.append(s)
+            k = max(k + 1, math.floor((ts[s] - ts[lo]) / sampling.clip_stride_s + 1e-9) + 1)
+    else:
+        starts = list(range(lo, last_start + 1, t * step))
+
+    plans = []
+    for clip_index, s in enumerate(starts):
+        idx = s + step * np.arange(t, dtype=np.int64)
+        real = idx <= hi
+        last_real = int(idx[real][-1])
+        idx[~real] = last_real
+        plans.append(ClipPlan(clip_index, idx, int(idx[0]), last_real + 1, float(ts[idx[0]]),
+                              float(ts[last_real] + durations[last_real]), int((~real).sum())))
+    return plans
+
+
+# --- decoding --------------------------------------------------------------------------------------------------------
+def _decode_size(width: int, height: int, image_size: int) -> tuple[int, int]:
+    """(w, h) with the short side = image_size and the aspect ratio kept (long side rounded)."""
+    if width <= height:
+        return image_size, max(image_size, round(height * image_size / width))
+    return max(image_size, round(width * image_size / height)), image_size
+
+
+def _center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """(h, w, 3) -> (S, S, 3) center crop; resizes first (bilinear, swscale) if the short side is not S."""
+    h, w = frame.shape[:2]
+    if min(h, w) != image_size:
+        import av
+
+        tw, th = _decode_size(w, h, image_size)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").to_ndarray(
+            width=tw, height=th, format="rgb24", interpolation="BILINEAR")
+        h, w = frame.shape[:2]
+    top, left = (h - image_size) // 2, (w - image_size) // 2
+    return frame[top : top + image_size, left : left + image_size]
+
+
+def _check_path(path: str) -> None:
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
+    if not p.exists():
+        raise VideoError("open", f"file not found: {path}")
+    if p.is_dir():
+        raise VideoError("open", f"is a directory, not a video file: {path}")
+    if p.stat().st_size == 0:
+        raise VideoError("open", f"empty file (0 bytes): {path}")
+
+
+def _av_open(path: str):
+    import av
+
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoError("open", f"cannot open {path}: {e}") from None
+
+
+class _PyAVReader:
+    """PyAV (FFmpeg) decoding: threaded, frames scaled to the decode size by swscale (bilinear) only when needed.
+
+    A demux pass (no decoding) first collects every packet's PTS and keyframe flag: that gives the frame count,
+    the timestamps of a variable-frame-rate file, and the keyframes to seek to across long gaps between clips.
+    """
+
+    name = "pyav"
+
+    def __init__(self, path: str, image_size: int, threads: int = 0):
+        import av
+
+        self.path, self.image_size, self.threads = path, image_size, threads
+        container = _av_open(path)
+        try:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise VideoError("open", f"no video stream in {path} (streams: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            self.stream_index = stream.index
+            self.width, self.height = stream.codec_context.width, stream.codec_context.height
+            self.pix_fmt = stream.codec_context.pix_fmt or ""
+            if not self.width or not self.height:
+                raise VideoError("open", f"video stream has no frame size ({self.width}x{self.height}) in {path}")
+            self.time_base = stream.time_base
+            pts, keys, last_duration = [], [], 0
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0:
+                        continue
+                    pts.append(packet.pts if packet.pts is not None else packet.dts)
+                    keys.append(packet.is_keyframe)
+                    last_duration = packet.duration or 0
+            except av.FFmpegError as e:  # damaged tail: keep the packets read so far, the decoder decides
+                if not pts:
+                    raise VideoError("open", f"cannot read packets of {path}: {e}") from None
+            rate = stream.average_rate or stream.guessed_rate
+        finally:
+            container.close()
+        if not pts:
+            raise VideoError("open", f"no video frames in {path}")
+        if any(p is None for p in pts):  # no timestamps at all (rare raw streams): fall back to index / rate
+            fps = float(rate) if rate else 25.0
+            pts = [round(i / fps / self.time_base) for i in range(len(pts))]
+        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+        self.pts = np.asarray(pts, dtype=np.int64)[order]
+        self.keyframe_indices = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
+        self.timestamps = self.pts.astype(np.float64) * float(self.time_base)
+        self.last_duration = float(last_duration * self.time_base) if last_duration else None
+        self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
+        self.decode_size = _decode_size(self.width, self.height, image_size)
+
+    def _key_before(self, index: int) -> int:
+        """Index of the last keyframe at or before frame `index` (0 when none is)."""
+        k = int(np.searchsorted(self.keyframe_indices, index, "right")) - 1
+        return int(self.keyframe_indices[k]) if k >= 0 else 0
+
+    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (index, uint8 (h, w, 3) at decode_size) for sorted unique frame indices, in order."""
+        import av
+
+        w, h = self.decode_size
+        allow_seek = True
+        i, pos = 0, -1  # next wanted position in indices; index of the last decoded frame
+        container = _av_open(self.path)
+        try:
+            stream = container.streams[self.stream_index]
+            stream.thread_type = "AUTO"  # frame + slice threads
+            stream.codec_context.thread_count = self.threads
+            damaged = False
+            while i < len(indices):
+                seeked = False
+                key = self._key_before(int(indices[i]))
+                if allow_seek and key > pos + 1:  # a keyframe lies ahead of the wanted frame: skip the gap
+                    container.seek(int(self.pts[key]), stream=stream, backward=True)
+                    seeked, pos = True, key - 1
+                restart = False
+                for packet in container.demux(stream):
+                    try:
+                        decoded = stream.decode(packet)
+                    except av.FFmpegError:  # a damaged packet: skip it, the decoder resynchronizes
+                        damaged = True
+                        continue
+                    for frame in decoded:
+                        idx = self._pts_to_index.get(frame.pts) if frame.pts is not None else pos + 1
+                        if idx is None or idx <= pos and not seeked:
+                            continue
+                        # After damage, frames up to the next keyframe predict from broken pictures: treat them
+                        # as missing (a wanted one fails the video) rather than embed garbage.
+                        damaged = (damaged or frame.is_corrupt) and not (frame.key_frame and not frame.is_corrupt)
+                        if damaged:
+                            continue
+                        if seeked and idx > indices[i]:  # the seek landed past the wanted frame: decode from 0
+                            allow_seek, restart = False, True
+                            break
+                        seeked, pos = False, idx
+                        if idx < indices[i]:
+                            continue
+                        if idx > indices[i]:
+                            raise VideoError("decode", f"frame {int(indices[i])} (t={self.timestamps[indices[i]]:.3f}"
+                                                       f" s) could not be decoded from {self.path}")
+                        yield idx, frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+                        i += 1
+                        if i == len(indices):
+                            return
+                        if allow_seek and self._key_before(int(indices[i])) > pos + 1:
+                            restart = True
+                            break
+                    if restart:
+                        break
+                damaged = False  # a seek or a reopen resets the decoder
+                if restart and not allow_seek:
+                    container.close()
+                    container = _av_open(self.path)
+                    stream = container.streams[self.stream_index]
+                    stream.thread_type = "AUTO"
+                    stream.codec_context.thread_count = self.threads
+                    pos = -1
+                elif not restart:
+                    raise VideoError("decode", f"the stream ended after frame {pos} of {len(self.pts)}; frame "
+                                               f"{int(indices[i])} could not be decoded from {self.path}")
+        finally:
+            container.close()
+
+
+class _DecordReader:
+    """decord decoding with frames scaled to the decode size by decord itself (fast path for common files)."""
+
+    name = "decord"
+
+    def __init__(self, path: str, width: int, height: int, image_size: int, threads: int = 0,
+                 batch: int = 32):
+        import decord
+
+        self.path, self.batch = path, batch
+        self.decode_size = _decode_size(width, height, image_size)
+        w, h = self.decode_size if self.decode_size != (width, height) else (-1, -1)
+        self.reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
+        n = len(self.reader)
+        if n == 0:
+            raise RuntimeError("decord found no frames")
+        ts = np.asarray(self.reader.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
+        self.timestamps = ts[:, 0]
+        self.last_duration = float(ts[-1, 1] - ts[-1, 0]) if ts[-1, 1] > ts[-1, 0] else None
+
+    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (index, uint8 (h, w, 3)) for sorted unique indices; get_batch on sorted chunks (decord decodes
+        forward within a GOP and seeks across gaps)."""
+        for lo in range(0, len(indices), self.batch):
+            chunk = indices[lo : lo + self.batch]
+            batch = self.reader.get_batch(chunk.tolist()).asnumpy()
+            yield from zip(chunk.tolist(), batch)
+
+
+def _open_reader(path: str, image_size: int, backend: str, threads: int):
+    """The reader for `backend`; "auto" tries decord and falls back to PyAV when decord cannot open the file."""
+    _check_path(path)
+    pyav = _PyAVReader(path, image_size, threads)  # header + packet scan: uniform "open" errors, native size
+    if backend == "pyav" or (backend == "auto" and pyav.pix_fmt.startswith(("gray", "ya"))):
+        # decord expands gray as limited range (24 -> 9): PyAV converts gray formats as full range, like FFmpeg
+        return pyav, None
+    try:
+        return _DecordReader(path, pyav.width, pyav.height, image_size, threads), pyav
+    except VideoError:
+        raise
+    except Exception as e:  # decord raises its own error types (DECORDError, RuntimeError)
+        if backend == "decord":
+            raise VideoError("open", f"decord cannot open {path}: {_one_line(e)}") from None
+        return pyav, None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def decode_clips(
+    task: VideoTask,
+    sampling: Sampling,
+    image_size: int,
+    backend: str = "auto",
+    *,
+    threads: int = 0,
+    at_s: float | None = None,
+    info: dict | None = None,
+) -> Iterator[Clip]:
+    """Decode the clips of one video, in clip order (see Sampling, Clip).
+
+    backend: "auto" (decord, PyAV when decord cannot open or decode the file), "decord" or "pyav".
+    threads: decoder threads (0: the backend's default, all cores). at_s: only the clip covering this time (the
+    last clip starting at or before it). info: if given, info["backend"] is set to the decoder actually used.
+    Raises VideoError(stage, message); clips already yielded stay valid only if the iteration ends normally.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+    info = {} if info is None else info
+    path = os.fspath(task.path)
+    reader, fallback = _open_reader(path, image_size, backend, threads)
+    done = 0  # clips yielded so far
+    while True:
+        info["backend"] = reader.name
+        plans = plan_clips(reader.timestamps, sampling, last_duration=reader.last_duration,
+                           start_s=task.start_s, end_s=task.end_s)
+        if at_s is not None:
+            covering = [p for p in plans if p.start_s <= at_s] or plans[:1]
+            plans = covering[-1:]
+        try:
+            for clip in _assemble(reader, plans[done:], image_size):
+                done += 1
+                yield clip
+            return
+        except VideoError:
+            raise
+        except Exception as e:
+            if reader.name == "decord" and backend == "auto":  # decord failed mid-way: go on with PyAV
+                reader, fallback = fallback or _PyAVReader(path, image_size, threads), None
+                continue
+            raise VideoError("decode", f"{reader.name} failed on {path}: {_one_line(e)}") from None
+
+
+def _assemble(reader, plans: list[ClipPlan], image_size: int) -> Iterator[Clip]:
+    """One sequential pass over the union of the plans' frames; each clip is yielded once its last frame is in."""
+    if not plans:
+        return
+    wanted = np.unique(np.concatenate([p.frame_indices for p in plans]))
+    cache: dict[int, np.ndarray] = {}
+    k = 0
+    for idx, frame in reader.frames(wanted):
+        cache[idx] = _center_crop(frame, image_size)
+        while k < len(plans) and plans[k].last_frame <= idx:
+            p = plans[k]
+            frames = np.stack([cache[int(j)] for j in p.frame_indices])
+            yield Clip(p.clip_index, p.start_frame, p.end_frame, p.start_s, p.end_s, p.padded_frames, frames,
+                       p.frame_indices.copy())
+            k += 1
+            keep_from = int(plans[k].frame_indices[0]) if k < len(plans) else idx + 1
+            for j in [j for j in cache if j < keep_from]:
+                del cache[j]
+    if k < len(plans):
+        raise VideoError("decode", f"the decoder stopped before frame {plans[k].last_frame}")
