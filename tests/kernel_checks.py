@@ -1,0 +1,55 @@
+"""Helpers for the kernel tests (patch_embed, layer_norm, mean_pool_layernorm): device choice, NaN-poisoned
+buffers, and a closeness check that says where and by how much it failed."""
+
+from __future__ import annotations
+
+import torch
+
+# The same tests run on CPU under TRITON_INTERPRET=1 (CI) and compiled on a GPU (TRITON_INTERPRET=0 pytest ...).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_GPU = DEVICE.type == "cuda"
+
+
+def interpreter_bf16_atol(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    """The Triton 3.9 interpreter casts fp32 -> bf16 by truncation, not round-to-nearest (seen: 4.59217 -> 4.5625,
+    torch gives 4.59375), so on CPU a bf16 store may be one ulp off: allow 2^-7 * max|ref| there, nothing on a GPU."""
+    if dtype != torch.bfloat16 or ON_GPU:
+        return 0.0
+    return 2.0 ** -7 * ref.abs().max().item()
+
+
+def poisoned(shape, dtype, device=DEVICE) -> torch.Tensor:
+    """An output buffer full of NaN: an element the kernel never writes stays NaN and fails the comparison."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def max_abs_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return (out.double() - ref.double()).abs().max().item() if out.numel() else 0.0
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float = 0.0, what: str = "") -> None:
+    """|out - ref| <= atol + rtol * |ref| elementwise, NaN never passes; on failure name the first bad index, the
+    values there and the max abs/rel errors."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    out64, ref64 = out.double().cpu(), ref.double().cpu()
+    err = (out64 - ref64).abs()
+    bad = ~(err <= atol + rtol * ref64.abs())  # NaN compares False, so it is bad
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        finite = err[~torch.isnan(err)]
+        rel = (finite / ref64.abs()[~torch.isnan(err)].clamp_min(1e-12)).max().item() if finite.numel() else float("nan")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {out.numel()} elements off (atol {atol:g}, rtol {rtol:g}); first at "
+            f"{first}: got {out64[first].item():.6g}, want {ref64[first].item():.6g}; "
+            f"NaN count {int(torch.isnan(out64).sum())}; max abs err "
+            f"{finite.max().item() if finite.numel() else float('nan'):.3g}, max rel err {rel:.3g}")
+
+
+def assert_close_to_baseline(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, atol: float,
+                             what: str = "") -> float:
+    """flash-attention's rule for low precision: max|out - ref| <= 2 * max|baseline - ref| + atol, where `ref` is the
+    fp64/fp32 reference and `baseline` the same computation done plainly in the low-precision dtype. Returns the
+    kernel's max abs error (for reporting)."""
+    allowed = 2 * max_abs_err(baseline, ref) + atol
+    assert_close(out, ref, atol=allowed, what=f"{what} (allowed = 2 x baseline err + {atol:g} = {allowed:.3g})")
+    return max_abs_err(out, ref)
