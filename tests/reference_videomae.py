@@ -71,7 +71,8 @@ def sincos_position_table(num_tokens: int, dim: int) -> torch.Tensor:
     Computed in float64 and rounded once to float32, as transformers does (it uses numpy float64)."""
     position = torch.arange(num_tokens, dtype=torch.float64).unsqueeze(1)  # (N, 1)
     j = torch.arange(dim, dtype=torch.float64)
-    angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    exponent = 2 * torch.div(j, 2, rounding_mode="floor") / dim
+    angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponent)
     table = torch.empty(num_tokens, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])

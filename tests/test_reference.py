@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hf_checkpoints import make_hf_model
 from reference_videomae import ReferenceVideoMAE, frames_to_pixel_values, sincos_position_table
 
@@ -58,15 +57,16 @@ def compare(hf, pixel_values, bool_masked_pos=None, label=""):
 
 
 TINY_CASES = {
-    "cls-meanpool-eps1e-12": dict(kind="classification", use_mean_pooling=True, layer_norm_eps=1e-12),
-    "cls-firsttoken-eps1e-6": dict(kind="classification", use_mean_pooling=False, layer_norm_eps=1e-6),
-    "base-meanpool-eps1e-6": dict(kind="base", use_mean_pooling=True, layer_norm_eps=1e-6),
-    "base-layernorm-eps1e-12": dict(kind="base", use_mean_pooling=False, layer_norm_eps=1e-12),
-    "cls-no-qv-bias": dict(kind="classification", qkv_bias=False),
-    "base-tubelet1-48px": dict(kind="base", image_size=48, num_frames=3, tubelet_size=1, use_mean_pooling=False),
+    "cls-meanpool-eps1e-12": {"kind": "classification", "use_mean_pooling": True, "layer_norm_eps": 1e-12},
+    "cls-firsttoken-eps1e-6": {"kind": "classification", "use_mean_pooling": False, "layer_norm_eps": 1e-6},
+    "base-meanpool-eps1e-6": {"kind": "base", "use_mean_pooling": True, "layer_norm_eps": 1e-6},
+    "base-layernorm-eps1e-12": {"kind": "base", "use_mean_pooling": False, "layer_norm_eps": 1e-12},
+    "cls-no-qv-bias": {"kind": "classification", "qkv_bias": False},
+    "base-tubelet1-48px": {"kind": "base", "image_size": 48, "num_frames": 3, "tubelet_size": 1,
+                           "use_mean_pooling": False},
     # HF small checkpoints: 384 wide, 16 heads of 24 (the original ViT-S uses 6 heads of 64)
-    "hf-small-layout": dict(kind="classification", hidden_size=384, num_attention_heads=16, intermediate_size=1536,
-                            num_hidden_layers=2),
+    "hf-small-layout": {"kind": "classification", "hidden_size": 384, "num_attention_heads": 16,
+                        "intermediate_size": 1536, "num_hidden_layers": 2},
 }
 
 
@@ -155,7 +155,8 @@ def test_loader_accepts_transformers_4x_spelling_and_saved_dirs(tmp_path):
     pixel_values = torch.randn(1, 4, 3, 32, 32)
     want = ReferenceVideoMAE.from_hf(hf)(pixel_values)
     old = {k.replace("attention.attention.query.bias", "attention.attention.q_bias")
-            .replace("attention.attention.value.bias", "attention.attention.v_bias"): v for k, v in hf.state_dict().items()}
+            .replace("attention.attention.value.bias", "attention.attention.v_bias"): v
+           for k, v in hf.state_dict().items()}
     assert any(k.endswith("q_bias") for k in old)
     ref_old = ReferenceVideoMAE.from_hf(hf)
     for p in ref_old.parameters():
@@ -186,7 +187,8 @@ def test_loader_rejects_missing_unexpected_and_misshaped_keys():
 def test_position_table_matches_transformers_bit_for_bit():
     from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
 
-    assert torch.equal(sincos_position_table(1568, 96), get_sinusoid_encoding_table(1568, 96)[0])  # HF builds it in a Python loop
+    # d = 96, not 768: transformers builds its table in a Python loop (6 s at 1568 x 768)
+    assert torch.equal(sincos_position_table(1568, 96), get_sinusoid_encoding_table(1568, 96)[0])
 
 
 def test_frames_to_pixel_values():
