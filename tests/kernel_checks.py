@@ -36,13 +36,13 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float 
     bad = ~(err <= atol + rtol * ref64.abs())  # NaN compares False, so it is bad
     if bad.any():
         first = tuple(int(i) for i in bad.nonzero()[0])
-        finite = err[~torch.isnan(err)]
-        rel = (finite / ref64.abs()[~torch.isnan(err)].clamp_min(1e-12)).max().item() if finite.numel() else float("nan")
+        finite = ~torch.isnan(err)
+        max_abs = err[finite].max().item() if finite.any() else float("nan")
+        max_rel = (err[finite] / ref64.abs()[finite].clamp_min(1e-12)).max().item() if finite.any() else float("nan")
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {out.numel()} elements off (atol {atol:g}, rtol {rtol:g}); first at "
             f"{first}: got {out64[first].item():.6g}, want {ref64[first].item():.6g}; "
-            f"NaN count {int(torch.isnan(out64).sum())}; max abs err "
-            f"{finite.max().item() if finite.numel() else float('nan'):.3g}, max rel err {rel:.3g}")
+            f"NaN count {int(torch.isnan(out64).sum())}; max abs err {max_abs:.3g}, max rel err {max_rel:.3g}")
 
 
 def assert_close_to_baseline(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, atol: float,
