@@ -281,4 +281,4 @@ def frames_to_pixel_values(frames: torch.Tensor, mean, std) -> torch.Tensor:
     x = frames.permute(0, 1, 4, 2, 3).to(torch.float32) / 255.0
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1)
-    return (x - mean) / std
+    return ((x - mean) / std).contiguous()
