@@ -40,7 +40,8 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float = TOL) ->
     err = rel_err(got, want)
     where = tuple(i.item() for i in torch.unravel_index((got - want).abs().argmax(), got.shape))
     print(f"{name}: rel max err {err:.2e} at {where}")
-    assert err <= tol, f"{name}: rel max err {err:.2e} > {tol:.0e} at {where}: got {got[where]:.6g}, want {want[where]:.6g}"
+    assert err <= tol, (f"{name}: rel max err {err:.2e} > {tol:.0e} at {where}: "
+                        f"got {got[where]:.6g}, want {want[where]:.6g}")
 
 
 @pytest.fixture(scope="module", params=["cls-meanpool", "cls-firsttoken-eps1e-6"])
