@@ -226,7 +226,9 @@ class VideoMAE(nn.Module):
 
     # --- description -------------------------------------------------------------------------------------------------
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameter count as the checkpoint has it: the fused qkv's always-zero key bias is not counted."""
+        zero_key_bias = self.config.hidden_size * len(self.blocks) if self.config.qkv_bias else 0
+        return sum(p.numel() for p in self.parameters()) - zero_key_bias
 
     def describe(self) -> dict:
         """JSON-serializable description recorded with every output: source, weights checksum, config,
