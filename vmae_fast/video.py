@@ -125,14 +125,15 @@ class Clip:
     frames: np.uint8 (num_frames, S, S, 3) RGB. frame_indices: np.int64 (num_frames,) source frame of each slot
     (padding repeats the last sampled frame). start_frame: first source frame; end_frame: last sampled source frame
     + 1 (exclusive). start_s: PTS of the first frame; end_s: PTS of the last sampled frame + that frame's duration
-    (next PTS - its PTS; the last frame of a file uses the container's duration or the average frame duration), so
+    (next PTS - its PTS; for the last frame of a file, its duration in the container, else the median frame
+    interval), so
     [start_s, end_s) is the time the clip covers. padded_frames: slots filled by repeating the last frame.
     """
 
     clip_index: int
     start_frame: int
     end_frame: int
-    start_s: float
+    start_s: float  # seconds since the first video frame (PTS - first PTS)
     end_s: float
     padded_frames: int
     frames: np.ndarray
@@ -308,7 +309,9 @@ class _PyAVReader:
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         self.pts = np.asarray(pts, dtype=np.int64)[order]
         self.keyframe_indices = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
-        self.timestamps = self.pts.astype(np.float64) * float(self.time_base)
+        # Seconds since the first video frame: container start times depend on the FFmpeg version (decord's FFmpeg
+        # puts an mkv's first frame at 0.021 s when AAC priming starts its audio early, PyAV's at 0).
+        self.timestamps = (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
         self.last_duration = float(last_duration * self.time_base) if last_duration else None
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
         self.decode_size = _decode_size(self.width, self.height, image_size)
@@ -392,7 +395,7 @@ class _DecordReader:
     name = "decord"
 
     def __init__(self, path: str, width: int, height: int, image_size: int, threads: int = 0,
-                 batch: int = 32):
+                 batch: int = 32, timestamps: np.ndarray | None = None):
         import decord
 
         self.path, self.batch = path, batch
@@ -403,8 +406,13 @@ class _DecordReader:
         if n == 0:
             raise RuntimeError("decord found no frames")
         ts = np.asarray(self.reader.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
-        self.timestamps = ts[:, 0]
         self.last_duration = float(ts[-1, 1] - ts[-1, 0]) if ts[-1, 1] > ts[-1, 0] else None
+        # decord counts from its FFmpeg's container start; the exact PTS from the packet scan are preferred (same
+        # clock as PyAV) whenever both see the same frames.
+        if timestamps is not None and len(timestamps) == n:
+            self.timestamps = timestamps
+        else:
+            self.timestamps = ts[:, 0] - ts[0, 0]
 
     def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (index, uint8 (h, w, 3)) for sorted unique indices; get_batch on sorted chunks (decord decodes
@@ -423,7 +431,7 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int):
         # decord expands gray as limited range (24 -> 9): PyAV converts gray formats as full range, like FFmpeg
         return pyav, None
     try:
-        return _DecordReader(path, pyav.width, pyav.height, image_size, threads), pyav
+        return _DecordReader(path, pyav.width, pyav.height, image_size, threads, timestamps=pyav.timestamps), pyav
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - decord raises its own types (DECORDError, RuntimeError, ...)
@@ -450,8 +458,8 @@ def decode_clips(
     """Decode the clips of one video, in clip order (see Sampling, Clip).
 
     backend: "auto" (decord, PyAV when decord cannot open or decode the file), "decord" or "pyav".
-    threads: decoder threads (0: the backend's default, all cores). at_s: only the clip covering this time (the
-    last clip starting at or before it). info: if given, info["backend"] is set to the decoder actually used.
+    threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
+    covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set to the decoder actually used.
     Raises VideoError(stage, message); clips already yielded stay valid only if the iteration ends normally.
     """
     if backend not in BACKENDS:
@@ -466,9 +474,8 @@ def decode_clips(
         info["backend"] = reader.name
         plans = plan_clips(reader.timestamps, sampling, last_duration=reader.last_duration,
                            start_s=task.start_s, end_s=task.end_s)
-        if at_s is not None:
-            covering = [p for p in plans if p.start_s <= at_s] or plans[:1]
-            plans = covering[-1:]
+        if at_s is not None:  # the clip covering at_s, else the nearest one (windows leave gaps of < 1 step)
+            plans = [min(plans, key=lambda p: max(p.start_s - at_s, at_s - p.end_s, 0.0))]
         try:
             for clip in _assemble(reader, plans[done:], image_size):
                 done += 1

@@ -1,0 +1,387 @@
+"""vmae_fast.video on real encoded files (tests/videos.py): sampling plans, both decoders, bad files, DecodePool."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.videos import PERIOD, frame_number, make_bad_files, make_video, make_video_zoo
+from vmae_fast.video import (
+    VIDEO_EXTENSIONS,
+    ClipsEvent,
+    DecodePool,
+    DoneEvent,
+    ErrorEvent,
+    ResetEvent,
+    Sampling,
+    VideoError,
+    VideoTask,
+    decode_clips,
+    plan_clips,
+)
+
+T, S = 4, 32  # small clips keep the suite fast; the logic does not depend on the size
+SAMPLING = Sampling(num_frames=T)
+BAD_STAGES = {"empty": "open", "truncated": "open", "text": "open", "audio_only": "open", "directory": "open",
+              "dangling_symlink": "open", "garbage_mid": "decode"}
+ZOO_NAMES = ["h264_bframes", "vp9", "hevc", "mjpeg", "h264_10bit", "hevc_10bit", "gray", "tiny", "hd1080", "portrait",
+             "vfr", "short", "audio", "non_ascii", "upper_ext", "nested"]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    return make_video_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def bad(tmp_path_factory):
+    return make_bad_files(tmp_path_factory.mktemp("bad"))
+
+
+def expected_clips(exp, sampling=SAMPLING):
+    """Reference plan written independently of plan_clips: frame indices, padding and [start_s, end_s) per clip."""
+    step = sampling.frame_step or max(1, round(exp.fps / 7.5))
+    n, need = exp.num_frames, (sampling.num_frames - 1) * step + 1
+    starts = list(range(0, n - need + 1, sampling.num_frames * step)) or [0]
+    out = []
+    for s in starts:
+        idx = [s + k * step for k in range(sampling.num_frames)]
+        real = [i for i in idx if i < n]
+        idx = real + [real[-1]] * (len(idx) - len(real))
+        last = real[-1]
+        dur = exp.timestamps[last + 1] - exp.timestamps[last] if last + 1 < n else exp.timestamps[1] - exp.timestamps[0]
+        out.append((idx, len(idx) - len(real), exp.timestamps[s], exp.timestamps[last] + dur))
+    return out
+
+
+def check_clips(clips, exp, sampling=SAMPLING, image_size=S):
+    """Clip count, indices, padding, times (1 ms: container time bases are 1/1000 or finer) and pixel frame numbers."""
+    ref = expected_clips(exp, sampling)
+    assert len(clips) == len(ref), f"{exp.path.name}: {len(clips)} clips, expected {len(ref)}"
+    for clip, (idx, padded, start_s, end_s) in zip(clips, ref):
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape == (sampling.num_frames, image_size, image_size, 3)
+        assert clip.frame_indices.tolist() == idx, f"{exp.path.name} clip {clip.clip_index}"
+        assert clip.padded_frames == padded
+        assert (clip.start_frame, clip.end_frame) == (idx[0], max(idx) + 1)
+        assert clip.start_s == pytest.approx(start_s, abs=1e-3) and clip.end_s == pytest.approx(end_s, abs=1e-3)
+        seen = [frame_number(f) for f in clip.frames]
+        assert seen == [i % PERIOD for i in idx], f"{exp.path.name} clip {clip.clip_index}: pixels say {seen}"
+    assert [c.clip_index for c in clips] == list(range(len(clips)))
+
+
+# --- sampling plans --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fps,step", [(30, 4), (29.97, 4), (25, 3), (24, 3), (60, 8), (7.5, 1), (2, 1)])
+def test_default_step_spaces_frames_about_1_over_7_5_s(fps, step):
+    assert Sampling().step_for(fps) == step
+    assert Sampling(fps=15).step_for(fps) == max(1, round(fps / 15))
+    assert Sampling(frame_step=5).step_for(fps) == 5
+
+
+def test_plan_sliding_uniform_stride_range_and_padding():
+    ts = np.arange(100) / 30.0
+    plans = plan_clips(ts, Sampling(num_frames=4))  # step 4, span 16 frames, clip needs 13
+    assert [p.start_frame for p in plans] == [0, 16, 32, 48, 64, 80]
+    assert plans[1].frame_indices.tolist() == [16, 20, 24, 28] and plans[1].end_frame == 29
+    assert plans[1].end_s == pytest.approx(29 / 30)
+    plans = plan_clips(ts, Sampling(num_frames=4, clip_stride_s=0.5))  # 15 frames: overlapping windows
+    assert [p.start_frame for p in plans] == [0, 15, 30, 45, 60, 75]
+    plans = plan_clips(ts, Sampling(num_frames=4, clips_per_video=3))
+    assert [p.start_frame for p in plans] == [0, 44, 87]  # uniform over starts 0..87
+    plans = plan_clips(ts, Sampling(num_frames=4), start_s=1.0, end_s=2.0)  # frames 30..59
+    assert [p.start_frame for p in plans] == [30, 46] and plans[-1].last_frame <= 59
+    plans = plan_clips(ts[:7], Sampling(num_frames=4))
+    assert len(plans) == 1 and plans[0].frame_indices.tolist() == [0, 4, 4, 4] and plans[0].padded_frames == 2
+    assert plans[0].end_s == pytest.approx(5 / 30)
+    with pytest.raises(VideoError) as e:
+        plan_clips(ts, Sampling(), start_s=10.0)
+    assert e.value.stage == "sample" and "no frame" in str(e.value)
+
+
+def test_plan_vfr_uses_timestamps():
+    ts = np.cumsum([0] + [0.02, 0.1] * 30)  # 61 frames, average 60 ms apart (16.4 fps): step 2
+    plans = plan_clips(ts, Sampling(num_frames=4, clip_stride_s=1.0))
+    assert plans[0].frame_indices.tolist() == [0, 2, 4, 6]
+    for p in plans:  # each window starts at the first frame at or after k * 1 s
+        k = p.clip_index
+        assert ts[p.start_frame] >= k - 1e-9 and (p.start_frame == 0 or ts[p.start_frame - 1] < k)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_frames": 0}, {"frame_step": 0}, {"frame_step": 2, "fps": 5.0}, {"fps": -1.0},
+                                    {"clip_stride_s": 1.0, "clips_per_video": 2}, {"clips_per_video": 0},
+                                    {"clip_stride_s": float("nan")}])
+def test_sampling_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        Sampling(**kwargs)
+
+
+def test_sampling_to_dict_and_task_defaults():
+    assert Sampling().to_dict() == {"num_frames": 16, "frame_step": None, "fps": None, "clip_stride_s": None,
+                                    "clips_per_video": None}
+    task = VideoTask(Path("/x/a.mp4"))
+    assert task.path == "/x/a.mp4" and task.video_id == "/x/a.mp4"
+    with pytest.raises(ValueError):
+        VideoTask("a.mp4", start_s=2.0, end_s=1.0)
+    assert {".mp4", ".mkv", ".webm", ".avi", ".mov"} <= VIDEO_EXTENSIONS
+    assert all(e == e.lower() and e.startswith(".") for e in VIDEO_EXTENSIONS)
+
+
+# --- decoding real files ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_good_video_clips(zoo, name, backend):
+    path, exp = zoo[name]
+    info = {}
+    clips = list(decode_clips(VideoTask(path), SAMPLING, S, backend, info=info))
+    check_clips(clips, exp)
+    # decord is the default; gray goes to PyAV (decord expands gray as limited range)
+    expected_backend = "pyav" if backend == "pyav" or name == "gray" else "decord"
+    assert info["backend"] == expected_backend
+
+
+def test_vfr_timestamps_come_from_pts(zoo):
+    _, exp = zoo["vfr"]
+    gaps = np.diff(exp.timestamps)
+    assert gaps.min() < 0.025 and gaps.max() > 0.075  # really irregular
+    for backend in ("decord", "pyav"):
+        clips = list(decode_clips(VideoTask(exp.path), SAMPLING, S, backend))
+        starts = [c.start_s for c in clips]
+        assert np.allclose(starts, [exp.timestamps[c.start_frame] for c in clips], atol=1e-3)
+        # index / fps would be off by far more than a frame somewhere
+        assert max(abs(s - c.start_frame / exp.fps) for s, c in zip(starts, clips)) > 0.05
+
+
+def test_tiny_frames_fall_back_to_pyav(zoo):
+    path, exp = zoo["tiny"]  # 16x16 decoded at its native size: decord's NDArray copy fails
+    info = {}
+    clips = list(decode_clips(VideoTask(path), SAMPLING, 16, info=info))
+    assert info["backend"] == "pyav"
+    check_clips(clips, exp, image_size=16)
+    with pytest.raises(VideoError) as e:
+        list(decode_clips(VideoTask(path), SAMPLING, 16, "decord"))
+    assert e.value.stage in ("open", "decode")
+
+
+def test_reduced_size_decoders_agree(zoo):
+    """decord scaling while decoding and PyAV's swscale bilinear give nearly the same 224 crop of a 1080p frame."""
+    path, _ = zoo["hd1080"]
+    a = next(decode_clips(VideoTask(path), SAMPLING, 224, "decord")).frames.astype(np.float64)
+    b = next(decode_clips(VideoTask(path), SAMPLING, 224, "pyav")).frames.astype(np.float64)
+    assert np.abs(a - b).mean() < 1.0  # measured 0.02 (uint8 units); different scalers would differ by several
+
+
+def test_time_range_uniform_overlap_and_at_s(zoo):
+    path, exp = zoo["h264_bframes"]  # 80 frames at 30 fps
+    clips = list(decode_clips(VideoTask(path, start_s=1.0, end_s=2.0), SAMPLING, S))
+    assert [c.start_frame for c in clips] == [30, 46]
+    assert all(exp.timestamps[c.end_frame - 1] < 2.0 for c in clips)
+    check = [frame_number(f) for f in clips[1].frames]
+    assert check == [i % PERIOD for i in (46, 50, 54, 58)]
+    clips = list(decode_clips(VideoTask(path), Sampling(num_frames=T, clips_per_video=3), S, "pyav"))
+    assert [c.start_frame for c in clips] == [0, 34, 67]
+    clips = list(decode_clips(VideoTask(path), Sampling(num_frames=T, frame_step=1, clip_stride_s=0.05), S))
+    assert [c.start_frame for c in clips[:3]] == [0, 2, 3]  # ceil of k * 1.5 frames: overlapping windows
+    assert all(frame_number(c.frames[0]) == c.start_frame % PERIOD for c in clips)
+    (clip,) = decode_clips(VideoTask(path), SAMPLING, S, at_s=1.2)
+    assert clip.start_s <= 1.2 < clip.end_s and clip.clip_index == 2
+    # clip 2 covers [32/30, 45/30) s, clip 3 starts at 48/30 s: between them the nearest wins
+    assert [c.clip_index for t in (1.55, 1.59) for c in decode_clips(VideoTask(path), SAMPLING, S, at_s=t)] == [2, 3]
+
+
+def test_short_video_is_padded(zoo):
+    path, _ = zoo["short"]  # 10 frames, clip needs 13
+    (clip,) = decode_clips(VideoTask(path), SAMPLING, S)
+    assert clip.frame_indices.tolist() == [0, 4, 8, 8] and clip.padded_frames == 1
+    assert [frame_number(f) for f in clip.frames] == [0, 4, 8, 8]
+    assert clip.end_s == pytest.approx(9 / 30)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_STAGES))
+def test_bad_file_raises_video_error(bad, name):
+    with pytest.raises(VideoError) as e:
+        list(decode_clips(VideoTask(bad[name]), SAMPLING, S))
+    assert e.value.stage == BAD_STAGES[name], str(e.value)
+    assert str(bad[name].name) in str(e.value) or name == "dangling_symlink"
+
+
+def test_garbage_mid_stream_is_local(bad):
+    """PyAV skips damaged packets and frames until the next keyframe; a wanted frame there fails the video (no
+    partial output), while a time range before the damage decodes normally."""
+    clips = list(decode_clips(VideoTask(bad["garbage_mid"], end_s=0.6), SAMPLING, S))
+    assert [c.start_frame for c in clips] == [0]
+    assert [frame_number(f) for f in clips[0].frames] == [0, 4, 8, 12]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        next(decode_clips(VideoTask("x.mp4"), SAMPLING, S, "opencv"))
+    with pytest.raises(ValueError, match="image_size"):
+        next(decode_clips(VideoTask("x.mp4"), SAMPLING, 0))
+    with pytest.raises(ValueError, match="workers"):
+        DecodePool(-1, SAMPLING, S)
+
+
+# --- DecodePool ------------------------------------------------------------------------------------------------------
+def collect(events):
+    """Per-task clips (after the last reset), terminal events, and the order check: one terminal event per task."""
+    clips, final, resets = {}, {}, {}
+    for ev in events:
+        key = ev.task.path
+        assert key not in final, f"event after the terminal event of {key}: {ev}"
+        if isinstance(ev, ClipsEvent):
+            clips.setdefault(key, []).extend(ev.clips)
+        elif isinstance(ev, ResetEvent):
+            clips[key] = []
+            resets[key] = resets.get(key, 0) + 1
+        else:
+            final[key] = ev
+    return clips, final, resets
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pool_all_files(zoo, bad, workers):
+    tasks = [VideoTask(p) for p, _ in zoo.values()] + [VideoTask(p) for p in bad.values()]
+    with DecodePool(workers, SAMPLING, S, timeout_s=30) as pool:
+        clips, final, resets = collect(pool.run(tasks))
+    assert set(final) == {t.path for t in tasks} and not resets
+    for _, exp in zoo.values():
+        ev = final[str(exp.path)]
+        assert isinstance(ev, DoneEvent) and ev.num_clips == len(clips[str(exp.path)]) and ev.decode_s > 0
+        check_clips(clips[str(exp.path)], exp)
+    for name, path in bad.items():
+        ev = final[str(path)]
+        assert isinstance(ev, ErrorEvent) and ev.stage == BAD_STAGES[name] and ev.attempts == 1
+
+
+@pytest.fixture()
+def hook_videos(zoo, tmp_path):
+    """Copies of a good video whose names trigger DecodePool test hooks (after the first clip is sent)."""
+    src = zoo["h264_bframes"][0]
+    names = ["vmae-test-segfault-once", "vmae-test-abort", "vmae-test-hang-once", "vmae-test-exit-once"]
+    out = {}
+    for n in names:
+        out[n] = tmp_path / f"{n}.mp4"
+        shutil.copy(src, out[n])
+    return out
+
+
+def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
+    exp = zoo["h264_bframes"][1]
+    good = [VideoTask(p) for p, _ in list(zoo.values())[:4]]
+    tasks = [VideoTask(p) for p in hook_videos.values()] + good
+    t0 = time.monotonic()
+    with DecodePool(2, SAMPLING, S, timeout_s=1.0, max_attempts=2, test_hooks=True) as pool:
+        clips, final, resets = collect(pool.run(tasks))
+        replaced, pids = pool.replaced, pool.worker_pids()
+    assert time.monotonic() - t0 < 30
+    for name, path in hook_videos.items():
+        key = str(path)
+        assert resets[key] == 1, name
+        if name.endswith("-once"):  # second attempt (PyAV) succeeds with the full, correct clip list
+            assert isinstance(final[key], DoneEvent) and final[key].backend == "pyav", final[key]
+            check_clips(clips[key], exp)
+        else:
+            assert isinstance(final[key], ErrorEvent) and final[key].attempts == 2
+            assert "SIGABRT" in final[key].error and final[key].stage == "decode"
+    assert replaced == 5  # segfault, abort twice, hang, exit
+    assert all(isinstance(final[t.path], DoneEvent) for t in good)
+    assert wait_gone(pids) == []
+
+
+def test_pool_hang_without_retry_is_an_error(hook_videos):
+    task = VideoTask(hook_videos["vmae-test-hang-once"])
+    with DecodePool(1, SAMPLING, S, timeout_s=0.5, max_attempts=1, test_hooks=True) as pool:
+        _, final, resets = collect(pool.run([task]))
+    ev = final[task.path]
+    assert isinstance(ev, ErrorEvent) and "no progress" in ev.error and ev.attempts == 1 and not resets
+
+
+def test_pool_bounded_queue(zoo):
+    path, exp = zoo["h264_bframes"]
+    sampling = Sampling(num_frames=2)  # 80 frames, step 4 -> 10 clips
+    with DecodePool(1, sampling, S, max_pending_clips=2, timeout_s=0.5) as pool:
+        events = pool.run([VideoTask(path)])
+        first = next(events)
+        time.sleep(1.5)  # a consumer slower than the decoder; longer than timeout_s: a full queue is not a hang
+        pending = pool.pending_clips()
+        rest = list(events)
+    assert 1 <= pending <= 2
+    clips, final, resets = collect([first, *rest])
+    assert isinstance(final[str(path)], DoneEvent) and not resets
+    check_clips(clips[str(path)], exp, sampling)
+
+
+def test_pool_early_exit_and_interrupt_leave_no_processes(zoo):
+    tasks = [VideoTask(p) for p, _ in zoo.values()] * 3
+    pool = DecodePool(2, SAMPLING, S)
+    events = pool.run(tasks)
+    next(events)
+    pids = pool.worker_pids()
+    events.close()  # the consumer stops early: busy workers are killed
+    pool.close()
+    assert wait_gone(pids) == []
+    with pytest.raises(KeyboardInterrupt), DecodePool(2, SAMPLING, S) as pool:
+        for _ in pool.run(tasks):
+            pids = pool.worker_pids()
+            raise KeyboardInterrupt
+    assert wait_gone(pids) == []
+
+
+def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C does) while a worker hangs: the run ends, workers are gone."""
+    script = tmp_path / "run_pool.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from vmae_fast.video import DecodePool, Sampling, VideoTask
+        if __name__ == "__main__":
+            with DecodePool(2, Sampling(num_frames=4), 32, timeout_s=600, test_hooks=True) as pool:
+                for ev in pool.run([VideoTask({str(hook_videos["vmae-test-hang-once"])!r})]):
+                    print("PIDS", *pool.worker_pids(), flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), proc.stderr.read()
+    pids = [int(x) for x in line.split()[1:]]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert wait_gone(pids) == []
+
+
+def test_make_video_vfr_and_audio(tmp_path):
+    exp = make_video(tmp_path / "x.mkv", frames=5, pts_ms=[0, 10, 50, 60, 200], audio=True)
+    assert exp.timestamps == (0.0, 0.01, 0.05, 0.06, 0.2) and math.isclose(exp.fps, 4 / 0.2)
+    # AAC priming makes decord's FFmpeg start this mkv's clock 21 ms before the first video frame; times are
+    # seconds since the first video frame with either decoder. The last frame lasts what the muxer recorded.
+    for backend in ("decord", "pyav"):
+        (clip,) = decode_clips(VideoTask(exp.path), Sampling(num_frames=5, frame_step=1), S, backend)
+        assert clip.start_s == 0.0 and clip.end_s == pytest.approx(0.2 + 1 / 30, abs=1e-3), backend  # 1 ms time base
