@@ -1,0 +1,53 @@
+"""Backend dispatch and torch.library registration shared by the kernel ops (kernels/_dispatch.py)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from vmae_fast.kernels import layer_norm, mean_pool_layernorm, patch_embed
+from vmae_fast.kernels._dispatch import interpreter_enabled, use_triton
+
+OPS = ["patch_embed", "layer_norm", "add_layer_norm", "mean_pool_layernorm", "varlen_attention"]
+
+
+def test_use_triton_choices():
+    cpu = torch.device("cpu")
+    assert use_triton("torch", cpu) is False
+    assert use_triton("auto", cpu) is False  # CPU -> torch path, even when the interpreter could run Triton
+    assert use_triton("triton", cpu) is interpreter_enabled()  # conftest sets TRITON_INTERPRET=1
+    with pytest.raises(ValueError, match="backend must be one of"):
+        use_triton("cuda", cpu)
+    with pytest.raises(ValueError, match="cannot run on meta"):
+        use_triton("triton", torch.device("meta"))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_ops_registered_without_mutation(name):
+    """torch.ops.vmae_fast.<op> exists (triton_op), its schema mutates nothing and returns fresh tensors."""
+    schema = getattr(torch.ops.vmae_fast, name).default._schema
+    assert all(arg.alias_info is None for arg in schema.arguments), str(schema)
+    assert all(ret.alias_info is None for ret in schema.returns), str(schema)
+
+
+def test_auto_on_cpu_never_launches_triton(monkeypatch):
+    """backend='auto' with CPU tensors takes the plain torch path (the registered ops are not called)."""
+    def boom(*args):
+        raise AssertionError("the Triton op was called for backend='auto' on CPU")
+
+    modules = {name: importlib.import_module(f"vmae_fast.kernels.{name}")
+               for name in ("layer_norm", "mean_pool_layernorm", "patch_embed")}
+    for mod, attrs in ((modules["layer_norm"], ("layer_norm_op", "add_layer_norm_op")),
+                       (modules["mean_pool_layernorm"], ("mean_pool_layernorm_op",)),
+                       (modules["patch_embed"], ("patch_embed_op",))):
+        for attr in attrs:
+            monkeypatch.setattr(mod, attr, boom)
+    x = torch.randn(6, 8)
+    layer_norm(x, None, None, 1e-5)
+    layer_norm(x, None, None, 1e-5, torch.randn(6, 8))
+    mean_pool_layernorm(x, torch.tensor([0, 2, 6], dtype=torch.int32), None, None, 1e-5)
+    frames = torch.randint(0, 256, (1, 1, 4, 4, 3), dtype=torch.uint8)
+    out = patch_embed(frames, torch.randn(8, 48), torch.zeros(8), torch.zeros(1, 8), torch.full((3,), 0.5),
+                      torch.full((3,), 0.5), patch_size=4, tubelet_size=1)
+    assert out.shape == (1, 8)
