@@ -325,3 +325,18 @@ def test_config_object_override_is_used_as_is(tiny_original):
                          num_attention_heads=4, intermediate_size=128, num_labels=5)
     model = save_and_load(state, root, "as-is.pth", config=cfg)
     assert model.config is cfg
+
+
+def test_cli_info(capsys, tmp_path):
+    from vmae_fast.cli import main
+
+    assert main(["info", "random:small"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters      21," in out and "6 heads (head dim 64)" in out
+    assert "uint8 (B, 16, 224, 224, 3)" in out and "mean [0.485, 0.456, 0.406]" in out
+    path, _ = make_hf_checkpoint(tmp_path / "m", kind="classification")
+    assert main(["info", str(path), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["config"]["num_labels"] == 5 and described["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert main(["info", "random:tiny"]) == 2
+    assert "unknown VideoMAE preset 'tiny'" in capsys.readouterr().err

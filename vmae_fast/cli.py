@@ -14,12 +14,46 @@ import sys
 # --- info ------------------------------------------------------------------------------------------------------------
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a model's config, parameter count, input shape and preprocessing")
-    p.add_argument("model", help="HF directory, original .pth, hub id in the local cache, or random:<preset>")
+    p.add_argument("model", help="HF directory, original .pth, hub id in the local cache, or random:<preset>[:seed]")
+    p.add_argument("--device", default="cpu", help="device to load on (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print model.describe() as JSON instead of text")
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args) -> int:
-    raise NotImplementedError  # filled by the foundation work
+    import json
+
+    from .checkpoint import load_model
+
+    model = load_model(args.model, device=args.device)
+    d = model.describe()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    c, pre = model.config, d["preprocessing"]
+    n_t, n_h, n_w = c.grid
+    head = f"{c.num_labels} labels" if c.num_labels else "none (embeddings only)"
+    pooling = ("mean of the last block -> fc_norm" if c.has_fc_norm else "mean of the last block") \
+        if c.use_mean_pooling else "final LayerNorm -> mean of tokens (logits from the first kept token)"
+    lines = [
+        f"model           {d['source']}",
+        f"weights sha256  {d['weights_sha256']}",
+        f"parameters      {d['num_parameters']:,}",
+        (f"architecture    ViT hidden {c.hidden_size}, {c.num_hidden_layers} blocks, {c.num_attention_heads} heads "
+        f"(head dim {c.head_dim}), MLP {c.intermediate_size}, qkv bias {c.qkv_bias}"),
+        (f"tokens          {c.num_tokens} per clip = {n_t} x {n_h} x {n_w} (tubelet {c.tubelet_size} frames x "
+        f"{c.patch_size}x{c.patch_size} px)"),
+        f"embedding       {c.hidden_size}-d: {pooling}; LayerNorm eps {c.layer_norm_eps:g}"
+        + (f", fc_norm eps {c.fc_norm_eps:g}" if c.use_mean_pooling and c.has_fc_norm else ""),
+        f"head            {head}",
+        (f"input           uint8 (B, {c.num_frames}, {c.image_size}, {c.image_size}, {c.num_channels}) RGB, or "
+        f"float (B, {c.num_frames}, {c.num_channels}, {c.image_size}, {c.image_size}) normalized"),
+        (f"preprocessing   resize shortest edge to {pre['image_size']} ({pre['interpolation']}), {pre['crop']} crop "
+        f"{pre['image_size']}x{pre['image_size']}, x/255, mean {pre['mean']}, std {pre['std']}"),
+        f"loaded as       {d['dtype']} on {d['device']}, backend {d['backend']}",
+    ]
+    print("\n".join(lines))
+    return 0
 
 
 # --- extract ---------------------------------------------------------------------------------------------------------
@@ -82,11 +116,108 @@ def _run_extract(args) -> int:
     return 0
 
 
+# --- index -----------------------------------------------------------------------------------------------------------
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="build a FAISS index over the clip embeddings of an extract output",
+                       description="Build a cosine-similarity index over OUT/clips, saved in OUT/index/ with the "
+                                   "row -> clip map and a fingerprint of the data (search refuses a stale index).")
+    p.add_argument("out", metavar="OUT", help="output folder of `vmae-fast extract`")
+    p.add_argument("--level", choices=("clip", "video"), default="clip",
+                   help="one vector per clip, or per video (mean of its clips, renormalized) (default %(default)s)")
+    p.add_argument("--kind", choices=("flat", "ivfpq", "hnsw"), default="flat",
+                   help="flat: exact; ivfpq: compressed, approximate, for millions of clips; hnsw: graph, fast "
+                        "approximate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=65_536, help="rows read at a time (default %(default)s)")
+    p.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~sqrt(rows), a power of two)")
+    p.add_argument("--m", type=int, help="ivfpq: PQ bytes per vector (default dim/8)")
+    p.add_argument("--nprobe", type=int, help="ivfpq: lists searched per query (default nlist/16)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+    p.set_defaults(run=_run_index)
+
+
+def _run_index(args) -> int:
+    from .index import Index
+
+    if args.batch_size < 1:
+        raise FatalError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    params = {k: getattr(args, k) for k in ("nlist", "m", "nprobe") if getattr(args, k) is not None}
+    if params and args.kind != "ivfpq":
+        raise FatalError(f"--{', --'.join(params)} only apply to --kind ivfpq")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    index = Index.build(args.out, level=args.level, kind=args.kind, batch_size=args.batch_size,
+                        progress=progress, **params)
+    m = index.manifest
+    extra = "".join(f" {k}={v}" for k, v in m["params"].items())
+    print(f"vmae-fast index: {m['rows']} {args.level}s, dim {m['dim']}, {args.kind}{extra}, "
+          f"built in {m['build_s']:.1f} s -> {Index.paths(args.out, args.level)['faiss']}")
+    return 0
+
+
+# --- search ----------------------------------------------------------------------------------------------------------
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="find the clips most similar to a video moment, a stored clip or a vector",
+                       description="Rank the clips (or videos, --level video) of OUT by cosine similarity to a query.")
+    p.add_argument("out", metavar="OUT", help="output folder of `vmae-fast extract` with an index (`vmae-fast index`)")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--video", metavar="PATH", help="embed the clip of this video at --at seconds (same model/settings)")
+    q.add_argument("--clip", metavar="VIDEO_ID:CLIP_INDEX", help="a clip already in OUT")
+    q.add_argument("--vector", metavar="FILE.npy", help="query vector(s): float array (D,) or (n, D)")
+    p.add_argument("--at", type=float, default=0.0, metavar="SECONDS", help="time of the --video query (default 0)")
+    p.add_argument("-k", type=int, default=10, help="matches per query (default %(default)s)")
+    p.add_argument("--level", choices=("clip", "video"), default="clip", help="which index to search (default clip)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--show", metavar="PNG", help="also draw a contact sheet of the query and matches to this PNG")
+    p.add_argument("--device", help="device for embedding a --video query (default: the run's, else cpu)")
+    p.set_defaults(run=_run_search)
+
+
+def _run_search(args) -> int:
+    import json
+
+    from .index import Index
+    from .search import format_results, run_query
+
+    if args.k < 1:
+        raise FatalError(f"-k must be a positive integer, got {args.k}")
+    index = Index.load(args.out, level=args.level)  # first: a missing or stale index fails before any embedding
+    results = run_query(index, args.out, video=args.video, at_s=args.at, clip=args.clip, vector=args.vector,
+                        k=args.k, device=args.device)
+    if args.show:
+        from .contact_sheet import draw_results
+
+        draw_results(args.out, results, args.show)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "level": index.level, "kind": index.kind, "rows": len(index),
+                          "results": results}, indent=1))
+    else:
+        print(format_results(index, results))
+        if args.show:
+            print(f"contact sheet: {args.show}")
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="extract, index and search the bundled sample videos (a first run, end to end)")
+    p.add_argument("--model", help="model for extraction (default: a cached Kinetics checkpoint if the Hugging Face "
+                                   "cache has one, else random weights)")
+    p.add_argument("--out", default="vmae-fast-demo", help="output folder (default ./%(default)s)")
+    p.add_argument("-k", type=int, default=5, help="matches to show (default %(default)s)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(model=args.model, out=args.out, k=args.k)
+
+
 # --- entry point -----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmae-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_extract):
+    for add in (_add_info, _add_extract, _add_index, _add_search, _add_demo):
         add(sub)
     return parser
 
