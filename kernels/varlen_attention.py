@@ -24,7 +24,7 @@ BLOCK_B = 128  # clips scanned per step when a program looks up its tile in cu_s
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [
-        (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 3), (64, 64, 4, 3),
+        (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 8, 2), (64, 64, 4, 3),
         (64, 32, 4, 2),
     ]
 ]
@@ -35,7 +35,9 @@ _INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=
 
 def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles that cannot fit: K and V stages in shared memory (<= 160 KiB of the H100's 227 KiB per block) and
-    the fp32 accumulator + score tile in registers (<= 128 fp32 registers per thread for the two together)."""
+    the fp32 accumulator + score tile in registers (<= 128 registers per thread for the two; fp32 operands count
+    twice, tf32x3 splits them into high and low halves). Checked against ptxas for sm_90: kept 16-bit configs
+    compile without spills at d = 24..128."""
     args = {**named_args, **kwargs}
     elt = args["Q"].element_size()
     width = args["BLOCK_D0"] + args["BLOCK_D1"]
@@ -43,7 +45,7 @@ def _prune_configs(configs, named_args, **kwargs):
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
         smem = (c.num_stages * 2 * bn + bm) * width * elt
-        regs = (bm * width + bm * bn) // (32 * c.num_warps)
+        regs = (bm * width + bm * bn) * (2 if elt == 4 else 1) // (32 * c.num_warps)
         if smem <= 160 * 1024 and regs <= 128:
             kept.append(c)
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
@@ -120,7 +122,7 @@ def _varlen_attention_kernel(
     HEAD_DIM: tl.constexpr,  # d
     BLOCK_D0: tl.constexpr,  # columns [0, BLOCK_D0) of d, power of two
     BLOCK_D1: tl.constexpr,  # columns [BLOCK_D0, BLOCK_D0 + BLOCK_D1), 0 when d fits in one block
-    INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 operands ("ieee"); ignored for fp16/bf16
+    INPUT_PRECISION: tl.constexpr,  # tl.dot precision for fp32 operands ("tf32x3"); no effect for fp16/bf16
     BLOCK_B: tl.constexpr,  # clips scanned per step of the tile lookup
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per inner step
@@ -218,9 +220,10 @@ def _varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         n_total, num_seqs,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D0=block_d0, BLOCK_D1=block_d1,
-        # fp32 inputs: full-precision products, as torch's fp32 matmul by default (tf32 would be ~3x faster on the
-        # tensor cores but carries a 10-bit mantissa); fp16/bf16 products are exact in fp32 either way.
-        INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        # fp32 inputs: "tf32x3" (three tf32 MMAs, error near fp32 rounding, on the tensor cores). Plain "tf32" keeps a
+        # 10-bit mantissa (~3e-4 relative, too coarse for the fp32 reference mode); "ieee" runs tl.dot on FMA units
+        # and spilled registers at every tile tried (ptxas sm_90). fp16/bf16 products are exact in fp32: no effect.
+        INPUT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
         BLOCK_B=BLOCK_B,
     )
     return out
