@@ -1,0 +1,34 @@
+"""tools/bench_kernels.py --smoke: every op and baseline runs on CPU (Triton under TRITON_INTERPRET=1) and each JSON
+row carries what a result needs to be read later."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_kernels_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "tools" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "kernels.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert "wrote" in capsys.readouterr().out
+    by_op = {}
+    for row in rows:
+        by_op.setdefault(row["op"], set()).add(row["provider"])
+        for key in ("device", "torch", "triton", "cuda", "git_commit", "dtype", "shape", "provider"):
+            assert key in row, f"row lacks {key}: {row}"
+        assert "error" not in row, row
+        assert row["ms"] > 0 and row["first_call_ms"] > 0 and row["gbps"] > 0
+    assert by_op == {
+        "varlen_attention": {"triton", "sdpa-math", "sdpa-loop"},
+        "layer_norm": {"triton", "torch"},
+        "mean_pool_layernorm": {"triton", "torch"},
+        "patch_embed": {"triton", "torch-conv3d"},
+    }
+    assert all("tflops" in r for r in rows if r["op"] in ("varlen_attention", "patch_embed"))
