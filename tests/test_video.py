@@ -385,3 +385,45 @@ def test_make_video_vfr_and_audio(tmp_path):
     for backend in ("decord", "pyav"):
         (clip,) = decode_clips(VideoTask(exp.path), Sampling(num_frames=5, frame_step=1), S, backend)
         assert clip.start_s == 0.0 and clip.end_s == pytest.approx(0.2 + 1 / 30, abs=1e-3), backend  # 1 ms time base
+
+
+@pytest.fixture(scope="session")
+def gop10(tmp_path_factory):
+    """120 frames at 30 fps with a keyframe every 10 frames (B-frames on): long gaps between uniform clips."""
+    return make_video(tmp_path_factory.mktemp("gop") / "gop10.mp4", "h264_bframes", frames=120, options={"g": "10"})
+
+
+def test_pyav_seeks_across_gaps_and_recovers_from_bad_seeks(gop10, monkeypatch):
+    from vmae_fast import video
+
+    sampling = Sampling(num_frames=T, clips_per_video=2)  # frames 0..12 and 107..119: seek to keyframe 100
+    seeks = []
+    real_open = video._PyAVReader._open_stream
+
+    class CountingContainer:
+        def __init__(self, container):
+            self.container = container
+
+        def seek(self, *args, **kwargs):
+            seeks.append(args[0])
+            return self.container.seek(*args, **kwargs)
+
+        def demux(self, *args, **kwargs):
+            return self.container.demux(*args, **kwargs)
+
+        def close(self):
+            self.container.close()
+
+    def counting_open(self):
+        container, stream = real_open(self)
+        return CountingContainer(container), stream
+
+    monkeypatch.setattr(video._PyAVReader, "_open_stream", counting_open)
+    clips = list(decode_clips(VideoTask(gop10.path), sampling, S, "pyav"))
+    assert [c.start_frame for c in clips] == [0, 107] and len(seeks) == 1
+    assert [frame_number(f) for f in clips[1].frames] == [i % PERIOD for i in (107, 111, 115, 119)]
+    # a seek that lands past the wanted frame (here: a wrong keyframe table) turns seeking off, same frames
+    monkeypatch.setattr(video._PyAVReader, "_key_before", lambda self, index: min(index + 5, len(self.pts) - 1))
+    again = list(decode_clips(VideoTask(gop10.path), sampling, S, "pyav"))
+    assert [c.frame_indices.tolist() for c in again] == [c.frame_indices.tolist() for c in clips]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(again, clips))
