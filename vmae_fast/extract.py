@@ -15,6 +15,7 @@ import hashlib
 import os
 import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,12 +493,14 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
             shard: str | tuple[int, int] | None = None, overwrite: bool = False, embedding_dtype: str = "float32",
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
             decode_backend: str = "auto", part_rows: int = 100_000, commit_interval_s: float = 60.0,
-            max_pending_clips: int | None = None) -> dict:
+            decode_options: dict | None = None) -> dict:
     """Embed every clip of `inputs` into the Parquet dataset `out`; returns the run summary (see format_summary).
 
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
     (HF folder, .pth, hub id, "random:<preset>") or an already loaded VideoMAE. Rerunning the same call resumes;
     a different configuration into the same `out` raises ValueError unless overwrite=True.
+    decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, test_hooks); by default
+    the pool may hold two model batches of decoded clips, so decoders keep working while the model computes.
     """
     from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling
 
@@ -561,9 +564,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
     wait_s = 0.0
     try:
-        pool_options = {"timeout_s": timeout_s, "backend": decode_backend}
-        if max_pending_clips is not None:
-            pool_options["max_pending_clips"] = max_pending_clips
+        pool_options = {"timeout_s": timeout_s, "backend": decode_backend,
+                        "max_pending_clips": max(2 * batch_size, 4 * max(workers, 1)), **(decode_options or {})}
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
             events = iter(pool.run(todo))
             while True:
@@ -654,7 +656,7 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     """Embed the clip of `path` covering time `at_s` exactly as the run in `out` did; returns (np.float32 (D,), Clip).
 
     The clip grid is the run's sampling, so the result matches the stored row of that clip (up to the device's
-    numerics when `device` differs from the run's). Among clips covering at_s, the one centred nearest wins.
+    numerics when `device` differs from the run's). When at_s falls between clips, the nearest clip is taken.
     """
     from .video import Sampling, VideoTask, decode_clips
 
@@ -676,16 +678,10 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
         raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")
     sampling = Sampling(**config["sampling"])
     task = VideoTask(path=os.path.abspath(path), video_id=str(path))
-    best = None
-    for clip in decode_clips(task, sampling, int(config["image_size"])):
-        covers = clip.start_s <= at_s <= clip.end_s
-        distance = abs((clip.start_s + clip.end_s) / 2 - at_s)
-        rank = (not covers, distance)
-        if best is None or rank < best[0]:
-            best = (rank, clip)
-    if best is None:
+    clips = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
+    if not clips:
         raise ValueError(f"{path}: no clips could be sampled")
-    clip = best[1]
+    clip = clips[0]
     keep_policy, _ = _keep_policy(config["keep"])
     frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(dev)
     with torch.inference_mode():
@@ -694,3 +690,14 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
         embedding = embedding.astype(np.float16).astype(np.float32)
     return embedding, clip
 
+
+
+class _CallableModule(types.ModuleType):
+    """Importing vmae_fast.extract (the module) rebinds the package attribute `vmae_fast.extract` from the function to
+    the module; calling the module keeps the documented `vmae_fast.extract(inputs, out, ...)` working either way."""
+
+    def __call__(self, *args, **kwargs):
+        return extract(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
