@@ -1,0 +1,494 @@
+#!/usr/bin/env python
+"""Model benchmark: vmae_fast against transformers VideoMAE (eager, SDPA) and torch.compile of it, side by side.
+
+Same random weights everywhere (a transformers model is built with random weights, saved to a temporary directory and
+loaded by vmae_fast.load_model), same device, dtype, batch and inputs, one process, providers alternated round by
+round so drift (clocks, other load) hits all of them alike. Reports clips/s, useful TFLOP/s (FLOPs of the kept tokens
+only, the same formula for every provider), first-call time (compile/autotune/capture) apart, peak GPU memory, and
+the embedding cosine against an fp32 run of the same inputs. Imports torch, triton, transformers (and matplotlib for
+the optional plot) only.
+
+    python tools/bench_model.py --smoke                               # CPU, tiny config, seconds (CI)
+    python tools/bench_model.py --models base --out bench/results/model_base.json   # one GPU, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("small", "base", "large", "huge", "giant")
+PROVIDERS = ("vmae_fast", "vmae_fast-cudagraph", "transformers-eager", "transformers-sdpa", "torch-compile")
+TINY = {"image_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2, "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# aten ops behind F.scaled_dot_product_attention, by the backend that runs them
+SDPA_BACKENDS = {"aten::_scaled_dot_product_flash_attention": "flash",
+                 "aten::_scaled_dot_product_efficient_attention": "efficient",
+                 "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu": "cpu-flash",
+                 "aten::_scaled_dot_product_attention_math": "math"}
+
+
+def import_vmae_fast():
+    """vmae_fast from the installed package, or from this checkout when it is not installed (a bare GPU machine):
+    kernels/ is then mapped to vmae_fast.kernels the way pyproject.toml's package-dir does."""
+    try:
+        importlib.import_module("vmae_fast.kernels")
+    except ModuleNotFoundError:
+        sys.path.insert(0, str(ROOT))
+        sys.modules.pop("vmae_fast", None)
+        import vmae_fast
+
+        spec = importlib.util.spec_from_file_location("vmae_fast.kernels", ROOT / "kernels" / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / "kernels")])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["vmae_fast.kernels"] = module
+        spec.loader.exec_module(module)
+        vmae_fast.kernels = module
+    importlib.import_module("vmae_fast.tokens")  # parse_keep, used as vmae_fast.tokens below
+    return importlib.import_module("vmae_fast")
+
+
+# --- environment -------------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device, commit: str | None) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "commit": commit or os.environ.get("VMAE_FAST_COMMIT") or git_commit()}
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+def model_config(name: str, vmae_fast) -> dict:
+    """Architecture of a preset (or the tiny smoke config) as transformers VideoMAEConfig keyword arguments."""
+    if name == "tiny":
+        return dict(TINY)
+    c = vmae_fast.VideoMAEConfig.from_name(name)
+    return {k: getattr(c, k) for k in ("image_size", "patch_size", "num_frames", "tubelet_size", "hidden_size",
+                                       "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Random weights for every parameter (biases and LayerNorm gains too, so none is a no-op): matrices N(0, 0.02),
+    LayerNorm gains 1 + N(0, 0.1), biases N(0, 0.1)."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype)
+            if p.dim() >= 2:
+                p.copy_(noise * 0.02)
+            elif name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.1 * noise)
+
+
+def weights_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+class Setup:
+    """Every model of one architecture: transformers fp32 (reference + source of the weights) and in `dtype` (eager,
+    SDPA, compiled), vmae_fast fp32 (reference for kept subsets) and in `dtype`."""
+
+    def __init__(self, name: str, args, device: torch.device, dtype: torch.dtype, vmae_fast, workdir: Path):
+        from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+        self.name, self.device, self.dtype = name, device, dtype
+        arch = model_config(name, vmae_fast)
+        # num_labels=0: the classifier is an identity, so the HF "logits" are the pooled embedding fc_norm(mean)
+        hf_config = VideoMAEConfig(**arch, num_labels=0, use_mean_pooling=True, qkv_bias=True)
+        try:
+            with torch.device(device):  # initialize on the device: a CPU init of ViT-g takes minutes
+                hf32 = VideoMAEForVideoClassification(hf_config).eval()
+        except RuntimeError:  # a transformers version that cannot build under a device context
+            hf32 = VideoMAEForVideoClassification(hf_config).eval().to(device)
+        randomize_(hf32, seed=args.seed)
+        path = workdir / name
+        hf32.save_pretrained(path)
+        self.hf32 = hf32
+        self.vmae32 = vmae_fast.load_model(path, device=device, dtype=torch.float32)
+        self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(path, device=device, dtype=dtype)
+        self.config = self.vmae.config
+        self.hf_sdpa = hf32 if dtype == torch.float32 else copy.deepcopy(hf32).to(dtype)
+        self.hf_sdpa.set_attn_implementation("sdpa")
+        self.hf_eager = copy.deepcopy(self.hf_sdpa)
+        self.hf_eager.set_attn_implementation("eager")
+        self.compiled = None  # built on first use: torch.compile of its own copy (guards see only its config)
+        self.compile_mode = args.compile_mode
+        self.graph_runners: dict[int, object] = {}
+
+    def compiled_model(self):
+        if self.compiled is None:
+            module = copy.deepcopy(self.hf_sdpa)
+            self.compiled = torch.compile(module, mode=self.compile_mode, dynamic=False)
+            self.compiled_weights = weights_bytes(module)
+        return self.compiled
+
+    def pixel_values(self, frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> normalized (B, T, 3, H, W) in dtype, with the checkpoint's mean/std."""
+        x = frames.permute(0, 1, 4, 2, 3).float().div(255.0)
+        x = (x - self.vmae.pixel_mean.view(1, 1, 3, 1, 1)) / self.vmae.pixel_std.view(1, 1, 3, 1, 1)
+        return x.to(dtype).contiguous()
+
+
+def model_flops(config, kept_per_clip: list[int]) -> float:
+    """Forward FLOPs (2 per multiply-add) of the encoder over each clip's kept tokens: patch embedding GEMM, per block
+    qkv (3 D^2), attention (QK^T and PV: 4 n^2 D), output projection (D^2) and MLP (2 D I); norms, GELU and the
+    pooled head are left out (< 1 %)."""
+    D, L, I, P = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.patch_dim
+    total = 0.0
+    for n in kept_per_clip:
+        total += 2 * n * P * D + L * (2 * n * 3 * D * D + 4 * n * n * D + 2 * n * D * D + 4 * n * D * I)
+    return total
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, iters: int, device: torch.device) -> float:
+    """Mean milliseconds per call over `iters` back-to-back calls (CUDA events on a GPU, perf_counter on CPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
+def sdpa_backend_used(fn) -> str:
+    """Which SDPA backend one call runs, read from the aten ops a profiler records (not assumed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {event.name for event in prof.events()}
+    found = sorted({backend for op, backend in SDPA_BACKENDS.items() if op in names})
+    return "+".join(found) if found else "none recorded"
+
+
+def cosine(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """(mean, min) over clips of the cosine similarity of two (B, D) embeddings, computed in float64."""
+    cos = torch.nn.functional.cosine_similarity(got.double().cpu(), want.double().cpu(), dim=1)
+    return cos.mean().item(), cos.min().item()
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+# --- one (model, batch) setting ----------------------------------------------------------------------------------
+
+
+def build_runs(setup: Setup, args, batch: int, frames: torch.Tensor, pixel_values: torch.Tensor, vmae_fast):
+    """[(provider, keep ratio, keep spec, make_fn)]: make_fn() builds what the provider needs (compile, capture) and
+    returns the timed callable, which returns the (batch, D) embedding."""
+    runs = []
+    dev = setup.device
+    if "vmae_fast" in args.providers:
+        for ratio in args.keeps:
+            spec = None if ratio >= 1.0 else f"tube:{ratio:g}"
+            runs.append(("vmae_fast", ratio, spec,
+                         lambda spec=spec: (lambda: setup.vmae(frames, keep=spec).embeddings)))
+    if "vmae_fast-cudagraph" in args.providers and dev.type == "cuda" and batch in args.graph_batches:
+        def make_graph():
+            from vmae_fast.cuda_graphs import CUDAGraphRunner
+
+            runner = setup.graph_runners.get(batch) or CUDAGraphRunner(setup.vmae, batch, clone=False)
+            setup.graph_runners[batch] = runner
+            return lambda: runner(frames).embeddings
+        runs.append(("vmae_fast-cudagraph", 1.0, None, make_graph))
+    if "transformers-eager" in args.providers:
+        runs.append(("transformers-eager", 1.0, None, lambda: (lambda: setup.hf_eager(pixel_values).logits)))
+    if "transformers-sdpa" in args.providers:
+        runs.append(("transformers-sdpa", 1.0, None, lambda: (lambda: setup.hf_sdpa(pixel_values).logits)))
+    if "torch-compile" in args.providers:
+        def make_compiled():
+            compiled = setup.compiled_model()
+
+            def call():
+                if dev.type == "cuda":  # max-autotune replays CUDA graphs: mark each call as a new step
+                    torch.compiler.cudagraph_mark_step_begin()
+                return compiled(pixel_values).logits
+            return call
+        runs.append(("torch-compile", 1.0, None, make_compiled))
+    return runs
+
+
+def provider_weights(setup: Setup, provider: str) -> int:
+    if provider.startswith("vmae_fast"):
+        return weights_bytes(setup.vmae)
+    if provider == "torch-compile":
+        return getattr(setup, "compiled_weights", weights_bytes(setup.hf_sdpa))
+    return weights_bytes(setup.hf_sdpa)
+
+
+@torch.no_grad()
+def fp32_reference(setup: Setup, frames: torch.Tensor, spec: str | None, chunk: int) -> torch.Tensor:
+    """(B, D) fp32 embeddings of the same frames: transformers SDPA fp32 for all tokens, vmae_fast fp32 with the
+    same keep policy for kept subsets (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6,
+    tests/test_model*.py). In chunks to bound the fp32 activation memory."""
+    outs = []
+    for i in range(0, frames.shape[0], chunk):
+        part = frames[i:i + chunk]
+        if spec is None:
+            outs.append(setup.hf32(setup.pixel_values(part, torch.float32)).logits.float())
+        else:
+            outs.append(setup.vmae32(part, keep=spec).embeddings.float())
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[dict]:
+    c, dev = setup.config, setup.device
+    g = torch.Generator().manual_seed(args.seed + batch)
+    frames = torch.randint(0, 256, (batch, c.num_frames, c.image_size, c.image_size, c.num_channels),
+                           dtype=torch.uint8, generator=g).to(dev)
+    pixel_values = setup.pixel_values(frames, setup.dtype)
+    runs = build_runs(setup, args, batch, frames, pixel_values, vmae_fast)
+    results = []
+    for provider, ratio, spec, make in runs:
+        row = {**env, "model": setup.name, "dtype": str(setup.dtype).removeprefix("torch."), "batch": batch,
+               "keep": ratio, "provider": provider, "clips_per_s": None, "tflops": None, "cosine_vs_fp32": None,
+               "peak_mem_gb": None, "keep_spec": spec or "all",
+               "input": "uint8 (B,T,H,W,3)" if provider.startswith("vmae_fast") else "normalized float (B,T,3,H,W)"}
+        policy = vmae_fast.tokens.parse_keep(spec)
+        kept = [c.num_tokens] * batch if policy is None else policy.mask(frames, c).sum(1).tolist()
+        row["tokens_per_clip"], row["kept_tokens_mean"] = c.num_tokens, sum(kept) / batch
+        row["flops_per_batch"] = model_flops(c, kept)
+        try:
+            synchronize(dev)
+            base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            fn = make()
+            out = fn()
+            synchronize(dev)
+            row["first_call_s"] = time.perf_counter() - t0  # compile / autotune / capture + one call
+            embedding = out.float().clone()
+            fn()  # steady-state call: its activations count in the peak too
+            synchronize(dev)
+            if dev.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(dev) - base + provider_weights(setup, provider)
+                row["peak_mem_gb"] = peak / 2**30
+            row["cosine_vs_fp32"], row["cosine_min_vs_fp32"] = cosine(
+                embedding, fp32_reference(setup, frames, spec, args.reference_chunk))
+            if provider == "transformers-sdpa":
+                row["sdpa_backend"] = sdpa_backend_used(fn)
+            warm_ms = time_calls(fn, 1, dev)
+            iters = max(1, min(args.max_iters, math.ceil(args.min_time_ms / max(warm_ms, 1e-3))))
+            results.append((row, fn, iters))
+        except Exception as error:  # an OOM (or a provider that cannot run) is a row, not the end of the run
+            if not is_oom(error) and not args.keep_going:
+                raise
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            results.append((row, None, 0))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    timed = [(row, fn, iters) for row, fn, iters in results if fn is not None]
+    samples = {id(row): [] for row, _, _ in timed}
+    for r in range(args.rounds):  # alternate: forward order on even rounds, reversed on odd ones
+        for row, fn, iters in (timed if r % 2 == 0 else timed[::-1]):
+            samples[id(row)].append(time_calls(fn, iters, dev))
+    rows = []
+    for row, fn, iters in results:
+        if fn is not None:
+            ms = sorted(samples[id(row)])
+            median = statistics.median(ms)
+            row.update(ms_per_batch=median, ms_min=ms[0], ms_max=ms[-1], rounds=args.rounds, iters_per_round=iters,
+                       clips_per_s=batch * 1e3 / median, tflops=row["flops_per_batch"] / (median * 1e-3) / 1e12)
+        rows.append(row)
+    sdpa = next((r["clips_per_s"] for r in rows if r["provider"] == "transformers-sdpa" and r["clips_per_s"]), None)
+    for row in rows:
+        row["speedup_vs_sdpa"] = row["clips_per_s"] / sdpa if sdpa and row["clips_per_s"] else None
+    return rows
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+
+
+def print_rows(rows: list[dict]) -> None:
+    header = (f"{'model':6} {'dtype':8} {'batch':>5} {'keep':>5} {'provider':20} {'clips/s':>9} {'ms':>9} "
+              f"{'TFLOP/s':>8} {'xSDPA':>6} {'cos':>8} {'memGB':>6} {'first_s':>8}")
+    print(header)
+    for r in rows:
+        def f(key, fmt, r=r):
+            return format(r[key], fmt) if r.get(key) is not None else "-"
+        print(f"{r['model']:6} {r['dtype']:8} {r['batch']:>5} {r['keep']:>5} {r['provider']:20} "
+              f"{f('clips_per_s', '9.1f')} {f('ms_per_batch', '9.2f')} {f('tflops', '8.1f')} "
+              f"{f('speedup_vs_sdpa', '6.2f')} {f('cosine_vs_fp32', '8.5f')} {f('peak_mem_gb', '6.2f')} "
+              f"{f('first_call_s', '8.2f')}" + (f"  {r['error']}" if r.get("error") else "")
+              + (f"  sdpa={r['sdpa_backend']}" if r.get("sdpa_backend") else ""))
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """clips/s against batch per provider, one panel per model (all tokens; vmae_fast's kept ratios dashed).
+    Needs matplotlib (pip install 'vmae-fast[bench]'); without it the plot is skipped with a message."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["model"] == model and r.get("clips_per_s"):
+                label = r["provider"] if r["keep"] >= 1.0 else f"{r['provider']} keep {r['keep']:g}"
+                series.setdefault(label, []).append((r["batch"], r["clips_per_s"]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    linestyle="--" if "keep" in label else "-", label=label)
+        dtype = next(r["dtype"] for r in rows if r["model"] == model)
+        ax.set(title=f"{model} ({dtype})", xlabel="batch (clips)", ylabel="clips/s", xscale="log", yscale="log")
+        batches = sorted({r["batch"] for r in rows if r["model"] == model})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    device = rows[0]["device"] if rows else ""
+    fig.suptitle(f"VideoMAE forward throughput on {device}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+
+def csv_list(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny config, fp32, batches 1,2, seconds (CI)")
+    p.add_argument("--models", type=csv_list(str), default=list(MODELS), help="presets: " + ",".join(MODELS))
+    p.add_argument("--batches", type=csv_list(int), default=[1, 8, 32, 64])
+    p.add_argument("--keeps", type=csv_list(float), default=[1.0, 0.7, 0.5, 0.25],
+                   help="kept-token ratios for vmae_fast (tube policy); transformers always keeps all")
+    p.add_argument("--providers", type=csv_list(str), default=list(PROVIDERS), help=",".join(PROVIDERS))
+    p.add_argument("--graph-batches", type=csv_list(int), default=[1], help="batches with a CUDA-graph row")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--compile-mode", default="max-autotune")
+    p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (median reported)")
+    p.add_argument("--min-time-ms", type=float, default=200.0, help="target time of one round per provider")
+    p.add_argument("--max-iters", type=int, default=200)
+    p.add_argument("--reference-chunk", type=int, default=8, help="clips per fp32 reference forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="JSON rows (default bench/results/model_<stamp>.json)")
+    p.add_argument("--append", action="store_true", help="add to the rows already in --out (runs split in parts)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default: --out with .png)")
+    p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
+    p.add_argument("--keep-going", action="store_true", help="record any provider error as a row and go on "
+                                                              "(out-of-memory always is)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.batches, args.keeps = ["tiny"], [1, 2], [1.0, 0.5]
+        args.device = args.device or "cpu"
+        args.dtype, args.rounds, args.min_time_ms, args.max_iters = "fp32", 2, 5.0, 3
+        if args.providers == list(PROVIDERS):  # compile on CPU takes a minute; no CUDA graphs on CPU
+            args.providers = ["vmae_fast", "transformers-eager", "transformers-sdpa"]
+    unknown = [x for x in args.providers if x not in PROVIDERS] + [x for x in args.models
+                                                                  if x not in MODELS and x != "tiny"]
+    if unknown:
+        p.error(f"unknown provider/model {unknown}; providers: {PROVIDERS}, models: {MODELS}")
+    if any(not 0 < k <= 1 for k in args.keeps):
+        p.error(f"--keeps must be in (0, 1], got {args.keeps}")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    vmae_fast = import_vmae_fast()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype]
+    env = environment(device, args.commit)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or ROOT / "bench" / "results" / f"model_{device.type}_{stamp}.json"
+    rows = json.loads(out.read_text()) if args.append and out.exists() else []
+    skipped = [p for p in ("vmae_fast-cudagraph",) if p in args.providers and device.type != "cuda"]
+    if skipped:
+        print(f"note: {skipped} need CUDA; not run on {device}", file=sys.stderr)
+    print(f"# {env} dtype={args.dtype} date={stamp}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as tmp:
+        for name in args.models:
+            setup = Setup(name, args, device, dtype, vmae_fast, Path(tmp))
+            for batch in args.batches:
+                new = bench_setting(setup, args, batch, {**env, "date": stamp}, vmae_fast)
+                print_rows(new)
+                rows.extend(new)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(rows, indent=1))  # after every setting: a crash loses one setting
+            del setup
+            with contextlib.suppress(Exception):
+                torch.cuda.empty_cache()
+    print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
+    png = plot(rows, args.plot or out.with_suffix(".png"))
+    if png:
+        print(f"plot: {png}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
