@@ -273,10 +273,12 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, softmax_scale, triton_path: b
     if triton_path and (head_dim > MAX_HEAD_DIM or head_dim % 8):
         raise ValueError(f"the Triton path supports head dims that are multiples of 8 up to {MAX_HEAD_DIM} "
                          f"(as flash-attention), got {head_dim}; use backend='torch'")
-    if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
-                                      or not math.isfinite(softmax_scale) or softmax_scale <= 0):
-        # > 0: the kernel takes the running max of the raw scores before scaling them
-        raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+            # > 0: the kernel takes the running max of the raw scores before scaling them
+            raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
     bounds = check_cu_seqlens(cu_seqlens, q.shape[0], q.device, check_values=check)
     check_max_seqlen(max_seqlen, bounds)
     return bounds
