@@ -463,6 +463,9 @@ def main(argv=None) -> list[dict]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
+    # fp32 means IEEE fp32 everywhere (the reference and --dtype fp32): cuDNN convolutions default to TF32 otherwise
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     env = environment(device, args.commit)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / f"model_{device.type}_{stamp}.json"
