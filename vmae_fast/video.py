@@ -32,6 +32,9 @@ STAGES = ("open", "decode", "sample")
 # PyAV seeks over a gap between wanted frames only when the keyframe it lands on is more than this many frames
 # ahead: decoding a few frames (non-reference ones skipped) is cheaper than flushing a frame-threaded decoder.
 _SEEK_MIN_GAP = 16
+# Extra seconds before a worker that has not yet acknowledged its task counts as hung (a fresh process still
+# importing the parent's main module).
+_STARTUP_GRACE_S = 30.0
 BACKENDS = ("auto", "decord", "pyav")
 
 
@@ -611,6 +614,11 @@ def _task_messages(task, sampling, image_size, backend, threads) -> Iterator[tup
 def _worker_main(task_conn, out_queue, progress, sampling, image_size, threads, test_hooks):
     """Worker process: receive (seq, task, attempt, backend) on task_conn, put (seq, message) on out_queue."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
+    for name in ("av", "decord"):  # before the first task's clock starts (already loaded under forkserver)
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     out_queue.cancel_join_thread()  # never block exit on unread messages (the parent may be gone)
     parent = mp.parent_process()
 
@@ -644,13 +652,14 @@ def _mp_context():
     """forkserver where it exists, else spawn: never fork.
 
     fork would copy a parent that may hold torch/CUDA state and running threads (unsafe after fork). forkserver
-    forks each worker from a small server process that imported only this module (+ numpy, and the decoders on
-    first use), so replacing a crashed worker costs a fork, not a fresh interpreter. Workers run
-    vmae_fast.video code only; torch is not imported unless the parent's main script imports it at top level.
+    forks each worker from a small server process that imported only this module, numpy, PyAV and decord, so
+    starting or replacing a worker costs a fork, not a fresh interpreter and its imports. Workers run
+    vmae_fast.video code only; like every spawn/forkserver child they import the parent's main module (guard
+    scripts with `if __name__ == "__main__":`), so torch reaches them only if that module imports it at top level.
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["vmae_fast.video"])
+        ctx.set_forkserver_preload(["vmae_fast.video", "av", "decord"])  # missing ones are skipped
         return ctx
     return mp.get_context("spawn")
 
@@ -834,7 +843,7 @@ class DecodePool:
                         now = time.monotonic()
                         if w.progress.value != w.seen_progress or not w.queue.empty():
                             w.seen_progress, w.last_progress = w.progress.value, now
-                        elif now - w.last_progress > self.timeout_s:
+                        elif now - w.last_progress > self.timeout_s + (0 if w.started else _STARTUP_GRACE_S):
                             failure = f"no progress for {self.timeout_s:g} s (decoder hung); worker killed"
                     if failure is None:
                         continue
