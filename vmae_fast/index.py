@@ -85,9 +85,12 @@ def data_fingerprint(out: str | os.PathLike) -> dict[str, Any]:
     for f in clip_files(out):
         parts.append([f.name, f.stat().st_size, pq.ParquetFile(f).metadata.num_rows])
     run_file = out / "_run.json"
-    run_sha = hashlib.sha256(run_file.read_bytes()).hexdigest() if run_file.is_file() else None
+    run_sha = None
+    if run_file.is_file():  # the row-affecting configuration; _run.json's timestamps may change on a resume
+        run = json.loads(run_file.read_text())
+        run_sha = run.get("config_hash") or hashlib.sha256(run_file.read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps([parts, run_sha]).encode()).hexdigest()
-    return {"sha256": digest, "run_sha256": run_sha, "parts": parts}
+    return {"sha256": digest, "run_config": run_sha, "parts": parts}
 
 
 def _describe_change(old: dict, new: dict) -> str:
@@ -101,8 +104,8 @@ def _describe_change(old: dict, new: dict) -> str:
     for what, names in (("added", added), ("removed", removed), ("changed", changed)):
         if names:
             bits.append(f"{len(names)} part file(s) {what} ({names[0]}{', ...' if len(names) > 1 else ''})")
-    if old.get("run_sha256") != new["run_sha256"]:
-        bits.append("_run.json changed")
+    if old.get("run_config") != new["run_config"]:
+        bits.append("the run configuration in _run.json changed")
     return "; ".join(bits) or "fingerprint differs"
 
 
@@ -135,7 +138,6 @@ def _batch_vectors(column, dim: int) -> np.ndarray:
 
 def _memory_pool():
     """Arrow memory pool the build scans with (None = default); tests swap in a tracking pool."""
-    return None  # noqa: RET501
 
 
 def _scan(files: list[Path], columns: list[str], batch_size: int) -> Iterator:
