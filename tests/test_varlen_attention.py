@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
 from kernel_checks import assert_close, assert_close_to_baseline, max_abs_err, poisoned
 from vmae_fast.kernels import varlen_attention
 from vmae_fast.kernels._dispatch import interpreter_enabled
@@ -119,6 +120,21 @@ def test_more_head_dims_fp16(head_dim):
     out = poisoned(q.shape, torch.float16)
     va._varlen_attention_triton(q, k, v, cu_seqlens, 0.3, out=out)
     check_against_reference(out, q, k, v, cu_seqlens, 0.3, f"fp16 d={head_dim} scale 0.3")
+
+
+@pytest.mark.parametrize("tile", sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in va._GPU_CONFIGS}),
+                         ids=lambda t: f"M{t[0]}-N{t[1]}")
+def test_every_gpu_tile_shape(tile, monkeypatch):
+    """Each (BLOCK_M, BLOCK_N) of the GPU autotune list computes the same function (the interpreter otherwise only
+    runs its own small tile): clips shorter and longer than a tile, d = 80 (two column blocks)."""
+    block_m, block_n = tile
+    config = triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=2)
+    monkeypatch.setattr(va._varlen_attention_kernel, "configs", [config])  # one config: used as is, no tuning
+    cu_seqlens = cu([1, 130, 63, 70])
+    q, k, v = packed_qkv(264, 80, torch.float16, seed=7)
+    out = poisoned(q.shape, torch.float16)
+    va._varlen_attention_triton(q, k, v, cu_seqlens, 80 ** -0.5, out=out)
+    check_against_reference(out, q, k, v, cu_seqlens, 80 ** -0.5, f"fp16 d=80 tile {block_m}x{block_n}")
 
 
 @pytest.mark.skipif(not ON_GPU, reason="long sequences are too slow in the interpreter; runs on a GPU")
