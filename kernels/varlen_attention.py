@@ -207,6 +207,7 @@ def _varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if out is None:
         out = torch.empty((n_total, heads, head_dim), dtype=q.dtype, device=q.device)
     num_seqs = cu_seqlens.shape[0] - 1
+    cu_seqlens = cu_seqlens.contiguous()  # the kernel reads it with stride 1 (a no-op for the usual tensor)
     if n_total == 0 or heads == 0:
         return out
     block_d0, block_d1 = head_dim_blocks(head_dim)

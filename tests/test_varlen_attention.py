@@ -152,12 +152,16 @@ def test_long_ragged_on_gpu(dtype, head_dim):
 
 
 def test_triton_matches_torch_backend_and_op():
-    """backend='triton' == backend='torch' (fp32), and torch.ops.vmae_fast.varlen_attention is the same op."""
+    """backend='triton' == backend='torch' (fp32); torch.ops.vmae_fast.varlen_attention is the same op; a strided
+    cu_seqlens view gives the same result (the launcher makes it contiguous before the kernel reads it)."""
     cu_seqlens = cu([20, 44])
     q, k, v = packed_qkv(64, 64, torch.float32, seed=4)
     via_triton = varlen_attention(q, k, v, cu_seqlens, 44, backend="triton")
     via_torch = varlen_attention(q, k, v, cu_seqlens, 44, backend="torch")
     via_op = torch.ops.vmae_fast.varlen_attention(q, k, v, cu_seqlens, 64 ** -0.5)
+    strided = torch.stack([cu_seqlens, torch.full_like(cu_seqlens, 10**6)], dim=1)[:, 0]  # stride 2, same values
+    via_strided = varlen_attention(q, k, v, strided, 44, backend="triton")
+    assert_close(via_strided, via_triton, atol=0.0, what="cu_seqlens as a strided view")
     assert_close(via_triton, via_torch, atol=FP32_ATOL, what="triton vs torch backend")
     assert_close(via_op, via_triton, atol=0.0, what="torch.ops.vmae_fast.varlen_attention vs public launcher")
 
