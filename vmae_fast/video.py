@@ -248,6 +248,8 @@ def _center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def _check_path(path: str) -> None:
+    if "://" in path:  # a URL: FFmpeg's protocols decide
+        return
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
@@ -309,7 +311,9 @@ class _PyAVReader:
             container.close()
         if not pts:
             raise VideoError("open", f"no video frames in {path}")
-        if any(p is None for p in pts):  # no timestamps at all (rare raw streams): fall back to index / rate
+        # Packets without timestamps (raw elementary streams): time = index / rate, frames matched by order only.
+        self.ordered_only = any(p is None for p in pts)
+        if self.ordered_only:
             fps = float(rate) if rate else 25.0
             pts = [round(i / fps / self.time_base) for i in range(len(pts))]
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
@@ -346,7 +350,7 @@ class _PyAVReader:
 
         w, h = self.decode_size
         wanted = set(indices.tolist())
-        seek_ok = skip_ok = True
+        seek_ok = skip_ok = not self.ordered_only  # both need timestamps to know where the decoder is
         i = 0  # next position in indices to deliver
         while i < len(indices):  # one pass per (re)open of the file
             container, stream = self._open_stream()
@@ -369,7 +373,8 @@ class _PyAVReader:
                             damaged = True
                             continue
                         for frame in decoded:
-                            idx = self._pts_to_index.get(frame.pts) if frame.pts is not None else pos + 1
+                            by_order = self.ordered_only or frame.pts is None
+                            idx = pos + 1 if by_order else self._pts_to_index.get(frame.pts)
                             if idx is None or (idx <= pos and not seeked):
                                 continue
                             # After damage, frames up to the next keyframe predict from broken pictures: treat
@@ -477,8 +482,9 @@ def decode_clips(
 
     backend: "auto" (decord, PyAV when decord cannot open or decode the file), "decord" or "pyav".
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
-    covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set to the decoder actually used.
-    Raises VideoError(stage, message); clips already yielded stay valid only if the iteration ends normally.
+    covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set
+    to the decoder actually used. Raises VideoError(stage, message); clips already yielded are valid only if the
+    iteration ends without an error (a video is all its clips or an error, never a part).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
