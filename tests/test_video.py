@@ -427,3 +427,15 @@ def test_pyav_seeks_across_gaps_and_recovers_from_bad_seeks(gop10, monkeypatch):
     again = list(decode_clips(VideoTask(gop10.path), sampling, S, "pyav"))
     assert [c.frame_indices.tolist() for c in again] == [c.frame_indices.tolist() for c in clips]
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(again, clips))
+
+
+def test_raw_stream_without_timestamps(tmp_path):
+    """A raw H.264 elementary stream has no packet timestamps: frames are matched by order and timed by the
+    stream's guessed rate (FFmpeg assumes 25 fps), decord cannot open it: PyAV."""
+    make_video(tmp_path / "raw.h264", "h264_bframes", frames=40)
+    info = {}
+    clips = list(decode_clips(VideoTask(tmp_path / "raw.h264"), SAMPLING, S, info=info))
+    assert info["backend"] == "pyav"
+    assert [c.frame_indices.tolist() for c in clips] == [[0, 3, 6, 9], [12, 15, 18, 21], [24, 27, 30, 33]]
+    assert [c.start_s for c in clips] == pytest.approx([0.0, 0.48, 0.96])
+    assert all(frame_number(f) == i % PERIOD for c in clips for f, i in zip(c.frames, c.frame_indices))
