@@ -274,6 +274,8 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, softmax_scale, triton_path: b
     if triton_path and (head_dim > MAX_HEAD_DIM or head_dim % 8):
         raise ValueError(f"the Triton path supports head dims that are multiples of 8 up to {MAX_HEAD_DIM} "
                          f"(as flash-attention), got {head_dim}; use backend='torch'")
+    if triton_path and q.shape[1] > 65535:
+        raise ValueError(f"the Triton path launches one grid row per head (CUDA allows 65535), got {q.shape[1]} heads")
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
             raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
