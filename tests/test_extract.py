@@ -1,0 +1,405 @@
+"""End to end: real encoded videos -> `extract` -> Parquet, with a tiny random HF checkpoint (32 px, 4 frames).
+
+Covers the mixed good/bad folder, resume after SIGKILL of the whole process group, shards, refused configuration
+changes, --overwrite, list files, schema/metadata, embed_video_at and the CLI's one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.hf_checkpoints import make_hf_checkpoint
+from tests.videos import make_bad_files, make_video, make_video_zoo
+from vmae_fast import cli, store
+from vmae_fast.checkpoint import load_model
+from vmae_fast.extract import embed_video_at, extract, format_summary
+from vmae_fast.video import Sampling, VideoTask, decode_clips, plan_clips
+
+REPO = Path(__file__).resolve().parents[1]
+# fp32 on CPU: a clip's embedding must not depend on which clips share its batch beyond summation order noise
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    path, _ = make_hf_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return load_model(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory) -> Path:
+    """Eight short H.264 videos (1-4 clips each at the tiny model's sampling) in a nested folder."""
+    d = tmp_path_factory.mktemp("small")
+    for i in range(8):
+        make_video(d / ("sub" if i % 3 == 0 else "") / f"clip{i}.mp4", frames=14 + 9 * i)
+    return d
+
+
+def sorted_rows(out) -> list[dict]:
+    rows = store.read_clips(out).to_pylist()
+    return sorted(rows, key=lambda r: (r["video_id"], r["clip_index"]))
+
+
+def no_temp_files(out: Path) -> list[str]:
+    return [str(p) for p in Path(out).rglob("*") if p.name.endswith(".tmp")]
+
+
+RUN_OPTIONS = {"workers": 1, "batch_size": 3, "part_rows": 1, "commit_interval_s": 1e-3, "progress": False}
+CLI_OPTIONS = ["--workers", "1", "--batch-size", "3", "--part-rows", "1", "--commit-interval-s", "0.001",
+               "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_videos, ckpt) -> tuple[Path, list[dict]]:
+    """An uninterrupted run over small_videos (what every resumed or sharded run must equal)."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    summary = extract([small_videos], out, model=ckpt, **RUN_OPTIONS)
+    assert summary["videos_ok"] == 8 and summary["videos_failed"] == 0
+    return out, sorted_rows(out)
+
+
+# --- the folder a new user points at ---------------------------------------------------------------------------------
+def test_mixed_folder_good_rows_one_error_per_bad_file(tmp_path, model, capsys):
+    root = tmp_path / "videos"
+    zoo = make_video_zoo(root)
+    bad = make_bad_files(root / "bad")
+    # decoder crash on the first attempt after one clip was sent: the retry's rows replace the lost attempt's
+    shutil.copy(zoo["h264_bframes"][0], root / "retry_vmae-test-segfault-once.mp4")
+    shutil.copy(zoo["short"][0], root / "crash_vmae-test-abort.mp4")  # crashes on every attempt: one error row
+    summary = extract([root], tmp_path / "out", model=model, workers=2, batch_size=4, progress=False,
+                      decode_options={"test_hooks": True})
+    print(format_summary(summary))
+    out = tmp_path / "out"
+    clips = store.read_clips(out)
+    errors = store.read_errors(out)
+    by_video: dict[str, list[dict]] = {}
+    for row in clips.to_pylist():
+        by_video.setdefault(row["video_id"], []).append(row)
+    error_ids = errors.column("video_id").to_pylist()
+    print(f"mixed folder: {len(by_video)} videos with rows ({clips.num_rows} clips), {len(error_ids)} error rows: "
+          + ", ".join(f"{r['video_id']} [{r['stage']}]" for r in errors.to_pylist()))
+
+    # every input ends in exactly one place
+    assert len(error_ids) == len(set(error_ids)) and not set(error_ids) & set(by_video)
+    total = len(zoo) + len(bad) + 3  # + the two hook copies + the damaged files' source under bad/_source/
+    assert summary["videos"] == total == len(by_video) + len(error_ids)
+    assert summary["videos_ok"] == len(by_video) and summary["videos_failed"] == len(error_ids)
+    assert summary["clips"] == clips.num_rows
+
+    # bad files: one error row each (garbage in the middle may be concealed by the decoder, then it has rows)
+    for name, path in bad.items():
+        video_id = path.relative_to(root).as_posix()
+        if name == "garbage_mid":
+            assert (video_id in by_video) != (video_id in error_ids)
+        else:
+            assert video_id in error_ids, name
+    crash = errors.filter(pa.compute.equal(errors.column("video_id"), "crash_vmae-test-abort.mp4")).to_pylist()
+    assert crash and crash[0]["attempts"] == 2 and crash[0]["stage"] in ("open", "decode")
+
+    # good videos: rows 0..n-1 with the sampling plan's frames and times
+    sampling = Sampling(num_frames=model.config.num_frames)
+    for name, (path, expected) in zoo.items():
+        rows = by_video[path.relative_to(root).as_posix()]
+        plans = plan_clips(np.array(expected.timestamps), sampling)
+        assert [r["clip_index"] for r in rows] == list(range(len(plans))), name
+        for row, plan in zip(rows, plans):
+            assert (row["start_frame"], row["end_frame"], row["padded_frames"]) == \
+                (plan.start_frame, plan.end_frame, plan.padded_frames), name
+            # containers store times in ticks (1 ms in mkv/webm): allow 2 ms; a file's last frame duration comes
+            # from the container, not from our generator's nominal rate
+            assert row["start_s"] == pytest.approx(plan.start_s, abs=2e-3), name
+            tail = plan.end_frame == expected.num_frames
+            assert row["end_s"] == pytest.approx(plan.end_s, abs=0.1 if tail else 2e-3), name
+            assert row["num_tokens"] == model.config.num_tokens
+    assert by_video["short.mp4"][0]["padded_frames"] > 0  # 10 frames < one clip's span
+
+    # the retried video has exactly the rows of its original, once
+    retried = by_video["retry_vmae-test-segfault-once.mp4"]
+    original = by_video["h264_bframes.mp4"]
+    assert [(r["clip_index"], r["start_s"], r["end_s"]) for r in retried] == \
+        [(r["clip_index"], r["start_s"], r["end_s"]) for r in original]
+
+    # every row's embedding and logits are its own clip's, although batches mixed clips of many videos
+    for name in ("h264_bframes", "vfr", "short", "portrait", "non_ascii"):
+        path = zoo[name][0]
+        rows = by_video[path.relative_to(root).as_posix()]
+        frames = torch.from_numpy(np.stack([c.frames for c in decode_clips(VideoTask(path), sampling, 32)]))
+        with torch.inference_mode():
+            expected_out = model(frames)
+        np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), expected_out.embeddings.numpy(),
+                                   atol=ATOL, rtol=0, err_msg=name)
+        np.testing.assert_allclose(np.array([r["logits"] for r in rows]), expected_out.logits.numpy(),
+                                   atol=ATOL, rtol=0, err_msg=name)
+
+    # a second run finds everything committed
+    again = extract([root], out, model=model, workers=1, progress=False, decode_options={"test_hooks": True})
+    assert again["videos_skipped"] == total and again["clips"] == 0
+    assert store.read_clips(out).num_rows == clips.num_rows and store.read_errors(out).num_rows == len(error_ids)
+
+
+# --- crash safety ---------------------------------------------------------------------------------------------------
+def test_resume_after_sigkill_of_the_process_group_equals_an_uninterrupted_run(tmp_path, small_videos, ckpt,
+                                                                                reference):
+    _, expected = reference
+    rng = random.Random(1234)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    trials = []
+    for trial in range(3):
+        out = tmp_path / f"out{trial}"
+        target_parts = rng.randint(0, 6)  # kill after this many committed videos, plus a random fraction of one
+        extra_s = rng.uniform(0.0, 0.3)
+        cmd = [sys.executable, "-m", "vmae_fast.cli", "extract", str(small_videos), "-o", str(out), "--model",
+               str(ckpt), *CLI_OPTIONS]
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(store.list_parts(out / "clips")) >= target_parts and (out / "_run.json").exists():
+                break
+            time.sleep(0.02)
+        time.sleep(extra_s)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its decoding workers, mid-whatever
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        committed = len(store.committed_video_ids(out)) if (out / "_run.json").exists() else 0
+        summary = extract([small_videos], out, model=ckpt, **RUN_OPTIONS)
+        trials.append((target_parts, round(extra_s, 2), committed, summary["videos_skipped"], summary["videos_ok"]))
+        assert summary["videos_skipped"] == committed
+        assert summary["videos_skipped"] + summary["videos_ok"] == 8
+        assert no_temp_files(out) == []
+        got = sorted_rows(out)
+        assert [(r["video_id"], r["clip_index"]) for r in got] == [(r["video_id"], r["clip_index"]) for r in expected]
+        assert got == expected  # every column, embeddings bitwise
+    print("resume trials (target parts, extra s, committed at kill, skipped on rerun, redone):", trials)
+
+
+def test_crash_while_writing_a_part_leaves_a_temp_file_that_the_rerun_removes(tmp_path, small_videos, ckpt,
+                                                                               reference, monkeypatch):
+    _, expected = reference
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_from_fourth_rename(src, dst):
+        calls["n"] += 1
+        if calls["n"] >= 4:  # _run.json, part 0, part 1, then the crash: the part stays under its temp name
+            raise OSError("simulated power loss")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", crash_from_fourth_rename)
+    with pytest.raises(OSError, match="simulated"):
+        extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
+    monkeypatch.setattr(store.os, "replace", real_replace)
+    assert len(no_temp_files(tmp_path / "out")) == 1
+    summary = extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
+    assert summary["videos_skipped"] == 2
+    assert no_temp_files(tmp_path / "out") == []
+    assert sorted_rows(tmp_path / "out") == expected
+
+
+# --- scale-out --------------------------------------------------------------------------------------------------------
+def test_two_shards_equal_one_unsharded_run(tmp_path, small_videos, model, ckpt, reference, monkeypatch):
+    _, expected = reference
+    out = tmp_path / "out"
+    first = extract([small_videos], out, model=ckpt, shard="0/2", **RUN_OPTIONS)
+    monkeypatch.setenv("RANK", "1")  # the second shard as torchrun would start it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    second = extract([small_videos], out, model=ckpt, **RUN_OPTIONS)
+    assert (first["shard"], second["shard"]) == ("0/2", "1/2")
+    assert second["shard_source"] == "torchrun RANK/WORLD_SIZE"
+    assert first["videos_ok"] + second["videos_ok"] == 8 and first["videos_ok"] > 0 and second["videos_ok"] > 0
+    assert first["videos_other_shards"] == second["videos_ok"]
+    assert {p[1] for p in store.list_parts(out / "clips")} == {0, 1}
+    assert sorted_rows(out) == expected
+
+
+def test_slurm_variables_pick_the_shard(monkeypatch):
+    from vmae_fast.extract import resolve_shard
+
+    assert resolve_shard(None, {"SLURM_PROCID": "3", "SLURM_NTASKS": "8"})[:2] == (3, 8)
+    assert resolve_shard(None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "3", "SLURM_NTASKS": "8"})[:2] == (1, 2)
+    assert resolve_shard("2/5", {"RANK": "1", "WORLD_SIZE": "2"})[:2] == (2, 5)
+    assert resolve_shard(None, {})[:2] == (0, 1)
+    with pytest.raises(ValueError, match="shard index must be in"):
+        resolve_shard("4/4")
+
+
+# --- configuration changes ------------------------------------------------------------------------------------------
+def snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_changed_configuration_is_refused_and_overwrite_replaces(tmp_path, small_videos, ckpt, reference, capsys):
+    ref_out, expected = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    before = snapshot(out)
+    for change in (["--frame-step", "2"], ["--embedding-dtype", "float16"], ["--keep", "tube:0.5"],
+                   ["--model", "random:small"]):
+        code = cli.main(["extract", str(small_videos), "-o", str(out), "--model", str(ckpt), *CLI_OPTIONS, *change])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, change
+        assert len(err) == 1 and ("different configuration" in err[0]), (change, err)
+        assert snapshot(out) == before, change
+
+    code = cli.main(["extract", str(small_videos), "-o", str(out), "--model", str(ckpt), *CLI_OPTIONS,
+                     "--frame-step", "2", "--overwrite"])
+    assert code == 0
+    assert "8 ok" in capsys.readouterr().out
+    rows = sorted_rows(out)
+    assert store.load_run(out)["config"]["sampling"]["frame_step"] == 2
+    # frame step 2 spans 7 frames per 4-frame clip instead of 13: more clips than before, none of the old rows
+    assert len(rows) > len(expected)
+    assert all(r["end_frame"] - r["start_frame"] <= 7 for r in rows)
+
+
+# --- list files ---------------------------------------------------------------------------------------------------
+def test_list_files_txt_csv_parquet_with_time_ranges(tmp_path, small_videos, model, capsys):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rel = os.path.relpath(small_videos, lists)
+    (lists / "videos.txt").write_text(f"# two videos\n{rel}/clip1.mp4\n\n{small_videos}/clip2.mp4\n")
+    (lists / "segments.csv").write_text(
+        "path,video_id,start_s,end_s,label\n"
+        f"{rel}/clip7.mp4,seg-a,0.0,1.0,x\n"
+        f"{rel}/clip7.mp4,seg-b,1.0,,y\n"
+        f"{rel}/missing.mp4,,,,z\n")
+    pq.write_table(pa.table({"path": [str(small_videos / "clip4.mp4")], "video_id": ["from-parquet"],
+                             "start_s": [0.5], "end_s": [None]}, schema=pa.schema(
+        [("path", pa.string()), ("video_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())])),
+        lists / "more.parquet")
+    out = tmp_path / "out"
+    summary = extract([lists / "videos.txt", lists / "segments.csv", lists / "more.parquet"], out, model=model,
+                      workers=1, progress=True)
+    assert "extract" in capsys.readouterr().err  # the tqdm bar went to stderr
+    assert (summary["videos_ok"], summary["videos_failed"]) == (5, 1)
+    rows = store.read_clips(out).to_pylist()
+    ids = {r["video_id"] for r in rows}
+    assert ids == {f"{rel}/clip1.mp4", str(small_videos / "clip2.mp4"), "seg-a", "seg-b", "from-parquet"}
+    assert store.read_errors(out).column("video_id").to_pylist() == [f"{rel}/missing.mp4"]
+    frame_s = 1 / 30
+    for r in rows:
+        if r["video_id"] == "seg-a":
+            assert r["start_s"] >= 0 and r["end_s"] <= 1.0 + frame_s + 1e-6
+        if r["video_id"] == "seg-b":
+            assert r["start_s"] >= 1.0 - 1e-6
+        if r["video_id"] == "from-parquet":
+            assert r["start_s"] >= 0.5 - 1e-6
+    assert min(r["start_s"] for r in rows if r["video_id"] == "seg-b") == pytest.approx(1.0, abs=2e-3)
+
+
+def test_input_errors_are_fatal_one_liners(tmp_path, small_videos, ckpt, capsys):
+    dup = tmp_path / "dup.csv"
+    dup.write_text(f"path,video_id\n{small_videos}/clip1.mp4,same\n{small_videos}/clip2.mp4,same\n")
+    bad_time = tmp_path / "bad_time.csv"
+    bad_time.write_text(f"path,start_s,end_s\n{small_videos}/clip1.mp4,2,1\n")
+    no_path = tmp_path / "no_path.csv"
+    no_path.write_text("file\nx.mp4\n")
+    cases = [
+        ([str(tmp_path / "nope")], "does not exist"),
+        ([str(dup)], "video_id 'same' appears twice"),
+        ([str(small_videos), str(small_videos / "clip1.mp4")], "appears twice"),
+        ([str(bad_time)], "end_s must be greater than start_s"),
+        ([str(no_path)], "needs a 'path' column"),
+        ([str(small_videos), "--batch-size", "0"], "--batch-size must be a positive integer"),
+        ([str(small_videos), "--shard", "2/2"], "shard index must be in [0, 2)"),
+        ([str(small_videos), "--shard", "x"], "--shard must look like i/n"),
+        ([str(small_videos), "--keep", "bogus"], "keep"),
+        ([str(small_videos), "--model", str(tmp_path / "no_model")], "cannot load model"),
+        ([str(small_videos), "--clip-frames", "8"], "--clip-frames 8 does not match"),
+        ([str(small_videos), "--device", "cuda:0"] if not torch.cuda.is_available() else
+         [str(small_videos), "--device", "tpu"], "--device"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        code = cli.main(["extract", "--model", str(ckpt), *args, "-o", str(out), "--no-progress", "--workers", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, args
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert not (out / "clips").exists(), args  # nothing written before the arguments were all checked
+    with pytest.raises(SystemExit) as exc:  # argparse's own checks: usage + one error line, exit 2
+        cli.main(["extract", str(small_videos), "-o", str(tmp_path / "o"), "--frame-step", "2", "--fps", "5"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+# --- schema, metadata, API ----------------------------------------------------------------------------------------
+def test_schema_metadata_and_read_embeddings_order(tmp_path, small_videos, ckpt, reference):
+    ref_out, _ = reference
+    table = store.read_clips(ref_out)
+    assert [(f.name, str(f.type)) for f in table.schema] == [
+        ("video_id", "string"), ("path", "string"), ("clip_index", "int32"), ("start_frame", "int64"),
+        ("end_frame", "int64"), ("start_s", "double"), ("end_s", "double"), ("padded_frames", "int16"),
+        ("num_tokens", "int32"), ("embedding", "fixed_size_list<element: float not null>[64]"),
+        ("logits", "fixed_size_list<element: float not null>[5]")]
+    kv = {k.decode(): json.loads(v) for k, v in pq.read_schema(next((ref_out / "clips").glob("*.parquet"))).metadata
+          .items() if not k.startswith(b"ARROW")}
+    run = store.load_run(ref_out)
+    assert kv["model_source"] == str(ckpt.resolve())
+    assert kv["weights_sha256"] == run["config"]["model"]["weights_sha256"] and len(kv["weights_sha256"]) == 64
+    assert kv["model_config"]["hidden_size"] == 64 and kv["preprocessing"]["image_size"] == 32
+    assert kv["sampling"] == {"num_frames": 4, "frame_step": None, "fps": None, "clip_stride_s": None,
+                              "clips_per_video": None}
+    assert (kv["keep"], kv["dtype"], kv["device"]) == ("all", "fp32", "cpu")
+    assert kv["id2label"] == {str(i): f"class_{i}" for i in range(5)}
+    assert kv["library_version"] == run["library_version"]
+    assert run["config_hash"] == store.config_hash(run["config"])
+
+    meta, emb = store.read_embeddings(ref_out)
+    assert meta.column_names == [n for n in table.column_names if n != "embedding"]
+    assert meta.column("video_id").to_pylist() == table.column("video_id").to_pylist()
+    np.testing.assert_array_equal(emb, np.array(table.column("embedding").to_pylist(), dtype=np.float32))
+
+    # a base model (no head) with float16 storage: no logits column, halffloat embeddings
+    base, _ = make_hf_checkpoint(tmp_path / "base", kind="base", seed=4)
+    out = tmp_path / "out16"
+    extract([small_videos / "clip1.mp4", small_videos / "clip5.mp4"], out, model=base, embedding_dtype="float16",
+            workers=0, progress=False)
+    table16 = store.read_clips(out)
+    assert "logits" not in table16.column_names
+    assert str(table16.schema.field("embedding").type) == "fixed_size_list<element: halffloat not null>[64]"
+    assert table16.column("video_id").to_pylist()[0] == "clip1.mp4"  # a file INPUT's id is its name
+    _, emb16 = store.read_embeddings(out)
+    assert emb16.dtype == np.float32 and np.isfinite(emb16).all()
+
+
+def test_embed_video_at_matches_the_stored_row(reference, small_videos):
+    ref_out, expected = reference
+    rows = [r for r in expected if r["video_id"] == "clip7.mp4"]
+    target = rows[2]
+    at_s = (target["start_s"] + target["end_s"]) / 2
+    embedding, clip = embed_video_at(ref_out, small_videos / "clip7.mp4", at_s)
+    assert clip.clip_index == 2 and clip.start_s == pytest.approx(target["start_s"])
+    assert embedding.dtype == np.float32 and embedding.shape == (64,)
+    np.testing.assert_allclose(embedding, np.array(target["embedding"]), atol=ATOL, rtol=0)
+
+
+def test_package_level_api_is_callable_after_importing_the_module():
+    import vmae_fast
+    import vmae_fast.extract  # rebinding vmae_fast.extract to the module must not break the call
+
+    assert callable(vmae_fast.extract)
+    with pytest.raises(ValueError, match="--batch-size must be a positive integer"):
+        vmae_fast.extract(["x"], "y", batch_size=0)
