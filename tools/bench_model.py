@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import importlib.util
 import json
@@ -144,21 +143,27 @@ class Setup:
         randomize_(hf32, seed=args.seed)
         path = workdir / name
         hf32.save_pretrained(path)
-        self.hf32 = hf32
+        self.hf32 = hf32  # fp32, SDPA (the transformers default): the reference for all-token rows
         self.vmae32 = vmae_fast.load_model(path, device=device, dtype=torch.float32)
         self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(path, device=device, dtype=dtype)
         self.config = self.vmae.config
-        self.hf_sdpa = hf32 if dtype == torch.float32 else copy.deepcopy(hf32).to(dtype)
-        self.hf_sdpa.set_attn_implementation("sdpa")
-        self.hf_eager = copy.deepcopy(self.hf_sdpa)
-        self.hf_eager.set_attn_implementation("eager")
+        self.path = path
+        # each attention implementation chosen at load time, as users do (works with transformers 4.x and 5.x)
+        self.hf_sdpa = self.load_hf("sdpa")
+        self.hf_eager = self.load_hf("eager")
         self.compiled = None  # built on first use: torch.compile of its own copy (guards see only its config)
         self.compile_mode = args.compile_mode
         self.graph_runners: dict[int, object] = {}
 
+    def load_hf(self, attn_implementation: str, dtype: torch.dtype | None = None):
+        from transformers import VideoMAEForVideoClassification
+
+        model = VideoMAEForVideoClassification.from_pretrained(self.path, attn_implementation=attn_implementation)
+        return model.to(self.device, dtype or self.dtype).eval()
+
     def compiled_model(self):
-        if self.compiled is None:
-            module = copy.deepcopy(self.hf_sdpa)
+        if self.compiled is None:  # its own copy: dynamo guards then see only this model's config
+            module = self.load_hf("sdpa")
             self.compiled = torch.compile(module, mode=self.compile_mode, dynamic=False)
             self.compiled_weights = weights_bytes(module)
         return self.compiled
