@@ -2,7 +2,7 @@
 and vmae_fast.video.decode_clips end to end. Providers alternate round by round so a shared machine disturbs them
 alike. Reports frames/s = source frames the decoder went through per second (every frame up to the last one used).
 
-    python tools/bench_decode.py VIDEO [--frames 300] [--image-size 224] [--rounds 2] [--threads 0]
+    python tools/bench_decode.py VIDEO [--frames 300] [--image-size 224] [--rounds 2] [--threads 0] [--only TEXT]
     python tools/bench_decode.py --make /tmp/bench/h264_1080p_30s.mp4   # 30 s 1080p30 H.264 test file (ffmpeg)
 """
 
@@ -75,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="decoder threads (0: backend default)")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = ap.parse_args(argv)
     if args.make:
         from tests.videos import make_long_video
@@ -102,6 +103,7 @@ def main(argv=None):
                                                                                t, fps),
         "decode_clips pyav, 16x224 clips, step 4": lambda: bench_clips(args.video, n, "pyav", args.image_size, t, fps),
     }
+    cases = {k: v for k, v in cases.items() if args.only in k}
     times = {k: [] for k in cases}
     frames = {}
     for _ in range(args.rounds):
