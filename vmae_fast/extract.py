@@ -246,7 +246,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 # --- model --------------------------------------------------------------------------------------------------------
-def _load_model(model: Any, device: torch.device, dtype: torch.dtype, backend: str):
+def _load_model(model: Any, device: torch.device, dtype: torch.dtype, backend: str, config: dict | None = None):
     if isinstance(model, torch.nn.Module):
         return model
     from .checkpoint import load_model
@@ -255,7 +255,7 @@ def _load_model(model: Any, device: torch.device, dtype: torch.dtype, backend: s
     if os.path.exists(os.path.expanduser(source)):
         source = os.path.abspath(os.path.expanduser(source))  # _run.json must name it from any working directory
     try:
-        return load_model(source, device=device, dtype=dtype, backend=backend)
+        return load_model(source, device=device, dtype=dtype, backend=backend, config=config)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"cannot load model {str(model)!r}: {first}") from e
@@ -671,7 +671,9 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     key = (source, str(dev), dtype)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model at a time: they can be large
-        _MODEL_CACHE[key] = _load_model(source, dev, dtype, "auto")
+        # random weights may have been built with config overrides (e.g. a smaller image_size): rebuild the same
+        overrides = config["model"]["config"] if str(source).startswith("random:") else None
+        _MODEL_CACHE[key] = _load_model(source, dev, dtype, "auto", overrides)
     net = _MODEL_CACHE[key]
     expected = config["model"].get("weights_sha256")
     if expected and net.describe().get("weights_sha256") != expected:
