@@ -76,7 +76,8 @@ def _add_extract(sub) -> None:
     where.add_argument("--clips-per-video", type=int, help="N clips spread uniformly over each video")
     p.add_argument("--keep", default="all", help="tokens each clip keeps: all, tube:0.5, motion:0.5 (default all)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per model batch (default %(default)s)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1, at most 16)")
+    p.add_argument("--workers", type=int,
+                   help="decoding processes (default: CPU cores - 1, at most 16, with CUDA; half the cores on CPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cuda:LOCAL_RANK when available, else cpu)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="model precision (default: bf16 on CUDA, fp32 CPU)")
     p.add_argument("--shard", help="process only shard i of n (i/n); default from torchrun or SLURM variables")
@@ -105,13 +106,25 @@ def _run_extract(args) -> int:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise FatalError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    summary = extract(args.inputs, args.out, model=args.model, clip_frames=args.clip_frames,
-                      frame_step=args.frame_step, fps=args.fps, clip_stride_s=args.clip_stride_s,
-                      clips_per_video=args.clips_per_video, keep=args.keep, batch_size=args.batch_size,
-                      workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
-                      overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
-                      progress=args.progress, backend=args.backend, part_rows=args.part_rows,
-                      commit_interval_s=args.commit_interval_s)
+    import signal
+    import threading
+
+    def _stop(signum, frame):  # SLURM preemption / `kill`: stop like Ctrl-C, so finished videos get written
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    try:
+        summary = extract(args.inputs, args.out, model=args.model, clip_frames=args.clip_frames,
+                          frame_step=args.frame_step, fps=args.fps, clip_stride_s=args.clip_stride_s,
+                          clips_per_video=args.clips_per_video, keep=args.keep, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
+                          overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
+                          progress=args.progress, backend=args.backend, part_rows=args.part_rows,
+                          commit_interval_s=args.commit_interval_s)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     return 0
 

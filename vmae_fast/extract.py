@@ -437,7 +437,7 @@ class _Extraction:
         self.queue = [entry for entry in self.queue if entry[0] != task.video_id]
         self.writer.add_error(str(task.path), task.video_id, str(stage), str(error), int(attempts))
         self.failed += 1
-        self._progress()
+        self.progress()
 
     def _take(self, finished: list) -> None:
         for entries, embeddings, logits, num_tokens in finished:
@@ -476,9 +476,9 @@ class _Extraction:
         self.ok += 1
         self.clips += len(order)
         self.video_seconds += max(r[3] for r in rows) - min(r[2] for r in rows)
-        self._progress()
+        self.progress()
 
-    def _progress(self) -> None:
+    def progress(self) -> None:
         if self.bar is not None:
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             self.bar.update(1)
@@ -515,9 +515,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         raise ValueError("give --clip-stride-s or --clips-per-video, not both")
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"--timeout-s must be positive, got {timeout_s}")
-    if workers is None:
-        workers = max(1, min((os.cpu_count() or 2) - 1, 16))
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     shard_index, num_shards, shard_source = resolve_shard(shard)
     found = discover_inputs(inputs)
@@ -528,6 +526,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     else:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
+    if workers is None:  # a GPU wants every spare core decoding; on CPU the model needs cores too
+        cores = os.cpu_count() or 2
+        workers = max(1, min(cores - 1, 16)) if dev.type == "cuda" else max(1, cores // 2)
     keep_policy, keep_spec = _keep_policy(keep)
     net = _load_model(model, dev, torch_dtype, backend)
     cfg = net.config
@@ -558,6 +559,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     for error in discovery_errors:
         state.writer.add_error(**error)
         state.failed += 1
+        state.progress()
     threads = torch.get_num_threads()
     if dev.type == "cpu" and workers > 0 and "OMP_NUM_THREADS" not in os.environ:
         # decoding workers and the model share the cores: do not oversubscribe them
