@@ -294,7 +294,7 @@ def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
     good = [VideoTask(p) for p, _ in list(zoo.values())[:4]]
     tasks = [VideoTask(p) for p in hook_videos.values()] + good
     t0 = time.monotonic()
-    with DecodePool(2, SAMPLING, S, timeout_s=1.0, max_attempts=2, test_hooks=True) as pool:
+    with DecodePool(2, SAMPLING, S, timeout_s=2.0, max_attempts=2, test_hooks=True) as pool:
         clips, final, resets = collect(pool.run(tasks))
         replaced, pids = pool.replaced, pool.worker_pids()
     assert time.monotonic() - t0 < 30
@@ -307,7 +307,7 @@ def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
         else:
             assert isinstance(final[key], ErrorEvent) and final[key].attempts == 2
             assert "SIGABRT" in final[key].error and final[key].stage == "decode"
-    assert replaced == 5  # segfault, abort twice, hang, exit
+    assert replaced >= 5  # segfault, abort twice, hang, exit (a loaded machine may add a slow good video)
     assert all(isinstance(final[t.path], DoneEvent) for t in good)
     assert wait_gone(pids) == []
 
@@ -323,10 +323,10 @@ def test_pool_hang_without_retry_is_an_error(hook_videos):
 def test_pool_bounded_queue(zoo):
     path, exp = zoo["h264_bframes"]
     sampling = Sampling(num_frames=2)  # 80 frames, step 4 -> 10 clips
-    with DecodePool(1, sampling, S, max_pending_clips=2, timeout_s=0.5) as pool:
+    with DecodePool(1, sampling, S, max_pending_clips=2, timeout_s=1.0) as pool:
         events = pool.run([VideoTask(path)])
         first = next(events)
-        time.sleep(1.5)  # a consumer slower than the decoder; longer than timeout_s: a full queue is not a hang
+        time.sleep(2.0)  # a consumer slower than the decoder; longer than timeout_s: a full queue is not a hang
         pending = pool.pending_clips()
         rest = list(events)
     assert 1 <= pending <= 2
