@@ -138,22 +138,19 @@ def _batch_vectors(column, dim: int) -> np.ndarray:
     return flat.reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def _memory_pool():
-    """Arrow memory pool the build scans with (None = default); tests swap in a tracking pool."""
-
-
 def _scan(files: list[Path], columns: list[str], batch_size: int) -> Iterator:
-    """Record batches of at most batch_size rows over the part files, in file order, one batch in flight."""
-    import pyarrow.dataset as ds
+    """Record batches of at most batch_size rows over the part files, in order.
 
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
-    scanner = ds.Scanner.from_dataset(
-        dataset, columns=columns, batch_size=batch_size, batch_readahead=0, fragment_readahead=0,
-        use_threads=False, memory_pool=_memory_pool(),
-    )  # no readahead: memory stays at one batch (plus the Parquet row group it is sliced from)
-    for batch in scanner.to_batches():
-        if batch.num_rows:
-            yield batch
+    ParquetFile.iter_batches on a buffered stream decodes batch_size rows at a time, even inside a large row group;
+    the pyarrow.dataset scanner decodes whole row groups (extract may write 100k-row ones: ~1 GB at 768-d).
+    """
+    import pyarrow.parquet as pq
+
+    for f in files:
+        with pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20) as parquet:
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
+                if batch.num_rows:
+                    yield batch
 
 
 # --- FAISS index construction ----------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""vmae_fast.index on Parquet datasets written here with the DESIGN.md clip schema (no model, no decoding)."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+faiss = pytest.importorskip("faiss")
+
+from vmae_fast import index as index_module  # noqa: E402
+from vmae_fast.index import Index, StaleIndexError, clip_vector  # noqa: E402
+
+
+_KEEP_ALIVE = []
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered_vectors(n: int, dim: int, *, seed: int = 0, topics: int = 100, clip_noise: float = 0.5,
+                      max_clips: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings shaped like a video collection: topics -> videos (1..max_clips clips each) -> clips.
+
+    Returns (unit vectors float32 (n, dim), video number int64 (n,)). Clips of one video have cosine ~1/(1+noise^2)
+    (0.8 at 0.5); videos of one topic ~0.4, so many neighbours beyond a video's own clips are near-ties: the hard
+    case for compressed codes.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_clips + 1, n)
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), n) + 1]
+    video = np.repeat(np.arange(len(lengths)), lengths)[:n]
+    centers = unit(rng.standard_normal((topics, dim)))
+    videos = unit(centers[rng.integers(0, topics, len(lengths))] + rng.standard_normal((len(lengths), dim)) / np.sqrt(dim))
+    return unit(videos[video] + clip_noise * rng.standard_normal((n, dim)) / np.sqrt(dim)), video
+
+
+def write_dataset(out, vectors: np.ndarray, video: np.ndarray, *, parts: int = 3, row_group_size: int | None = None,
+                  embedding_dtype: str = "float32", config_hash: str = "c0ffee") -> None:
+    """OUT/_run.json + OUT/clips/part-00000-<seq>.parquet with the DESIGN.md columns; a video's clips in one part.
+    Embeddings are stored scaled (not unit) so that the index's normalization is exercised."""
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    (out / "_run.json").write_text(json.dumps({"config_hash": config_hash, "config": {}}))
+    n, dim = vectors.shape
+    clip_index = np.zeros(n, np.int32)
+    for i in range(1, n):
+        clip_index[i] = clip_index[i - 1] + 1 if video[i] == video[i - 1] else 0
+    bounds = np.searchsorted(video, np.linspace(0, video[-1] + 1, parts + 1)[1:-1])  # cut between videos
+    scale = np.linspace(0.5, 3.0, n, dtype=np.float32)[:, None]
+    for seq, rows in enumerate(np.split(np.arange(n), bounds)):
+        vid = [f"clips/v{v:05d}.mp4" for v in video[rows]]
+        table = pa.table({
+            "video_id": pa.array(vid, pa.string()),
+            "path": pa.array([f"/data/{v}" for v in vid], pa.string()),
+            "clip_index": pa.array(clip_index[rows], pa.int32()),
+            "start_frame": pa.array(clip_index[rows].astype(np.int64) * 64, pa.int64()),
+            "end_frame": pa.array(clip_index[rows].astype(np.int64) * 64 + 61, pa.int64()),
+            "start_s": pa.array(clip_index[rows] * 2.0, pa.float64()),
+            "end_s": pa.array(clip_index[rows] * 2.0 + 2.0, pa.float64()),
+            "padded_frames": pa.array(np.zeros(len(rows), np.int16), pa.int16()),
+            "num_tokens": pa.array(np.full(len(rows), 1568, np.int32), pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array((vectors[rows] * scale[rows]).astype(embedding_dtype).ravel()), dim),
+        })
+        pq.write_table(table, out / "clips" / f"part-00000-{seq:05d}.parquet", row_group_size=row_group_size)
+
+
+@pytest.fixture
+def small_out(tmp_path):
+    vectors, video = clustered_vectors(600, 48, seed=1, topics=10)
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video)
+    return out, vectors, video
+
+
+def test_flat_every_clip_finds_itself(small_out):
+    out, vectors, video = small_out
+    index = Index.build(out, kind="flat", batch_size=37)  # batches cross part and video boundaries
+    assert len(index) == len(vectors) and index.dim == 48
+    index = Index.load(out)
+    results = index.search(vectors, k=3)
+    rows = np.array([r[0].row for r in results])
+    scores = np.array([r[0].score for r in results])
+    bad = np.flatnonzero(rows != np.arange(len(vectors)))
+    assert bad.size == 0, f"{bad.size} clips did not find themselves first, e.g. clip {bad[:5]} -> {rows[bad[:5]]}"
+    np.testing.assert_allclose(scores, 1.0, atol=1e-5)  # cosine of a unit vector with itself, fp32
+    first = results[123][0]
+    table = pq.read_table(out / "clips", columns=["video_id", "clip_index", "start_s", "end_s", "path"])
+    assert first.to_dict() | {} == {"row": 123, "score": first.score, **table.slice(123, 1).to_pylist()[0]}
+
+
+def test_video_level_is_mean_of_unit_clip_embeddings(small_out):
+    out, vectors, video = small_out
+    index = Index.build(out, level="video", batch_size=50)
+    n_videos = video[-1] + 1
+    expected = unit(np.stack([vectors[video == v].mean(0) for v in range(n_videos)]))
+    got = index.faiss_index.reconstruct_n(0, len(index))
+    np.testing.assert_allclose(got, expected, atol=1e-6)  # fp32 sums of < 20 unit vectors
+    index = Index.load(out, level="video")
+    for v in (0, 7, n_videos - 1):
+        top = index.search(expected[v], k=2)[0][0]
+        assert top.row == v and top.video_id == f"clips/v{v:05d}.mp4"
+        assert top.num_clips == int((video == v).sum()) and top.clip_index is None
+        assert (top.start_s, top.end_s) == (0.0, 2.0 * top.num_clips)
+
+
+def test_video_query_ranks_its_own_clips_first(small_out):
+    out, vectors, video = small_out
+    index = Index.build(out)
+    for v in (3, 11, 25):
+        own = np.flatnonzero(video == v)
+        matches = index.search(vectors[own].mean(0), k=len(own) + 3)[0]
+        assert {m.row for m in matches[: len(own)]} == set(own.tolist())
+        assert all(m.video_id == f"clips/v{v:05d}.mp4" for m in matches[: len(own)])
+
+
+def test_ivfpq_recall_against_flat_50k_768d():
+    vectors, _ = clustered_vectors(50_000, 768)
+    queries = vectors[::100]  # 500 queries from the data
+    exact = Index.from_vectors(vectors, kind="flat").search(queries, 10)
+    ivfpq = Index.from_vectors(vectors, kind="ivfpq")  # defaults: nlist 256, PQ48, nprobe 16, SQ8 re-ranking x8
+    approx = ivfpq.search(queries, 10)
+    recall = np.mean([len({m.row for m in a} & {m.row for m in e}) / 10 for a, e in zip(approx, exact)])
+    print(f"ivfpq recall@10 = {recall:.4f} ({ivfpq.params})")
+    # measured 0.967 (PQ alone, refine="none": 0.727): the bar leaves room for FAISS version/training differences
+    assert recall >= 0.9, f"recall@10 {recall:.3f} < 0.9 with {ivfpq.params}"
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+def test_approximate_kinds_build_save_load(tmp_path, kind):
+    vectors, video = clustered_vectors(4000, 32, seed=2, topics=20)
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video, parts=4)
+    built = Index.build(out, kind=kind, batch_size=500)
+    index = Index.load(out)
+    assert index.kind == kind and len(index) == 4000 and index.params == built.manifest["params"]
+    if kind == "ivfpq":  # the training sample is strided over all parts
+        assert index.params["train_size"] == 10_000 // 10_000 * 4000 and index.params["nlist"] == 64
+    results = index.search(vectors[::10], k=10)  # ivfpq re-ranks k * k_factor candidates: k=1 would give PQ2 8
+    found = np.mean([r[0].row == i for r, i in zip(results, range(0, 4000, 10))])
+    assert found >= 0.95, f"only {found:.2%} of clips found themselves first ({kind})"
+
+
+def test_build_memory_stays_bounded(tmp_path, monkeypatch):
+    """20 000 clips of 768-d (61 MB of embeddings) in 4 parts of 5 000-row row groups, read 500 rows (1.5 MB) at a
+    time: memory beyond the index must stay at a few batches, not grow with the data or the row group. Arrow memory
+    through a tracking pool, numpy memory through tracemalloc (FAISS's allocations are the index and are seen by
+    neither)."""
+    n, dim, batch = 20_000, 768, 500
+    vectors, video = clustered_vectors(n, dim, seed=3)
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video, parts=4, row_group_size=5000)
+    del vectors
+    rows_seen = []
+    real = index_module._batch_vectors
+    monkeypatch.setattr(index_module, "_batch_vectors", lambda col, d: rows_seen.append(len(col)) or real(col, d))
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    _KEEP_ALIVE.append(pool)  # buffers from it may outlive the test (pyarrow caches): freeing the pool would crash
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    tracemalloc.start()
+    try:
+        index = Index.build(out, batch_size=batch, save=False)
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    batch_bytes = batch * dim * 4
+    assert len(index) == n and max(rows_seen) <= batch and sum(rows_seen) == n
+    print(f"peak arrow {pool.max_memory() / 1e6:.1f} MB, numpy {numpy_peak / 1e6:.1f} MB, "
+          f"batch {batch_bytes / 1e6:.1f} MB, data {n * dim * 4 / 1e6:.0f} MB")
+    # Arrow: decoding a fixed_size_list batch takes ~4.5x its float bytes (values, levels, builders; measured), plus
+    # the id-map columns kept for the index (~60 B a row). numpy: a batch and its normalized copy.
+    assert pool.max_memory() < 8 * batch_bytes + 100 * n
+    assert numpy_peak < 3 * batch_bytes
+
+
+def test_stale_index_is_refused(small_out):
+    out, vectors, video = small_out
+    Index.build(out)
+    extra = out / "clips" / "part-00001-00000.parquet"
+    pq.write_table(pq.read_table(out / "clips" / "part-00000-00000.parquet").slice(0, 5), extra)
+    with pytest.raises(StaleIndexError, match=r"1 part file\(s\) added .*rebuild with `vmae-fast index"):
+        Index.load(out)
+    extra.unlink()
+    Index.load(out)  # back to the data it was built from
+    run = out / "_run.json"
+    run.write_text(json.dumps({"config_hash": "another", "config": {}}))
+    with pytest.raises(StaleIndexError, match="run configuration"):
+        Index.load(out)
+    Index.build(out)
+    Index.load(out)
+    (out / "clips" / "part-00000-00002.parquet").unlink()
+    with pytest.raises(StaleIndexError, match="removed"):
+        Index.load(out, level="clip")
+
+
+def test_float16_embeddings(tmp_path):
+    vectors, video = clustered_vectors(300, 64, seed=4, topics=5)
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video, embedding_dtype="float16")
+    index = Index.build(out, level="video")
+    assert len(index) == video[-1] + 1
+    vector, meta = clip_vector(out, "clips/v00002.mp4", 1)
+    assert vector.dtype == np.float32 and meta["clip_index"] == 1 and meta["video_id"] == "clips/v00002.mp4"
+
+
+def test_bad_inputs(small_out, tmp_path):
+    out, vectors, video = small_out
+    with pytest.raises(ValueError, match="no clip-level index .* build it with `vmae-fast index"):
+        Index.load(out)
+    index = Index.build(out)
+    with pytest.raises(ValueError, match="dimension 47, the index has 48"):
+        index.search(np.ones(47, np.float32))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(vectors[0], k=0)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full(48, np.nan, np.float32))
+    assert len(index.search(vectors[0], k=10_000)[0]) == len(vectors)  # k beyond the size: every row once
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Index.build(out, kind="lsh")
+    with pytest.raises(ValueError, match="level must be one of"):
+        Index.build(out, level="frame")
+    with pytest.raises(TypeError, match="unknown index parameter"):
+        Index.from_vectors(vectors, nprobes=3)
+    with pytest.raises(ValueError, match="non-empty numeric"):
+        Index.from_vectors(np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="metadata has 2 rows, vectors have 600"):
+        Index.from_vectors(vectors, metadata={"video_id": ["a", "b"]})
+    with pytest.raises(ValueError, match="ivfpq needs at least 256 vectors"):
+        Index.from_vectors(vectors[:100], kind="ivfpq")
+    with pytest.raises(ValueError, match="no video 'nope.mp4'"):
+        clip_vector(out, "nope.mp4", 0)
+    with pytest.raises(ValueError, match=r"has no clip 99 \(it has clips 0\.\."):
+        clip_vector(out, "clips/v00001.mp4", 99)
+    empty = tmp_path / "empty"
+    (empty / "clips").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no clips"):
+        Index.build(empty)
+    with pytest.raises(ValueError, match="does not exist"):
+        Index.load(tmp_path / "missing")
+
+
+def test_from_vectors_with_metadata():
+    vectors = unit(np.random.default_rng(5).standard_normal((50, 16)))
+    meta = {"video_id": [f"v{i // 5}" for i in range(50)], "clip_index": [i % 5 for i in range(50)]}
+    index = Index.from_vectors(vectors * 7, metadata=meta)
+    match = index.search(vectors[12], k=1)[0][0]
+    assert (match.row, match.video_id, match.clip_index, match.start_s) == (12, "v2", 2, None)
+    bare = Index.from_vectors(vectors).search(vectors[:2], k=2)
+    assert [m.row for m in bare[1]][0] == 1 and bare[1][0].video_id is None
