@@ -6,15 +6,12 @@ import json
 import tracemalloc
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-faiss = pytest.importorskip("faiss")
-
-from vmae_fast import index as index_module  # noqa: E402
-from vmae_fast.index import Index, StaleIndexError, clip_vector  # noqa: E402
-
+from vmae_fast import index as index_module
+from vmae_fast.index import Index, StaleIndexError, clip_vector
 
 _KEEP_ALIVE = []
 
@@ -79,7 +76,7 @@ def small_out(tmp_path):
 
 
 def test_flat_every_clip_finds_itself(small_out):
-    out, vectors, video = small_out
+    out, vectors, _ = small_out
     index = Index.build(out, kind="flat", batch_size=37)  # batches cross part and video boundaries
     assert len(index) == len(vectors) and index.dim == 48
     index = Index.load(out)
@@ -181,7 +178,7 @@ def test_build_memory_stays_bounded(tmp_path, monkeypatch):
 
 
 def test_stale_index_is_refused(small_out):
-    out, vectors, video = small_out
+    out = small_out[0]
     Index.build(out)
     extra = out / "clips" / "part-00001-00000.parquet"
     pq.write_table(pq.read_table(out / "clips" / "part-00000-00000.parquet").slice(0, 5), extra)
@@ -211,7 +208,7 @@ def test_float16_embeddings(tmp_path):
 
 
 def test_bad_inputs(small_out, tmp_path):
-    out, vectors, video = small_out
+    out, vectors, _ = small_out
     with pytest.raises(ValueError, match="no clip-level index .* build it with `vmae-fast index"):
         Index.load(out)
     index = Index.build(out)
@@ -253,4 +250,4 @@ def test_from_vectors_with_metadata():
     match = index.search(vectors[12], k=1)[0][0]
     assert (match.row, match.video_id, match.clip_index, match.start_s) == (12, "v2", 2, None)
     bare = Index.from_vectors(vectors).search(vectors[:2], k=2)
-    assert [m.row for m in bare[1]][0] == 1 and bare[1][0].video_id is None
+    assert bare[1][0].row == 1 and bare[1][0].video_id is None
