@@ -35,7 +35,7 @@ SAMPLING = Sampling(num_frames=T)
 BAD_STAGES = {"empty": "open", "truncated": "open", "text": "open", "audio_only": "open", "directory": "open",
               "dangling_symlink": "open", "garbage_mid": "decode"}
 ZOO_NAMES = ["h264_bframes", "vp9", "hevc", "mjpeg", "h264_10bit", "hevc_10bit", "gray", "tiny", "hd1080", "portrait",
-             "vfr", "short", "audio", "non_ascii", "upper_ext", "nested"]
+             "rotated", "vfr", "short", "audio", "non_ascii", "upper_ext", "nested"]
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +143,21 @@ def test_good_video_clips(zoo, name, backend):
     info = {}
     clips = list(decode_clips(VideoTask(path), SAMPLING, S, backend, info=info))
     check_clips(clips, exp)
-    # decord is the default; gray goes to PyAV (decord expands gray as limited range)
-    expected_backend = "pyav" if backend == "pyav" or name == "gray" else "decord"
+    # decord is the default; gray (decord expands it as limited range) and rotated files go to PyAV
+    expected_backend = "pyav" if backend == "pyav" or name in ("gray", "rotated") else "decord"
     assert info["backend"] == expected_backend
+
+
+def test_display_rotation_is_applied(zoo):
+    """A phone video coded landscape with a 90 degree display rotation comes out upright, as players (and the
+    ffmpeg CLI's autorotate, i.e. np.rot90 counter-clockwise) show it."""
+    path, exp = zoo["rotated"]
+    assert exp.rotation == 90
+    frame = next(decode_clips(VideoTask(path), SAMPLING, S)).frames[0].astype(np.float64)
+    # coded: red grows left -> right, green top -> bottom; turned a quarter counter-clockwise: red falls
+    # top -> bottom, green grows left -> right
+    assert frame[:4, :, 0].mean() - frame[-4:, :, 0].mean() > 40
+    assert frame[:, -4:, 1].mean() - frame[:, :4, 1].mean() > 40
 
 
 def test_vfr_timestamps_come_from_pts(zoo):

@@ -47,6 +47,7 @@ class Expected:
     backend: str | None = None  # decoder decode_clips must end up using (None: either)
     audio: bool = False
     tags: tuple[str, ...] = field(default=())
+    rotation: int = 0  # display rotation, degrees counter-clockwise
 
     @property
     def duration(self) -> float:
@@ -103,12 +104,15 @@ def make_video(
     options: dict[str, str] | None = None,
     backend: str | None = None,
     tags: tuple[str, ...] = (),
+    rotation: int = 0,
 ) -> Expected:
     """Encode `frames` numbered frames (see module doc) into `path`; the container follows the extension.
 
     codec: one of "h264", "h264_bframes", "hevc", "vp9", "mjpeg" (or a PyAV encoder name).
     pts_ms: variable frame rate: presentation time of every frame in milliseconds (time base 1/1000); fps is then
     only the nominal rate given to the encoder. audio: add a 1 kHz AAC (mp4/mkv) or Opus (webm) track.
+    rotation: display rotation in degrees counter-clockwise (a phone's portrait video is coded landscape with 90 or
+    270): frames are coded as drawn, players turn them.
     """
     import av
 
@@ -121,6 +125,8 @@ def make_video(
     with av.open(str(path), "w") as container:
         stream = container.add_stream(encoder, rate=rate, options=opts)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         if pts_ms is not None:
             if len(pts_ms) != frames:
                 raise ValueError(f"pts_ms must have {frames} entries, got {len(pts_ms)}")
@@ -153,7 +159,7 @@ def make_video(
     else:
         timestamps = tuple(i / float(rate) for i in range(frames))
     avg_fps = (frames - 1) / (timestamps[-1] - timestamps[0]) if frames > 1 else float(rate)
-    return Expected(path, width, height, frames, avg_fps, timestamps, codec, pix_fmt, backend, audio, tags)
+    return Expected(path, width, height, frames, avg_fps, timestamps, codec, pix_fmt, backend, audio, tags, rotation)
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -211,6 +217,7 @@ def make_video_zoo(directory: str | os.PathLike) -> dict[str, tuple[Path, Expect
     add("tiny", d / "tiny.mp4", width=16, height=16, options={"crf": "0"})
     add("hd1080", d / "hd1080.mp4", width=1920, height=1080, frames=20)
     add("portrait", d / "portrait.mp4", width=48, height=80)
+    add("rotated", d / "rotated_phone.mp4", width=64, height=48, rotation=90)  # coded landscape, shown portrait
     add("vfr", d / "vfr.mkv", frames=60, pts_ms=vfr_pts_ms(60))
     add("short", d / "short.mp4", frames=10)
     add("audio", d / "with_audio.mp4", audio=True)

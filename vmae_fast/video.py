@@ -261,6 +261,19 @@ def _check_path(path: str) -> None:
         raise VideoError("open", f"empty file (0 bytes): {path}")
 
 
+def _first_frame_rotation(stream, packet, final: bool) -> float | None:
+    """The display rotation (degrees counter-clockwise, FFmpeg's display matrix) of the first frame `packet`
+    decodes to; None until a frame comes out (0 when `final` or the packet is damaged)."""
+    import av
+
+    try:
+        for frame in stream.decode(packet):
+            return frame.rotation or 0
+    except av.FFmpegError:
+        return 0
+    return 0 if final else None
+
+
 def _av_open(path: str):
     import av
 
@@ -296,6 +309,7 @@ class _PyAVReader:
                 raise VideoError("open", f"video stream has no frame size ({self.width}x{self.height}) in {path}")
             self.time_base = stream.time_base
             pts, keys, last_duration = [], [], 0
+            rotation = None  # display rotation (phone videos), read from the first decoded frame
             try:
                 for packet in container.demux(stream):
                     if packet.size == 0:
@@ -303,6 +317,8 @@ class _PyAVReader:
                     pts.append(packet.pts if packet.pts is not None else packet.dts)
                     keys.append(packet.is_keyframe)
                     last_duration = packet.duration or 0
+                    if rotation is None and len(pts) <= 16:
+                        rotation = _first_frame_rotation(stream, packet, final=len(pts) == 16)
             except av.FFmpegError as e:  # damaged tail: keep the packets read so far, the decoder decides
                 if not pts:
                     raise VideoError("open", f"cannot read packets of {path}: {e}") from None
@@ -325,6 +341,7 @@ class _PyAVReader:
         self.last_duration = float(last_duration * self.time_base) if last_duration else None
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
         self.decode_size = _decode_size(self.width, self.height, image_size)
+        self.rotation_k = round((rotation or 0) / 90) % 4  # quarter turns counter-clockwise, as np.rot90
 
     def _key_before(self, index: int) -> int:
         """Index of the last keyframe at or before frame `index` (0 when none is)."""
@@ -416,6 +433,7 @@ class _DecordReader:
     """decord decoding with frames scaled to the decode size by decord itself (fast path for common files)."""
 
     name = "decord"
+    rotation_k = 0  # files with a display rotation go to PyAV
 
     def __init__(self, path: str, width: int, height: int, image_size: int, threads: int = 0,
                  batch: int = 32, timestamps: np.ndarray | None = None):
@@ -450,8 +468,9 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int):
     """The reader for `backend`; "auto" tries decord and falls back to PyAV when decord cannot open the file."""
     _check_path(path)
     pyav = _PyAVReader(path, image_size, threads)  # header + packet scan: uniform "open" errors, native size
-    if backend == "pyav" or (backend == "auto" and pyav.pix_fmt.startswith(("gray", "ya"))):
-        # decord expands gray as limited range (24 -> 9): PyAV converts gray formats as full range, like FFmpeg
+    if backend == "pyav" or (backend == "auto" and (pyav.pix_fmt.startswith(("gray", "ya")) or pyav.rotation_k)):
+        # decord expands gray as limited range (24 -> 9; PyAV converts gray as full range, like FFmpeg) and
+        # mishandles a display rotation (4-channel transposed frames at native size, unrotated when scaling)
         return pyav, None
     try:
         return _DecordReader(path, pyav.width, pyav.height, image_size, threads, timestamps=pyav.timestamps), pyav
@@ -522,7 +541,9 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int) -> Iterator[Clip]:
     cache: dict[int, np.ndarray] = {}
     k = 0
     for idx, frame in reader.frames(wanted):
-        cache[idx] = _center_crop(frame, image_size)
+        crop = _center_crop(frame, image_size)
+        # upright like a player shows it; a quarter turn of a centered square crop = the crop of the turned frame
+        cache[idx] = np.rot90(crop, reader.rotation_k) if reader.rotation_k else crop
         while k < len(plans) and plans[k].last_frame <= idx:
             p = plans[k]
             frames = np.stack([cache[int(j)] for j in p.frame_indices])
