@@ -20,34 +20,54 @@ from ._dispatch import (
 )
 from ._validate import _host_read_allowed
 
-# GEMM tiles (BLOCK_M tokens x BLOCK_N features x BLOCK_K tubelet values). K = 3*ts*P*P (1176 for P=14, ts=2; 1536
-# for P=16) is rarely a multiple of BLOCK_K, so the K loop is masked. Under the interpreter one config: autotuning
-# there would time numpy, not a GPU, and wide tiles mean fewer interpreted steps (4.7 s -> 0.3 s for D=1408).
+# The tubelet is read as ROWS contiguous runs of the frames: uint8 (..., W, 3) frames give ts*P runs of 3P bytes
+# ((x, c) interleaved), float (..., 3, H, W) frames give 3*ts*P runs of P values. Each run is padded to RUN_PAD (a
+# power of two) so the offsets inside a K tile are plain `arange` (16-byte vector loads, no div/mod per element);
+# the weight is re-laid once per call to the same (run, padded) order with zeros in the padding. A K tile is
+# ROWS_PER_STEP runs. Autotuned over the output tile; under the interpreter one wide config (autotuning there would
+# time numpy, not a GPU; wide tiles mean fewer interpreted steps).
 _CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 4),
-                             (64, 64, 64, 4, 3)]
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3),
+                         (64, 128, 8, 3), (64, 64, 4, 3)]
 ]
+# Checked offline with Triton's sm_90 compile + ptxas (no GPU): every config compiles to HGMMA with 16-byte loads
+# and no spills for fp16/bf16 weights at P = 14 and 16.
+_K_TILE = 64  # values of K per step: one uint8 run (3P <= 64 for P <= 21) or four float runs of P <= 16
 if _INTERPRETED_AT_IMPORT:
-    _CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 256, "BLOCK_K": 128}, num_warps=4, num_stages=1)]
+    _CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 256}, num_warps=4, num_stages=1)]
+    _K_TILE = 128
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "K", "CHANNELS_LAST"])
+def _prune_configs(configs, named_args, **kwargs):
+    """fp32 weights (tf32x3 splits each operand in two): only tiles with <= 32 accumulators per thread and 8 warps
+    compiled without spills for sm_90 (ptxas); 16-bit weights keep every config."""
+    if named_args["Wp"].element_size() < 4:
+        return configs
+    kept = [c for c in configs if c.num_warps == 8 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * 8]
+    return kept or configs[-1:]
+
+
+@triton.autotune(configs=_CONFIGS, key=["D", "ROWS", "RUN_PAD", "NORMALIZE"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit(do_not_specialize=["M", "num_clips"])
 def _patch_embed_kernel(
-    Frames,  # uint8 (B, T, H, W, 3) or float (B, T, 3, H, W); strides below, channel stride may be anything
-    Wt,  # (D, K) flattened Conv3d weight, columns in (c, dt, y, x) order, last dim contiguous
+    Frames,  # uint8 (B, T, H, W, 3) with (W, 3) contiguous, or float (B, T, 3, H, W) with W contiguous
+    Wp,  # (D, ROWS * RUN_PAD) weight re-laid in run order, zeros in the padding, contiguous
     Bias,  # (D,)
     Pos,  # (N, D) sin/cos position table, last dim contiguous
     Mean,  # (3,) float pixel mean in [0, 1] units (unused unless NORMALIZE)
     Std,  # (3,) float pixel std (unused unless NORMALIZE)
     TokenIds,  # (M,) int64 flat ids b*N + n of the kept tokens (unused unless HAS_IDS)
     Out,  # (M, D) output, contiguous, weight's dtype
-    M, num_clips, D, K, N, n_h, n_w,
-    stride_b, stride_t, stride_c, stride_h, stride_w, stride_wd, stride_pos,
+    M, num_clips, D, N, n_h, n_w, ROWS,
+    stride_b, stride_t, stride_c, stride_h, stride_w, stride_pos,
     P: tl.constexpr, TS: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, NORMALIZE: tl.constexpr, HAS_IDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    RUN: tl.constexpr,  # values per run: 3P (uint8) or P (float)
+    RUN_PAD: tl.constexpr,  # RUN rounded up to a power of two
+    ROWS_PER_STEP: tl.constexpr,  # runs per K tile; BLOCK_K = ROWS_PER_STEP * RUN_PAD
+    NORMALIZE: tl.constexpr, HAS_IDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Feature tiles vary fastest so the programs sharing a block of tubelets run together (tubelets reused from L2).
     pid_n = tl.program_id(0)
@@ -68,35 +88,40 @@ def _patch_embed_kernel(
     t = n // (n_h * n_w)
     h = (n // n_w) % n_h
     w = n % n_w
-    # The tubelet unfold is separable: address = row part (which tubelet) + column part (where inside it).
-    row_off = clip * stride_b + t * (TS * stride_t) + h * (P * stride_h) + w * (P * stride_w)  # (BLOCK_M,) int64
+    # The unfold is separable: address = tubelet origin (per row) + run start (per K step) + offset in the run.
+    origin = clip * stride_b + t * (TS * stride_t) + h * (P * stride_h)  # (BLOCK_M,) int64
+    if NORMALIZE:  # uint8 pixels are (x, c) interleaved, stride 3 (checked): a constant lets loads vectorize
+        origin += w * (P * 3)
+    else:
+        origin += w * (P * stride_w)
+
+    kk = tl.arange(0, ROWS_PER_STEP * RUN_PAD)  # (BLOCK_K,)
+    run_of_k = kk // RUN_PAD  # powers of two: shifts and masks
+    j = kk % RUN_PAD  # offset inside the run
+    j_ok = j < RUN
+    if NORMALIZE:
+        # (pixel/255 - mean)/std folded into one FMA per value: pixel * 1/(255 std[c]) + (-mean[c]/std[c]), with
+        # c = j % 3 in the (x, c)-interleaved run; the per-k vectors are built once, outside the K loop.
+        channel = j % 3
+        std = tl.load(Std + channel, mask=j_ok, other=1.0).to(tl.float32)
+        mean = tl.load(Mean + channel, mask=j_ok, other=0.0).to(tl.float32)
+        scale = 1.0 / (255.0 * std)
+        shift = -mean / std
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        if CHANNELS_LAST:
-            # uint8 (..., x, c) layout: walk K as (dt, y, x, c) so 3*P consecutive bytes are read per (dt, y).
-            c = k % 3
-            x = (k // 3) % P
-            y = (k // (3 * P)) % P
-            dt = k // (3 * P * P)
-            w_col = c * (TS * P * P) + dt * (P * P) + y * P + x  # the same value's column in the weight
-        else:
-            x = k % P
-            y = (k // P) % P
-            dt = (k // (P * P)) % TS
-            c = k // (TS * P * P)
-            w_col = k
-        col_off = dt * stride_t + y * stride_h + x * stride_w + c * stride_c  # (BLOCK_K,)
-        a_mask = token_ok[:, None] & k_ok[None, :]
-        a = tl.load(Frames + row_off[:, None] + col_off[None, :], mask=a_mask, other=0)
+    for r0 in range(0, ROWS, ROWS_PER_STEP):
+        run = r0 + run_of_k  # run index in (c, dt, y) order
+        y = run % P
+        dt = (run // P) % TS
+        k_off = dt * stride_t + y * stride_h + j  # (BLOCK_K,)
+        if not NORMALIZE:  # float frames: one run per channel; uint8 runs hold all three channels
+            k_off += (run // (P * TS)) * stride_c
+        k_ok = j_ok & (run < ROWS)
+        a = tl.load(Frames + origin[:, None] + k_off[None, :], mask=token_ok[:, None] & k_ok[None, :], other=0)
         if NORMALIZE:
-            # (pixel/255 - mean)/std folded into one FMA: pixel * 1/(255 std) + (-mean/std), per channel.
-            std = tl.load(Std + c, mask=k_ok, other=1.0).to(tl.float32)
-            mean = tl.load(Mean + c, mask=k_ok, other=0.0).to(tl.float32)
-            a = a.to(tl.float32) * (1.0 / (255.0 * std))[None, :] + (-mean / std)[None, :]
-        b = tl.load(Wt + cols[None, :] * stride_wd + w_col[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            a = a.to(tl.float32) * scale[None, :] + shift[None, :]
+        w_off = cols[None, :].to(tl.int64) * (ROWS * RUN_PAD) + (r0 * RUN_PAD + kk)[:, None]  # (BLOCK_K, BLOCK_N)
+        b = tl.load(Wp + w_off, mask=col_ok[None, :] & (run < ROWS)[:, None], other=0.0)
         acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
 
     acc += tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -105,6 +130,23 @@ def _patch_embed_kernel(
     acc = tl.where(token_ok[:, None], acc, float("nan"))
     tl.store(Out + rows[:, None] * D + cols[None, :], acc.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _run_layout(weight: torch.Tensor, channels_last: bool, patch_size: int, tubelet_size: int):
+    """Re-lay the (D, 3*ts*P*P) Conv3d weight in the kernel's run order, each run zero-padded to a power of two.
+    Returns (Wp (D, ROWS * RUN_PAD) contiguous, ROWS, RUN, RUN_PAD). A D x K copy per call (2.4 MB for ViT-B),
+    small next to the GEMM, and plain torch ops, so torch.compile / CUDA graphs take it along."""
+    D = weight.shape[0]
+    P, ts = patch_size, tubelet_size
+    w = weight.reshape(D, 3, ts, P, P)
+    if channels_last:  # runs (dt, y), values (x, c) interleaved as in (..., W, 3) frames
+        w = w.permute(0, 2, 3, 4, 1).reshape(D, ts * P, 3 * P)
+    else:  # runs (c, dt, y), values x
+        w = w.reshape(D, 3 * ts * P, P)
+    rows, run = w.shape[1], w.shape[2]
+    run_pad = triton.next_power_of_2(run)
+    wp = torch.nn.functional.pad(w, (0, run_pad - run)).reshape(D, rows * run_pad)
+    return wp, rows, run, run_pad
 
 
 def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size, out=None):
@@ -117,7 +159,7 @@ def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, p
     else:
         B, T, _, H, W = frames.shape
         stride_b, stride_t, stride_c, stride_h, stride_w = frames.stride()
-    D, K = weight.shape
+    D = weight.shape[0]
     n_h, n_w = H // patch_size, W // patch_size
     N = (T // tubelet_size) * n_h * n_w
     M = token_ids.shape[0] if token_ids is not None else B * N
@@ -125,21 +167,23 @@ def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, p
         out = torch.empty((M, D), device=frames.device, dtype=weight.dtype)
     if M == 0:
         return out
+    wp, rows, run, run_pad = _run_layout(weight, channels_last, patch_size, tubelet_size)
     dummy = bias  # stands in for pointers a constexpr switch leaves unused
 
     def grid(meta):
         return (triton.cdiv(D, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
 
     wrap_triton(_patch_embed_kernel)[grid](
-        frames, weight, bias, pos_table,
+        frames, wp, bias, pos_table,
         mean if mean is not None else dummy, std if std is not None else dummy,
         token_ids if token_ids is not None else dummy, out,
-        M, B, D, K, N, n_h, n_w,
-        stride_b, stride_t, stride_c, stride_h, stride_w, weight.stride(0), pos_table.stride(0),
-        P=patch_size, TS=tubelet_size, CHANNELS_LAST=channels_last, NORMALIZE=channels_last,
-        HAS_IDS=token_ids is not None,
-        # fp32 weights mean "accuracy first": no TF32 rounding of the operands.
-        DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+        M, B, D, N, n_h, n_w, rows,
+        stride_b, stride_t, stride_c, stride_h, stride_w, pos_table.stride(0),
+        P=patch_size, TS=tubelet_size, RUN=run, RUN_PAD=run_pad, ROWS_PER_STEP=max(1, _K_TILE // run_pad),
+        NORMALIZE=channels_last, HAS_IDS=token_ids is not None,
+        # fp32 weights: "tf32x3" (three tf32 MMAs, error near fp32 rounding, on the tensor cores), as varlen_attention;
+        # plain tf32 keeps a 10-bit mantissa. No effect for fp16/bf16.
+        DOT_PRECISION="tf32x3" if weight.dtype == torch.float32 else "tf32",
     )
     return out
 
@@ -207,6 +251,9 @@ def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_
         raise ValueError(f"frames of T={T}, H={H}, W={W} do not tile into tubelets of {tubelet_size}x{patch_size}x"
                          f"{patch_size}: T must be divisible by tubelet_size, H and W by patch_size")
     check_last_dim_contiguous("frames", frames)
+    if frames.dtype == torch.uint8 and W > 1 and frames.stride(-2) != 3:
+        raise ValueError(f"uint8 frames must have contiguous (W, 3) pixels (stride 3 along W), got strides "
+                         f"{tuple(frames.stride())} for shape {tuple(frames.shape)}; call .contiguous() first")
     N = (T // tubelet_size) * (H // patch_size) * (W // patch_size)
     K = 3 * tubelet_size * patch_size * patch_size
 

@@ -161,6 +161,8 @@ def _bad_inputs():
         ("non-contiguous weight", {"weight": torch.zeros(1536, 8).t()}, ValueError, "contiguous last dim"),
         ("non-contiguous frames", {"frames": frames.transpose(2, 3).contiguous().transpose(2, 3)[..., :1]
                                    .expand(1, 2, 32, 16, 3)}, ValueError, "contiguous last dim"),
+        ("uint8 pixels not contiguous", {"frames": torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8)[:, :, :, ::2]},
+         ValueError, "stride 3 along W"),
         ("patch size 0", {"patch_size": 0}, ValueError, "patch_size"),
         ("unknown backend", {"backend": "gpu"}, ValueError, "backend"),
     ]
