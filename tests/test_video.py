@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.videos import PERIOD, frame_number, make_bad_files, make_video, make_video_zoo
+from tests.videos import PERIOD, frame_image, frame_number, make_bad_files, make_video, make_video_zoo
 from vmae_fast.video import (
     VIDEO_EXTENSIONS,
     ClipsEvent,
@@ -451,3 +451,30 @@ def test_raw_stream_without_timestamps(tmp_path):
     assert [c.frame_indices.tolist() for c in clips] == [[0, 3, 6, 9], [12, 15, 18, 21], [24, 27, 30, 33]]
     assert [c.start_s for c in clips] == pytest.approx([0.0, 0.48, 0.96])
     assert all(frame_number(f) == i % PERIOD for c in clips for f, i in zip(c.frames, c.frame_indices))
+
+
+def test_non_square_pixels_use_the_display_aspect(tmp_path):
+    """32x48 coded with 2:1 pixels is shown 64x48: the numbered square (8x8 coded) must come out twice as wide as
+    tall with either decoder (ignoring the pixel aspect would keep it square)."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=30, options={"crf": "8"})
+        stream.width, stream.height, stream.pix_fmt = 32, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in range(13):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 32, 48), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    for backend in ("decord", "pyav"):
+        frame = next(decode_clips(VideoTask(path), SAMPLING, 48, backend)).frames[0].astype(np.int64)
+        dark = (np.abs(frame - 24).max(axis=-1) < 20)  # frame 0's square has level 24, the background >= 40
+        rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+        ratio = (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
+        assert 1.6 < ratio < 2.4, (backend, ratio)

@@ -305,6 +305,9 @@ class _PyAVReader:
             self.stream_index = stream.index
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
             self.pix_fmt = stream.codec_context.pix_fmt or ""
+            # Non-square pixels (anamorphic DV, some broadcasts): size by the display aspect ratio, as players do.
+            sar = stream.sample_aspect_ratio
+            self.display_width = max(1, round(self.width * sar)) if sar and sar > 0 else self.width
             if not self.width or not self.height:
                 raise VideoError("open", f"video stream has no frame size ({self.width}x{self.height}) in {path}")
             self.time_base = stream.time_base
@@ -340,7 +343,7 @@ class _PyAVReader:
         self.timestamps = (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
         self.last_duration = float(last_duration * self.time_base) if last_duration else None
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
-        self.decode_size = _decode_size(self.width, self.height, image_size)
+        self.decode_size = _decode_size(self.display_width, self.height, image_size)
         self.rotation_k = round((rotation or 0) / 90) % 4  # quarter turns counter-clockwise, as np.rot90
 
     def _key_before(self, index: int) -> int:
@@ -435,13 +438,13 @@ class _DecordReader:
     name = "decord"
     rotation_k = 0  # files with a display rotation go to PyAV
 
-    def __init__(self, path: str, width: int, height: int, image_size: int, threads: int = 0,
+    def __init__(self, path: str, native_size: tuple[int, int], decode_size: tuple[int, int], threads: int = 0,
                  batch: int = 32, timestamps: np.ndarray | None = None):
         import decord
 
         self.path, self.batch = path, batch
-        self.decode_size = _decode_size(width, height, image_size)
-        w, h = self.decode_size if self.decode_size != (width, height) else (-1, -1)
+        self.decode_size = decode_size
+        w, h = decode_size if decode_size != native_size else (-1, -1)  # -1: no scaling
         self.reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
         n = len(self.reader)
         if n == 0:
@@ -473,7 +476,8 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int):
         # mishandles a display rotation (4-channel transposed frames at native size, unrotated when scaling)
         return pyav, None
     try:
-        return _DecordReader(path, pyav.width, pyav.height, image_size, threads, timestamps=pyav.timestamps), pyav
+        return _DecordReader(path, (pyav.width, pyav.height), pyav.decode_size, threads,
+                             timestamps=pyav.timestamps), pyav
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - decord raises its own types (DECORDError, RuntimeError, ...)
