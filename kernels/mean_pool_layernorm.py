@@ -1,6 +1,6 @@
 """Segment mean over each clip's kept tokens followed by LayerNorm: (N_total, D) + cu_seqlens -> (B, D).
-Fuses: the segment reduction and the LayerNorm in one program per clip (Triton), fp32 accumulation.
-Idea: varlen segment reductions as in flash-attention's cu_seqlens convention; LayerNorm as in Triton tutorial 05."""
+Fuses: fp32 segment sums split over row ranges (many programs stream the tokens once), then mean + LayerNorm per clip.
+Idea: flash-attention's cu_seqlens convention; split-K style partial sums; LayerNorm as in Triton tutorial 05."""
 
 from __future__ import annotations
 
@@ -19,33 +19,63 @@ from ._dispatch import (
 )
 from ._validate import check_cu_seqlens
 
-# The fp32 running sum of a (BLOCK_T, BLOCK_D) tile lives in registers; the Triton path refuses wider rows.
+# The finalizing program holds a whole fp32 row; the Triton path refuses wider rows.
 MAX_D = 16384
+# One program per clip would keep only B SMs busy (B = 32 clips on a 132-SM H100 reads at a fraction of HBM speed),
+# so each segment is split into row ranges summed by separate programs into an fp32 (B, splits, D) workspace, and a
+# second, tiny launch adds the partial sums and applies the LayerNorm. About this many programs in the first launch
+# (a constant: no device query on the hot path), each with at least _MIN_ROWS_PER_SPLIT rows on average.
+_TARGET_PROGRAMS = 1024
+_MIN_ROWS_PER_SPLIT = 32
+_SUM_BLOCK_D = 256  # columns per partial-sum program: 512 contiguous bytes of a bf16 row
 
 
 @triton.jit
-def _mean_pool_layernorm_kernel(
+def _segment_sum_kernel(
     X,  # (N_total, D) tokens, last dim contiguous, row stride stride_x
+    CU,  # (B+1,) int32 segment offsets
+    Partial,  # (B, SPLITS, D) fp32 partial sums, contiguous
+    N_total, D, stride_x, SPLITS,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    split = tl.program_id(0)
+    clip = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    # Clamp to [0, N_total] so offsets that were not value-checked (CUDA, no sync) can never read out of bounds.
+    start = tl.minimum(tl.maximum(tl.load(CU + clip).to(tl.int64), 0), N_total)
+    end = tl.minimum(tl.maximum(tl.load(CU + clip + 1).to(tl.int64), start), N_total)
+    chunk = tl.cdiv(end - start, SPLITS)
+    lo = start + split * chunk  # past `end` for the trailing splits of a short segment: an empty range, zeros
+    hi = tl.minimum(end, lo + chunk)
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for row0 in range(lo, hi, BLOCK_T):
+        rows = row0 + tl.arange(0, BLOCK_T)
+        mask = (rows < hi)[:, None] & col_ok[None, :]
+        acc += tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(Partial + (clip * SPLITS + split) * D + cols, tl.sum(acc, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _mean_layernorm_kernel(
+    Partial,  # (B, SPLITS, D) fp32 partial sums, contiguous
     CU,  # (B+1,) int32 segment offsets
     W,  # (D,) LayerNorm weight (unused when HAS_NORM is False)
     Bias,  # (D,) LayerNorm bias (unused when HAS_NORM is False)
     Y,  # (B, D) output, contiguous, tokens' dtype
-    N_total, D, stride_x, eps,
-    HAS_NORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    N_total, D, SPLITS, eps,
+    HAS_NORM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     clip = tl.program_id(0).to(tl.int64)
-    # Clamp to [0, N_total] so offsets that were not value-checked (CUDA, no sync) can never read out of bounds.
     start = tl.minimum(tl.maximum(tl.load(CU + clip).to(tl.int64), 0), N_total)
     end = tl.minimum(tl.maximum(tl.load(CU + clip + 1).to(tl.int64), start), N_total)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    for row0 in range(start, end, BLOCK_T):
-        rows = row0 + tl.arange(0, BLOCK_T)
-        mask = (rows < end)[:, None] & col_ok[None, :]
-        acc += tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for split in range(SPLITS):
+        total += tl.load(Partial + (clip * SPLITS + split) * D + cols, mask=col_ok, other=0.0)
     # An empty segment gives 0/0 = NaN, as torch's mean of nothing: visible, never garbage.
-    mean = tl.sum(acc, axis=0) / (end - start).to(tl.float32)  # (BLOCK_D,)
+    mean = total / (end - start).to(tl.float32)  # (BLOCK_D,)
     if HAS_NORM:
         mu = tl.sum(tl.where(col_ok, mean, 0.0), axis=0) / D
         centered = tl.where(col_ok, mean - mu, 0.0)
@@ -56,19 +86,32 @@ def _mean_pool_layernorm_kernel(
     tl.store(Y + clip * D + cols, mean.to(Y.dtype.element_ty), mask=col_ok)
 
 
-def _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps, out=None):
+def _num_splits(N_total: int, B: int, D: int) -> int:
+    """Row ranges per segment, from shapes only: enough programs to fill the GPU, enough rows for each."""
+    d_blocks = triton.cdiv(D, _SUM_BLOCK_D)
+    want = max(1, _TARGET_PROGRAMS // max(1, B * d_blocks))
+    return max(1, min(want, N_total // max(1, B) // _MIN_ROWS_PER_SPLIT, 64))
+
+
+def _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps, out=None, splits=None):
     """Launch on checked inputs. Shapes only, no host read of values: traceable by torch.compile, capturable in a
-    CUDA graph. `out` (B, D) contiguous in tokens' dtype is for tests (NaN-poisoned buffers)."""
+    CUDA graph. `out` (B, D) contiguous in tokens' dtype and `splits` (row ranges per segment) are for tests."""
     N_total, D = tokens.shape
     B = cu_seqlens.shape[0] - 1
     if out is None:
         out = torch.empty((B, D), device=tokens.device, dtype=tokens.dtype)
+    splits = splits or _num_splits(N_total, B, D)
+    partial = torch.empty((B, splits, D), device=tokens.device, dtype=torch.float32)
+    block_d = min(triton.next_power_of_2(D), _SUM_BLOCK_D)
+    wrap_triton(_segment_sum_kernel)[(splits, B, triton.cdiv(D, block_d))](
+        tokens, cu_seqlens, partial, N_total, D, tokens.stride(0), splits,
+        BLOCK_T=16, BLOCK_D=block_d, num_warps=4,  # 4K fp32 accumulators: 32 per thread
+    )
     block_d = triton.next_power_of_2(D)
-    block_t = max(1, min(32, 8192 // block_d))  # 8K fp32 accumulators per program: loads in flight, no spills
-    wrap_triton(_mean_pool_layernorm_kernel)[(B,)](
-        tokens, cu_seqlens, weight if weight is not None else tokens, bias if bias is not None else tokens, out,
-        N_total, D, tokens.stride(0), eps,
-        HAS_NORM=weight is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8 if block_d >= 1024 else 4,
+    wrap_triton(_mean_layernorm_kernel)[(B,)](
+        partial, cu_seqlens, weight if weight is not None else partial, bias if bias is not None else partial, out,
+        N_total, D, splits, eps,
+        HAS_NORM=weight is not None, BLOCK_D=block_d, num_warps=8 if block_d >= 2048 else 4,
     )
     return out
 

@@ -40,7 +40,9 @@ CASES = [([0, 1, 100, 300], 100), ([0, 37], 1408), ([0, 5, 6, 70, 71], 64), ([0,
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cu,D", CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("norm", [True, False], ids=["layernorm", "mean"])
-def test_mean_pool_layernorm_matches_reference(cu, D, dtype, norm):
+@pytest.mark.parametrize("splits", [None, 5], ids=["auto-splits", "5-splits"])
+def test_mean_pool_layernorm_matches_reference(cu, D, dtype, norm, splits):
+    """`splits` row ranges per segment: 5 leaves trailing ranges empty in the short segments (lengths 1, 3)."""
     tokens, cu_seqlens, weight, bias = make(cu, D, dtype)
     if not norm:
         weight = bias = None
@@ -49,11 +51,12 @@ def test_mean_pool_layernorm_matches_reference(cu, D, dtype, norm):
     # Baseline: the torch path (fp32 index_add + F.layer_norm, one rounding to the dtype).
     baseline = mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps, backend="torch")
     out = poisoned((len(cu) - 1, D), dtype)
-    _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps, out=out)  # every element must be written
+    _mean_pool_layernorm_triton(tokens, cu_seqlens, weight, bias, eps, out=out, splits=splits)  # all written?
     atol = 1e-5 if dtype == torch.float32 else interpreter_bf16_atol(ref, dtype)
     assert_close_to_baseline(out, ref, baseline, atol=atol, what=f"mean_pool_layernorm cu={cu} D={D} {dtype}")
-    public = mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps, backend="triton")
-    assert public.dtype == dtype and torch.equal(public, out)
+    if splits is None:
+        public = mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps, backend="triton")
+        assert public.dtype == dtype and torch.equal(public, out)
 
 
 def test_strided_tokens_and_registered_op():
@@ -70,7 +73,7 @@ def test_unchecked_offsets_never_read_out_of_bounds():
     the end are clamped to N_total. Launched directly so the CPU-side value checks do not stop it."""
     tokens = make([0, 6], 32, torch.float32, seed=2)[0]
     cu_seqlens = torch.tensor([0, 0, 4, 99, 1000], dtype=torch.int32, device=DEVICE)
-    out = _mean_pool_layernorm_triton(tokens, cu_seqlens, None, None, 1e-5)
+    out = _mean_pool_layernorm_triton(tokens, cu_seqlens, None, None, 1e-5, splits=2)
     assert torch.isnan(out[0]).all(), "empty segment must give NaN"
     assert_close(out[1], tokens[0:4].double().mean(0), atol=1e-6, what="segment [0, 4)")
     assert_close(out[2], tokens[4:6].double().mean(0), atol=1e-6, what="segment [4, 99) clamped to [4, 6)")
