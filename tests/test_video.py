@@ -478,3 +478,16 @@ def test_non_square_pixels_use_the_display_aspect(tmp_path):
         rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
         ratio = (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
         assert 1.6 < ratio < 2.4, (backend, ratio)
+
+
+def test_pool_replaces_a_worker_killed_while_idle(zoo):
+    tasks = [VideoTask(p) for p, _ in list(zoo.values())[:3]]
+    with DecodePool(2, SAMPLING, S) as pool:
+        _, final, _ = collect(pool.run(tasks))
+        assert all(isinstance(e, DoneEvent) for e in final.values())
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)  # e.g. the OOM killer, between two runs
+        assert wait_gone([victim]) == []
+        _, final, resets = collect(pool.run(tasks))
+        assert all(isinstance(e, DoneEvent) for e in final.values()) and not resets
+        assert pool.replaced == 1 and victim not in pool.worker_pids()

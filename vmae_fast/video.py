@@ -836,9 +836,13 @@ class DecodePool:
         seq = 0
         try:
             while True:
-                for w in self._pool:  # hand work to idle workers: retries first, then new tasks
+                for i, w in enumerate(self._pool):  # hand work to idle workers: retries first, then new tasks
                     if w.job is not None:
                         continue
+                    if not w.process.is_alive():  # died while idle (e.g. the OOM killer): replace it
+                        w.stop(kill=True)
+                        w = self._pool[i] = self._spawn()
+                        self.replaced += 1
                     if retries:
                         task, attempt, backend = retries.popleft()
                     elif not exhausted:
@@ -850,7 +854,10 @@ class DecodePool:
                     else:
                         continue
                     seq += 1
-                    w.send([seq, task, attempt, backend, 0])
+                    try:
+                        w.send([seq, task, attempt, backend, 0])
+                    except OSError:  # it died just now: the liveness check below retries the task
+                        pass
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     if exhausted and not retries:
