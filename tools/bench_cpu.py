@@ -1,0 +1,116 @@
+"""CPU speed of vmae_fast's torch path against transformers (SDPA), same weights, same process, alternating runs.
+
+ViT-B 16x224 (1568 tokens per clip), fp32, batch 2 by default. Providers run in turn within each repetition, so
+load from other processes on a shared machine hits them alike; the report gives medians and ratios to HF.
+Targets (issue 2): vmae_fast all tokens <= 1.0x the HF time, tube:0.5 <= 0.6x.
+
+    python tools/bench_cpu.py --reps 5      # writes bench/results/bench_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_models(preset: str, num_labels: int):
+    """A transformers VideoMAEForVideoClassification (SDPA attention, its own random init) and the same weights read
+    by vmae_fast.load_model from the checkpoint transformers wrote."""
+    from transformers import VideoMAEConfig as HFConfig
+    from transformers import VideoMAEForVideoClassification
+
+    from vmae_fast import VideoMAEConfig, load_model
+
+    c = VideoMAEConfig.from_name(preset)
+    hf_config = HFConfig(image_size=c.image_size, patch_size=c.patch_size, num_frames=c.num_frames,
+                         tubelet_size=c.tubelet_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                         num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                         num_labels=num_labels, use_mean_pooling=True)
+    torch.manual_seed(0)
+    hf = VideoMAEForVideoClassification(hf_config).eval()
+    hf.set_attn_implementation("sdpa")
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = load_model(tmp, device="cpu", dtype=torch.float32)
+    return hf, ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per provider (alternating)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", default="bench/results/bench_cpu.json", help="where to write the results")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    hf, ours = build_models(args.preset, num_labels=400)
+    c = ours.config
+    pixel_values = torch.randn(args.batch, c.num_frames, 3, c.image_size, c.image_size,
+                               generator=torch.Generator().manual_seed(1))
+    providers = {
+        "hf_sdpa": lambda: hf(pixel_values=pixel_values).logits,
+        "vmae_fast_all": lambda: ours(pixel_values).logits,
+        "vmae_fast_tube0.5": lambda: ours(pixel_values, keep="tube:0.5").logits,
+    }
+    with torch.inference_mode():
+        err = ((providers["vmae_fast_all"]() - providers["hf_sdpa"]()).abs().max()
+               / providers["hf_sdpa"]().abs().max()).item()
+        print(f"logits rel max err vmae_fast vs HF: {err:.2e}")
+        times = {name: [] for name in providers}
+        for rep in range(args.warmup + args.reps):
+            for name, run in providers.items():
+                start = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - start
+                if rep >= args.warmup:
+                    times[name].append(elapsed)
+            print(f"rep {rep}: " + "  ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items() if t))
+
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians["hf_sdpa"]
+    result = {
+        "bench": "cpu_model", "preset": args.preset, "batch": args.batch, "dtype": "float32",
+        "tokens_per_clip": c.num_tokens, "reps": args.reps, "warmup": args.warmup,
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "git_commit": git_commit(),
+        "logits_rel_err": err, "times_s": times, "median_s": medians,
+        "ratio_to_hf": {name: m / base for name, m in medians.items()},
+        # per-repetition ratios (each provider against the HF run of the same repetition): robust to slow drifts
+        "paired_ratio_median": {name: statistics.median(a / b for a, b in zip(t, times["hf_sdpa"], strict=True))
+                                for name, t in times.items()},
+        "clips_per_s": {name: args.batch / m for name, m in medians.items()},
+        "targets": {"vmae_fast_all": 1.0, "vmae_fast_tube0.5": 0.6},
+    }
+    print(f"\n{'provider':<20}{'median s':>10}{'x HF':>8}{'paired x HF':>13}{'clips/s':>9}")
+    for name, m in medians.items():
+        paired = result["paired_ratio_median"][name]
+        print(f"{name:<20}{m:>10.3f}{m / base:>8.3f}{paired:>13.3f}{args.batch / m:>9.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
