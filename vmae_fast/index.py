@@ -59,6 +59,15 @@ class Match:
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("video_id", "start_s", "end_s")}
 
 
+def _faiss():
+    """The faiss module, or an ImportError saying how to get it (it is imported only when an index is used)."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("vector search needs FAISS: pip install faiss-cpu") from None
+    return faiss
+
+
 # --- data fingerprint ------------------------------------------------------------------------------------------------
 def clip_files(out: str | os.PathLike) -> list[Path]:
     """The committed part files of OUT (OUT/clips/part-*.parquet), sorted; ValueError when there are none."""
@@ -193,7 +202,7 @@ def _resolve_params(kind: str, dim: int, n: int, params: dict) -> dict:
 
 
 def _new_faiss_index(kind: str, dim: int, p: dict):
-    import faiss
+    faiss = _faiss()
 
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -335,7 +344,7 @@ class Index:
         return {"faiss": base / f"{level}.faiss", "ids": base / f"{level}.ids.parquet", "manifest": base / f"{level}.json"}
 
     def _save(self, out: Path) -> None:
-        import faiss
+        faiss = _faiss()
         import pyarrow.parquet as pq
 
         paths = self.paths(out, self.level)
@@ -352,7 +361,7 @@ class Index:
     @classmethod
     def load(cls, out: str | os.PathLike, level: str = "clip", *, check: bool = True) -> Index:
         """Load the index `build` saved in OUT/index/. With check, refuse (StaleIndexError) when OUT/clips changed."""
-        import faiss
+        faiss = _faiss()
         import pyarrow.parquet as pq
 
         if level not in LEVELS:
@@ -386,7 +395,7 @@ class Index:
         queries: (D,) or (n, D) float array (normalized here). Returns n lists of at most k Match (fewer when the
         index has fewer rows). nprobe (ivfpq) and ef_search (hnsw) override the saved search parameters.
         """
-        import faiss
+        faiss = _faiss()
 
         q = np.asarray(queries)
         if q.ndim == 1:
