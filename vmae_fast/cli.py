@@ -142,7 +142,7 @@ def _add_index(sub) -> None:
                         "approximate (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=65_536, help="rows read at a time (default %(default)s)")
     p.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~sqrt(rows), a power of two)")
-    p.add_argument("--m", type=int, help="ivfpq: PQ bytes per vector (default dim/8)")
+    p.add_argument("--m", type=int, help="ivfpq: PQ bytes per vector (default dim/16)")
     p.add_argument("--nprobe", type=int, help="ivfpq: lists searched per query (default nlist/16)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
@@ -158,8 +158,11 @@ def _run_index(args) -> int:
     if params and args.kind != "ivfpq":
         raise FatalError(f"--{', --'.join(params)} only apply to --kind ivfpq")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    index = Index.build(args.out, level=args.level, kind=args.kind, batch_size=args.batch_size,
-                        progress=progress, **params)
+    try:
+        index = Index.build(args.out, level=args.level, kind=args.kind, batch_size=args.batch_size,
+                            progress=progress, **params)
+    except ImportError as e:  # no faiss installed: say so in one line
+        raise FatalError(str(e)) from None
     m = index.manifest
     extra = "".join(f" {k}={v}" for k, v in m["params"].items())
     print(f"vmae-fast index: {m['rows']} {args.level}s, dim {m['dim']}, {args.kind}{extra}, "
@@ -193,7 +196,10 @@ def _run_search(args) -> int:
 
     if args.k < 1:
         raise FatalError(f"-k must be a positive integer, got {args.k}")
-    index = Index.load(args.out, level=args.level)  # first: a missing or stale index fails before any embedding
+    try:
+        index = Index.load(args.out, level=args.level)  # first: a missing or stale index fails before any embedding
+    except ImportError as e:  # no faiss installed: say so in one line
+        raise FatalError(str(e)) from None
     results = run_query(index, args.out, video=args.video, at_s=args.at, clip=args.clip, vector=args.vector,
                         k=args.k, device=args.device)
     if args.show:
