@@ -42,7 +42,7 @@ def hf_reference(hf, pixel_values: torch.Tensor, keep: torch.Tensor | None = Non
             embeddings.append(fc_norm(pooled) if fc_norm is not None else pooled)
             if classifier is not None:
                 logits.append(classifier(fc_norm(pooled) if fc_norm is not None else h[0]))
-        if classifier is not None and keep is None and check_forward:  # transformers' own forward, batched, as the final word
+        if classifier is not None and keep is None and check_forward:  # transformers' own batched forward
             batched = hf(pixel_values).logits
             assert rel_err(torch.stack(logits), batched) < 1e-5
     return {"tokens": torch.cat(tokens), "embeddings": torch.stack(embeddings),
@@ -76,7 +76,8 @@ CASES = {
     "tiny-base-layernorm-eps1e-12": {"kind": "base", "use_mean_pooling": False, "layer_norm_eps": 1e-12},
     "hf-small-layout-384x16heads": {"kind": "classification", "hidden_size": 384, "num_attention_heads": 16,
                                         "intermediate_size": 1536, "num_hidden_layers": 2},
-    "tiny-64px-3layers-no-qv-bias": {"kind": "classification", "image_size": 64, "num_hidden_layers": 3, "qkv_bias": False},
+    "tiny-64px-3layers-no-qv-bias": {"kind": "classification", "image_size": 64, "num_hidden_layers": 3,
+                                     "qkv_bias": False},
 }
 
 
@@ -212,8 +213,30 @@ BAD_KEEP = {
                           ValueError, r"rows \[1\]"),
     "bad-string": ("tube:1.5", ValueError, "ratio"),
     "unknown-policy": ("drop-half", ValueError, "unknown keep policy"),
-    "bad-type": (0.5, TypeError, "float"),
+    "bad-type": (0.5, TypeError, r"bool tensor \(B, N\) = \(2, 32\), got float"),
+    "numpy-mask": (np.ones((2, 32), dtype=bool), TypeError, "got ndarray"),
+    "policy-bad-shape": (type("Half", (), {"spec": "half",
+                                           "mask": lambda self, f, c: torch.ones(2, 16, dtype=torch.bool)})(),
+                         ValueError, r"keep policy 'half' must have shape \(B, N\) = \(2, 32\), got \(2, 16\)"),
 }
+
+
+def test_user_policy_object(keep_models):
+    """Any object with .spec and .mask(frames, config) -> bool (B, N) works as a policy."""
+
+    class FirstHalfInTime:
+        spec = "first-half"
+
+        def mask(self, frames, config):
+            keep = torch.zeros(frames.shape[0], config.num_tokens, dtype=torch.bool)
+            keep[:, : config.num_tokens // 2] = True
+            return keep
+
+    model, _ = keep_models["meanpool"]
+    x = random_pixel_values({"image_size": 64}, batch=2)
+    want = model(x, keep=FirstHalfInTime().mask(x, model.config))
+    got = model(x, keep=FirstHalfInTime())
+    assert torch.equal(got.embeddings, want.embeddings) and got.cu_seqlens.tolist() == [0, 16, 32]
 
 
 @pytest.mark.parametrize("case", list(BAD_KEEP))

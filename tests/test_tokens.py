@@ -48,7 +48,8 @@ def test_parse_keep_errors(text, error, message):
 
 
 def frames(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, 8, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 8, 64, 64, 3), dtype=torch.uint8, generator=g)
 
 
 def test_tube_grid_is_a_checkerboard_repeated_in_every_time_slice():

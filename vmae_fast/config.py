@@ -92,7 +92,8 @@ class VideoMAEConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("image_mean", "image_std"):
             if len(getattr(self, name)) != self.num_channels:
-                raise ValueError(f"{name} needs {self.num_channels} values (one per channel), got {getattr(self, name)}")
+                raise ValueError(f"{name} needs {self.num_channels} values (one per channel), "
+                                 f"got {getattr(self, name)}")
         if any(s <= 0 for s in self.image_std):
             raise ValueError(f"image_std must be > 0, got {self.image_std}")
 

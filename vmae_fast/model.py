@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import VideoMAEConfig
 from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
-from .tokens import KeepAll, KeepPolicy, pack, parse_keep
+from .tokens import KeepAll, pack, parse_keep
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -162,25 +162,30 @@ class VideoMAE(nn.Module):
             raise ValueError(f"this model takes {c.num_frames} frames per clip (its position table is fixed), {got}")
 
     def _keep_mask(self, keep, frames) -> torch.Tensor | None:
-        """keep (None | str | KeepPolicy | bool (B, N)) -> bool (B, N) on the model's device, or None for all."""
+        """keep (None | str | policy | bool (B, N)) -> bool (B, N) on the model's device, or None for all tokens."""
         B, N = frames.shape[0], self.config.num_tokens
+        if keep is None:
+            return None
         if isinstance(keep, torch.Tensor):
-            if keep.dtype != torch.bool:
-                raise TypeError(f"a keep mask must be a bool tensor (B, N) = ({B}, {N}) with True = kept, "
-                                f"got dtype {keep.dtype}")
-            if tuple(keep.shape) != (B, N):
-                raise ValueError(f"a keep mask must have shape (B, N) = ({B}, {N}), got {tuple(keep.shape)}")
-            mask = keep.to(self.device)
+            mask, what = keep, "a keep mask"
         else:
-            policy = parse_keep(keep)
-            if policy is None or isinstance(policy, KeepAll):
+            try:
+                policy = parse_keep(keep)
+            except TypeError:
+                raise TypeError(f"keep must be None, 'all', a policy string such as 'tube:0.5', a keep policy or a "
+                                f"bool tensor (B, N) = ({B}, {N}), got {type(keep).__name__}") from None
+            if isinstance(policy, KeepAll):
                 return None
-            if not isinstance(policy, KeepPolicy):  # pragma: no cover - parse_keep guarantees it
-                raise TypeError(f"keep must be None, a policy or a bool mask, got {type(keep).__name__}")
-            mask = policy.mask(frames, self.config)
+            mask, what = policy.mask(frames, self.config), f"keep policy {policy.spec!r}"
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"{what} must be a bool tensor (B, N) = ({B}, {N}) with True = kept, got "
+                            f"{getattr(mask, 'dtype', type(mask).__name__)}")
+        if tuple(mask.shape) != (B, N):
+            raise ValueError(f"{what} must have shape (B, N) = ({B}, {N}), got {tuple(mask.shape)}")
+        mask = mask.to(self.device)
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
-            raise ValueError(f"every clip must keep at least one token; rows {empty} of the keep mask keep none")
+            raise ValueError(f"every clip must keep at least one token; rows {empty} of {what} keep none")
         return mask
 
     # --- forward ---------------------------------------------------------------------------------------------------

@@ -140,10 +140,12 @@ class MotionKeep(KeepPolicy):
 
 
 def parse_keep(spec) -> KeepPolicy | None:
-    """None -> None; a KeepPolicy -> itself; a string (see module doc) -> the policy. Raises ValueError on a bad
-    spelling, saying which forms are accepted."""
+    """None -> None; a KeepPolicy (or any object with `.mask(frames, config)` and a `.spec` string) -> itself;
+    a string (see module doc) -> the policy. Raises ValueError on a bad spelling, saying which forms are accepted."""
     if spec is None or isinstance(spec, KeepPolicy):
         return spec
+    if callable(getattr(spec, "mask", None)) and isinstance(getattr(spec, "spec", None), str):
+        return spec  # a user policy with the same interface
     if not isinstance(spec, str):
         raise TypeError(f"keep must be None, a policy string or a KeepPolicy, got {type(spec).__name__}")
     forms = "'all', 'tube:R', 'tube:R:random[:SEED]', 'motion:R', 'motion:t=X' (R in (0, 1])"
