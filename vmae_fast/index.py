@@ -193,7 +193,7 @@ def _resolve_params(kind: str, dim: int, n: int, params: dict) -> dict:
         # a training sample big enough for both the coarse k-means and the 2**nbits PQ centroids
         p.setdefault("train_size", min(n, max(39 * p["nlist"], 39 * 2 ** p["nbits"], 10_000)))
         if n < 2 ** p["nbits"]:
-            raise ValueError(f"ivfpq needs at least {2 ** p['nbits']} vectors to train, got {n}; use kind='flat'")
+            raise ValueError(f"ivfpq needs at least {2 ** p['nbits']} vectors to train, got {n}; use the flat kind (--kind flat)")
     elif kind == "hnsw":
         p.setdefault("hnsw_m", 32)
         p.setdefault("ef_construction", 80)
