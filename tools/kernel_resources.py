@@ -1,0 +1,106 @@
+"""Compile patch_embed / layer_norm / mean_pool_layernorm for sm_90 (H100) without a GPU and report what ptxas and
+the SASS say: registers, spill bytes, shared memory, global load widths, matrix instructions (HGMMA = Hopper wgmma).
+
+    python tools/kernel_resources.py            # needs triton's bundled ptxas/cuobjdump, no GPU, no TRITON_INTERPRET
+
+Integer arguments that Triton specializes at launch (divisible by 16: strides of 224x224 frames, D = 768, ...) are
+marked so here too, so the load widths match what a real launch gets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile real kernels, not interpreter stand-ins
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+TARGET = GPUTarget("cuda", 90, 64)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def resources(fn, signature: dict, constants: dict, divisible_by_16: tuple, num_warps: int, num_stages: int = 3):
+    sig = {**signature, **{name: "constexpr" for name in constants}}
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible_by_16}
+    kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=TARGET,
+                            options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        ptxas = next(p for p in ("ptxas-blackwell", "ptxas") if os.path.exists(os.path.join(BIN, p)))
+        report = subprocess.run([os.path.join(BIN, ptxas), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                                capture_output=True, text=True, check=False).stderr
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=False).stdout
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
+            "smem": kernel.metadata.shared, "loads": sorted(set(re.findall(r"LDG\.E[.\w]*", sass))),
+            "mma": sorted(set(re.findall(r"\b(?:HGMMA|HMMA)\b", sass)))}
+
+
+def main() -> int:
+    pe = importlib.import_module("vmae_fast.kernels.patch_embed")
+    ln = importlib.import_module("vmae_fast.kernels.layer_norm")
+    mp = importlib.import_module("vmae_fast.kernels.mean_pool_layernorm")
+    rows = []
+    for dt in ("bf16", "fp16", "fp32"):
+        for uint8, P, ts in ((True, 16, 2), (True, 14, 2), (False, 16, 2), (False, 14, 2)):
+            run = 3 * P if uint8 else P
+            run_pad = triton.next_power_of_2(run)
+            sig = {"Frames": "*u8" if uint8 else f"*{dt}", "Wp": f"*{dt}", "Bias": f"*{dt}", "Pos": "*fp32",
+                   "Mean": "*fp32", "Std": "*fp32", "TokenIds": "*i64", "Out": f"*{dt}", "M": "i32",
+                   "num_clips": "i32", "D": "i32", "N": "i32", "n_h": "i32", "n_w": "i32", "ROWS": "i32",
+                   "stride_b": "i32", "stride_t": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32",
+                   "stride_pos": "i32"}
+            div16 = ("Frames", "Wp", "Bias", "Pos", "Out", "TokenIds", "D", "stride_b", "stride_t", "stride_c",
+                     "stride_h", "stride_pos")
+            configs = pe._CONFIGS if dt != "fp32" else [c for c in pe._CONFIGS if c in pe._prune_configs(
+                pe._CONFIGS, {"Wp": _Elt4()})]
+            for c in configs:
+                consts = {"P": P, "TS": ts, "RUN": run, "RUN_PAD": run_pad,
+                          "ROWS_PER_STEP": max(1, pe._K_TILE // run_pad), "NORMALIZE": uint8, "HAS_IDS": True,
+                          "DOT_PRECISION": "tf32x3" if dt == "fp32" else "tf32", **c.kwargs}
+                r = resources(pe._patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
+                rows.append(((f"patch_embed {dt} {'uint8' if uint8 else 'float'} P={P} "
+                             f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}"), r))
+    for D in (384, 768, 1024, 1408):
+        bm, bd, nw = ln._launch_config(D)
+        sig = {"X": "*bf16", "R": "*bf16", "W": "*bf16", "Bias": "*bf16", "Y": "*bf16", "S": "*bf16", "M": "i32",
+               "D": "i32", "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
+        consts = {"HAS_RESIDUAL": True, "HAS_WEIGHT": True, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_D": bd}
+        r = resources(ln._layer_norm_kernel, sig, consts, ("X", "R", "W", "Bias", "Y", "S", "D", "stride_x",
+                                                             "stride_r"), nw, 1)
+        rows.append((f"layer_norm bf16 D={D} residual {bm}x{bd} w{nw}", r))
+        sig = {"X": "*bf16", "CU": "*i32", "Partial": "*fp32", "N_total": "i32", "D": "i32", "stride_x": "i32",
+               "SPLITS": "i32"}
+        block_d = min(bd, mp._SUM_BLOCK_D)
+        r = resources(mp._segment_sum_kernel, sig, {"BLOCK_T": 16, "BLOCK_D": block_d},
+                      ("X", "Partial", "D", "stride_x"), 4, 3)
+        rows.append((f"mean_pool segment_sum bf16 D={D} 16x{block_d} w4", r))
+    for name, r in rows:
+        print(f"{name:<52} regs {r['regs']!s:>4} spill {r['spill_bytes']!s:>5} smem {r['smem']:>7} "
+              f"{','.join(r['mma']) or '-':<6} {' '.join(r['loads'])}")
+    return 0
+
+
+class _Elt4:
+    """Stand-in for an fp32 weight tensor in the autotuner's prune hook."""
+
+    @staticmethod
+    def element_size() -> int:
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())
