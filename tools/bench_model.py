@@ -354,9 +354,11 @@ def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[
             row.update(ms_per_batch=median, ms_min=ms[0], ms_max=ms[-1], rounds=args.rounds, iters_per_round=iters,
                        clips_per_s=batch * 1e3 / median, tflops=row["flops_per_batch"] / (median * 1e-3) / 1e12)
         rows.append(row)
-    sdpa = next((r["clips_per_s"] for r in rows if r["provider"] == "transformers-sdpa" and r["clips_per_s"]), None)
-    for row in rows:
-        row["speedup_vs_sdpa"] = row["clips_per_s"] / sdpa if sdpa and row["clips_per_s"] else None
+    for baseline, key in (("transformers-sdpa", "speedup_vs_sdpa"), ("transformers-eager", "speedup_vs_eager"),
+                          ("torch-compile", "speedup_vs_compile")):
+        base = next((r["clips_per_s"] for r in rows if r["provider"] == baseline and r["clips_per_s"]), None)
+        for row in rows:
+            row[key] = row["clips_per_s"] / base if base and row["clips_per_s"] else None
     return rows
 
 
@@ -371,7 +373,7 @@ def print_rows(rows: list[dict]) -> None:
         def f(key, fmt, r=r):
             return format(r[key], fmt) if r.get(key) is not None else "-"
         print(f"{r['model']:6} {r['dtype']:8} {r['batch']:>5} {r['keep']:>5} {r['provider']:20} "
-              f"{f('clips_per_s', '9.1f')} {f('ms_per_batch', '9.2f')} {f('tflops', '8.1f')} "
+              f"{f('clips_per_s', '9.2f')} {f('ms_per_batch', '9.2f')} {f('tflops', '8.3f')} "
               f"{f('speedup_vs_sdpa', '6.2f')} {f('cosine_vs_fp32', '8.5f')} {f('peak_mem_gb', '6.2f')} "
               f"{f('first_call_s', '8.2f')}" + (f"  {r['error']}" if r.get("error") else "")
               + (f"  sdpa={r['sdpa_backend']}" if r.get("sdpa_backend") else ""))
