@@ -1,7 +1,11 @@
 """vmae_fast.kernels: the fused ops of the VideoMAE encoder (inference, forward only).
 
 Each op takes `backend="auto"|"triton"|"torch"`: CUDA tensors run the Triton kernel, CPU tensors the plain-torch
-path, and TRITON_INTERPRET=1 runs the Triton path on CPU. Depends on torch and triton only.
+path, and TRITON_INTERPRET=1 (set before import) runs the Triton path on CPU. The Triton paths are also registered as
+custom ops (torch.ops.vmae_fast.patch_embed / varlen_attention / mean_pool_layernorm / layer_norm / add_layer_norm,
+torch.library.triton_op) so torch.compile and CUDA graphs capture them. Ops whose checks read tensor values
+(cu_seqlens, token ids) take `check=True`: free on CPU, one sync on CUDA, so hot paths pass check=False.
+Depends on torch and triton only.
 """
 
 from .layer_norm import layer_norm

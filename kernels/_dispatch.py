@@ -89,7 +89,9 @@ def register_triton_op(name: str, launcher: Callable, torch_impl: Callable):
     """Register `launcher` (shape-only Python + wrap_triton(kernel)[grid](...)) as the custom op `vmae_fast::<name>`
     so torch.compile sees the Triton kernel and CUDA graphs capture it. Its CPU kernel is `torch_impl` (same
     arguments), or the launcher itself when kernels run in the Triton interpreter (TRITON_INTERPRET=1), which is how
-    CPU tests reach the op route. Returns the op (callable like the launcher)."""
+    CPU tests reach the op route. Under the interpreter wrap_triton hands back the plain interpreted kernel, so the
+    op runs eagerly there but cannot be traced (FakeTensor / torch.compile of the Triton route need a GPU); on the
+    CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher)."""
     op = torch.library.triton_op(f"vmae_fast::{name}", launcher, mutates_args=())
 
     def cpu_kernel(*args):
