@@ -642,8 +642,12 @@ def _task_messages(task, sampling, image_size, backend, threads) -> Iterator[tup
         yield ("error", "decode", _one_line(e))
 
 
-def _worker_main(task_conn, out_queue, progress, sampling, image_size, threads, test_hooks):
-    """Worker process: receive (seq, task, attempt, backend) on task_conn, put (seq, message) on out_queue."""
+def _worker_main(task_conn, out_queue, ack, progress, sampling, image_size, threads, test_hooks):
+    """Worker process: receive (seq, task, attempt, backend) on task_conn, put (seq, message) on out_queue.
+
+    ack (shared int) is set to seq before decoding starts: unlike a queued message it cannot be lost if the
+    decoder kills the process a moment later, so the parent knows whether the task had begun.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
     for name in ("av", "decord"):  # before the first task's clock starts (already loaded under forkserver)
         try:
@@ -670,7 +674,7 @@ def _worker_main(task_conn, out_queue, progress, sampling, image_size, threads, 
         if msg is None:
             return
         seq, task, attempt, backend = msg
-        put((seq, ("start",)))
+        ack.value = seq
         for message in _task_messages(task, sampling, image_size, backend, threads):
             if message[0] == "clip":
                 progress.value += 1
@@ -699,10 +703,11 @@ class _Worker:
     def __init__(self, ctx, pool: DecodePool, queue_size: int):
         self.task_conn, child_conn = ctx.Pipe(duplex=False)[::-1]
         self.queue = ctx.Queue(maxsize=queue_size)
+        self.ack = ctx.RawValue("q", 0)  # seq of the job the worker has begun (see _worker_main)
         self.progress = ctx.RawValue("q", 0)  # clips decoded by this worker, read by the parent as a heartbeat
         self.process = ctx.Process(
             target=_worker_main, name="vmae-decode",
-            args=(child_conn, self.queue, self.progress, pool.sampling, pool.image_size, pool.threads,
+            args=(child_conn, self.queue, self.ack, self.progress, pool.sampling, pool.image_size, pool.threads,
                   pool.test_hooks),
             daemon=True)
         self.process.start()
@@ -711,13 +716,18 @@ class _Worker:
         # worker's death end with EOFError instead of blocking forever.
         self.queue._writer.close()
         self.job = None  # [seq, task, attempt, backend, clips_sent] while it holds a task
-        self.started = False  # the worker reported that it began the current job
+        self.ack_seen = False
         self.last_progress = time.monotonic()
         self.seen_progress = 0
 
+    @property
+    def started(self) -> bool:
+        """The worker has begun its current job (read from shared memory; survives the worker's death)."""
+        return self.job is not None and self.ack.value == self.job[0]
+
     def send(self, job) -> None:
         self.job = job
-        self.started = False
+        self.ack_seen = False
         self.last_progress = time.monotonic()
         self.task_conn.send((job[0], job[1], job[2], job[3]))
 
@@ -748,7 +758,9 @@ class DecodePool:
     timeout_s: a worker holding a task that sends nothing and decodes no clip for timeout_s seconds (while its
     output queue is empty, i.e. not waiting for the consumer) is killed. A worker that hangs, segfaults, aborts or
     exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of backend="auto" use
-    PyAV, since decord is what usually crashes. VideoErrors are final at once (the file will not change).
+    PyAV, since decord is what usually crashes. The ErrorEvent of a crash or hang has stage "open" when no clip
+    had been sent, else "decode". A worker lost before it took its task (killed while idle) costs no attempt.
+    VideoErrors are final at once (the file will not change).
     max_pending_clips: decoded clips waiting for the consumer, over all workers (each worker's queue holds
     ceil(max_pending_clips / workers)), so memory stays bounded when the consumer is slower than the decoders.
     threads: decoder threads per worker (default cpu_count // workers, at least 1).
@@ -776,6 +788,7 @@ class DecodePool:
         self.test_hooks = test_hooks
         self._ctx = None
         self._pool: list[_Worker] = []
+        self._seq = 0
         self.replaced = 0  # workers replaced after a crash or a timeout (for summaries and tests)
 
     def __enter__(self) -> DecodePool:  # noqa: PYI034
@@ -832,8 +845,8 @@ class DecodePool:
             self._pool.append(self._spawn())
         source = iter(tasks)
         retries: deque = deque()
+        early_deaths = 0  # consecutive workers lost before they began a task
         exhausted = False
-        seq = 0
         try:
             while True:
                 for i, w in enumerate(self._pool):  # hand work to idle workers: retries first, then new tasks
@@ -853,11 +866,15 @@ class DecodePool:
                         attempt, backend = 1, self.backend
                     else:
                         continue
-                    seq += 1
+                    self._seq += 1  # unique over the pool's life: stale messages and acks never match
                     try:
-                        w.send([seq, task, attempt, backend, 0])
-                    except OSError:  # it died just now: the liveness check below retries the task
-                        pass
+                        w.send([self._seq, task, attempt, backend, 0])
+                    except OSError:  # it died before receiving the task: no attempt spent, try another worker
+                        w.job = None
+                        w.stop(kill=True)
+                        self._pool[i] = self._spawn()
+                        self.replaced += 1
+                        retries.appendleft((task, attempt, backend))
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     if exhausted and not retries:
@@ -879,6 +896,8 @@ class DecodePool:
                         failure = _describe_exit(w.process.exitcode)
                     else:
                         now = time.monotonic()
+                        if w.started and not w.ack_seen:  # the hang clock starts when the task is taken
+                            w.ack_seen, w.last_progress = True, now
                         if w.progress.value != w.seen_progress or not w.queue.empty():
                             w.seen_progress, w.last_progress = w.progress.value, now
                         elif now - w.last_progress > self.timeout_s + (0 if w.started else _STARTUP_GRACE_S):
@@ -886,11 +905,19 @@ class DecodePool:
                     if failure is None:
                         continue
                     _seq, task, attempt, backend, clips_sent = w.job
+                    started = w.started
                     w.job = None
                     w.stop(kill=True)
                     self._pool[i] = self._spawn()
                     self.replaced += 1
-                    stage = "decode" if clips_sent or w.started else "open"
+                    if not started:  # died before taking the task (e.g. killed while idle): no attempt spent
+                        early_deaths += 1
+                        if early_deaths > 10 + 2 * self.workers:
+                            raise RuntimeError(f"decode workers keep dying before starting a task ({failure})")
+                        retries.appendleft((task, attempt, backend))
+                        continue
+                    early_deaths = 0
+                    stage = "decode" if clips_sent else "open"
                     if attempt < self.max_attempts:
                         yield ResetEvent(task)
                         retries.append((task, attempt + 1, "pyav" if backend == "auto" else backend))
@@ -921,9 +948,7 @@ class DecodePool:
                 continue
             task, attempt = job[1], job[2]
             kind = msg[0]
-            if kind == "start":
-                w.started = True
-            elif kind == "clip":
+            if kind == "clip":
                 job[4] += 1
                 yield ClipsEvent(task, [msg[1]])
             elif kind == "done":
