@@ -18,6 +18,13 @@ def interpreter_bf16_atol(ref: torch.Tensor, dtype: torch.dtype) -> float:
     return 2.0 ** -7 * ref.abs().max().item()
 
 
+def on_device(overrides: dict) -> dict:
+    """Move the CPU tensors of a bad-input case to DEVICE (tensors on 'meta' stay: they test device mismatches), so
+    the same case raises the same error when the tests run on a GPU."""
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v
+            for k, v in overrides.items()}
+
+
 def poisoned(shape, dtype, device=DEVICE) -> torch.Tensor:
     """An output buffer full of NaN: an element the kernel never writes stays NaN and fails the comparison."""
     return torch.full(shape, float("nan"), dtype=dtype, device=device)

@@ -16,7 +16,11 @@ def test_use_triton_choices():
     cpu = torch.device("cpu")
     assert use_triton("torch", cpu) is False
     assert use_triton("auto", cpu) is False  # CPU -> torch path, even when the interpreter could run Triton
-    assert use_triton("triton", cpu) is interpreter_enabled()  # conftest sets TRITON_INTERPRET=1
+    if interpreter_enabled():  # CI: conftest sets TRITON_INTERPRET=1
+        assert use_triton("triton", cpu) is True
+    else:  # GPU runs with TRITON_INTERPRET=0: Triton on CPU tensors is refused, never silently replaced
+        with pytest.raises(ValueError, match="cannot run on cpu"):
+            use_triton("triton", cpu)
     with pytest.raises(ValueError, match="backend must be one of"):
         use_triton("cuda", cpu)
     with pytest.raises(ValueError, match="cannot run on meta"):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, assert_close_to_baseline, interpreter_bf16_atol, poisoned
+from kernel_checks import (
+    DEVICE,
+    assert_close,
+    assert_close_to_baseline,
+    interpreter_bf16_atol,
+    on_device,
+    poisoned,
+)
 from vmae_fast.kernels import layer_norm
 from vmae_fast.kernels.layer_norm import MAX_D, _launch
 
@@ -115,7 +122,8 @@ def _bad_inputs():
 def test_layer_norm_rejects_bad_input(case):
     _, overrides, error, message = case
     x, residual, weight, bias = make((4, 32), torch.float32, seed=4)
-    args = {"x": x, "weight": weight, "bias": bias, "eps": 1e-5, "residual": residual, "backend": "triton"} | overrides
+    args = {"x": x, "weight": weight, "bias": bias, "eps": 1e-5, "residual": residual, "backend": "triton"}
+    args |= on_device(overrides)
     with pytest.raises(error, match=message):
         layer_norm(**args)
 

@@ -6,7 +6,14 @@ from itertools import pairwise
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, assert_close_to_baseline, interpreter_bf16_atol, poisoned
+from kernel_checks import (
+    DEVICE,
+    assert_close,
+    assert_close_to_baseline,
+    interpreter_bf16_atol,
+    on_device,
+    poisoned,
+)
 from vmae_fast.kernels import mean_pool_layernorm
 from vmae_fast.kernels.mean_pool_layernorm import MAX_D, _mean_pool_layernorm_triton
 
@@ -111,6 +118,6 @@ def test_mean_pool_layernorm_rejects_bad_input(case):
     _, overrides, error, message = case
     tokens, cu_seqlens, weight, bias = make([0, 3, 8], 16, torch.float32, seed=3)
     args = {"tokens": tokens, "cu_seqlens": cu_seqlens, "weight": weight, "bias": bias, "eps": 1e-5,
-            "backend": "triton"} | overrides
+            "backend": "triton"} | on_device(overrides)
     with pytest.raises(error, match=message):
         mean_pool_layernorm(**args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import DEVICE, ON_GPU, assert_close, assert_close_to_baseline, poisoned
+from kernel_checks import DEVICE, ON_GPU, assert_close, assert_close_to_baseline, on_device, poisoned
 from vmae_fast.kernels import patch_embed
 from vmae_fast.kernels.patch_embed import _patch_embed_triton
 
@@ -173,6 +173,7 @@ def test_patch_embed_rejects_bad_input(case):
     _, overrides, error, message = case
     frames, weight4, bias, pos_table, mean, std = make(1, 2, 32, 16, 16, 2, 8, torch.float32, seed=5)
     args = {"frames": frames, "weight": weight4.reshape(8, -1), "bias": bias, "pos_table": pos_table, "mean": mean,
-            "std": std, "token_ids": None, "patch_size": 16, "tubelet_size": 2, "backend": "triton"} | overrides
+            "std": std, "token_ids": None, "patch_size": 16, "tubelet_size": 2, "backend": "triton"}
+    args |= on_device(overrides)
     with pytest.raises(error, match=message):
         patch_embed(**args)
