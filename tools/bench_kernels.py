@@ -83,16 +83,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(providers: dict, device: torch.device, reps: int) -> dict:
+def measure(providers: dict, device: torch.device, reps: int, same_output=None) -> dict:
     """{name: fn} -> {name: {"ms", "ms_p20", "ms_p80", "first_call_ms"} or {"error"}}. The first call of each provider
     is timed apart (Triton compile, autotune, cuDNN plan); then GPU: do_bench per provider; CPU: providers alternate
-    call by call for `reps` rounds."""
-    results, live = {}, {}
+    call by call for `reps` rounds. `same_output(out) -> tensor` puts each provider's first output in one layout;
+    the Triton row then records its max abs difference from the first baseline, so a wrong kernel shows."""
+    results, live, outputs = {}, {}, {}
     for name, fn in providers.items():
         try:
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            outputs[name] = fn()
             _sync(device)
             results[name] = {"first_call_ms": (time.perf_counter() - t0) * 1e3}
             live[name] = fn
@@ -112,6 +113,11 @@ def measure(providers: dict, device: torch.device, reps: int) -> dict:
         for name, ts in times.items():
             q = statistics.quantiles(ts, n=5) if len(ts) > 1 else [ts[0]] * 4
             results[name].update(ms=statistics.median(ts), ms_p20=q[0], ms_p80=q[3])
+    baselines = [name for name in live if name != "triton"]
+    if same_output is not None and "triton" in live and baselines:
+        ours, theirs = same_output(outputs["triton"]).float(), same_output(outputs[baselines[0]]).float()
+        results["triton"]["max_abs_diff"] = (ours - theirs).abs().max().item() if ours.numel() else 0.0
+        results["triton"]["diff_vs"] = baselines[0]
     return results
 
 
@@ -172,7 +178,12 @@ def bench_attention(rows, env, device, dtype, reps, B, n, H, d):
         flops = sum(4 * ln * ln * d * H for ln in lengths)
         bytes_moved = 4 * total * H * d * qkv.element_size()  # q, k, v read, out written
         shape = {"B": B, "n": n, "H": H, "d": d, "layout": layout, "N_total": total, "max_seqlen": max_seqlen}
-        emit(rows, env, "varlen_attention", dtype, shape, measure(providers, device, reps), flops, bytes_moved)
+        def same_output(out, B=B, n=n):  # -> (N_total, H, d)
+            if isinstance(out, list):  # per-segment loop: (1, H, n_i, d) each
+                return torch.cat([o[0].transpose(0, 1) for o in out])
+            return out if out.dim() == 3 else out.transpose(1, 2).reshape(B * n, H, d)
+        emit(rows, env, "varlen_attention", dtype, shape, measure(providers, device, reps, same_output), flops,
+             bytes_moved)
 
 
 def bench_layer_norm(rows, env, device, dtype, reps, M, D):
@@ -196,7 +207,8 @@ def bench_layer_norm(rows, env, device, dtype, reps, M, D):
         providers["torch"] = torch_ln
         bytes_moved = (4 if residual else 2) * M * D * x.element_size()  # x (+ r) read, y (+ x + r) written
         emit(rows, env, "layer_norm", dtype, {"M": M, "D": D, "residual": residual},
-             measure(providers, device, reps), None, bytes_moved)
+             measure(providers, device, reps, lambda out: out[0] if isinstance(out, tuple) else out), None,
+             bytes_moved)
 
 
 def bench_pooling(rows, env, device, dtype, reps, B, n, D):
@@ -220,7 +232,7 @@ def bench_pooling(rows, env, device, dtype, reps, B, n, D):
         providers["torch"] = torch_pool
         bytes_moved = (total + B) * D * tokens.element_size()
         emit(rows, env, "mean_pool_layernorm", dtype, {"B": B, "n": n, "D": D, "layout": layout},
-             measure(providers, device, reps), None, bytes_moved)
+             measure(providers, device, reps, lambda out: out), None, bytes_moved)
 
 
 def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
@@ -252,7 +264,7 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
         bytes_moved = frames.numel() + weight.numel() * weight.element_size() + M * D * weight.element_size()
         emit(rows, env, "patch_embed", dtype, {"B": B, "T": T, "H": S, "W": S, "P": P, "ts": ts, "D": D,
                                                "keep": keep, "N_kept": M},
-             measure(providers, device, reps), 2 * M * K * D, bytes_moved)
+             measure(providers, device, reps, lambda out: out), 2 * M * K * D, bytes_moved)
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
@@ -280,7 +292,7 @@ def run(device: torch.device, dtypes: list[torch.dtype], smoke: bool) -> list[di
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'op':<20} {'dtype':<9} {'provider':<15} {'shape':<58} {'ms':>9} {'first ms':>9} {'TFLOP/s':>8} "
-          f"{'GB/s':>8}")
+          f"{'GB/s':>8} {'max diff':>9}")
     for r in rows:
         shape = ",".join(f"{k}={v}" for k, v in r["shape"].items())
         if "error" in r:
@@ -288,8 +300,9 @@ def print_table(rows: list[dict]) -> None:
             continue
         tf = f"{r['tflops']:.1f}" if "tflops" in r else ""
         gb = f"{r['gbps']:.1f}" if "gbps" in r else ""
+        diff = f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
         print(f"{r['op']:<20} {r['dtype']:<9} {r['provider']:<15} {shape:<58} {r['ms']:>9.4f} "
-              f"{r['first_call_ms']:>9.1f} {tf:>8} {gb:>8}")
+              f"{r['first_call_ms']:>9.1f} {tf:>8} {gb:>8} {diff:>9}")
 
 
 def main(argv=None) -> int:
