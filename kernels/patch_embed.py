@@ -258,6 +258,8 @@ def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_
     K = 3 * tubelet_size * patch_size * patch_size
 
     check_tensor("weight", weight, ndim=2)
+    if weight.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"weight must be float16, bfloat16 or float32 (the output dtype), got {weight.dtype}")
     if weight.shape[1] != K or weight.shape[0] == 0:
         raise ValueError(f"weight must be (D, 3*tubelet_size*patch_size**2) = (D, {K}) (Conv3d weight reshaped to "
                          f"(D, -1)), got shape {tuple(weight.shape)}")

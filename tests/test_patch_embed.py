@@ -143,6 +143,7 @@ def _bad_inputs():
         ("weight K mismatch", {"weight": weight[:, :-1]}, ValueError, r"\(D, 1536\).*\(8, 1535\)"),
         ("weight 5-D (not flattened)", {"weight": weight4}, ValueError, r"\(8, 3, 2, 16, 16\)"),
         ("integer weight", {"weight": weight.long()}, TypeError, "int64"),
+        ("float64 weight", {"weight": weight.double()}, TypeError, "float64"),
         ("bias wrong length", {"bias": bias[:7]}, ValueError, r"\(8,\), got \(7,\)"),
         ("pos_table wrong rows", {"pos_table": torch.zeros(3, 8)}, ValueError, r"\(2, 8\).*\(3, 8\)"),
         ("pos_table wrong width", {"pos_table": torch.zeros(2, 9)}, ValueError, r"\(2, 8\).*\(2, 9\)"),
