@@ -2,6 +2,7 @@
 
     python tools/bench_kernels.py                      # GPU: full run -> bench/results/kernels-<device>-<date>.json
     python tools/bench_kernels.py --dtype bf16,fp16    # choose dtypes (default bf16)
+    python tools/bench_kernels.py --model-share base   # + patch_embed's share of a ViT-B forward (B=32)
     TRITON_INTERPRET=1 python tools/bench_kernels.py --smoke   # CPU, tiny shapes, seconds (CI runs this)
 
 Ops and baselines: varlen_attention vs SDPA with the flash, cuDNN and efficient backends named (equal lengths,
@@ -267,8 +268,36 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
              measure(providers, device, reps, lambda out: out), 2 * M * K * D, bytes_moved)
 
 
+def bench_model_share(rows, env, device, dtype, reps, preset, B):
+    """Share of a whole forward (random weights, all tokens, uint8 frames) taken by patch_embed, both timed with
+    the model's own tensors in one run. Imports vmae_fast.checkpoint (torch only)."""
+    from vmae_fast.checkpoint import load_model
+
+    model = load_model(f"random:{preset}", device=device, dtype=dtype)
+    c = model.config
+    gen = torch.Generator().manual_seed(4)
+    frames = torch.randint(0, 256, (B, c.num_frames, c.image_size, c.image_size, 3), generator=gen,
+                           dtype=torch.uint8).to(device)
+    backend = "triton" if triton_runs_on(device) else "torch"
+
+    def forward():
+        with torch.inference_mode():
+            return model(frames).embeddings
+
+    def embed():
+        return patch_embed(frames, model.patch_embed.weight, model.patch_embed.bias, model.pos_table,
+                           model.pixel_mean, model.pixel_std, patch_size=c.patch_size, tubelet_size=c.tubelet_size,
+                           backend=backend, check=False)
+    results = measure({"model": forward, "patch_embed": embed}, device, reps)
+    shape = {"preset": preset, "B": B, "T": c.num_frames, "H": c.image_size, "P": c.patch_size, "backend": backend}
+    if "ms" in results.get("model", {}) and "ms" in results.get("patch_embed", {}):
+        results["patch_embed"]["share_of_model"] = results["patch_embed"]["ms"] / results["model"]["ms"]
+    emit(rows, env, "model_share", dtype, shape, results)
+
+
 # --- main ------------------------------------------------------------------------------------------------------------
-def run(device: torch.device, dtypes: list[torch.dtype], smoke: bool) -> list[dict]:
+def run(device: torch.device, dtypes: list[torch.dtype], smoke: bool, model_share: str | None = None,
+        batch: int = 32) -> list[dict]:
     env = environment(device)
     rows: list[dict] = []
     reps = 2 if smoke else 20
@@ -287,6 +316,9 @@ def run(device: torch.device, dtypes: list[torch.dtype], smoke: bool) -> list[di
             bench_pooling(rows, env, device, dtype, reps, B=32, n=1568, D=D)
         bench_patch_embed(rows, env, device, dtype, reps, B=32, T=16, S=224, P=16, ts=2, D=768)
         bench_patch_embed(rows, env, device, dtype, reps, B=16, T=16, S=224, P=14, ts=2, D=1408)
+    if model_share:
+        for dtype in dtypes:
+            bench_model_share(rows, env, device, dtype, reps, model_share, batch)
     return rows
 
 
@@ -301,6 +333,8 @@ def print_table(rows: list[dict]) -> None:
         tf = f"{r['tflops']:.1f}" if "tflops" in r else ""
         gb = f"{r['gbps']:.1f}" if "gbps" in r else ""
         diff = f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+        if "share_of_model" in r:
+            diff = f"{100 * r['share_of_model']:.1f}% model"
         print(f"{r['op']:<20} {r['dtype']:<9} {r['provider']:<15} {shape:<58} {r['ms']:>9.4f} "
               f"{r['first_call_ms']:>9.1f} {tf:>8} {gb:>8} {diff:>9}")
 
@@ -310,6 +344,10 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (Triton via TRITON_INTERPRET=1)")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--dtype", default=None, help="comma-separated: bf16, fp16, fp32 (default bf16; smoke: fp32)")
+    p.add_argument("--model-share", default=None, metavar="PRESET",
+                   help="also time a whole random-weight model (small|base|large|huge|giant) and patch_embed alone "
+                        "on its tensors: the patch embedding's share of model time")
+    p.add_argument("--batch", type=int, default=32, help="clips per batch for --model-share (default 32)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-<device>-<date>.json; "
                                                "smoke: no file unless given)")
     args = p.parse_args(argv)
@@ -322,7 +360,7 @@ def main(argv=None) -> int:
         p.error(f"unknown dtype(s) {unknown}; choose from {sorted(DTYPES)}")
     if device.type == "cpu" and not args.smoke:
         print("note: full shapes on CPU take long; --smoke runs tiny ones", file=sys.stderr)
-    rows = run(device, [DTYPES[n] for n in names], args.smoke)
+    rows = run(device, [DTYPES[n] for n in names], args.smoke, args.model_share, args.batch)
     print_table(rows)
     out = args.out
     if out is None and not args.smoke:
