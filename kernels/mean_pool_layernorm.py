@@ -146,9 +146,9 @@ def mean_pool_layernorm(tokens, cu_seqlens, weight, bias, eps: float, *, backend
     None for the plain mean; eps: float. Mean and statistics in fp32. Returns (B, D) in tokens' dtype.
 
     check: read cu_seqlens on the host to check its values (start 0, non-decreasing, ends at N_total, no empty
-    segment). Free on the CPU (always checked); one sync on CUDA, so the model passes check=False (also skipped while
-    torch.compile traces or a CUDA graph is captured). Unchecked, an empty segment yields a NaN row (0/0, as
-    torch's mean of nothing) and offsets are clamped to [0, N_total], so nothing is read out of bounds.
+    segment). Free on the CPU (always checked); one sync on CUDA, so hot paths (the model) pass check=False (also
+    skipped while torch.compile traces or a CUDA graph is captured). Unchecked, an empty segment yields a NaN row
+    (0/0, as torch's mean of nothing) and offsets are clamped to [0, N_total], so nothing is read out of bounds.
     Raises TypeError (types, dtypes) or ValueError (shapes, strides, devices, values), naming what was got."""
     check_tensor("tokens", tokens, ndim=2)
     N_total, D = tokens.shape

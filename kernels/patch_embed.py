@@ -297,10 +297,12 @@ def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=
     Returns (N_kept, D) in weight's dtype (fp32 accumulation; the tubelet values are rounded to weight's dtype for
     the matrix units, as the unfused Conv3d in that dtype does).
 
-    Frames may be strided views (e.g. a crop) as long as the last dim is contiguous.
+    weight: float16, bfloat16 or float32 (fp32 uses tf32x3 products on the GPU, near-fp32 error). Frames may be strided
+    views (e.g. a crop) as long as the last dim is contiguous (uint8: each (W, 3) pixel row contiguous). The frames
+    are never copied; the weight is re-laid per call (a D x K copy, 2.4 MB for ViT-B).
     check: read token_ids on the host to check 0 <= id < B*N. Free on the CPU (always checked); one sync on CUDA, so
-    the model passes check=False (also skipped while torch.compile traces or a CUDA graph is captured). An unchecked
-    out-of-range id yields a NaN row and reads nothing out of bounds.
+    hot paths (the model) pass check=False (also skipped while torch.compile traces or a CUDA graph is captured). An
+    unchecked out-of-range id yields a NaN row and reads nothing out of bounds.
     Raises TypeError (types, dtypes) or ValueError (shapes, strides, devices, values), naming what was got."""
     _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_ids, patch_size, tubelet_size, check)
     if use_triton(backend, frames.device):
