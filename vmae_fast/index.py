@@ -465,7 +465,10 @@ def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size
         ids = batch.column("video_id").to_pylist()
         new = [v for v in dict.fromkeys(ids) if v not in order]
         if new:
-            sums = np.concatenate([sums, np.zeros((len(new), dim), np.float64)])
+            if len(order) + len(new) > len(sums):  # grow by doubling: amortized O(1) copies per video
+                grown = np.zeros((max(2 * len(sums), len(order) + len(new)), dim), np.float64)
+                grown[: len(order)] = sums[: len(order)]
+                sums = grown
             for v in new:
                 order[v] = len(order)
             counts += [0] * len(new)
@@ -490,6 +493,7 @@ def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size
         meta["end_s"] = [e if math.isfinite(e) else None for e in ends]
     if "path" in meta_cols:
         meta["path"] = paths
+    sums = sums[: len(order)]
     return (sums / np.maximum(np.array(counts, np.float64)[:, None], 1)).astype(np.float32), pa.table(meta)
 
 
