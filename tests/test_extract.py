@@ -404,3 +404,31 @@ def test_package_level_api_is_callable_after_importing_the_module():
     assert callable(vmae_fast.extract)
     with pytest.raises(ValueError, match="--batch-size must be a positive integer"):
         vmae_fast.extract(["x"], "y", batch_size=0)
+
+
+def test_interrupt_keeps_finished_videos_and_stops_the_decoder_thread(tmp_path, small_videos, ckpt, reference,
+                                                                       monkeypatch):
+    import threading
+
+    import vmae_fast.extract as extract_module
+
+    _, expected = reference
+    real_submit = extract_module._ModelRunner.submit
+    calls = {"n": 0}
+
+    def submit_then_interrupt(self, entries):
+        calls["n"] += 1
+        if calls["n"] == 4:  # Ctrl-C while the model runs the fourth batch
+            raise KeyboardInterrupt
+        return real_submit(self, entries)
+
+    monkeypatch.setattr(extract_module._ModelRunner, "submit", submit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract([small_videos], tmp_path / "out", model=ckpt, **{**RUN_OPTIONS, "commit_interval_s": 1e9})
+    assert not [t for t in threading.enumerate() if t.name == "vmae-fast-decode"]
+    committed = store.committed_video_ids(tmp_path / "out")
+    assert 0 < len(committed) < 8  # finished videos were written on the way out, the rest was not
+    monkeypatch.setattr(extract_module._ModelRunner, "submit", real_submit)
+    summary = extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
+    assert summary["videos_skipped"] == len(committed)
+    assert sorted_rows(tmp_path / "out") == expected

@@ -26,12 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import vmae_fast
-from vmae_fast.checkpoint import load_model
-from vmae_fast.video import DecodePool, DoneEvent, Sampling, VideoTask, decode_clips
+# Only the standard library at module level: DecodePool's forkserver workers re-import this main module, and torch
+# there would add seconds to every worker's start. numpy, torch and vmae_fast are imported where they are used.
 
 
 def make_videos(directory: Path, count: int, seconds: float, width: int, height: int, fps: int) -> list[Path]:
@@ -67,6 +63,8 @@ def video_facts(paths: list[Path]) -> tuple[int, float]:
 
 
 def bench_decode(tasks, sampling, image_size: int, workers: int, batch_size: int) -> dict:
+    from vmae_fast.video import DecodePool, DoneEvent
+
     t0 = time.perf_counter()
     clips = 0
     with DecodePool(workers, sampling, image_size, max_pending_clips=max(2 * batch_size, 4 * workers)) as pool:
@@ -76,8 +74,10 @@ def bench_decode(tasks, sampling, image_size: int, workers: int, batch_size: int
     return {"clips": clips, "seconds": time.perf_counter() - t0}
 
 
-def bench_model(model, clips: np.ndarray, batch_size: int, keep: str, device: torch.device, repeats: int) -> dict:
-    """clips: uint8 (n, T, S, S, 3) in host memory (pinned on CUDA); every batch is copied to the device."""
+def bench_model(model, clips, batch_size: int, keep: str, device, repeats: int) -> dict:
+    """clips: uint8 numpy (n, T, S, S, 3) in host memory (pinned on CUDA); every batch is copied to the device."""
+    import torch
+
     host = torch.from_numpy(clips)
     if device.type == "cuda":
         host = host.pin_memory()
@@ -105,6 +105,8 @@ def bench_model(model, clips: np.ndarray, batch_size: int, keep: str, device: to
 
 
 def bench_end_to_end(paths_dir: Path, model, batch_size: int, workers: int, keep: str) -> dict:
+    import vmae_fast
+
     with tempfile.TemporaryDirectory(prefix="vmae_bench_out_") as out:
         summary = vmae_fast.extract([paths_dir], out, model=model, batch_size=batch_size, workers=workers,
                                     keep=keep, progress=False, overwrite=True)
@@ -120,11 +122,17 @@ def git_commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import torch
+
+    from vmae_fast.checkpoint import load_model
+    from vmae_fast.video import Sampling, VideoTask, decode_clips
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="random:small", help="load_model source (default %(default)s)")
     p.add_argument("--image-size", type=int, default=112, help="model input size override (default %(default)s)")
     p.add_argument("--num-frames", type=int, default=8, help="frames per clip override (default %(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--keep", default="all")
     p.add_argument("--batch-size", type=int, default=8)
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                      else list(range(1, max(2, cores))))
     e2e_workers = max(worker_counts)
     width, height = (int(x) for x in args.size.split("x"))
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     overrides = {"image_size": args.image_size, "num_frames": args.num_frames}
     model = load_model(args.model, device=device, dtype=args.dtype, config=overrides)
     cfg = model.config

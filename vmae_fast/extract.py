@@ -13,7 +13,9 @@ import contextlib
 import csv
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 import types
 from collections.abc import Sequence
@@ -305,7 +307,7 @@ def build_run(model, sampling, keep_spec: str, dtype: torch.dtype, device: torch
 
 
 def _has_head(model) -> bool:
-    return getattr(model, "head", None) is not None if not hasattr(model, "has_head") else bool(model.has_head)
+    return getattr(model, "head", None) is not None
 
 
 # --- batching -----------------------------------------------------------------------------------------------------
@@ -377,6 +379,69 @@ class _ModelRunner:
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
+class _Prefetch:
+    """Iterates DecodePool.run in a background thread and hands its events over through a bounded queue.
+
+    The pool gives a worker its next video only while someone iterates it; iterated from the main thread, a worker
+    that finished a video would sit idle while the model computes. Here the thread keeps workers busy; the queue
+    bound (plus the pool's own) keeps decoded clips in memory bounded. Only this thread touches the generator.
+    """
+
+    _END = object()
+
+    def __init__(self, pool, tasks, max_events: int):
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_events))
+        self._thread = threading.Thread(target=self._run, args=(pool, tasks), daemon=True, name="vmae-fast-decode")
+        self._thread.start()
+
+    def _tasks(self, tasks):
+        for task in tasks:
+            if self._stop.is_set():  # no new videos once the consumer has stopped
+                return
+            yield task
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, pool, tasks) -> None:
+        events = pool.run(self._tasks(tasks))
+        try:
+            for event in events:
+                if not self._put(event):
+                    break
+            else:
+                self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer and raised there
+            self._put(_Failure(e))
+        finally:
+            events.close()  # a generator stopped early kills its busy workers
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
 class _Extraction:
     """State of one shard's run: buffered videos, the batch being filled, counters, the store writer."""
 
@@ -567,24 +632,31 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     wait_s = 0.0
     try:
         pool_options = {"timeout_s": timeout_s, "backend": decode_backend,
-                        "max_pending_clips": max(2 * batch_size, 4 * max(workers, 1)), **(decode_options or {})}
+                        "max_pending_clips": max(2 * batch_size, 4 * max(workers, 1))}
+        if dev.type == "cpu" and workers > 0:  # one decoder thread per worker: the model has the other cores
+            pool_options["threads"] = max(1, ((os.cpu_count() or 2) - torch.get_num_threads()) // workers)
+        pool_options.update(decode_options or {})
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
-            events = iter(pool.run(todo))
-            while True:
-                t0 = time.perf_counter()
-                event = next(events, None)
-                wait_s += time.perf_counter() - t0
-                if event is None:
-                    break
-                if isinstance(event, DoneEvent):
-                    state.on_done(event.task, event.num_clips, event.decode_s)
-                elif isinstance(event, ErrorEvent):
-                    state.on_error(event.task, event.stage, event.error, event.attempts)
-                elif isinstance(event, ResetEvent):
-                    state.on_reset(event.task)
-                else:
-                    state.on_clips(event.task, event.clips)
-                writer.maybe_flush()
+            prefetch = _Prefetch(pool, todo, max_events=pool_options["max_pending_clips"] if workers else 1)
+            events = iter(prefetch)
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    event = next(events, None)
+                    wait_s += time.perf_counter() - t0
+                    if event is None:
+                        break
+                    if isinstance(event, DoneEvent):
+                        state.on_done(event.task, event.num_clips, event.decode_s)
+                    elif isinstance(event, ErrorEvent):
+                        state.on_error(event.task, event.stage, event.error, event.attempts)
+                    elif isinstance(event, ResetEvent):
+                        state.on_reset(event.task)
+                    else:
+                        state.on_clips(event.task, event.clips)
+                    writer.maybe_flush()
+            finally:
+                prefetch.stop(timeout_s=timeout_s + 5)  # a hung decoder is killed after timeout_s at the latest
         state.finish()
     except BaseException:
         # keep what is complete: those videos need not be redone after Ctrl-C or a decoder crash; the original
