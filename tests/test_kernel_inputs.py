@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,3 +58,42 @@ def test_auto_on_cpu_never_launches_triton(monkeypatch):
     out = patch_embed(frames, torch.randn(8, 48), torch.zeros(8), torch.zeros(1, 8), torch.full((3,), 0.5),
                       torch.full((3,), 0.5), patch_size=4, tubelet_size=1)
     assert out.shape == (1, 8)
+
+
+_TRACE_SCRIPT = r"""
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from vmae_fast.kernels import layer_norm, mean_pool_layernorm, patch_embed
+
+mode = FakeTensorMode()
+def fake(shape, dtype):  # a CUDA tensor without a GPU: metadata only
+    return FakeTensor(mode, torch.empty(shape, dtype=dtype, device="meta"), torch.device("cuda", 0))
+
+def embed_and_pool(frames, weight, vec, pos, mean, token_ids, cu_seqlens):
+    tokens = patch_embed(frames, weight, vec, pos, mean, mean, token_ids, patch_size=16, tubelet_size=2, check=False)
+    y, s = layer_norm(tokens, vec, vec, 1e-6, tokens)
+    return mean_pool_layernorm(y, cu_seqlens, vec, vec, 1e-5, check=False), s
+
+args = (fake((2, 16, 64, 32, 3), torch.uint8), fake((96, 1536), torch.bfloat16), fake((96,), torch.bfloat16),
+        fake((64, 96), torch.float32), fake((3,), torch.float32), fake((100,), torch.int64), fake((3,), torch.int32))
+with mode:
+    graph = make_fx(torch.func.functionalize(embed_and_pool))(*args)
+    out, s = graph(*args)
+print(sorted({str(n.target) for n in graph.graph.nodes if "vmae_fast" in str(n.target)}))
+print(tuple(out.shape), out.dtype, out.device, tuple(s.shape))
+"""
+
+
+def test_triton_route_traces_without_a_gpu():
+    """The CUDA route (real Triton JIT kernels, TRITON_INTERPRET=0) traces on fake CUDA tensors into a graph of our
+    custom ops: the launchers read shapes only (no sync, no data-dependent branch), which torch.compile and CUDA
+    graph capture need. Run in a subprocess because the interpreter choice is made at import."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ops, shapes = result.stdout.strip().splitlines()[-2:]
+    assert ops == str(["vmae_fast.add_layer_norm.default", "vmae_fast.mean_pool_layernorm.default",
+                       "vmae_fast.patch_embed.default"])
+    assert shapes == "(2, 96) torch.bfloat16 cuda:0 (100, 96)"
