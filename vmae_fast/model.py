@@ -53,7 +53,8 @@ class Attention(nn.Module):
         N = x.shape[0]
         qkv = self.wqkv(x).view(N, 3, self.num_heads, self.head_dim)  # (N_kept, 3, H, d)
         q, k, v = qkv.unbind(1)  # each (N_kept, H, d), strided views of qkv
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)  # (N_kept, H, d)
+        # check=False: the model builds cu_seqlens itself; value checks would cost a host sync on CUDA
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend, check=False)  # (N_kept, H, d)
         return self.proj(out.reshape(N, -1))
 
 
@@ -210,7 +211,8 @@ class VideoMAE(nn.Module):
         uint8 = frames.dtype == torch.uint8
         x = patch_embed(frames, self.patch_embed.weight, self.patch_embed.bias, self.pos_table,
                         self.pixel_mean if uint8 else None, self.pixel_std if uint8 else None, token_ids,
-                        patch_size=c.patch_size, tubelet_size=c.tubelet_size, backend=backend)  # (N_kept, D)
+                        patch_size=c.patch_size, tubelet_size=c.tubelet_size, backend=backend,
+                        check=False)  # (N_kept, D)
 
         branch, residual = x, None
         for block in self.blocks:
@@ -219,12 +221,13 @@ class VideoMAE(nn.Module):
         if c.use_mean_pooling:
             tokens = branch + residual  # (N_kept, D) last block output
             w, b = (self.fc_norm.weight, self.fc_norm.bias) if self.fc_norm is not None else (None, None)
-            embeddings = mean_pool_layernorm(tokens, cu_seqlens, w, b, c.fc_norm_eps, backend=backend)  # (B, D)
+            embeddings = mean_pool_layernorm(tokens, cu_seqlens, w, b, c.fc_norm_eps, backend=backend,
+                                             check=False)  # (B, D)
             logits = self.head(embeddings) if self.head is not None else None
         else:
             tokens, _ = layer_norm(branch, self.norm.weight, self.norm.bias, c.layer_norm_eps, residual,
                                    backend=backend)
-            embeddings = mean_pool_layernorm(tokens, cu_seqlens, None, None, 0.0, backend=backend)
+            embeddings = mean_pool_layernorm(tokens, cu_seqlens, None, None, 0.0, backend=backend, check=False)
             # no CLS token: HF's classifier reads the first kept token of each clip
             logits = self.head(tokens[cu_seqlens[:-1].long()]) if self.head is not None else None
         return VideoMAEOutput(embeddings, logits, tokens if return_tokens else None, cu_seqlens)
