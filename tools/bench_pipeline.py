@@ -62,6 +62,16 @@ def video_facts(paths: list[Path]) -> tuple[int, float]:
     return frames, seconds
 
 
+def _timestamps(path: Path):
+    """Frame presentation times (s) of a generated constant-rate file: index / fps from the container."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return np.arange(stream.frames) / float(stream.average_rate)
+
+
 def bench_decode(tasks, sampling, image_size: int, workers: int, batch_size: int) -> dict:
     from vmae_fast.video import DecodePool, DoneEvent
 
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vmae_fast.checkpoint import load_model
-    from vmae_fast.video import Sampling, VideoTask, decode_clips
+    from vmae_fast.video import Sampling, VideoTask, decode_clips, plan_clips
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="random:small", help="load_model source (default %(default)s)")
@@ -170,12 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, cores - e2e_workers))  # what extract does with its decoders running
     threads = torch.get_num_threads()
     results = {"decode": {w: [] for w in worker_counts}, "model": [], "e2e": []}
-    for _ in range(args.rounds):  # alternate, so a busy neighbour disturbs every measurement alike
-        for w in worker_counts:
-            results["decode"][w].append(bench_decode(tasks, sampling, cfg.image_size, w, args.batch_size))
-        torch.set_num_threads(threads)
-        results["model"].append(bench_model(model, clips, args.batch_size, args.keep, device, repeats=3))
-        results["e2e"].append(bench_end_to_end(video_dir, model, args.batch_size, e2e_workers, args.keep))
+    # model-only runs over about as many clips as the videos give, so each measurement spans a similar time
+    total_clips = sum(len(plan_clips(_timestamps(p), sampling)) for p in paths)
+    repeats = max(3, -(-total_clips // len(clips)))
+
+    def measure(kind: str) -> None:
+        if kind == "decode":
+            for w in worker_counts:
+                results["decode"][w].append(bench_decode(tasks, sampling, cfg.image_size, w, args.batch_size))
+        elif kind == "model":
+            torch.set_num_threads(threads)
+            results["model"].append(bench_model(model, clips, args.batch_size, args.keep, device, repeats))
+        else:
+            results["e2e"].append(bench_end_to_end(video_dir, model, args.batch_size, e2e_workers, args.keep))
+
+    for i in range(args.rounds):  # alternate (and reverse every other round) so load drift hits all alike
+        for kind in ("decode", "model", "e2e") if i % 2 == 0 else ("e2e", "model", "decode"):
+            measure(kind)
 
     num_clips = results["decode"][worker_counts[0]][0]["clips"]
     decode = {w: max(r["clips"] / r["seconds"] for r in runs) for w, runs in results["decode"].items()}
