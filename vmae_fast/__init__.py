@@ -18,6 +18,9 @@ _LAZY = {
     "extract": "vmae_fast.extract",
     "read_clips": "vmae_fast.store",
     "read_embeddings": "vmae_fast.store",
+    "read_errors": "vmae_fast.store",
+    "load_run": "vmae_fast.store",
+    "embed_video_at": "vmae_fast.extract",
     "Index": "vmae_fast.index",
 }
 
