@@ -62,3 +62,12 @@ def test_bad_arguments(bench):
         bench.parse_args(["--providers", "vmae_fast,nonsense"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--keeps", "0"])
+
+
+def test_smoke_without_transformers(bench, tmp_path, monkeypatch):
+    """The GPU machine may lack transformers: the run then measures vmae_fast alone (random:<preset> weights, cosine
+    against vmae_fast fp32) instead of failing."""
+    monkeypatch.setattr(bench, "transformers_available", lambda: False)
+    rows = bench.main(["--smoke", "--out", str(tmp_path / "model.json")])
+    assert {r["provider"] for r in rows} == {"vmae_fast"} and len(rows) == 4
+    assert all(r["clips_per_s"] > 0 and r["cosine_vs_fp32"] > 1 - 1e-9 for r in rows)

@@ -125,6 +125,10 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * noise)
 
 
+def transformers_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
 def weights_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
@@ -134,10 +138,21 @@ class Setup:
     SDPA, compiled), vmae_fast fp32 (reference for kept subsets) and in `dtype`."""
 
     def __init__(self, name: str, args, device: torch.device, dtype: torch.dtype, vmae_fast, workdir: Path):
-        from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
         self.name, self.device, self.dtype = name, device, dtype
         arch = model_config(name, vmae_fast)
+        self.compiled, self.compile_mode = None, args.compile_mode  # compiled on first use
+        self.graph_runners: dict[int, object] = {}
+        self.hf32 = self.hf_sdpa = self.hf_eager = None
+        if not transformers_available():  # vmae_fast alone, seeded random weights, fp32 vmae_fast as the reference
+            preset = "small" if name == "tiny" else name
+            override = {**arch, "num_labels": 0} if name == "tiny" else None
+            self.vmae32 = vmae_fast.load_model(f"random:{preset}:{args.seed}", device, torch.float32, config=override)
+            self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(
+                f"random:{preset}:{args.seed}", device, dtype, config=override)
+            self.config = self.vmae.config
+            return
+        from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
         # num_labels=0: the classifier is an identity, so the HF "logits" are the pooled embedding fc_norm(mean)
         hf_config = VideoMAEConfig(**arch, num_labels=0, use_mean_pooling=True, qkv_bias=True)
         try:
@@ -156,9 +171,6 @@ class Setup:
         # each attention implementation chosen at load time, as users do (works with transformers 4.x and 5.x)
         self.hf_sdpa = self.load_hf("sdpa")
         self.hf_eager = self.load_hf("eager")
-        self.compiled = None  # built on first use: torch.compile of its own copy (guards see only its config)
-        self.compile_mode = args.compile_mode
-        self.graph_runners: dict[int, object] = {}
 
     def load_hf(self, attn_implementation: str, dtype: torch.dtype | None = None):
         from transformers import VideoMAEForVideoClassification
@@ -286,11 +298,11 @@ def provider_weights(setup: Setup, provider: str) -> int:
 def fp32_reference(setup: Setup, frames: torch.Tensor, spec: str | None, chunk: int) -> torch.Tensor:
     """(B, D) fp32 embeddings of the same frames: transformers SDPA fp32 for all tokens, vmae_fast fp32 with the
     same keep policy for kept subsets (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6,
-    tests/test_model*.py). In chunks to bound the fp32 activation memory."""
+    tests/test_model*.py) or when transformers is not installed. In chunks to bound the fp32 activation memory."""
     outs = []
     for i in range(0, frames.shape[0], chunk):
         part = frames[i:i + chunk]
-        if spec is None:
+        if spec is None and setup.hf32 is not None:
             outs.append(setup.hf32(setup.pixel_values(part, torch.float32)).logits.float())
         else:
             outs.append(setup.vmae32(part, keep=spec).embeddings.float())
@@ -482,6 +494,10 @@ def main(argv=None) -> list[dict]:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / f"model_{device.type}_{stamp}.json"
     rows = json.loads(out.read_text()) if args.append and out.exists() else []
+    if not transformers_available():
+        print("note: transformers is not installed: vmae_fast rows only (cosine vs vmae_fast fp32); "
+              "pip install 'vmae-fast[bench]' for the baselines", file=sys.stderr)
+        args.providers = [p for p in args.providers if p.startswith("vmae_fast")]
     skipped = [p for p in ("vmae_fast-cudagraph",) if p in args.providers and device.type != "cuda"]
     if skipped:
         print(f"note: {skipped} need CUDA; not run on {device}", file=sys.stderr)
