@@ -71,3 +71,14 @@ def test_smoke_without_transformers(bench, tmp_path, monkeypatch):
     rows = bench.main(["--smoke", "--out", str(tmp_path / "model.json")])
     assert {r["provider"] for r in rows} == {"vmae_fast"} and len(rows) == 4
     assert all(r["clips_per_s"] > 0 and r["cosine_vs_fp32"] > 1 - 1e-9 for r in rows)
+
+
+def test_merge_concatenates_rows_and_plots(bench, tmp_path):
+    rows_a = [{"model": "tiny", "dtype": "float32", "batch": 1, "keep": 1.0, "provider": "vmae_fast",
+               "clips_per_s": 10.0, "device": "cpu"}]
+    rows_b = [{**rows_a[0], "batch": 2, "clips_per_s": 15.0}]
+    (tmp_path / "a.json").write_text(json.dumps(rows_a))
+    (tmp_path / "b.json").write_text(json.dumps(rows_b))
+    out = tmp_path / "merged.json"
+    merged = bench.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)])
+    assert merged == rows_a + rows_b == json.loads(out.read_text())

@@ -463,6 +463,8 @@ def parse_args(argv=None):
     p.add_argument("--append", action="store_true", help="add to the rows already in --out (runs split in parts)")
     p.add_argument("--plot", type=Path, default=None, help="PNG (default: --out with .png)")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="no benchmark: concatenate the rows of these files into --out and plot them")
     p.add_argument("--keep-going", action="store_true", help="record any provider error as a row and go on "
                                                               "(out-of-memory always is)")
     args = p.parse_args(argv)
@@ -483,6 +485,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.merge:  # runs split over several commands (a 10-minute limit per command, say) become one file
+        if args.out is None:
+            raise SystemExit("--merge needs --out")
+        rows = [row for path in args.merge for row in json.loads(path.read_text())]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+        png = plot(rows, args.plot or args.out.with_suffix(".png"))
+        print(f"merged {len(rows)} rows from {len(args.merge)} files into {args.out}" + (f", plot {png}" if png else ""),
+              file=sys.stderr)
+        return rows
     vmae_fast = import_vmae_fast()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
