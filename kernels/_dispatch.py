@@ -91,7 +91,16 @@ def register_triton_op(name: str, launcher: Callable, torch_impl: Callable):
     arguments), or the launcher itself when kernels run in the Triton interpreter (TRITON_INTERPRET=1), which is how
     CPU tests reach the op route. Under the interpreter wrap_triton hands back the plain interpreted kernel, so the
     op runs eagerly there but cannot be traced (FakeTensor / torch.compile of the Triton route need a GPU); on the
-    CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher)."""
+    CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher).
+
+    Registration happens once per process: with the repository root on sys.path (`python -m pytest`, `python -c`),
+    `import kernels` (transformers probes for its hub-kernels package that way) executes this folder a second time
+    as a top-level package; re-registering would leave the first copy's op handles dangling, so the second copy
+    reuses the ops the first one registered."""
+    try:  # already registered: this file was imported a second time under another name (see below)
+        return getattr(torch.ops.vmae_fast, name)
+    except AttributeError:
+        pass
     op = torch.library.triton_op(f"vmae_fast::{name}", launcher, mutates_args=())
 
     def cpu_kernel(*args):

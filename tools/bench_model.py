@@ -61,11 +61,6 @@ def import_vmae_fast():
         sys.modules["vmae_fast.kernels"] = module
         spec.loader.exec_module(module)
         vmae_fast.kernels = module
-    # transformers probes `import kernels` (hub kernels); with this checkout's root on sys.path that would run our
-    # kernels/ a second time as a top-level package and re-register the vmae_fast:: torch.library ops (crashes)
-    spec = importlib.util.find_spec("kernels") if "kernels" not in sys.modules else None
-    if spec is not None and spec.origin and Path(spec.origin).resolve() == (ROOT / "kernels" / "__init__.py").resolve():
-        sys.modules["kernels"] = sys.modules["vmae_fast.kernels"]
     importlib.import_module("vmae_fast.tokens")  # parse_keep, used as vmae_fast.tokens below
     return importlib.import_module("vmae_fast")
 
