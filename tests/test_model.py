@@ -245,3 +245,16 @@ def test_bad_keep_raises(keep_models, case):
     keep, error, text = BAD_KEEP[case]
     with pytest.raises(error, match=text):
         model(torch.zeros(2, 4, 3, 64, 64), keep=keep)
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(tmp_path):
+    """dtype='bf16' runs the same path in bfloat16 (8-bit mantissa): the DESIGN bar is embedding cosine >= 0.999."""
+    path, _ = make_hf_checkpoint(tmp_path / "m", kind="classification", image_size=64, num_hidden_layers=3)
+    fp32, bf16 = load_model(path, device="cpu"), load_model(path, device="cpu", dtype="bf16")
+    frames = torch.randint(0, 256, (3, 4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    for keep in (None, "tube:0.5"):
+        a, b = fp32(frames, keep=keep), bf16(frames, keep=keep)
+        assert b.embeddings.dtype == torch.bfloat16
+        cosine = torch.nn.functional.cosine_similarity(a.embeddings, b.embeddings.float()).min().item()
+        print(f"\nbf16 vs fp32 keep={keep}: min embedding cosine {cosine:.6f}")
+        assert cosine >= 0.999
