@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-TINY = dict(image_size=32, patch_size=16, num_channels=3, num_frames=4, tubelet_size=2, hidden_size=64,
-            num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY = {"image_size": 32, "patch_size": 16, "num_channels": 3, "num_frames": 4, "tubelet_size": 2, "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

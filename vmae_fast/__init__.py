@@ -22,9 +22,21 @@ _LAZY = {
     "load_run": "vmae_fast.store",
     "embed_video_at": "vmae_fast.extract",
     "Index": "vmae_fast.index",
+    "CUDAGraphRunner": "vmae_fast.cuda_graphs",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "CUDAGraphRunner",
+    "Index",
+    "VideoMAE",
+    "VideoMAEConfig",
+    "VideoMAEOutput",
+    "__version__",
+    "extract",
+    "load_model",
+    "read_clips",
+    "read_embeddings",
+]
 
 
 def __getattr__(name: str):

@@ -197,7 +197,7 @@ class VideoMAE(nn.Module):
         keep different counts). With keep=None the forward makes no host sync (CUDA-graph capturable)."""
         self._check_frames(frames)
         c, backend = self.config, self.backend
-        frames = frames.to(self.device, non_blocking=True)
+        frames = frames.to(self.device, non_blocking=True).contiguous()  # the Triton patch_embed reads dense frames
         if frames.is_floating_point() and frames.dtype != self.dtype:
             frames = frames.to(self.dtype)
         B, N = frames.shape[0], c.num_tokens
