@@ -72,12 +72,14 @@ def _timestamps(path: Path):
         return np.arange(stream.frames) / float(stream.average_rate)
 
 
-def bench_decode(tasks, sampling, image_size: int, workers: int, batch_size: int) -> dict:
+def bench_decode(tasks, sampling, image_size: int, workers: int, batch_size: int, threads: int | None) -> dict:
+    """threads: decoder threads per worker, as extract gives them (None: the pool's default)."""
     from vmae_fast.video import DecodePool, DoneEvent
 
     t0 = time.perf_counter()
     clips = 0
-    with DecodePool(workers, sampling, image_size, max_pending_clips=max(2 * batch_size, 4 * workers)) as pool:
+    with DecodePool(workers, sampling, image_size, max_pending_clips=max(2 * batch_size, 4 * workers),
+                    threads=threads) as pool:
         for event in pool.run(tasks):
             if isinstance(event, DoneEvent):
                 clips += event.num_clips
@@ -187,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     def measure(kind: str) -> None:
         if kind == "decode":
             for w in worker_counts:
-                results["decode"][w].append(bench_decode(tasks, sampling, cfg.image_size, w, args.batch_size))
+                # on CPU extract leaves the model's cores to it: decoders get the rest, as here
+                decode_threads = max(1, (cores - threads) // w) if device.type == "cpu" else None
+                results["decode"][w].append(bench_decode(tasks, sampling, cfg.image_size, w, args.batch_size,
+                                                         decode_threads))
         elif kind == "model":
             torch.set_num_threads(threads)
             results["model"].append(bench_model(model, clips, args.batch_size, args.keep, device, repeats))
