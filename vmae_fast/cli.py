@@ -234,7 +234,10 @@ def _run_demo(args) -> int:
 
 # --- entry point -----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmae-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vmae-fast",
+        description="VideoMAE embeddings for video collections: extract to Parquet, index with FAISS, search.",
+        epilog="Fatal errors print one line and exit 2; set VMAE_FAST_DEBUG=1 for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_extract, _add_index, _add_search, _add_demo):
         add(sub)
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vmae-fast: interrupted", file=sys.stderr)
         return 130
-    except (FatalError, ValueError, TypeError, OSError, KeyError) as e:
+    except (FatalError, ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("VMAE_FAST_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
