@@ -102,7 +102,7 @@ def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                            else "cpu")
-    dtype = _resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)
     text = os.fspath(source)
     if text.startswith("random:"):
         return _load_random(text, device, dtype, backend, config)
@@ -123,7 +123,8 @@ def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str 
 
 
 # --- sources ---------------------------------------------------------------------------------------------------------
-def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """None -> bf16 on CUDA, fp32 on CPU; a name ("bf16", "fp16", "fp32", ...) or a torch float dtype -> that dtype."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):

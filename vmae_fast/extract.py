@@ -29,8 +29,6 @@ import torch
 from . import __version__, store
 
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -233,18 +231,6 @@ def resolve_device(device: str | torch.device | None, environ: dict | None = Non
     elif device.type != "cpu":
         raise ValueError(f"--device must be cpu, cuda or cuda:<index>, got {str(device)!r}")
     return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPE_NAMES:
-            raise ValueError(f"--dtype must be bf16, fp16 or fp32, got {dtype}")
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be bf16, fp16 or fp32, got {dtype!r}")
-    return DTYPES[dtype]
 
 
 # --- model --------------------------------------------------------------------------------------------------------
@@ -589,6 +575,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         dev = next(model.parameters()).device
         torch_dtype = next(model.parameters()).dtype
     else:
+        from .checkpoint import resolve_dtype  # imports the model and kernels: only when a model is loaded
+
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
     if workers is None:  # a GPU wants every spare core decoding; on CPU the model needs cores too
@@ -732,6 +720,7 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     The clip grid is the run's sampling, so the result matches the stored row of that clip (up to the device's
     numerics when `device` differs from the run's). When at_s falls between clips, the nearest clip is taken.
     """
+    from .checkpoint import resolve_dtype
     from .video import Sampling, VideoTask, decode_clips
 
     if at_s is None or at_s < 0:
@@ -740,7 +729,7 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     config = run["config"]
     dev = resolve_device(device if device is not None else ("cuda" if config["device_type"] == "cuda"
                                                             and torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[config["dtype"]] if dev.type == config["device_type"] else resolve_dtype(None, dev)
+    dtype = resolve_dtype(config["dtype"] if dev.type == config["device_type"] else None, dev)
     source = run["model"].get("source")
     key = (source, str(dev), dtype)
     if key not in _MODEL_CACHE:

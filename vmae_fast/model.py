@@ -12,9 +12,8 @@ from torch import nn
 
 from .config import VideoMAEConfig
 from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
+from .kernels._dispatch import BACKENDS
 from .tokens import KeepAll, pack, parse_keep
-
-BACKENDS = ("auto", "triton", "torch")
 
 
 @dataclass
