@@ -406,11 +406,11 @@ def gop10(tmp_path_factory):
 
 
 def test_pyav_seeks_across_gaps_and_recovers_from_bad_seeks(gop10, monkeypatch):
-    from vmae_fast import video
+    from vmae_fast.video import pyav_reader
 
     sampling = Sampling(num_frames=T, clips_per_video=2)  # frames 0..12 and 107..119: seek to keyframe 100
     seeks = []
-    real_open = video._PyAVReader._open_stream
+    real_open = pyav_reader.PyAVReader._open_stream
 
     class CountingContainer:
         def __init__(self, container):
@@ -430,12 +430,12 @@ def test_pyav_seeks_across_gaps_and_recovers_from_bad_seeks(gop10, monkeypatch):
         container, stream = real_open(self)
         return CountingContainer(container), stream
 
-    monkeypatch.setattr(video._PyAVReader, "_open_stream", counting_open)
+    monkeypatch.setattr(pyav_reader.PyAVReader, "_open_stream", counting_open)
     clips = list(decode_clips(VideoTask(gop10.path), sampling, S, "pyav"))
     assert [c.start_frame for c in clips] == [0, 107] and len(seeks) == 1
     assert [frame_number(f) for f in clips[1].frames] == [i % PERIOD for i in (107, 111, 115, 119)]
     # a seek that lands past the wanted frame (here: a wrong keyframe table) turns seeking off, same frames
-    monkeypatch.setattr(video._PyAVReader, "_key_before", lambda self, index: min(index + 5, len(self.pts) - 1))
+    monkeypatch.setattr(pyav_reader.PyAVReader, "_key_before", lambda self, index: min(index + 5, len(self.pts) - 1))
     again = list(decode_clips(VideoTask(gop10.path), sampling, S, "pyav"))
     assert [c.frame_indices.tolist() for c in again] == [c.frame_indices.tolist() for c in clips]
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(again, clips))

@@ -84,7 +84,7 @@ def main(argv=None):
         return 0
     import av
 
-    from vmae_fast.video import _decode_size
+    from vmae_fast.video.crop import decode_size as _decode_size
 
     with av.open(args.video) as c:
         s = c.streams.video[0]
