@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.videos import PERIOD, frame_image, frame_number, make_bad_files, make_video, make_video_zoo
+from tests.videos import BAD_STAGES, PERIOD, check_clips, frame_image, frame_number, make_video
 from vmae_fast.video import (
     VIDEO_EXTENSIONS,
-    ClipsEvent,
     DecodePool,
-    DoneEvent,
-    ErrorEvent,
-    ResetEvent,
     Sampling,
     VideoError,
     VideoTask,
@@ -32,51 +21,8 @@ from vmae_fast.video import (
 
 T, S = 4, 32  # small clips keep the suite fast; the logic does not depend on the size
 SAMPLING = Sampling(num_frames=T)
-BAD_STAGES = {"empty": "open", "truncated": "open", "text": "open", "audio_only": "open", "directory": "open",
-              "dangling_symlink": "open", "garbage_mid": "decode"}
 ZOO_NAMES = ["h264_bframes", "vp9", "hevc", "mjpeg", "h264_10bit", "hevc_10bit", "gray", "tiny", "hd1080", "portrait",
              "rotated", "vfr", "short", "audio", "non_ascii", "upper_ext", "nested"]
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory):
-    return make_video_zoo(tmp_path_factory.mktemp("zoo"))
-
-
-@pytest.fixture(scope="session")
-def bad(tmp_path_factory):
-    return make_bad_files(tmp_path_factory.mktemp("bad"))
-
-
-def expected_clips(exp, sampling=SAMPLING):
-    """Reference plan written independently of plan_clips: frame indices, padding and [start_s, end_s) per clip."""
-    step = sampling.frame_step or max(1, round(exp.fps / 7.5))
-    n, need = exp.num_frames, (sampling.num_frames - 1) * step + 1
-    starts = list(range(0, n - need + 1, sampling.num_frames * step)) or [0]
-    out = []
-    for s in starts:
-        idx = [s + k * step for k in range(sampling.num_frames)]
-        real = [i for i in idx if i < n]
-        idx = real + [real[-1]] * (len(idx) - len(real))
-        last = real[-1]
-        dur = exp.timestamps[last + 1] - exp.timestamps[last] if last + 1 < n else exp.timestamps[1] - exp.timestamps[0]
-        out.append((idx, len(idx) - len(real), exp.timestamps[s], exp.timestamps[last] + dur))
-    return out
-
-
-def check_clips(clips, exp, sampling=SAMPLING, image_size=S):
-    """Clip count, indices, padding, times (1 ms: container time bases are 1/1000 or finer) and pixel frame numbers."""
-    ref = expected_clips(exp, sampling)
-    assert len(clips) == len(ref), f"{exp.path.name}: {len(clips)} clips, expected {len(ref)}"
-    for clip, (idx, padded, start_s, end_s) in zip(clips, ref):
-        assert clip.frames.dtype == np.uint8 and clip.frames.shape == (sampling.num_frames, image_size, image_size, 3)
-        assert clip.frame_indices.tolist() == idx, f"{exp.path.name} clip {clip.clip_index}"
-        assert clip.padded_frames == padded
-        assert (clip.start_frame, clip.end_frame) == (idx[0], max(idx) + 1)
-        assert clip.start_s == pytest.approx(start_s, abs=1e-3) and clip.end_s == pytest.approx(end_s, abs=1e-3)
-        seen = [frame_number(f) for f in clip.frames]
-        assert seen == [i % PERIOD for i in idx], f"{exp.path.name} clip {clip.clip_index}: pixels say {seen}"
-    assert [c.clip_index for c in clips] == list(range(len(clips)))
 
 
 # --- sampling plans --------------------------------------------------------------------------------------------------
@@ -142,7 +88,7 @@ def test_good_video_clips(zoo, name, backend):
     path, exp = zoo[name]
     info = {}
     clips = list(decode_clips(VideoTask(path), SAMPLING, S, backend, info=info))
-    check_clips(clips, exp)
+    check_clips(clips, exp, SAMPLING)
     # decord is the default; gray (decord expands it as limited range) and rotated files go to PyAV
     expected_backend = "pyav" if backend == "pyav" or name in ("gray", "rotated") else "decord"
     assert info["backend"] == expected_backend
@@ -177,7 +123,7 @@ def test_tiny_frames_fall_back_to_pyav(zoo):
     info = {}
     clips = list(decode_clips(VideoTask(path), SAMPLING, 16, info=info))
     assert info["backend"] == "pyav"
-    check_clips(clips, exp, image_size=16)
+    check_clips(clips, exp, SAMPLING, image_size=16)
     with pytest.raises(VideoError) as e:
         list(decode_clips(VideoTask(path), SAMPLING, 16, "decord"))
     assert e.value.stage in ("open", "decode")
@@ -240,153 +186,6 @@ def test_bad_arguments():
         next(decode_clips(VideoTask("x.mp4"), SAMPLING, 0))
     with pytest.raises(ValueError, match="workers"):
         DecodePool(-1, SAMPLING, S)
-
-
-# --- DecodePool ------------------------------------------------------------------------------------------------------
-def collect(events):
-    """Per-task clips (after the last reset), terminal events, and the order check: one terminal event per task."""
-    clips, final, resets = {}, {}, {}
-    for ev in events:
-        key = ev.task.path
-        assert key not in final, f"event after the terminal event of {key}: {ev}"
-        if isinstance(ev, ClipsEvent):
-            clips.setdefault(key, []).extend(ev.clips)
-        elif isinstance(ev, ResetEvent):
-            clips[key] = []
-            resets[key] = resets.get(key, 0) + 1
-        else:
-            final[key] = ev
-    return clips, final, resets
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pids, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_pool_all_files(zoo, bad, workers):
-    tasks = [VideoTask(p) for p, _ in zoo.values()] + [VideoTask(p) for p in bad.values()]
-    with DecodePool(workers, SAMPLING, S, timeout_s=30) as pool:
-        clips, final, resets = collect(pool.run(tasks))
-    assert set(final) == {t.path for t in tasks} and not resets
-    for _, exp in zoo.values():
-        ev = final[str(exp.path)]
-        assert isinstance(ev, DoneEvent) and ev.num_clips == len(clips[str(exp.path)]) and ev.decode_s > 0
-        check_clips(clips[str(exp.path)], exp)
-    for name, path in bad.items():
-        ev = final[str(path)]
-        assert isinstance(ev, ErrorEvent) and ev.stage == BAD_STAGES[name] and ev.attempts == 1
-
-
-@pytest.fixture()
-def hook_videos(zoo, tmp_path):
-    """Copies of a good video whose names trigger DecodePool test hooks (after the first clip is sent)."""
-    src = zoo["h264_bframes"][0]
-    names = ["vmae-test-segfault-once", "vmae-test-abort", "vmae-test-hang-once", "vmae-test-exit-once"]
-    out = {}
-    for n in names:
-        out[n] = tmp_path / f"{n}.mp4"
-        shutil.copy(src, out[n])
-    return out
-
-
-def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
-    exp = zoo["h264_bframes"][1]
-    good = [VideoTask(p) for p, _ in list(zoo.values())[:4]]
-    tasks = [VideoTask(p) for p in hook_videos.values()] + good
-    t0 = time.monotonic()
-    with DecodePool(2, SAMPLING, S, timeout_s=2.0, max_attempts=2, test_hooks=True) as pool:
-        clips, final, resets = collect(pool.run(tasks))
-        replaced, pids = pool.replaced, pool.worker_pids()
-    assert time.monotonic() - t0 < 30
-    for name, path in hook_videos.items():
-        key = str(path)
-        assert resets[key] == 1, name
-        if name.endswith("-once"):  # second attempt (PyAV) succeeds with the full, correct clip list
-            assert isinstance(final[key], DoneEvent) and final[key].backend == "pyav", final[key]
-            check_clips(clips[key], exp)
-        else:
-            assert isinstance(final[key], ErrorEvent) and final[key].attempts == 2
-            assert "SIGABRT" in final[key].error and final[key].stage == "decode"
-    assert replaced >= 5  # segfault, abort twice, hang, exit (a loaded machine may add a slow good video)
-    assert all(isinstance(final[t.path], DoneEvent) for t in good)
-    assert wait_gone(pids) == []
-
-
-def test_pool_hang_without_retry_is_an_error(hook_videos):
-    task = VideoTask(hook_videos["vmae-test-hang-once"])
-    with DecodePool(1, SAMPLING, S, timeout_s=0.5, max_attempts=1, test_hooks=True) as pool:
-        _, final, resets = collect(pool.run([task]))
-    ev = final[task.path]
-    assert isinstance(ev, ErrorEvent) and "no progress" in ev.error and ev.attempts == 1 and not resets
-
-
-def test_pool_bounded_queue(zoo):
-    path, exp = zoo["h264_bframes"]
-    sampling = Sampling(num_frames=2)  # 80 frames, step 4 -> 10 clips
-    with DecodePool(1, sampling, S, max_pending_clips=2, timeout_s=1.0) as pool:
-        events = pool.run([VideoTask(path)])
-        first = next(events)
-        time.sleep(2.0)  # a consumer slower than the decoder; longer than timeout_s: a full queue is not a hang
-        pending = pool.pending_clips()
-        rest = list(events)
-    assert 1 <= pending <= 2
-    clips, final, resets = collect([first, *rest])
-    assert isinstance(final[str(path)], DoneEvent) and not resets
-    check_clips(clips[str(path)], exp, sampling)
-
-
-def test_pool_early_exit_and_interrupt_leave_no_processes(zoo):
-    tasks = [VideoTask(p) for p, _ in zoo.values()] * 3
-    pool = DecodePool(2, SAMPLING, S)
-    events = pool.run(tasks)
-    next(events)
-    pids = pool.worker_pids()
-    events.close()  # the consumer stops early: busy workers are killed
-    pool.close()
-    assert wait_gone(pids) == []
-    with pytest.raises(KeyboardInterrupt), DecodePool(2, SAMPLING, S) as pool:
-        for _ in pool.run(tasks):
-            pids = pool.worker_pids()
-            raise KeyboardInterrupt
-    assert wait_gone(pids) == []
-
-
-def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
-    """SIGINT to the whole process group (what Ctrl-C does) while a worker hangs: the run ends, workers are gone."""
-    script = tmp_path / "run_pool.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from vmae_fast.video import DecodePool, Sampling, VideoTask
-        if __name__ == "__main__":
-            with DecodePool(2, Sampling(num_frames=4), 32, timeout_s=600, test_hooks=True) as pool:
-                for ev in pool.run([VideoTask({str(hook_videos["vmae-test-hang-once"])!r})]):
-                    print("PIDS", *pool.worker_pids(), flush=True)
-    """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    line = proc.stdout.readline()
-    assert line.startswith("PIDS"), proc.stderr.read()
-    pids = [int(x) for x in line.split()[1:]]
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
-    assert wait_gone(pids) == []
 
 
 def test_make_video_vfr_and_audio(tmp_path):
@@ -478,16 +277,3 @@ def test_non_square_pixels_use_the_display_aspect(tmp_path):
         rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
         ratio = (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
         assert 1.6 < ratio < 2.4, (backend, ratio)
-
-
-def test_pool_replaces_a_worker_killed_while_idle(zoo):
-    tasks = [VideoTask(p) for p, _ in list(zoo.values())[:3]]
-    with DecodePool(2, SAMPLING, S) as pool:
-        _, final, _ = collect(pool.run(tasks))
-        assert all(isinstance(e, DoneEvent) for e in final.values())
-        victim = pool.worker_pids()[0]
-        os.kill(victim, signal.SIGKILL)  # e.g. the OOM killer, between two runs
-        assert wait_gone([victim]) == []
-        _, final, resets = collect(pool.run(tasks))
-        assert all(isinstance(e, DoneEvent) for e in final.values()) and not resets
-        assert pool.replaced == 1 and victim not in pool.worker_pids()

@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 PERIOD = 27  # frame numbers are encoded modulo PERIOD as brightness 24 + 8 * (i % PERIOD) in 24..232
 LEVEL_TOLERANCE = 3.0  # codecs at high quality move a flat patch's mean by <= ~2 levels; levels are 8 apart
@@ -227,6 +228,11 @@ def make_video_zoo(directory: str | os.PathLike) -> dict[str, tuple[Path, Expect
     return zoo
 
 
+# make_bad_files name -> the stage of the error each must end as
+BAD_STAGES = {"empty": "open", "truncated": "open", "text": "open", "audio_only": "open", "directory": "open",
+              "dangling_symlink": "open", "garbage_mid": "decode"}
+
+
 def make_bad_files(directory: str | os.PathLike, good: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write files that look like videos but are not decodable (each must become one error, never a crash).
 
@@ -285,3 +291,35 @@ def make_long_video(path: str | os.PathLike, seconds: float = 30, width: int = 1
            "-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True)
     return path
+
+
+# --- checks shared by the decoder and pool tests ----------------------------------------------------------------
+def expected_clips(exp, sampling):
+    """Reference plan written independently of plan_clips: frame indices, padding and [start_s, end_s) per clip."""
+    step = sampling.frame_step or max(1, round(exp.fps / 7.5))
+    n, need = exp.num_frames, (sampling.num_frames - 1) * step + 1
+    starts = list(range(0, n - need + 1, sampling.num_frames * step)) or [0]
+    out = []
+    for s in starts:
+        idx = [s + k * step for k in range(sampling.num_frames)]
+        real = [i for i in idx if i < n]
+        idx = real + [real[-1]] * (len(idx) - len(real))
+        last = real[-1]
+        dur = exp.timestamps[last + 1] - exp.timestamps[last] if last + 1 < n else exp.timestamps[1] - exp.timestamps[0]
+        out.append((idx, len(idx) - len(real), exp.timestamps[s], exp.timestamps[last] + dur))
+    return out
+
+
+def check_clips(clips, exp, sampling, image_size: int = 32):
+    """Clip count, indices, padding, times (1 ms: container time bases are 1/1000 or finer) and pixel frame numbers."""
+    ref = expected_clips(exp, sampling)
+    assert len(clips) == len(ref), f"{exp.path.name}: {len(clips)} clips, expected {len(ref)}"
+    for clip, (idx, padded, start_s, end_s) in zip(clips, ref):
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape == (sampling.num_frames, image_size, image_size, 3)
+        assert clip.frame_indices.tolist() == idx, f"{exp.path.name} clip {clip.clip_index}"
+        assert clip.padded_frames == padded
+        assert (clip.start_frame, clip.end_frame) == (idx[0], max(idx) + 1)
+        assert clip.start_s == pytest.approx(start_s, abs=1e-3) and clip.end_s == pytest.approx(end_s, abs=1e-3)
+        seen = [frame_number(f) for f in clip.frames]
+        assert seen == [i % PERIOD for i in idx], f"{exp.path.name} clip {clip.clip_index}: pixels say {seen}"
+    assert [c.clip_index for c in clips] == list(range(len(clips)))
