@@ -85,12 +85,25 @@ def check_vector(name: str, t, length: int, device: torch.device) -> None:
 # torch.library registration
 
 
+def wrap_triton(kernel):
+    """What an op body launches, `wrap_triton(kernel)[grid](...)`: torch.library.wrap_triton(kernel), so that
+    torch.compile / make_fx trace the launch into the graph, except under the interpreter, where the kernel itself is
+    launched. An interpreted kernel (triton.jit returns an InterpretedFunction there, not a JITFunction) cannot be
+    traced anyway; torch >= 2.13 hands it back unchanged, but torch 2.11 / 2.12 reject it ("wrap_triton only works on
+    functions annotated with triton.jit or triton.autotune") or fail on an interpreted autotuner, so the choice is
+    made here, the same on every torch."""
+    if _INTERPRETED_AT_IMPORT:
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
 def register_triton_op(name: str, launcher: Callable, torch_impl: Callable):
-    """Register `launcher` (shape-only Python + wrap_triton(kernel)[grid](...)) as the custom op `vmae_fast::<name>`
+    """Register `launcher` (shape-only Python + wrap_triton(kernel)[grid](...), wrap_triton from this module) as the
+    custom op `vmae_fast::<name>`
     so torch.compile sees the Triton kernel and CUDA graphs capture it. Its CPU kernel is `torch_impl` (same
     arguments), or the launcher itself when kernels run in the Triton interpreter (TRITON_INTERPRET=1), which is how
-    CPU tests reach the op route. Under the interpreter wrap_triton hands back the plain interpreted kernel, so the
-    op runs eagerly there but cannot be traced (FakeTensor / torch.compile of the Triton route need a GPU); on the
+    CPU tests reach the op route. Under the interpreter wrap_triton (above) hands back the plain interpreted kernel, so
+    the op runs eagerly there but cannot be traced (FakeTensor / torch.compile of the Triton route need a GPU); on the
     CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher).
 
     Registration happens once per process: with the repository root on sys.path (`python -m pytest`, `python -c`),

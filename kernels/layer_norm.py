@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ._dispatch import (
     check_last_dim_contiguous,
@@ -17,6 +16,7 @@ from ._dispatch import (
     check_vector,
     register_triton_op,
     use_triton,
+    wrap_triton,
 )
 
 # A whole row lives in registers; beyond this the Triton path refuses (VideoMAE-g has D = 1408).

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ._dispatch import (
     check_last_dim_contiguous,
@@ -16,6 +15,7 @@ from ._dispatch import (
     check_vector,
     register_triton_op,
     use_triton,
+    wrap_triton,
 )
 from ._validate import check_cu_seqlens
 

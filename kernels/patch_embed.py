@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ._dispatch import (
     _INTERPRETED_AT_IMPORT,
@@ -17,6 +16,7 @@ from ._dispatch import (
     check_vector,
     register_triton_op,
     use_triton,
+    wrap_triton,
 )
 from ._validate import _host_read_allowed
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._dispatch import interpreter_enabled, register_triton_op, use_triton
+from ._dispatch import interpreter_enabled, register_triton_op, use_triton, wrap_triton
 from ._validate import check_cu_seqlens, check_max_seqlen
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -216,7 +216,7 @@ def _varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         # sum_b cdiv(len_b, BLOCK_M) <= cdiv(N_total, BLOCK_M) + num_seqs: an upper bound known without a sync.
         return (triton.cdiv(n_total, meta["BLOCK_M"]) + num_seqs, heads)
 
-    torch.library.wrap_triton(_varlen_attention_kernel)[grid](
+    wrap_triton(_varlen_attention_kernel)[grid](
         q, k, v, out, cu_seqlens, softmax_scale * 1.4426950408889634,
         n_total, num_seqs,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),

@@ -1,11 +1,26 @@
-"""Shared pytest setup."""
+"""Shared pytest setup.
+
+Where the Triton kernels run is decided here, once, before anything imports triton (triton.jit picks the interpreter
+when a kernel is decorated): plain `pytest` on a machine with a CUDA GPU runs the compiled kernels on CUDA
+(TRITON_INTERPRET=0); without one, the Triton interpreter runs them on CPU tensors (TRITON_INTERPRET=1). An explicit
+TRITON_INTERPRET in the environment wins. tests/kernel_checks.py derives DEVICE from the same decision
+(tests/kernel_target.py).
+"""
 
 import os
 
 import pytest
+import torch
+from kernel_target import kernel_target
 
-# Kernels: run Triton kernels on CPU through the interpreter; must be set before triton (or vmae_fast.kernels) imports.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+_DEVICE, _INTERPRET = kernel_target(torch.cuda.is_available(), os.environ.get("TRITON_INTERPRET"))
+os.environ["TRITON_INTERPRET"] = _INTERPRET
+
+
+def pytest_report_header(config):
+    where = {"cuda": "compiled Triton on CUDA", "cpu": "the Triton interpreter on CPU" if _INTERPRET == "1" else
+             "CPU, Triton cannot run (TRITON_INTERPRET=0 and no CUDA GPU): kernel tests skip"}[_DEVICE]
+    return f"vmae_fast kernels: {where} (TRITON_INTERPRET={_INTERPRET})"
 
 
 @pytest.fixture(scope="session")

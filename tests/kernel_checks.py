@@ -1,13 +1,23 @@
-"""Helpers for the kernel tests (patch_embed, layer_norm, mean_pool_layernorm): device choice, NaN-poisoned
+"""Helpers for the kernel tests: where the kernels run (the one decision, shared with conftest.py), NaN-poisoned
 buffers, and a closeness check that says where and by how much it failed."""
 
 from __future__ import annotations
 
-import torch
+import os
 
-# The same tests run on CPU under TRITON_INTERPRET=1 (CI) and compiled on a GPU (TRITON_INTERPRET=0 pytest ...).
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+import pytest
+import torch
+from kernel_target import kernel_target
+
+# The same tests run on CPU under the interpreter (CI) and compiled on a GPU (plain `pytest` there).
+DEVICE = torch.device(kernel_target(torch.cuda.is_available(), os.environ.get("TRITON_INTERPRET"))[0])
 ON_GPU = DEVICE.type == "cuda"
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+TRITON_RUNS = ON_GPU or INTERPRETED
+# Module-level mark of the tests that launch Triton kernels: only the odd TRITON_INTERPRET=0 on a machine without a
+# GPU leaves them nowhere to run.
+NEEDS_TRITON = pytest.mark.skipif(not TRITON_RUNS, reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (the "
+                                                          "interpreter on CPU); TRITON_INTERPRET=0 without a GPU")
 
 
 def interpreter_bf16_atol(ref: torch.Tensor, dtype: torch.dtype) -> float:

@@ -15,7 +15,7 @@ import json
 
 import pytest
 import torch
-from hf_checkpoints import TINY, make_hf_checkpoint, make_hf_model
+from hf_checkpoints import TINY, make_checkpoint, make_hf_checkpoint, make_hf_model
 from safetensors.torch import save_file
 
 from vmae_fast import VideoMAEConfig, load_model
@@ -62,8 +62,9 @@ def hf_to_original(hf_state: dict) -> dict:
         att = src + "attention.attention."
         out[dst + "attn.qkv.weight"] = torch.cat([sd.pop(att + n + ".weight") for n in ("query", "key", "value")])
         for name, hf_name in (("q_bias", "query.bias"), ("v_bias", "value.bias")):
-            if att + hf_name in sd:
-                out[dst + "attn." + name] = sd.pop(att + hf_name)
+            for spelling in (hf_name, name):  # >= 5.18 names, or the 4.x ones that save_pretrained / save_hf write
+                if att + spelling in sd:
+                    out[dst + "attn." + name] = sd.pop(att + spelling)
         for ours, theirs in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
                              ("attn.proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
                              ("mlp.fc2", "output.dense")):
@@ -245,8 +246,12 @@ def test_dtype_argument():
 # --- errors ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_original(tmp_path_factory):
-    hf = make_hf_model(kind="classification", layer_norm_eps=1e-6)
-    return hf_to_original(hf.state_dict()), tmp_path_factory.mktemp("bad")
+    """An original-layout state dict (from a checkpoint of our writer: no transformers) and a folder for bad files."""
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("bad")
+    path = make_checkpoint(root / "hf", kind="classification", layer_norm_eps=1e-6)
+    return hf_to_original(load_file(path / "model.safetensors")), root
 
 
 def save_and_load(state, root, name, **kwargs):
@@ -334,9 +339,75 @@ def test_cli_info(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "parameters      21," in out and "6 heads (head dim 64)" in out
     assert "uint8 (B, 16, 224, 224, 3)" in out and "mean [0.485, 0.456, 0.406]" in out
-    path, _ = make_hf_checkpoint(tmp_path / "m", kind="classification")
+    path = make_checkpoint(tmp_path / "m", kind="classification")
     assert main(["info", str(path), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["config"]["num_labels"] == 5 and described["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert main(["info", "random:tiny"]) == 2
     assert "unknown VideoMAE preset 'tiny'" in capsys.readouterr().err
+
+
+# --- writing (checkpoint.save_hf) ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, overrides", [
+    ("classification", {}), ("classification", {"use_mean_pooling": False, "layer_norm_eps": 1e-6}),
+    ("base", {}), ("base", {"use_mean_pooling": False}), ("classification", {"qkv_bias": False}),
+], ids=["cls-meanpool", "cls-tokenhead", "base-meanpool", "base-layernorm", "no-qv-bias"])
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_save_hf_round_trip(tmp_path, kind, overrides, safe):
+    """save_hf -> load_model gives back the same config and the same weights (bit for bit), in both file formats;
+    the independent oracle reads the same folder to the same numbers (no transformers involved)."""
+    from hf_checkpoints import tiny_config
+    from reference_videomae import ReferenceVideoMAE
+
+    from vmae_fast.checkpoint import save_hf
+
+    path = make_checkpoint(tmp_path / "a", kind=kind, seed=3, safe_serialization=safe, **overrides)
+    first = load_model(path, device="cpu")
+    assert first.config == tiny_config(kind=kind, **overrides)
+    assert (path / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
+    again = load_model(save_hf(first, tmp_path / "b", safe_serialization=safe), device="cpu")
+    assert again.config == first.config
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = ReferenceVideoMAE.from_hf(path)(x)
+    out = first(x, return_tokens=True)
+    assert rel_err(out.tokens, want["tokens"].reshape(-1, 64)) < TOL
+    if kind == "classification":
+        assert rel_err(out.logits, want["logits"]) < TOL
+
+
+def test_save_hf_dtype_and_refusals(tmp_path):
+    from vmae_fast.checkpoint import save_hf
+
+    model = load_model(make_checkpoint(tmp_path / "a"), device="cpu")
+    half = load_model(save_hf(model, tmp_path / "fp16", dtype=torch.float16, note="hi"), device="cpu")
+    meta = json.loads((tmp_path / "fp16" / "config.json").read_text())
+    assert meta["torch_dtype"] == "float16" and meta["vmae_fast_note"] == "hi" and meta["qv_bias"] is True
+    assert torch.equal(half.blocks[0].mlp.fc1.weight, model.blocks[0].mlp.fc1.weight.half().float())
+    original = load_model("random:small", device="cpu", config={"num_hidden_layers": 1})  # fc_norm eps 1e-6
+    with pytest.raises(ValueError, match="fc_norm with eps 1e-05.*uses fc_norm_eps 1e-06"):
+        save_hf(original, tmp_path / "orig")
+    with pytest.raises(TypeError, match="save_hf takes a vmae_fast VideoMAE"):
+        save_hf(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+@pytest.mark.parametrize("version, refused", [("5.17.0", True), ("5.6.0", True), ("5.11.2.dev0", True),
+                                              ("5.18.0", False), ("5.24.0", False), ("4.57.6", False),
+                                              ("5.5.4", False), ("6.0.0", False)])
+def test_parity_refuses_transformers_that_drop_qv_biases(version, refused, monkeypatch, tmp_path):
+    """transformers 5.6-5.17 are refused as a numerical reference at run time: a skip naming the version."""
+    import hf_checkpoints
+
+    why = hf_checkpoints.transformers_version_refused(version)
+    assert (why is not None) == refused
+    if not refused:
+        return
+    assert f"transformers {version} drops VideoMAE's q/v biases" in why
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setattr(transformers, "__version__", version)
+    with pytest.raises(pytest.skip.Exception, match=f"transformers {version} drops"):
+        hf_checkpoints.make_hf_model(kind="classification")
+    with pytest.raises(pytest.skip.Exception, match=f"transformers {version} drops"):
+        hf_checkpoints.make_hf_checkpoint(tmp_path / "never-written")
+    assert not (tmp_path / "never-written").exists()  # refused before anything is written

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.hf_checkpoints import make_hf_checkpoint
+from tests.hf_checkpoints import make_checkpoint
 from tests.videos import make_bad_files, make_video, make_video_zoo
 from vmae_fast import cli, store
 from vmae_fast.checkpoint import load_model
@@ -36,7 +36,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    path, _ = make_hf_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=3)
+    path = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=3)
     return path
 
 
@@ -374,7 +374,7 @@ def test_schema_metadata_and_read_embeddings_order(tmp_path, small_videos, ckpt,
     np.testing.assert_array_equal(emb, np.array(table.column("embedding").to_pylist(), dtype=np.float32))
 
     # a base model (no head) with float16 storage: no logits column, halffloat embeddings
-    base, _ = make_hf_checkpoint(tmp_path / "base", kind="base", seed=4)
+    base = make_checkpoint(tmp_path / "base", kind="base", seed=4)
     out = tmp_path / "out16"
     extract([small_videos / "clip1.mp4", small_videos / "clip5.mp4"], out, model=base, embedding_dtype="float16",
             workers=0, progress=False)

@@ -97,3 +97,48 @@ def test_triton_route_traces_without_a_gpu():
     assert ops == str(["vmae_fast.add_layer_norm.default", "vmae_fast.mean_pool_layernorm.default",
                        "vmae_fast.patch_embed.default"])
     assert shapes == "(2, 96) torch.bfloat16 cuda:0 (100, 96)"
+
+
+@pytest.mark.parametrize("cuda, env, want", [
+    (True, None, ("cuda", "0")),  # plain `pytest` on a GPU machine: compiled kernels on CUDA
+    (False, None, ("cpu", "1")),  # CI: the interpreter on CPU
+    (True, "", ("cuda", "0")),
+    (False, "", ("cpu", "1")),
+    (True, "0", ("cuda", "0")),
+    (False, "0", ("cpu", "0")),  # nowhere to run Triton: the kernel tests skip (kernel_checks.NEEDS_TRITON)
+    (True, "1", ("cpu", "1")),  # an explicit interpreter request wins, also on a GPU machine
+    (False, "1", ("cpu", "1")),
+    (True, "true", ("cpu", "1")),
+], ids=lambda v: repr(v))
+def test_kernel_target_decision(cuda, env, want):
+    """tests/kernel_target.py: the one place that decides where kernel tests run; applying its answer and asking
+    again gives the same answer (conftest sets TRITON_INTERPRET, kernel_checks reads it back)."""
+    from kernel_target import kernel_target
+
+    assert kernel_target(cuda, env) == want
+    assert kernel_target(cuda, want[1]) == want
+
+
+def test_kernel_checks_device_agrees_with_conftest():
+    import kernel_checks
+    from kernel_target import kernel_target
+
+    device, interpret = kernel_target(torch.cuda.is_available(), os.environ["TRITON_INTERPRET"])
+    assert os.environ["TRITON_INTERPRET"] == interpret  # conftest applied the decision before triton was imported
+    assert kernel_checks.DEVICE.type == device and kernel_checks.INTERPRETED == (interpret == "1")
+    assert interpreter_enabled() == (interpret == "1")
+
+
+def test_wrap_triton_under_the_interpreter_is_the_kernel_itself():
+    """torch < 2.13 rejects interpreted kernels in torch.library.wrap_triton; ours hands them back unchanged (they
+    launch eagerly and cannot be traced), and wraps compiled ones for tracing."""
+    from vmae_fast.kernels import _dispatch
+    from vmae_fast.kernels.layer_norm import _layer_norm_kernel
+    from vmae_fast.kernels.varlen_attention import _varlen_attention_kernel
+
+    for kernel in (_layer_norm_kernel, _varlen_attention_kernel):  # triton.jit and triton.autotune
+        wrapped = _dispatch.wrap_triton(kernel)
+        if _dispatch._INTERPRETED_AT_IMPORT:
+            assert wrapped is kernel
+        else:
+            assert wrapped is not kernel and callable(getattr(wrapped, "__getitem__", None))

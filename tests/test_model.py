@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hf_checkpoints import TINY, make_hf_checkpoint
+from hf_checkpoints import TINY, load_hf_model, make_checkpoint, make_hf_checkpoint
 
 from vmae_fast import load_model
 from vmae_fast.tokens import MotionKeep, TubeKeep, parse_keep
@@ -104,19 +104,20 @@ def test_parity_vit_base_full_config(tmp_path):
 @pytest.fixture(scope="module")
 def keep_models(tmp_path_factory):
     """64x64 tiny models (N = 2 * 4 * 4 = 32 tokens per clip): mean pooling + fc_norm, and final LayerNorm + token
-    head."""
+    head: {name: (our model, checkpoint folder)}; parity tests read transformers' model from the folder."""
     root = tmp_path_factory.mktemp("keep")
     models = {}
     for name, pooling in (("meanpool", True), ("tokenhead", False)):
-        path, hf = make_hf_checkpoint(root / name, kind="classification", image_size=64,
-                                      use_mean_pooling=pooling, layer_norm_eps=1e-6)
-        models[name] = (load_model(path, device="cpu"), hf)
+        path = make_checkpoint(root / name, kind="classification", image_size=64, use_mean_pooling=pooling,
+                               layer_norm_eps=1e-6)
+        models[name] = (load_model(path, device="cpu"), path)
     return models
 
 
 @pytest.mark.parametrize("name", ["meanpool", "tokenhead"])
 def test_keep_mask_rows_with_different_counts(keep_models, name):
-    model, hf = keep_models[name]
+    model, path = keep_models[name]
+    hf = load_hf_model(path)
     N = model.config.num_tokens
     g = torch.Generator().manual_seed(1)
     keep = torch.zeros(4, N, dtype=torch.bool)
@@ -133,7 +134,8 @@ def test_keep_mask_rows_with_different_counts(keep_models, name):
 @pytest.mark.parametrize("policy", [TubeKeep(0.5), TubeKeep(0.3, random=True, seed=3), MotionKeep(ratio=0.4),
                                     "tube:0.25", "motion:t=0.5"], ids=str)
 def test_keep_policies_match_transformers_on_the_kept_set(keep_models, policy):
-    model, hf = keep_models["meanpool"]
+    model, path = keep_models["meanpool"]
+    hf = load_hf_model(path)
     g = torch.Generator().manual_seed(4)
     frames = torch.randint(0, 256, (3, 4, 64, 64, 3), dtype=torch.uint8, generator=g)
     frames[1, 2:] = frames[1, :2]  # clip 1 is static after the first slice: motion keeps less of it
@@ -249,7 +251,7 @@ def test_bad_keep_raises(keep_models, case):
 
 def test_bf16_on_cpu_stays_close_to_fp32(tmp_path):
     """dtype='bf16' runs the same path in bfloat16 (8-bit mantissa): the DESIGN bar is embedding cosine >= 0.999."""
-    path, _ = make_hf_checkpoint(tmp_path / "m", kind="classification", image_size=64, num_hidden_layers=3)
+    path = make_checkpoint(tmp_path / "m", kind="classification", image_size=64, num_hidden_layers=3)
     fp32, bf16 = load_model(path, device="cpu"), load_model(path, device="cpu", dtype="bf16")
     frames = torch.randint(0, 256, (3, 4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
     for keep in (None, "tube:0.5"):

@@ -1,9 +1,9 @@
 """The whole tiny model through the Triton kernels (backend="triton") against the plain oracle
 (tests/reference_videomae.py), and against the same model on the torch backend.
 
-On CPU the kernels run in the Triton interpreter: tests/conftest.py sets TRITON_INTERPRET=1 before anything imports
-triton (triton.jit picks the interpreter at decoration time). On a GPU run the same tests with TRITON_INTERPRET=0:
-the model then lives on CUDA and the kernels are compiled.
+Where the kernels run is decided once, in tests/conftest.py (kernel_checks.DEVICE): without a GPU the Triton
+interpreter runs them on CPU; on a GPU machine plain `pytest` puts the model on CUDA with compiled kernels. The
+checkpoints are written by our own writer (no transformers needed).
 
 Tolerance: everything is fp32 with fp32 accumulation (attention's fp32 tl.dot is "tf32x3" on a GPU, within a few
 fp32 ulps; the interpreter computes it in plain fp32), so model and oracle differ only in summation order, as in
@@ -13,15 +13,15 @@ test_reference.py: measured <= 1.2e-6 relative on CPU; TOL = 1e-5 as there.
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch
-from hf_checkpoints import make_hf_checkpoint
+from hf_checkpoints import make_checkpoint
+from kernel_checks import DEVICE, NEEDS_TRITON
 from reference_videomae import ReferenceVideoMAE, frames_to_pixel_values
 
 TOL = 1e-5
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu"
+pytestmark = NEEDS_TRITON
 # distinct per-channel statistics, so a swapped channel or a forgotten mean/std shows
 PREPROCESSOR = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "size": {"shortest_edge": 32}}
 # the plain-torch paths of the ops; with backend="triton" none of them may run
@@ -50,9 +50,8 @@ def checkpoint(request, tmp_path_factory):
     """A tiny HF checkpoint on disk (image 32, patch 16, 4 frames, hidden 64, 2 layers, 4 heads: N = 8 tokens)."""
     options = {"cls-meanpool": {"use_mean_pooling": True},
                "cls-firsttoken-eps1e-6": {"use_mean_pooling": False, "layer_norm_eps": 1e-6}}[request.param]
-    path, _ = make_hf_checkpoint(tmp_path_factory.mktemp(request.param, numbered=False), kind="classification", seed=11,
-                                 preprocessor=PREPROCESSOR, **options)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp(request.param, numbered=False), kind="classification", seed=11,
+                           preprocessor=PREPROCESSOR, **options)
 
 
 @pytest.fixture

@@ -22,14 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 import triton
-from kernel_checks import assert_close, assert_close_to_baseline, max_abs_err, poisoned
+from kernel_checks import DEVICE, NEEDS_TRITON, ON_GPU, assert_close, assert_close_to_baseline, max_abs_err, poisoned
 from vmae_fast.kernels import varlen_attention
-from vmae_fast.kernels._dispatch import interpreter_enabled
 
 va = importlib.import_module("vmae_fast.kernels.varlen_attention")  # the module (the package exports the function)
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu")
-ON_GPU = DEVICE.type == "cuda"
+pytestmark = NEEDS_TRITON
 H = 2
 FP32_ATOL = 2e-5
 DTYPES = [

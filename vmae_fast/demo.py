@@ -35,41 +35,18 @@ def sample_videos() -> list[Path]:
 
 
 def write_random_checkpoint(path: str | os.PathLike, seed: int = 0, **config) -> Path:
-    """A Hugging Face VideoMAE checkpoint folder (config.json + model.safetensors, fp16) with deterministic random
-    weights (vmae_fast.checkpoint.random_state_dict) for the architecture DEMO_MODEL (overridden by `config`)."""
+    """A Hugging Face VideoMAE checkpoint folder (config.json + model.safetensors fp16 + preprocessor_config.json,
+    written by vmae_fast.checkpoint.save_hf) with deterministic random weights (checkpoint.random_state_dict) for the
+    architecture DEMO_MODEL (overridden by `config`), HF conventions: LayerNorm eps 1e-12, mean/std 0.5."""
     import torch
-    from safetensors.torch import save_file
 
-    from .checkpoint import HF_WEIGHT_MAP, random_state_dict
-    from .config import VideoMAEConfig
+    from .checkpoint import _assemble, random_state_dict, save_hf
+    from .config import HF_DEFAULT_MEAN, HF_DEFAULT_STD, VideoMAEConfig
 
-    fields = {**DEMO_MODEL, **config}
-    cfg = VideoMAEConfig(**fields)
-    ours = random_state_dict(cfg, seed)
-    hf: dict[str, torch.Tensor] = {}
-    for our_name, hf_names in HF_WEIGHT_MAP.items():  # invert the loader's table
-        for i in range(cfg.num_hidden_layers) if "{}" in our_name else [None]:
-            name = our_name.format(i) if i is not None else our_name
-            if name not in ours:
-                continue
-            tensor = ours[name]
-            if name == "patch_embed.weight":  # ours is the Conv3d weight flattened: (D, C*ts*P*P)
-                tensor = tensor.reshape(cfg.hidden_size, cfg.num_channels, cfg.tubelet_size, cfg.patch_size,
-                                        cfg.patch_size)
-            if isinstance(hf_names, str):
-                hf[hf_names.format(i)] = tensor
-            else:  # fused q/k/v: split back; the k bias does not exist in VideoMAE
-                for hf_name, part in zip(hf_names, tensor.chunk(len(hf_names))):
-                    if hf_name is not None:
-                        hf[hf_name.format(i)] = part
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in hf.items()}, str(path / "model.safetensors"))
-    hf_config = {"model_type": "videomae", "architectures": ["VideoMAEForVideoClassification"], "hidden_act": "gelu",
-                 "num_channels": 3, "qkv_bias": True, "use_mean_pooling": True, "layer_norm_eps": 1e-12,
-                 "vmae_fast_note": f"random weights (seed {seed}) written by vmae_fast.demo", **fields}
-    (path / "config.json").write_text(json.dumps(hf_config, indent=1))
-    return path
+    cfg = VideoMAEConfig(**{"layer_norm_eps": 1e-12, "fc_norm_eps": 1e-5, "image_mean": HF_DEFAULT_MEAN,
+                            "image_std": HF_DEFAULT_STD, **DEMO_MODEL, **config})
+    model = _assemble(cfg, random_state_dict(cfg, seed), torch.device("cpu"), torch.float32, "auto")
+    return save_hf(model, path, dtype=torch.float16, note=f"random weights (seed {seed}) written by vmae_fast.demo")
 
 
 def _cached_checkpoint():
