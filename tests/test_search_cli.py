@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -67,7 +65,8 @@ def test_clip_query_prints_a_ranked_table(out, capsys):
     assert lines[1] == "top 3 of 32 clips (flat index, cosine similarity):"
     rank1 = lines[3].split()
     assert rank1[:2] == ["1", "1.000"] and "bars_scroll.mp4" in rank1 and rank1[-1] == "2)"
-    assert len(lines) == 6
+    assert lines[6].startswith("index: flat index (Flat), 32 clips; exact, ") and " ms a query (p50)" in lines[6]
+    assert len(lines) == 7 and stdout.count("index: ") == 1  # the index's quality, once
 
 
 def test_vector_query_and_video_level(out, capsys, tmp_path):
@@ -83,28 +82,18 @@ def test_vector_query_and_video_level(out, capsys, tmp_path):
             (table["video_id"][row].as_py(), table["clip_index"][row].as_py())
 
     code, stdout, _ = run(capsys, "index", out, "--level", "video", "--kind", "hnsw")
-    assert code == 0 and "4 videos, dim 64, hnsw" in stdout
+    assert code == 0 and "hnsw index (HNSW32), 4 videos; recall@10 1.000 on 1 held-out queries" in stdout
     (result,) = search_json(capsys, out, "--level", "video", "--clip", "checker_spin.mp4:3", "-k", 4)
     assert result["matches"][0]["video_id"] == "checker_spin.mp4" and result["matches"][0]["num_clips"] == 8
     assert sorted(m["video_id"] for m in result["matches"]) == sorted(VIDEOS)
 
 
 def read_png(path) -> np.ndarray:
-    """Decode the 8-bit RGB, filter-0 PNGs that contact_sheet writes (checks the structure on the way)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2) and b"IEND" in chunks
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, 3)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image)
 
 
 def test_show_draws_query_and_match_frames(out, capsys, tmp_path):
@@ -115,13 +104,56 @@ def test_show_draws_query_and_match_frames(out, capsys, tmp_path):
                           "-k", 3, "--show", png)
     assert code == 0 and f"contact sheet: {png}" in stdout
     image = read_png(png)
-    row_h = 7 * cs.SCALE + 6 + cs.THUMB + cs.MARGIN
+    row_h = cs.LABEL_H + cs.THUMB + cs.MARGIN
     assert image.shape == (cs.MARGIN + 4 * row_h, 2 * cs.MARGIN + 4 * cs.THUMB + 3 * 4, 3)  # query + 3 matches
     for r in range(4):  # every row shows decoded frames: not the flat "missing" grey, with the scene's blue squares
-        y = cs.MARGIN + r * row_h + 7 * cs.SCALE + 6
+        y = cs.MARGIN + r * row_h + cs.LABEL_H
         tile = image[y:y + cs.THUMB, cs.MARGIN:cs.MARGIN + cs.THUMB].astype(int)
         assert tile.std() > 10, f"row {r} has no frame"
         assert ((tile[..., 2] > 150) & (tile[..., 0] < 80)).any(), f"row {r}: no blue square of bounce_blue"
+        label = image[cs.MARGIN + r * row_h:cs.MARGIN + r * row_h + cs.LABEL_H].astype(int)
+        assert (np.abs(label - cs.BACKGROUND).sum(-1) > 200).sum() > 100, f"row {r} has no label text"
+
+
+def _text_pixels(text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    from vmae_fast.contact_sheet import label_font
+
+    image = Image.new("L", (400, 30))
+    ImageDraw.Draw(image).text((2, 2), text, fill=255, font=label_font())
+    return np.asarray(image) > 128
+
+
+def test_labels_draw_any_script_in_upper_and_lower_case():
+    """A real font: lower case differs from upper case, and Greek/Cyrillic/accented letters are real glyphs, not the
+    font's 'missing glyph' box (which every unknown character shares)."""
+    assert (_text_pixels("video") != _text_pixels("VIDEO")).any()
+    missing = _text_pixels("\uE000")  # private use: no font has it
+    for ch in "éΩжß":
+        glyph = _text_pixels(ch)
+        assert glyph.any() and (glyph != missing).any(), f"{ch!r} drawn as a missing-glyph box"
+
+
+def test_non_ascii_file_name_in_table_sheet_and_page(tmp_path, capsys):
+    """A video whose name is not ASCII: extracted, searched, drawn (label and frames) and linked in the page."""
+    from vmae_fast.extract import extract
+
+    name = "café Ωμέγα видео.mp4"
+    (tmp_path / "videos").mkdir()
+    shutil.copy(sample_dir() / "orbit_red.mp4", tmp_path / "videos" / name)
+    model = write_random_checkpoint(tmp_path / "model", **TINY)
+    out = tmp_path / "out"
+    assert extract([str(tmp_path / "videos")], out, model=str(model), workers=0, progress=False)["videos_ok"] == 1
+    assert cli.main(["index", str(out)]) == 0
+    capsys.readouterr()
+    png, page = tmp_path / "sheet.png", tmp_path / "page.html"
+    code, stdout, stderr = run(capsys, "search", out, "--clip", f"{name}:1", "-k", 2, "--show", png, "--html", page)
+    assert code == 0, stderr
+    assert f"{name}  (clip 1)" in stdout
+    assert read_png(png).std() > 10
+    html = page.read_text(encoding="utf-8")
+    assert name in html and "caf%C3%A9%20%CE%A9" in html  # shown as is, linked percent-encoded
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -159,7 +191,7 @@ def test_folder_without_clips_and_stale_index(out, capsys, tmp_path):
     shutil.copy(part, part.with_name("part-00007-00000.parquet"))  # as if another shard finished later
     code, _, stderr = run(capsys, "search", copy, "--clip", "orbit_red.mp4:0")
     assert code == 2 and stderr.count("\n") == 1
-    assert f"rebuild with `vmae-fast index {copy}`" in stderr and "1 part file(s) added" in stderr
+    assert f"add the new parts with `vmae-fast index {copy}`" in stderr and "1 part file(s) added" in stderr
     for f in (copy / "index").glob("video.*"):  # another test may have built one
         f.unlink()
     code, _, stderr = run(capsys, "search", copy, "--level", "video", "--clip", "orbit_red.mp4:0")

@@ -1,15 +1,16 @@
-"""Index build time, query latency and recall for vmae_fast.index on synthetic clip embeddings (public API only).
+"""Index build time, tuned recall, query latency and memory for vmae_fast.index on synthetic embeddings (public API).
 
-For each size (default 100k and 1M vectors of 768-d) and kind (flat, ivfpq; hnsw optional): build time (from an
-in-memory array: normalize + train + add), single-query latency p50/p99 over --queries queries one at a time,
-batch throughput, recall@10 against the flat index, and bytes per vector of the index. The vectors look like a
-video collection (topics -> videos of 1..20 clips -> clips; see tests/test_index.py), generated in chunks.
+For each size (default 100k and 1M vectors of 768-d), data shape (tests/index_data.py) and kind (auto, ivf, ivfpq;
+flat and hnsw optional): build time (from an in-memory array: normalize + train + add + measure/tune to
+--target-recall), the recall@10 the build measured on its held-out rows and the tuned setting, then, separately,
+recall@10 of --queries fresh queries near data points against exact search, single-query latency p50/p99, batch
+throughput and bytes per vector of the index.
 
-    python tools/bench_index.py [--sizes 100000 1000000] [--kinds flat ivfpq] [--queries 200] [--threads T]
-                                [--json out.json]
+    python tools/bench_index.py [--sizes 100000 1000000] [--shapes collection] [--kinds auto ivf ivfpq]
+                                [--max-memory 1G] [--queries 200] [--threads T] [--json out.json]
 
-Prints one JSON object per result row (and all rows to --json). The machine's other load disturbs timings: say
-so when quoting them.
+Prints one JSON object per result row (and all rows to --json). The machine's other load disturbs timings: run it
+under an exclusive lock and say so when quoting them.
 """
 
 from __future__ import annotations
@@ -25,65 +26,41 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import index_data
+
 from vmae_fast.index import Index
 
 
-def clustered_vectors(n: int, dim: int, seed: int = 0, topics: int = 1000, clip_noise: float = 0.5) -> np.ndarray:
-    """float32 (n, dim) unit vectors: topics -> videos (1..20 clips) -> clips, built 100k rows at a time."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 21, n)
-    lengths = lengths[: np.searchsorted(np.cumsum(lengths), n) + 1]
-    video = np.repeat(np.arange(len(lengths)), lengths)[:n]
-    centers = rng.standard_normal((topics, dim), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    videos = centers[rng.integers(0, topics, len(lengths))]
-    videos += rng.standard_normal(videos.shape, dtype=np.float32) / np.sqrt(dim)
-    videos /= np.linalg.norm(videos, axis=1, keepdims=True)
-    out = np.empty((n, dim), np.float32)
-    for s in range(0, n, 100_000):
-        chunk = videos[video[s:s + 100_000]] + clip_noise / np.sqrt(dim) * rng.standard_normal(
-            (min(100_000, n - s), dim), dtype=np.float32)
-        out[s:s + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
-    return out
-
-
-def bytes_per_vector(index: Index) -> float:
-    """Index memory per vector: codes (+ re-ranking codes) + 8-byte ids for IVF; FAISS's own structures only."""
-    d, p = index.dim, index.params
-    if index.kind == "flat":
-        return 4.0 * d
-    if index.kind == "hnsw":
-        return 4.0 * d + 2 * p["hnsw_m"] * 4  # vectors + ~2M links of int32 on level 0
-    refine = {"sq8": d, "fp16": 2 * d, "flat": 4 * d, "none": 0}[p["refine"]]
-    return p["m"] * p["nbits"] / 8 + 8 + refine
-
-
-def bench(vectors: np.ndarray, queries: np.ndarray, kind: str, exact_rows: list[list[int]] | None, k: int) -> dict:
+def bench(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, kind: str, k: int, target: float,
+          max_memory: str | None) -> dict:
     t0 = time.perf_counter()
-    index = Index.from_vectors(vectors, kind=kind)
+    index = Index.from_vectors(vectors, kind=kind, target_recall=target, max_memory=max_memory)
     build_s = time.perf_counter() - t0
     index.search(queries[:5], k)  # warm-up: first-call allocations
-    latencies = []
-    rows = []
+    latencies, rows = [], []
     for q in queries:
         t = time.perf_counter()
         result = index.search(q, k)[0]
         latencies.append(time.perf_counter() - t)
-        rows.append([m.row for m in result])
+        rows.append([m.row for m in result] + [-1] * (k - len(result)))
     t = time.perf_counter()
     index.search(queries, k)
     batch_s = time.perf_counter() - t
     ms = np.array(latencies) * 1e3
-    row = {
-        "n": len(vectors), "dim": vectors.shape[1], "kind": kind, "params": index.params,
-        "build_s": round(build_s, 2), "query_p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "query_p99_ms": round(float(np.percentile(ms, 99)), 3), "queries": len(queries),
-        "batch_qps": round(len(queries) / batch_s, 1), "bytes_per_vector": bytes_per_vector(index), "k": k,
+    s = index.stats
+    return {
+        "n": len(vectors), "dim": vectors.shape[1], "kind": kind, "chosen": s["kind"], "factory": s["factory"],
+        "setting": s["setting"], "target": target, "met": s["met"], "tuned_recall_at_10": s["recall_at_10"],
+        "tuning_queries": s["queries"], "tried": index.quality["tried"], "suggestion": s["suggestion"],
+        "build_s": round(build_s, 2), "fresh_recall_at_10": round(index_data.recall_at_k(np.array(rows), exact), 4),
+        "query_p50_ms": round(float(np.percentile(ms, 50)), 3), "query_p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "queries": len(queries), "batch_qps": round(len(queries) / batch_s, 1),
+        "bytes_per_vector": round(s["bytes"] / len(vectors), 1) if s["bytes"] else None, "k": k,
+        "max_memory": max_memory,
     }
-    if exact_rows is not None:
-        row["recall_at_k"] = round(float(np.mean([len(set(a) & set(e)) / k for a, e in zip(rows, exact_rows)])), 4)
-    return row, rows
 
 
 def environment() -> dict:
@@ -102,9 +79,13 @@ def environment() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--kinds", nargs="+", default=["flat", "ivfpq"], choices=["flat", "ivfpq", "hnsw"])
+    parser.add_argument("--shapes", nargs="+", default=["collection"], choices=index_data.SHAPES)
+    parser.add_argument("--kinds", nargs="+", default=["auto", "ivf", "ivfpq"],
+                        choices=["auto", "flat", "ivf", "ivfpq", "opq", "hnsw"])
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--max-memory", help="memory budget for the auto kind (default: half the RAM)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--threads", type=int, help="FAISS OpenMP threads (default: FAISS's, all cores)")
     parser.add_argument("--json", help="also write all rows to this file")
@@ -117,21 +98,19 @@ def main() -> None:
     print(json.dumps({"environment": env}), flush=True)
     results = []
     for n in args.sizes:
-        vectors = clustered_vectors(n, args.dim)
-        rng = np.random.default_rng(1)
-        queries = vectors[rng.choice(n, args.queries, replace=False)] + 0.02 * rng.standard_normal(
-            (args.queries, args.dim), dtype=np.float32) / np.sqrt(args.dim)  # near, not equal to, stored clips
-        exact = None
-        for kind in sorted(args.kinds, key=lambda kd: kd != "flat"):  # flat first: it is the recall reference
-            row, rows = bench(vectors, queries, kind, exact, args.k)
-            if kind == "flat":
-                exact = rows
-            row["environment"] = env | {"load_avg_1m": os.getloadavg()[0]}
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        del vectors
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        for shape in args.shapes:
+            vectors = index_data.make(shape, n, args.dim)
+            queries = index_data.queries_near(vectors, args.queries)  # near, not equal to, stored clips
+            exact = index_data.exact_top_k(vectors, queries, args.k)
+            for kind in args.kinds:
+                row = {"shape": shape, **bench(vectors, queries, exact, kind, args.k, args.target_recall,
+                                                args.max_memory)}
+                row["environment"] = env | {"load_avg_1m": os.getloadavg()[0]}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=1))
+            del vectors
 
 
 if __name__ == "__main__":

@@ -1,12 +1,27 @@
-"""Nearest-neighbour search over clip embeddings: a FAISS index built by streaming the Parquet dataset in OUT.
+"""Nearest-neighbour search over clip embeddings: a FAISS index built by streaming the Parquet dataset in OUT, with its
+recall measured on the data and its search parameters tuned to a target.
 
 Vectors are L2-normalized, so the inner product the index ranks by is the cosine similarity. An index built from
 OUT is saved in OUT/index/ next to a map from index row to clip (video_id, clip_index, start_s, end_s, path) and a
-fingerprint of the part files it was built from; loading refuses an index whose data has changed since.
+fingerprint of the part files it was built from; loading refuses an index whose data has changed since, and building
+again after new parts were extracted only adds their rows.
 
     from vmae_fast.index import Index
     index = Index.build("out")                        # or Index.load("out") once built
+    index.stats                                       # measured recall@10, its sample size, latency, memory
     matches = index.search(query_vectors, k=10)       # one list of Match per query
+
+How an index is chosen and tuned (`plan_index`, `Index.build`):
+1. the family from the row count, the dimension and a memory budget (`max_memory`, default half the machine's RAM),
+   after FAISS's "guidelines to choose an index" and autofaiss (which we do not depend on: its numpy<2 pin breaks
+   pyarrow >= 15): exact `Flat` up to FLAT_MAX_ROWS rows; else `IVF<nlist>,Flat` (uncompressed vectors in inverted
+   lists) when it fits; else `IVF<nlist>,PQ<m>x8,Refine(SQ8)` (PQ scan, 8-bit re-ranking); else `OPQ<m>,IVF<nlist>,
+   PQ<m>x8` with the most code bytes that fit. nlist = the power of two nearest 4*sqrt(rows) (FAISS: 4..16 sqrt(n)),
+   with an HNSW coarse quantizer from 4096 lists on (FAISS's advice from 1M vectors on).
+2. after adding the vectors: TUNE_QUERIES held-out rows (never in the training sample) are searched, their exact
+   top-10 computed by a flat scan streamed over every row, and the cheapest (nprobe, k_factor) or ef_search meeting
+   target_recall is kept with the measured recall@10 and latency. No setting meeting it: the best one is kept,
+   `stats["met"]` is False and `stats["suggestion"]` names the next index to try.
 
 faiss and pyarrow are imported inside the functions that need them, so `import vmae_fast` works without them.
 """
@@ -18,21 +33,30 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-KINDS = ("flat", "ivfpq", "hnsw")
-# ivfpq re-ranking codes, bytes per dimension: 1 (sq8), 2 (fp16), 4 (flat), or no re-ranking (none)
-REFINE = ("sq8", "fp16", "flat", "none")
+KINDS = ("auto", "flat", "ivf", "ivfpq", "opq", "hnsw")
 LEVELS = ("clip", "video")
 INDEX_DIR = "index"
 # Columns of the row -> clip map; any the dataset lacks are left out (and reported as None).
 META_COLUMNS = ("video_id", "clip_index", "start_s", "end_s", "path")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+RECALL_K = 10  # recall@10: the fraction of the exact top 10 an approximate search returns
+TARGET_RECALL = 0.95
+TUNE_QUERIES = 1000  # held-out queries for tuning: recall@10 +- ~0.005 (one standard error) around 0.95
+FLAT_MAX_ROWS = 100_000  # auto: exact search up to here (a 768-d scan of 100k rows is ~10 ms a query on one core)
+HNSW_QUANTIZER_NLIST = 4096  # IVF with this many lists or more finds its lists through an HNSW graph
+RETRAIN_GROWTH = 2.0  # `build` adds new rows to a trained index until the data outgrows its training size 2x
+NPROBES = tuple(2 ** i for i in range(21))
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_PLAN_PARAMS = {"nlist", "m", "nbits", "hnsw_m", "ef_construction", "train_size", "factory"}
+_SEARCH_PARAMS = {"nprobe", "k_factor", "ef_search"}
 
 
 class StaleIndexError(ValueError):
@@ -104,15 +128,17 @@ def data_fingerprint(out: str | os.PathLike) -> dict[str, Any]:
     return {"sha256": digest, "run_config": run_sha, "parts": parts}
 
 
-def _describe_change(old: dict, new: dict) -> str:
-    """A short phrase saying how the data differs from what the index was built from."""
+def _part_changes(old: dict, new: dict) -> dict[str, list[str]]:
     old_parts = {p[0]: p[1:] for p in old.get("parts", [])}
     new_parts = {p[0]: p[1:] for p in new["parts"]}
-    added = sorted(set(new_parts) - set(old_parts))
-    removed = sorted(set(old_parts) - set(new_parts))
-    changed = sorted(n for n in set(old_parts) & set(new_parts) if old_parts[n] != new_parts[n])
+    return {"added": sorted(set(new_parts) - set(old_parts)), "removed": sorted(set(old_parts) - set(new_parts)),
+            "changed": sorted(n for n in set(old_parts) & set(new_parts) if old_parts[n] != new_parts[n])}
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    """A short phrase saying how the data differs from what the index was built from."""
     bits = []
-    for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+    for what, names in _part_changes(old, new).items():
         if names:
             bits.append(f"{len(names)} part file(s) {what} ({names[0]}{', ...' if len(names) > 1 else ''})")
     if old.get("run_config") != new["run_config"]:
@@ -162,68 +188,386 @@ def _scan(files: list[Path], columns: list[str], batch_size: int) -> Iterator:
                     yield batch
 
 
-# --- FAISS index construction ----------------------------------------------------------------------------------------
-def _resolve_params(kind: str, dim: int, n: int, params: dict) -> dict:
-    """Fill in defaults that depend on the data size: nlist ~ sqrt(n) (a power of two), nprobe = nlist / 16, PQ with
-    16 dims per code byte (768-d: 48 bytes a vector; 8 dims per byte trains ~10x slower in FAISS and still leaves
-    near-ties misordered), re-ranking k * k_factor PQ candidates with 8-bit scalar-quantized vectors (refine="sq8").
-    Why re-rank: clips of similar scenes sit at nearly equal distances, which PQ alone orders badly (recall@10 ~0.73
-    on the clustered test data, 0.95+ with the re-ranking; see tests/test_index.py)."""
+class _Rows:
+    """The vectors of an index in row order, read as (first row, unit vectors float32 (b, D), metadata Table | None)
+    batches: streamed from clip part files (clip level) or sliced from an array held in memory (vectors, video level)."""
+
+    def __init__(self, n: int, dim: int, batches: Callable[[bool], Iterator]):
+        self.n, self.dim, self._batches = n, dim, batches
+
+    def batches(self, with_metadata: bool = False) -> Iterator[tuple[int, np.ndarray, Any]]:
+        return self._batches(with_metadata)
+
+    def pick(self, rows: np.ndarray) -> np.ndarray:
+        """The unit vectors of the given sorted row numbers, float32 (len(rows), D), in one pass."""
+        picked = []
+        for first, x, _ in self.batches():
+            lo, hi = np.searchsorted(rows, [first, first + len(x)])
+            if hi > lo:
+                picked.append(x[rows[lo:hi] - first])
+        return np.concatenate(picked) if picked else np.zeros((0, self.dim), np.float32)
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, metadata=None, batch_size: int = 65_536) -> _Rows:
+        def batches(with_metadata):
+            for s in range(0, len(x), batch_size):
+                meta = metadata.slice(s, batch_size) if with_metadata and metadata is not None else None
+                yield s, x[s:s + batch_size], meta
+
+        return cls(len(x), x.shape[1], batches)
+
+    @classmethod
+    def from_parts(cls, files: list[Path], n: int, dim: int, meta_cols: list[str], batch_size: int) -> _Rows:
+        def batches(with_metadata):
+            import pyarrow as pa
+
+            first = 0
+            for batch in _scan(files, ["embedding", *meta_cols] if with_metadata else ["embedding"], batch_size):
+                meta = pa.Table.from_batches([batch.select(meta_cols)]) if with_metadata else None
+                yield first, normalize(_batch_vectors(batch.column("embedding"), dim)), meta
+                first += batch.num_rows
+
+        return cls(n, dim, batches)
+
+
+# --- choosing an index -----------------------------------------------------------------------------------------------
+def parse_memory(text: str | float | None) -> int | None:
+    """'16G', '512M', '2.5GB', '800000000' -> bytes (powers of 1024); None stays None."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else int(text)
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    try:
+        value = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
+    except ValueError:
+        raise ValueError(f"memory must be a size like 16G, 512M or a byte count, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"memory must be positive, got {text!r}")
+    return int(value)
+
+
+def default_memory() -> int:
+    """Half of this machine's physical memory (the default --max-memory)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
+def _human(nbytes: float) -> str:
+    for unit, size in (("TB", 2 ** 40), ("GB", 2 ** 30), ("MB", 2 ** 20), ("KB", 2 ** 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def _nlist_for(n: int) -> int:
+    """Power of two nearest 4 * sqrt(n), with >= 39 rows per list for k-means (FAISS warns below)."""
+    nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+    return int(min(nlist, 2 ** int(math.log2(max(1, n // 39)))))
+
+
+def _pq_m(dim: int, dims_per_byte: int) -> int:
+    """Largest divisor of dim that gives sub-vectors of >= dims_per_byte dimensions."""
+    return max(d for d in range(1, max(1, dim // dims_per_byte) + 1) if dim % d == 0)
+
+
+def estimate_bytes(kind: str, n: int, dim: int, p: dict) -> int:
+    """Memory of an index of `kind` with plan p over n vectors: codes + 8-byte ids per vector, plus centroids."""
+    per_vector = {"flat": 4 * dim, "hnsw": 4 * dim + 8 * p.get("hnsw_m", 32) + 16, "ivf": 4 * dim + 8,
+                  "ivfpq": p.get("m", 0) + 8 + dim, "opq": p.get("m", 0) + 8}[kind]
+    fixed = 4 * dim * p.get("nlist", 0) + (4 * dim * 256 if kind in ("ivfpq", "opq") else 0)
+    fixed += 4 * dim * dim if kind == "opq" else 0
+    return int(per_vector * n + fixed)
+
+
+def plan_index(n: int, dim: int, kind: str = "auto", max_memory: int | str | None = None, **params) -> dict:
+    """The index to build for n vectors of dim dimensions: {"kind", "factory", "bytes", "why", nlist, m, ...}.
+
+    kind "auto" takes the first family that fits max_memory (bytes, or '16G'; default half the RAM): flat (up to
+    FLAT_MAX_ROWS rows), ivf, ivfpq (PQ d/16 bytes + SQ8 re-ranking), opq (OPQ + PQ with the most bytes that fit).
+    Explicit params (nlist, m, nbits, hnsw_m, ef_construction, train_size, or a whole FAISS `factory` string) win.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    unknown = set(params) - {"nlist", "m", "nbits", "nprobe", "train_size", "refine", "k_factor", "hnsw_m",
-                             "ef_construction", "ef_search"}
+    unknown = set(params) - _PLAN_PARAMS - _SEARCH_PARAMS
     if unknown:
         raise TypeError(f"unknown index parameter(s): {', '.join(sorted(unknown))}")
-    p = {k: v for k, v in params.items() if v is not None}
-    if kind == "ivfpq":
-        # FAISS wants >= 39 training points per centroid; keep nlist small enough for the data we have.
-        nlist = p.get("nlist") or 2 ** max(2, min(16, round(math.log2(max(1.0, math.sqrt(n))))))
-        p["nlist"] = int(max(1, min(nlist, n // 39 or 1)))
-        if "m" not in p:  # largest divisor of dim giving sub-vectors of >= 16 dims
-            p["m"] = max(d for d in range(1, max(1, dim // 16) + 1) if dim % d == 0)
-        if dim % p["m"]:
-            raise ValueError(f"ivfpq m={p['m']} must divide the vector dimension {dim}")
+    if n < 1:
+        raise ValueError(f"cannot index {n} vectors")
+    budget = parse_memory(max_memory) or default_memory()
+    p = {k: v for k, v in params.items() if v is not None and k in _PLAN_PARAMS}
+    why = f"chosen: {kind}"
+    if "factory" in p:  # the user's own FAISS index_factory string: built as given, tuned like any other
+        p.setdefault("train_size", min(n, 100_000))
+        return {**p, "kind": "factory", "bytes": None, "max_memory": budget, "why": "FAISS factory string given"}
+    if kind == "auto":
+        p.setdefault("nlist", _nlist_for(n))
+        p_pq = {**p, "m": p.get("m") or _pq_m(dim, 16)}
+        if n <= FLAT_MAX_ROWS and estimate_bytes("flat", n, dim, p) <= budget:
+            kind, why = "flat", f"{n} rows <= {FLAT_MAX_ROWS}: exact search"
+        elif estimate_bytes("ivf", n, dim, p) <= budget:
+            kind, why = "ivf", f"uncompressed vectors fit the {_human(budget)} budget"
+        elif estimate_bytes("ivfpq", n, dim, p_pq) <= budget:
+            why = f"vectors ({_human(estimate_bytes('ivf', n, dim, p))}) exceed {_human(budget)}: PQ + 8-bit re-ranking"
+            kind, p = "ivfpq", p_pq
+        else:
+            fits = [m for m in range(dim, 0, -1) if dim % m == 0 and m <= dim // 2
+                    and estimate_bytes("opq", n, dim, {**p, "m": m}) <= budget]
+            if not fits:
+                raise ValueError(f"--max-memory {_human(budget)} is too small for {n} vectors of {dim} dims: the "
+                                 f"smallest index (OPQ + 1-byte PQ) needs {_human(estimate_bytes('opq', n, dim, {**p, 'm': 1}))}"
+                                 f"; raise --max-memory")
+            kind, why = "opq", f"even PQ + re-ranking exceeds the {_human(budget)} budget: OPQ + PQ{fits[0]}"
+            p["m"] = fits[0]
+    if kind in ("ivf", "ivfpq", "opq"):
+        p.setdefault("nlist", _nlist_for(n))
+        p["nlist"] = int(max(1, min(p["nlist"], n)))
+    if kind in ("ivfpq", "opq"):
+        p.setdefault("m", _pq_m(dim, 16))
         p.setdefault("nbits", 8)
-        p.setdefault("nprobe", max(1, p["nlist"] // 16))
-        p.setdefault("refine", "sq8")
-        p.setdefault("k_factor", 8)
-        if p["refine"] not in REFINE:
-            raise ValueError(f"refine must be one of {', '.join(REFINE)}, got {p['refine']!r}")
-        # a training sample big enough for both the coarse k-means and the 2**nbits PQ centroids
-        p.setdefault("train_size", min(n, max(39 * p["nlist"], 39 * 2 ** p["nbits"], 10_000)))
+        if dim % p["m"]:
+            raise ValueError(f"{kind} m={p['m']} must divide the vector dimension {dim}")
         if n < 2 ** p["nbits"]:
-            raise ValueError(f"ivfpq needs at least {2 ** p['nbits']} vectors to train, got {n}; use the flat kind (--kind flat)")
-    elif kind == "hnsw":
+            raise ValueError(f"{kind} needs at least {2 ** p['nbits']} vectors to train, got {n}; use --kind flat")
+    if kind == "hnsw":
         p.setdefault("hnsw_m", 32)
         p.setdefault("ef_construction", 80)
-        p.setdefault("ef_search", 64)
-    return p
+    if kind in ("ivf", "ivfpq", "opq"):
+        # k-means wants >= 39 points a list (FAISS's floor; its guideline is 30-256); PQ's 256 centroids ~ 10k
+        need = max(40 * p["nlist"], 40 * 2 ** p.get("nbits", 0) if kind != "ivf" else 0, 10_000)
+        p.setdefault("train_size", min(n, need))
+    coarse = f"IVF{p.get('nlist')}" + ("_HNSW32" if p.get("nlist", 0) >= HNSW_QUANTIZER_NLIST else "")
+    p["factory"] = {"flat": "Flat", "hnsw": f"HNSW{p.get('hnsw_m')}", "ivf": f"{coarse},Flat",
+                    "ivfpq": f"{coarse},PQ{p.get('m')}x{p.get('nbits')}np,Refine(SQ8)",
+                    "opq": f"OPQ{p.get('m')},{coarse},PQ{p.get('m')}x{p.get('nbits')}np"}[kind]
+    return {**p, "kind": kind, "bytes": estimate_bytes(kind, n, dim, p), "max_memory": budget, "why": why}
 
 
-def _new_faiss_index(kind: str, dim: int, p: dict):
+def _new_faiss_index(dim: int, plan: dict):
     faiss = _faiss()
-
-    if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, p["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = p["ef_construction"]
-        return index
-    ivfpq = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT)
-    ivfpq.nprobe = p["nprobe"]
-    if p["refine"] == "none":
-        return ivfpq
-    if p["refine"] == "flat":
-        refine = faiss.IndexFlatIP(dim)
-    else:
-        qtype = faiss.ScalarQuantizer.QT_8bit if p["refine"] == "sq8" else faiss.ScalarQuantizer.QT_fp16
-        refine = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
-    index = faiss.IndexRefine(ivfpq, refine)  # trains and adds to both; searches ivfpq, re-ranks with refine
-    index.k_factor = p["k_factor"]
+    try:
+        index = faiss.index_factory(dim, plan["factory"], faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"FAISS cannot build {plan['factory']!r}: {str(e).strip().splitlines()[-1]}") from None
+    if plan.get("ef_construction") and isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        faiss.downcast_index(index).hnsw.efConstruction = int(plan["ef_construction"])
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):  # OPQ: 10 rotation updates, not 50
+        chain = faiss.downcast_index(index).chain
+        for i in range(chain.size()):
+            transform = faiss.downcast_VectorTransform(chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = 10
     return index
 
 
+# --- search parameters -----------------------------------------------------------------------------------------------
+def _structure(index) -> dict:
+    """What the FAISS index has that search parameters reach: {"ivf": nlist, "refine": bool, "hnsw": bool, ...}."""
+    faiss = _faiss()
+    s: dict[str, Any] = {"ivf": 0, "refine": False, "hnsw": False, "code_bytes": 4 * index.d}
+    idx = faiss.downcast_index(index)
+    while True:
+        if isinstance(idx, faiss.IndexPreTransform):
+            idx = faiss.downcast_index(idx.index)
+        elif isinstance(idx, faiss.IndexRefine):
+            s["refine"] = True
+            idx = faiss.downcast_index(idx.base_index)
+        else:
+            break
+    if isinstance(idx, faiss.IndexIVF):
+        s["ivf"] = int(idx.nlist)
+        s["code_bytes"] = int(idx.code_size)
+        s["hnsw_quantizer"] = isinstance(faiss.downcast_index(idx.quantizer), faiss.IndexHNSW)
+    elif isinstance(idx, faiss.IndexHNSW):
+        s["hnsw"] = True
+    return s
+
+
+def _search_parameters(index, setting: dict, k: int):
+    """faiss SearchParameters for setting {nprobe, k_factor, ef_search}, nested the way the index is (thread-safe,
+    nothing mutated). Returns (params or None, objects to keep alive while searching)."""
+    faiss = _faiss()
+    keep = []
+
+    def build(idx):
+        idx = faiss.downcast_index(idx)
+        if isinstance(idx, faiss.IndexPreTransform):
+            inner = build(idx.index)
+            return faiss.SearchParametersPreTransform(index_params=inner) if inner is not None else None
+        if isinstance(idx, faiss.IndexRefine):
+            base = build(idx.base_index)
+            p = faiss.IndexRefineSearchParameters(k_factor=float(setting.get("k_factor", 1)))
+            if base is not None:
+                p.base_index_params = base
+            return p
+        if isinstance(idx, faiss.IndexIVF):
+            nprobe = int(min(setting.get("nprobe", 1), idx.nlist))
+            p = faiss.SearchParametersIVF(nprobe=nprobe)
+            if isinstance(faiss.downcast_index(idx.quantizer), faiss.IndexHNSW):
+                quantizer = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
+                keep.append(quantizer)
+                p.quantizer_params = quantizer
+            return p
+        if isinstance(idx, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(efSearch=max(int(setting.get("ef_search", 64)), k))
+        return None
+
+    params = build(index)
+    keep.append(params)
+    return params, keep
+
+
+def _faiss_search(index, x: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray, np.ndarray]:
+    params, _keep = _search_parameters(index, setting, k)
+    return index.search(x, k, params=params)
+
+
+def _setting_cost(s: dict, setting: dict, n: int, dim: int) -> float:
+    """Estimated work of one query (byte-sized operations), for ranking settings that meet the target: codes scanned
+    in the probed lists, vectors re-ranked, HNSW nodes visited."""
+    cost = 0.0
+    if s["ivf"]:
+        cost += setting["nprobe"] * (n / s["ivf"]) * s["code_bytes"]
+    if s["refine"]:
+        cost += RECALL_K * setting["k_factor"] * dim
+    if s["hnsw"]:
+        cost += setting["ef_search"] * 32 * dim
+    return cost
+
+
+# --- recall measurement ------------------------------------------------------------------------------------------------
+def _sample_rows(n: int, train_size: int, queries: int, train_rule: dict | None = None):
+    """(training rows, held-out query rows, rule), rows sorted and strided over all rows so that every part is
+    represented. Query rows are never training rows. train_rule (the rule of an earlier build) gives the training
+    rows of an index trained then: incremental adds keep its training sample and draw queries outside it."""
+    nq = int(min(queries, max(1, n // 5)))
+    qstep = max(1, n // max(nq, 1))
+    qrows = np.arange(qstep // 2, n, qstep, dtype=np.int64)[:nq]
+    if train_rule is None:
+        step = max(1, n // max(train_size, 1))
+        train = np.setdiff1d(np.arange(0, n, step, dtype=np.int64)[:train_size], qrows)
+        return train, qrows, {"rows": n, "step": step, "size": train_size, "query_step": qstep, "queries": nq}
+    r = train_rule
+    old_q = np.arange(r["query_step"] // 2, r["rows"], r["query_step"], dtype=np.int64)[: r["queries"]]
+    train = np.setdiff1d(np.arange(0, r["rows"], r["step"], dtype=np.int64)[: r["size"]], old_q)
+    return train, np.setdiff1d(qrows, train), r
+
+
+def _exact_top_k(rows: _Rows, queries: np.ndarray, k: int, progress=None) -> np.ndarray:
+    """Row ids (nq, k) of the exact top-k by inner product over every row, streamed batch by batch (flat scans)."""
+    faiss = _faiss()
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for first, x, _ in rows.batches():
+        scores, ids = faiss.knn(queries, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+        if ids.shape[1] < k:  # a batch smaller than k: pad so the heap sees (nq, k)
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(scores, np.float32), np.where(ids >= 0, ids + first, -1).astype(np.int64))
+        if progress is not None:
+            progress.update(len(x))
+    heap.finalize()
+    return heap.I
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    hits = [len(set(f[f >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, (e >= 0).sum()) for f, e in zip(found, exact)]
+    return float(np.mean(hits))
+
+
+def _latency(index, queries: np.ndarray, setting: dict, k: int) -> dict:
+    """Single-query latency p50/p99 (ms) over up to 200 queries searched one at a time, and batch ms a query."""
+    single = []
+    for q in queries[:200]:
+        t = time.perf_counter()
+        _faiss_search(index, q[None], k, setting)
+        single.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    _faiss_search(index, queries, k, setting)
+    batch = (time.perf_counter() - t) / max(1, len(queries))
+    ms = np.array(single) * 1e3
+    return {"latency_ms_p50": round(float(np.percentile(ms, 50)), 3),
+            "latency_ms_p99": round(float(np.percentile(ms, 99)), 3), "batch_ms_per_query": round(batch * 1e3, 4)}
+
+
+def tune(index, queries: np.ndarray, exact: np.ndarray, target: float, n: int, fixed: dict | None = None) -> dict:
+    """The cheapest search setting whose recall@10 on `queries` (against their exact top-k rows `exact`) is >= target.
+
+    Search parameters in `fixed` are not tuned. IVF: for k_factor from the largest down (with a re-ranking stage),
+    the smallest power-of-two nprobe meeting the target (monotone: a smaller k_factor never needs fewer lists), then
+    the cheapest of these by `_setting_cost`; HNSW: the smallest ef_search. Returns the stats dict stored with the
+    index: recall_at_10, queries, target, met, setting, tried [[setting, recall]...], latency, suggestion.
+    """
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    s = _structure(index)
+    k = RECALL_K
+    tried: list[tuple[dict, float]] = []
+
+    def evaluate(setting):
+        _, rows = _faiss_search(index, queries, k, setting)
+        r = _recall(rows, exact)
+        tried.append((setting, r))
+        return r
+
+    meeting = []
+    if s["ivf"]:
+        nprobes = [fixed["nprobe"]] if "nprobe" in fixed else [p for p in NPROBES if p < s["ivf"]] + [s["ivf"]]
+        kfs = [fixed["k_factor"]] if "k_factor" in fixed else (list(K_FACTORS)[::-1] if s["refine"] else [1])
+        i = 0
+        for kf in kfs:
+            previous = -1.0
+            while i < len(nprobes):
+                setting = {"nprobe": int(nprobes[i]), "k_factor": kf} if s["refine"] else {"nprobe": int(nprobes[i])}
+                r = evaluate(setting)
+                if r >= target:
+                    meeting.append(setting)
+                    break
+                if r - previous < 0.001:  # doubling nprobe gained nothing: the codes (or k_factor) limit recall
+                    i = len(nprobes)
+                    break
+                previous = r
+                i += 1
+            if i == len(nprobes):
+                break
+    elif s["hnsw"]:
+        efs = [fixed["ef_search"]] if "ef_search" in fixed else [e for e in EF_SEARCHES if e <= max(n, 16)]
+        for ef in efs:
+            if evaluate({"ef_search": int(ef)}) >= target:
+                meeting.append({"ef_search": int(ef)})
+                break
+    else:  # flat, or a factory string without search parameters: measure as it is
+        evaluate({})
+    recalls = {json.dumps(st, sort_keys=True): r for st, r in tried}
+    if meeting:
+        best = min(meeting, key=lambda st: (_setting_cost(s, {"k_factor": 1, **st}, n, index.d), json.dumps(st)))
+    else:
+        best = max(tried, key=lambda t: (t[1], -_setting_cost(s, {"k_factor": 1, "nprobe": 1, "ef_search": 16,
+                                                                    **t[0]}, n, index.d)))[0]
+    recall = recalls[json.dumps(best, sort_keys=True)]
+    stats = {"recall_at_10": round(recall, 4), "queries": len(queries), "target": target,
+             "met": bool(recall >= target), "setting": best, "exact": "flat scan over all rows",
+             "tried": [[st, round(r, 4)] for st, r in tried], **_latency(index, queries, best, k)}
+    stats["suggestion"] = None if stats["met"] else _suggest(s, best, recall, target)
+    return stats
+
+
+def _suggest(s: dict, best: dict, recall: float, target: float) -> str:
+    head = f"recall@10 reaches at most {recall:.3f} < target {target} ({', '.join(f'{k} {v}' for k, v in best.items())}): "
+    if s["ivf"] and s["refine"]:
+        return head + ("the PQ codes limit it; rebuild with --kind ivf (uncompressed vectors, 4*D+8 bytes a vector), "
+                       "--kind flat (exact), or a larger --m")
+    if s["ivf"] and s["code_bytes"] < 4 * 8:
+        return head + "the PQ codes are too coarse; rebuild with a larger --m or --kind ivfpq (PQ + re-ranking, " \
+                      "needs D more bytes a vector: raise --max-memory)"
+    if s["ivf"]:
+        return head + "rebuild with more lists (--nlist) or --kind flat (exact)"
+    if s["hnsw"]:
+        return head + "rebuild with a larger --hnsw-m or --kind ivf / flat"
+    return head + "use --kind flat (exact)"
+
+
+# --- the index -------------------------------------------------------------------------------------------------------
 def _table_from_metadata(metadata, n: int):
     """Metadata given by a user (pyarrow Table, or a mapping of equal-length columns) -> pyarrow Table of n rows."""
     import pyarrow as pa
@@ -237,16 +581,18 @@ def _table_from_metadata(metadata, n: int):
 
 
 class Index:
-    """A FAISS inner-product index over unit vectors plus the row -> clip map. Build with `build` (from OUT),
-    `from_vectors` (from an array) or `load` (saved by `build`)."""
+    """A FAISS inner-product index over unit vectors plus the row -> clip map and its measured quality. Build with
+    `build` (from OUT), `from_vectors` (from an array) or `load` (saved by `build`)."""
 
     def __init__(self, faiss_index, metadata=None, *, kind: str, level: str = "clip", params: dict | None = None,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, setting: dict | None = None, quality: dict | None = None):
         self.faiss_index = faiss_index
         self.metadata = metadata  # pyarrow.Table, one row per index row, or None
         self.kind = kind
         self.level = level
-        self.params = dict(params or {})
+        self.params = dict(params or {})  # the plan: factory string, nlist, m, ...
+        self.setting = dict(setting or {})  # search parameters: nprobe, k_factor, ef_search
+        self.quality = quality  # what tune() measured
         self.manifest = manifest  # what was saved with it (None when not built from OUT)
 
     @property
@@ -259,35 +605,67 @@ class Index:
     def __repr__(self) -> str:
         return f"Index(kind={self.kind!r}, level={self.level!r}, rows={len(self)}, dim={self.dim})"
 
+    @property
+    def stats(self) -> dict[str, Any]:
+        """What this index is and how well it searches: kind, factory, rows, dim, bytes, recall_at_10 (measured on
+        `queries` held-out rows against exact search; 1.0 for flat), target, met, setting, latency_ms_p50/p99,
+        suggestion (when the target was not met), build_s."""
+        q = self.quality or {}
+        out = {"kind": self.kind, "level": self.level, "factory": self.params.get("factory"), "rows": len(self),
+               "dim": self.dim, "bytes": self.params.get("bytes"), "setting": self.setting}
+        out.update({k: v for k, v in q.items() if k not in ("tried", "setting")})
+        if self.manifest:
+            out["build_s"] = self.manifest.get("build_s")
+            out["added"] = self.manifest.get("added", [])
+        return out
+
+    def describe(self) -> str:
+        """One line for people: kind, size, measured recall and latency."""
+        s = self.stats
+        unit = "clips" if self.level == "clip" else "videos"
+        line = f"{s['kind']} index ({s['factory']}), {s['rows']} {unit}"
+        if s.get("recall_at_10") is not None:
+            exact = self.kind == "flat" and not s.get("queries")
+            recall = "exact" if exact else (f"recall@10 {s['recall_at_10']:.3f} on {s['queries']} held-out queries "
+                                            f"(target {s['target']}{'' if s['met'] else ', NOT met'})")
+            line += f"; {recall}, {s['latency_ms_p50']:.2f} ms a query (p50), {s['latency_ms_p99']:.2f} ms p99"
+        if self.setting:
+            line += " [" + ", ".join(f"{k} {v}" for k, v in self.setting.items()) + "]"
+        return line
+
     # --- construction --------------------------------------------------------------------------------------------
     @classmethod
-    def from_vectors(cls, vectors: np.ndarray, kind: str = "flat", metadata=None, **params) -> Index:
-        """Index an (n, D) float array (normalized here). metadata: optional pyarrow Table or {column: values} with
-        n rows; its video_id/clip_index/start_s/end_s/path columns fill the matches. params: nlist, m, nbits, nprobe,
-        train_size, refine, k_factor (ivfpq), hnsw_m, ef_construction, ef_search (hnsw)."""
+    def from_vectors(cls, vectors: np.ndarray, kind: str = "auto", metadata=None, *,
+                     target_recall: float = TARGET_RECALL, max_memory: int | str | None = None,
+                     tune_queries: int = TUNE_QUERIES, **params) -> Index:
+        """Index an (n, D) float array (normalized here) and tune it to target_recall (see the module docstring).
+        metadata: optional pyarrow Table or {column: values} with n rows; its video_id/clip_index/start_s/end_s/path
+        columns fill the matches. params: nlist, m, nbits, hnsw_m, ef_construction, train_size, factory (plan);
+        nprobe, k_factor, ef_search (fixed instead of tuned)."""
         x = np.asarray(vectors)
         if x.ndim != 2 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
             raise ValueError(f"vectors must be a non-empty numeric (n, D) array, got shape {x.shape} {x.dtype}")
         x = normalize(x)
-        p = _resolve_params(kind, x.shape[1], x.shape[0], params)
-        index = _new_faiss_index(kind, x.shape[1], p)
-        if kind == "ivfpq":
-            step = max(1, x.shape[0] // p["train_size"])
-            index.train(x[::step][: p["train_size"]])
-        index.add(x)
-        return cls(index, _table_from_metadata(metadata, x.shape[0]), kind=kind, params=p)
+        table = _table_from_metadata(metadata, x.shape[0])
+        plan = plan_index(x.shape[0], x.shape[1], kind, max_memory, **params)
+        index, _, quality = _build_faiss(_Rows.from_array(x), plan, target_recall, tune_queries,
+                                         _fixed_setting(params))
+        return cls(index, table, kind=plan["kind"], params=plan, setting=quality["setting"], quality=quality)
 
     @classmethod
-    def build(cls, out: str | os.PathLike, level: str = "clip", kind: str = "flat", *, batch_size: int = 65_536,
-              save: bool = True, progress: bool = False, **params) -> Index:
-        """Build an index over OUT/clips, reading at most batch_size rows at a time, and save it in OUT/index/.
+    def build(cls, out: str | os.PathLike, level: str = "clip", kind: str = "auto", *, batch_size: int = 65_536,
+              save: bool = True, progress: bool = False, target_recall: float = TARGET_RECALL,
+              max_memory: int | str | None = None, rebuild: bool = False, tune_queries: int = TUNE_QUERIES,
+              log: Callable[[str], None] | None = None, **params) -> Index:
+        """Build an index over OUT/clips, reading at most batch_size rows at a time, tune it and save it in OUT/index/.
 
-        level "clip" indexes every clip; level "video" one vector per video: the mean of its (normalized) clip
-        embeddings, renormalized. For ivfpq a strided sample of train_size vectors (spread over all parts) trains
-        the quantizers first, then vectors are added batch by batch. Memory beyond the index: one batch (and for
-        ivfpq the training sample; for level "video" one running sum per video, the size of the index itself).
+        level "clip" indexes every clip; level "video" one vector per video (`_video_rows`). When OUT/index already
+        holds an index of this level built with the same kind and parameters, and OUT only gained part files since,
+        only their rows are added (trained IVF quantizers kept) and recall is measured again; it is rebuilt instead
+        when a part was removed or rewritten, the run configuration changed, the data grew past RETRAIN_GROWTH times
+        the rows it was trained on, or rebuild=True. Memory beyond the index: one batch, the training sample, the
+        held-out queries (and for level "video" one running sum per video, the size of the index itself).
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if level not in LEVELS:
@@ -296,45 +674,113 @@ class Index:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+        log = log or (lambda message: None)
         t0 = time.perf_counter()
         out = Path(out)
         fingerprint = data_fingerprint(out)
-        files = [out / "clips" / name for name, _, _ in fingerprint["parts"]]
-        num_rows = sum(rows for _, _, rows in fingerprint["parts"])
-        schema = pq.read_schema(files[0])
+        schema = pq.read_schema(out / "clips" / fingerprint["parts"][0][0])
         dim = _embedding_dim(schema)
         meta_cols = [c for c in META_COLUMNS if c in schema.names]
-        if num_rows == 0:
+        if sum(rows for _, _, rows in fingerprint["parts"]) == 0:
             raise ValueError(f"{str(out)!r} has part files but no clips; nothing to index")
 
-        if level == "video":
-            vectors, metadata = _video_vectors(files, dim, meta_cols, batch_size)
-            index = cls.from_vectors(vectors, kind=kind, metadata=metadata, **params)  # one row per video
-            index.level = "video"
-        else:
-            p = _resolve_params(kind, dim, num_rows, params)
-            faiss_index = _new_faiss_index(kind, dim, p)
-            if kind == "ivfpq":
-                faiss_index.train(_strided_sample(files, dim, num_rows, p["train_size"], batch_size))
-            meta_batches = []
-            bar = _progress(num_rows, "index", progress)
-            for batch in _scan(files, ["embedding", *meta_cols], batch_size):
-                faiss_index.add(normalize(_batch_vectors(batch.column("embedding"), dim)))
-                meta_batches.append(batch.select(meta_cols))  # small columns only; the embedding is dropped
-                bar.update(batch.num_rows)
-            bar.close()
-            metadata = pa.Table.from_batches(meta_batches, schema=pa.schema([schema.field(c) for c in meta_cols]))
-            index = cls(faiss_index, metadata, kind=kind, level="clip", params=p)
-        if len(index) != (num_rows if level == "clip" else index.metadata.num_rows):
-            raise RuntimeError(f"indexed {len(index)} rows, expected {num_rows}")
+        previous = None if rebuild else _previous_manifest(out, level)
+        if previous is not None:
+            index = cls._add_new_parts(out, level, previous, fingerprint, kind, params, target_recall, tune_queries,
+                                       max_memory, batch_size, meta_cols, dim, progress, log)
+            if index is not None:
+                index.manifest["build_s"] = round(time.perf_counter() - t0, 3)
+                if save:
+                    index._save(out)
+                return index
+        part_order = [name for name, _, _ in fingerprint["parts"]]
+        rows, metadata = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
+        plan = plan_index(rows.n, dim, kind, max_memory, **params)
+        log(f"{plan['kind']} ({plan['factory']}) for {rows.n} {level}s of {dim} dims: {plan['why']}")
+        faiss_index, collected, quality = _build_faiss(rows, plan, target_recall, tune_queries, _fixed_setting(params),
+                                                       progress=progress, with_metadata=metadata is None)
+        metadata = collected if metadata is None else metadata
+        index = cls(faiss_index, metadata, kind=plan["kind"], level=level, params=plan, setting=quality["setting"],
+                    quality=quality)
+        if len(index) != rows.n or metadata.num_rows != rows.n:
+            raise RuntimeError(f"indexed {len(index)} rows with {metadata.num_rows} metadata rows, expected {rows.n}")
         index.manifest = {
-            "format": FORMAT_VERSION, "level": level, "kind": kind, "dim": dim, "rows": len(index),
-            "params": index.params, "fingerprint": fingerprint, "build_s": round(time.perf_counter() - t0, 3),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": FORMAT_VERSION, "level": level, "kind": plan["kind"], "requested_kind": kind, "dim": dim,
+            "rows": len(index), "params": plan, "requested_params": params, "setting": quality["setting"],
+            "quality": quality, "fingerprint": fingerprint, "part_order": part_order,
+            "train": quality.pop("train_rule"), "build_s": round(time.perf_counter() - t0, 3),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "added": [],
         }
         if save:
             index._save(out)
         return index
+
+    @classmethod
+    def _add_new_parts(cls, out: Path, level: str, previous: dict, fingerprint: dict, kind: str, params: dict,
+                       target_recall: float, tune_queries: int, max_memory, batch_size: int, meta_cols: list[str],
+                       dim: int, progress: bool, log) -> Index | None:
+        """Incremental build: add the rows of part files that appeared since `previous` was built, re-measure recall.
+        None when a full rebuild is needed (the reason goes to log)."""
+        import pyarrow as pa
+
+        changes = _part_changes(previous["fingerprint"], fingerprint)
+        if changes["removed"] or changes["changed"] or previous["fingerprint"]["run_config"] != fingerprint["run_config"]:
+            log(f"rebuilding: {_describe_change(previous['fingerprint'], fingerprint)}")
+            return None
+        if kind not in ("auto", previous["kind"]) or (kind == "auto") != (previous["requested_kind"] == "auto") \
+                or params != previous["requested_params"] or previous["dim"] != dim:
+            log("rebuilding: other kind or parameters than the existing index")
+            return None
+        train_rows = previous["train"]["rows"]
+        part_order = previous["part_order"] + changes["added"]
+        rows, new_meta = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
+        if rows.n > RETRAIN_GROWTH * train_rows:
+            log(f"rebuilding: {rows.n} rows outgrew the {train_rows} the index was planned and trained for "
+                f"(> {RETRAIN_GROWTH:g}x)")
+            return None
+        budget = parse_memory(max_memory) or default_memory()
+        if previous["kind"] != "factory" and estimate_bytes(previous["kind"], rows.n, dim, previous["params"]) > budget:
+            log(f"rebuilding: {rows.n} rows of {previous['kind']} exceed --max-memory {_human(budget)}")
+            return None
+        old = cls.load(out, level, check=False)
+        if not changes["added"] and previous["quality"].get("target") == target_recall:
+            log("index is up to date")
+            return old
+        log(f"adding {len(changes['added'])} new part file(s) to the {previous['kind']} index of {len(old)} rows")
+        old_n = len(old)
+        _, qrows, _ = _sample_rows(rows.n, 0, tune_queries, previous["train"])
+        queries, added_meta = [], []
+        bar = _progress(rows.n - old_n, "add", progress)
+        for first, x, meta in rows.batches(with_metadata=new_meta is None):
+            lo, hi = np.searchsorted(qrows, [first, first + len(x)])
+            if hi > lo:
+                queries.append(x[qrows[lo:hi] - first])
+            if first + len(x) > old_n:
+                skip = max(0, old_n - first)
+                old.faiss_index.add(x[skip:])
+                if meta is not None:
+                    added_meta.append(meta.slice(skip))
+                bar.update(len(x) - skip)
+        bar.close()
+        if new_meta is None:
+            metadata = pa.concat_tables([old.metadata, *added_meta]) if added_meta else old.metadata
+        elif new_meta.slice(0, old_n).column("video_id").equals(old.metadata.column("video_id")):
+            metadata = new_meta
+        else:  # a new part holds clips of a video indexed before: its vector changed
+            log("rebuilding: new parts add clips to videos already in the index")
+            return None
+        queries = np.concatenate(queries) if queries else np.zeros((0, dim), np.float32)
+        quality = _measure(old.faiss_index, rows, old.params, queries, target_recall, _fixed_setting(params), progress)
+        if len(old) != rows.n or metadata.num_rows != rows.n:
+            raise RuntimeError(f"indexed {len(old)} rows with {metadata.num_rows} metadata rows, expected {rows.n}")
+        manifest = {**previous, "rows": rows.n, "setting": quality["setting"], "quality": quality,
+                    "fingerprint": fingerprint, "part_order": part_order,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "added": previous.get("added", []) + [{"parts": changes["added"], "rows": rows.n - old_n}]}
+        return cls(old.faiss_index, metadata, kind=previous["kind"], level=level, params=old.params,
+                   setting=quality["setting"], quality=quality, manifest=manifest)
 
     # --- persistence ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -372,31 +818,34 @@ class Index:
             clip_files(out)  # a folder without clips gets that message first
             raise ValueError(f"no {level}-level index in {str(out)!r}; build it with `vmae-fast index {out}{level_opt}`")
         manifest = json.loads(paths["manifest"].read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise StaleIndexError(f"the {level}-level index in {str(out)!r} was built by an older vmae_fast (format "
+                                  f"{manifest.get('format')}); rebuild with `vmae-fast index {out}{level_opt}`")
         if check:
             now = data_fingerprint(out)
             if now["sha256"] != manifest["fingerprint"]["sha256"]:
+                added_only = not any(v for k, v in _part_changes(manifest["fingerprint"], now).items() if k != "added")
+                how = "add the new parts" if added_only else "rebuild"
                 raise StaleIndexError(
                     f"the {level}-level index in {str(out)!r} was built from other data "
-                    f"({_describe_change(manifest['fingerprint'], now)}); rebuild with `vmae-fast index {out}{level_opt}`"
+                    f"({_describe_change(manifest['fingerprint'], now)}); {how} with `vmae-fast index {out}{level_opt}`"
                 )
         faiss_index = faiss.read_index(str(paths["faiss"]))
         metadata = pq.read_table(paths["ids"])
         if faiss_index.ntotal != manifest["rows"] or metadata.num_rows != manifest["rows"]:
             raise StaleIndexError(f"index files in {paths['faiss'].parent} are inconsistent; rebuild with "
-                                  f"`vmae-fast index {out}{level_opt}`")
+                                  f"`vmae-fast index {out}{level_opt} --rebuild`")
         return cls(faiss_index, metadata, kind=manifest["kind"], level=level, params=manifest["params"],
-                   manifest=manifest)
+                   manifest=manifest, setting=manifest["setting"], quality=manifest["quality"])
 
     # --- search --------------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None,
-               ef_search: int | None = None) -> list[list[Match]]:
+    def search(self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None, ef_search: int | None = None,
+               k_factor: int | None = None) -> list[list[Match]]:
         """Top-k matches of each query by cosine similarity, best first.
 
         queries: (D,) or (n, D) float array (normalized here). Returns n lists of at most k Match (fewer when the
-        index has fewer rows). nprobe (ivfpq) and ef_search (hnsw) override the saved search parameters.
+        index has fewer rows). nprobe, k_factor (IVF) and ef_search (HNSW) override the tuned setting.
         """
-        faiss = _faiss()
-
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -411,15 +860,9 @@ class Index:
         k_eff = min(int(k), len(self))
         if k_eff == 0:
             return [[] for _ in range(q.shape[0])]
-        search_params = None
-        if self.kind == "ivfpq":
-            search_params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.params["nprobe"]))
-            if self.params.get("refine", "none") != "none":
-                search_params = faiss.IndexRefineSearchParameters(k_factor=float(self.params["k_factor"]),
-                                                                  base_index_params=search_params)
-        elif self.kind == "hnsw":
-            search_params = faiss.SearchParametersHNSW(efSearch=max(int(ef_search or self.params["ef_search"]), k_eff))
-        scores, rows = self.faiss_index.search(normalize(q), k_eff, params=search_params)
+        overrides = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
+        setting = {**self.setting, **{key: v for key, v in overrides.items() if v is not None}}
+        scores, rows = _faiss_search(self.faiss_index, normalize(q), k_eff, setting)
         return self._matches(scores, rows)
 
     def _matches(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Match]]:
@@ -436,20 +879,91 @@ class Index:
         ]
 
 
-# --- streaming helpers -----------------------------------------------------------------------------------------------
-def _strided_sample(files: list[Path], dim: int, num_rows: int, size: int, batch_size: int) -> np.ndarray:
-    """Every (num_rows // size)-th vector, normalized: a deterministic training sample spread over all parts."""
-    step = max(1, num_rows // size)
-    picked, seen = [], 0
-    for batch in _scan(files, ["embedding"], batch_size):
-        first = (-seen) % step  # offset of the first multiple of step in this batch
-        rows = np.arange(first, batch.num_rows, step)
-        if rows.size:
-            picked.append(normalize(_batch_vectors(batch.column("embedding").take(rows), dim)))
-        seen += batch.num_rows
-    return np.concatenate(picked)[:size]
+# --- build steps -----------------------------------------------------------------------------------------------------
+def _fixed_setting(params: dict) -> dict:
+    return {k: int(v) for k, v in params.items() if k in _SEARCH_PARAMS and v is not None}
 
 
+def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixed: dict, *, progress: bool = False,
+                 with_metadata: bool = False):
+    """Train (on a strided sample that leaves the held-out queries out), add every row, measure and tune.
+    Returns (faiss index, metadata Table collected while adding or None, quality dict incl. "train_rule")."""
+    import pyarrow as pa
+
+    index = _new_faiss_index(rows.dim, plan)
+    exact_kind = plan["kind"] == "flat"
+    train_size = 0 if index.is_trained else int(plan.get("train_size") or min(rows.n, 100_000))
+    train, qrows, rule = _sample_rows(rows.n, train_size, 0 if exact_kind else tune_queries)
+    picked = rows.pick(np.union1d(train, qrows)) if len(train) or len(qrows) else None
+    if picked is not None:
+        union = np.union1d(train, qrows)
+        queries = picked[np.searchsorted(union, qrows)]
+        if not index.is_trained:
+            index.train(picked[np.searchsorted(union, train)])
+        del picked
+    else:
+        queries = np.zeros((0, rows.dim), np.float32)
+    meta, probes = [], []
+    bar = _progress(rows.n, "index", progress)
+    for _, x, m in rows.batches(with_metadata=with_metadata):
+        index.add(x)
+        if m is not None:
+            meta.append(m)
+        if exact_kind:  # latency probes of an exact index: ~100 rows spread over the data
+            probes.append(x[:: max(1, rows.n // 100)].copy())  # a copy: a view would keep the batch alive
+        bar.update(len(x))
+    bar.close()
+    metadata = pa.concat_tables(meta) if meta else None
+    if exact_kind:
+        queries = np.concatenate(probes)
+    quality = _measure(index, rows, plan, queries, target, fixed, progress)
+    quality["train_rule"] = rule
+    return index, metadata, quality
+
+
+def _measure(index, rows: _Rows, plan: dict, queries: np.ndarray, target: float, fixed: dict, progress) -> dict:
+    """Quality of a filled index: exact (flat: recall 1 by construction, latency measured) or tuned on `queries`."""
+    if plan["kind"] == "flat":
+        return {"recall_at_10": 1.0, "queries": 0, "target": target, "met": True, "setting": {},
+                "exact": "flat index: exact by construction", "tried": [],
+                **_latency(index, queries, {}, min(RECALL_K, rows.n)), "suggestion": None}
+    bar = _progress(rows.n, "exact top-10 of held-out queries", progress)
+    exact = _exact_top_k(rows, queries, min(RECALL_K, rows.n), bar)
+    bar.close()
+    return tune(index, queries, exact, target, rows.n, fixed)
+
+
+def _previous_manifest(out: Path, level: str) -> dict | None:
+    path = Index.paths(out, level)["manifest"]
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("format") == FORMAT_VERSION and "train" in manifest else None
+
+
+def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_cols: list[str], batch_size: int):
+    """(rows, metadata Table or None) of a level over the named part files, in that order. Clip level streams (its
+    metadata is collected while adding); video level is computed here, in one place (`_video_rows`)."""
+    files = [out / "clips" / name for name in part_order]
+    if level == "video":
+        return _video_rows(files, dim, meta_cols, batch_size)
+    fingerprint_rows = {name: rows for name, _, rows in data_fingerprint(out)["parts"]}
+    n = sum(fingerprint_rows[name] for name in part_order)
+    return _Rows.from_parts(files, n, dim, meta_cols, batch_size), None
+
+
+def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
+    """Video level: one unit vector per video, the mean of its clips' unit embeddings, renormalized, with metadata
+    video_id, path, start_s (first clip start), end_s (last clip end), num_clips; videos in first-seen order.
+    (When OUT/videos/ exists this is where it should be read instead.)"""
+    vectors, metadata = _video_vectors(files, dim, meta_cols, batch_size)
+    return _Rows.from_array(normalize(vectors), metadata, batch_size), metadata
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
 def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
     """One vector per video: mean of its clips' unit embeddings (renormalized later), with metadata
     video_id, path, start_s (first clip start), end_s (last clip end), num_clips. Videos in first-seen order."""
