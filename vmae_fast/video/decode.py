@@ -8,7 +8,7 @@ timestamps.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +75,18 @@ def decode_clips(
     threads: int = 0,
     at_s: float | None = None,
     info: dict | None = None,
+    alloc: Callable[[], np.ndarray] | None = None,
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in clip order (see Sampling, Clip).
 
     backend: "auto" (decord, PyAV when decord cannot open or decode the file), "decord" or "pyav".
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
     covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set
-    to the decoder actually used. Raises VideoError(stage, message); clips already yielded are valid only if the
-    iteration ends without an error (a video is all its clips or an error, never a part).
+    to the decoder actually used. alloc: if given, called once per clip for a writable uint8 array (num_frames,
+    image_size, image_size, 3) that receives the clip's frames and becomes Clip.frames (DecodePool passes a
+    shared-memory slot, so frames are written once, where the model reads them); default: a new array per clip.
+    Raises VideoError(stage, message); clips already yielded are valid only if the iteration ends without an error
+    (a video is all its clips or an error, never a part).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -99,7 +103,7 @@ def decode_clips(
         if at_s is not None:  # the clip covering at_s, else the nearest one (windows leave gaps of < 1 step)
             plans = [min(plans, key=lambda p: max(p.start_s - at_s, at_s - p.end_s, 0.0))]
         try:
-            for clip in _assemble(reader, plans[done:], image_size):
+            for clip in _assemble(reader, plans[done:], image_size, alloc):
                 done += 1
                 yield clip
             return
@@ -112,8 +116,9 @@ def decode_clips(
             raise VideoError("decode", f"{reader.name} failed on {path}: {one_line(e)}") from None
 
 
-def _assemble(reader, plans: list[ClipPlan], image_size: int) -> Iterator[Clip]:
-    """One sequential pass over the union of the plans' frames; each clip is yielded once its last frame is in."""
+def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None) -> Iterator[Clip]:
+    """One sequential pass over the union of the plans' frames; each clip is yielded once its last frame is in
+    (stacked into alloc() when given, see decode_clips)."""
     if not plans:
         return
     wanted = np.unique(np.concatenate([p.frame_indices for p in plans]))
@@ -125,7 +130,7 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int) -> Iterator[Clip]:
         cache[idx] = np.rot90(crop, reader.rotation_k) if reader.rotation_k else crop
         while k < len(plans) and plans[k].last_frame <= idx:
             p = plans[k]
-            frames = np.stack([cache[int(j)] for j in p.frame_indices])
+            frames = np.stack([cache[int(j)] for j in p.frame_indices], out=alloc() if alloc else None)
             yield Clip(p.clip_index, p.start_frame, p.end_frame, p.start_s, p.end_s, p.padded_frames, frames,
                        p.frame_indices.copy())
             k += 1
