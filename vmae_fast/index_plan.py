@@ -2,8 +2,8 @@
 
 - `plan_index(n, dim, kind, max_memory)`: the index family and its size from the row count, the dimension and a
   memory budget, after FAISS's "Guidelines to choose an index" and autofaiss's `get_optimal_index_keys_v2` (not a
-  dependency: autofaiss 2.18 pins numpy<2, which leaves pyarrow >= 15 unable to import). A FAISS index_factory
-  string describes every index, so an expert may pass one instead.
+  dependency: autofaiss 2.18.0 pins numpy<2, and pyarrow 26 does not import with numpy 1.26). A FAISS
+  index_factory string describes every index, so an expert may pass one instead.
 - `tune(index, queries, exact, target, n)`: the cheapest search setting (nprobe, k_factor, ef_search) whose
   recall@10 on held-out queries, against their exact top-10, meets the target; when none does, the best one and a
   suggestion for the next index.
