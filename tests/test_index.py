@@ -206,6 +206,21 @@ def test_incremental_add_equals_full_build(tmp_path, kind):
     assert logs == ["index is up to date"]
 
 
+def test_incremental_video_level(small_out, tmp_path):
+    out, vectors, video = small_out
+    last = out / "clips" / "part-00000-00002.parquet"
+    last.rename(tmp_path / "later.parquet")
+    first = Index.build(out, level="video", kind="flat")
+    (tmp_path / "later.parquet").rename(last)
+    logs = []
+    grown = Index.build(out, level="video", kind="flat", log=logs.append)
+    assert any("adding 1 new part file" in m for m in logs) and len(grown) == video[-1] + 1 > len(first)
+    rebuilt = Index.build(out, level="video", kind="flat", rebuild=True, save=False)
+    means = unit(np.stack([vectors[video == v].mean(0) for v in range(video[-1] + 1)]))
+    assert _keys(grown.search(means, 5)) == _keys(rebuilt.search(means, 5))
+    assert Index.load(out, level="video").metadata.equals(rebuilt.metadata)
+
+
 def test_incremental_rebuilds_when_data_outgrows_training_or_parts_change(tmp_path):
     vectors, video = clustered_vectors(6000, 32, seed=7, topics=30)
     out = tmp_path / "out"

@@ -243,3 +243,22 @@ def test_index_tells_the_truth_about_recall_on_test_video_embeddings(dense_out, 
         assert code == 3 and not stats["met"] and "target recall not met" in stderr and "--kind ivf" in stderr
     else:
         assert code == 0 and stats["met"] and actual >= 0.95 - 0.02, (actual, stats)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nprobe", "4", "--kind", "flat"], "--nprobe applies to --kind ivf or ivfpq or opq, not flat"),
+    (["--target-recall", "1.5"], "--target-recall must be in (0, 1]"),
+    (["--max-memory", "lots"], "memory must be a size like 16G"),
+    (["--kind", "ivf", "--max-memory", "1K"], None),  # an explicit kind is built whatever the budget says
+    (["--max-memory", "1K"], "too small for 32 vectors"),
+    (["--kind", "ivfpq"], "ivfpq needs at least 256 vectors to train, got 32"),
+], ids=["param-for-other-kind", "target-out-of-range", "bad-memory", "explicit-kind", "budget-too-small", "too-few"])
+def test_index_arguments(out, capsys, tmp_path, args, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    code, stdout, stderr = run(capsys, "index", copy, *args)
+    if message is None:
+        assert code == 0 and "ivf index (IVF" in stdout, stderr
+    else:
+        errors = [line for line in stderr.splitlines() if "error:" in line]  # info lines ("rebuilding: ...") may precede
+        assert code == 2 and len(errors) == 1 and message in errors[0], stderr
