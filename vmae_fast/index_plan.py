@@ -87,7 +87,8 @@ def estimate_bytes(kind: str, n: int, dim: int, p: dict) -> int:
     """Memory of an index of `kind` with plan p over n vectors: codes + 8-byte ids per vector, plus centroids."""
     per_vector = {"flat": 4 * dim, "hnsw": 4 * dim + 8 * p.get("hnsw_m", 32) + 16, "ivf": 4 * dim + 8,
                   "ivfpq": p.get("m", 0) + 8 + dim, "opq": p.get("m", 0) + 8}[kind]
-    fixed = 4 * dim * p.get("nlist", 0) + (4 * dim * 256 if kind in ("ivfpq", "opq") else 0)
+    fixed = 4 * dim * p.get("nlist", 0) if kind in ("ivf", "ivfpq", "opq") else 0
+    fixed += 4 * dim * 256 if kind in ("ivfpq", "opq") else 0
     fixed += 4 * dim * dim if kind == "opq" else 0
     return int(per_vector * n + fixed)
 
@@ -117,6 +118,7 @@ def plan_index(n: int, dim: int, kind: str = "auto", max_memory: int | str | Non
         p_pq = {**p, "m": p.get("m") or _pq_m(dim, 16)}
         if n <= FLAT_MAX_ROWS and estimate_bytes("flat", n, dim, p) <= budget:
             kind, why = "flat", f"{n} rows <= {FLAT_MAX_ROWS}: exact search"
+            p.pop("nlist")
         elif estimate_bytes("ivf", n, dim, p) <= budget:
             kind, why = "ivf", f"uncompressed vectors fit the {human_bytes(budget)} budget"
         elif estimate_bytes("ivfpq", n, dim, p_pq) <= budget:
