@@ -1,9 +1,30 @@
-"""Decode speed of one video: decord (native size, reduced size, get_batch vs sequential reads) vs PyAV (threaded),
-and vmae_fast.video.decode_clips end to end. Providers alternate round by round so a shared machine disturbs them
-alike. Reports frames/s = source frames the decoder went through per second (every frame up to the last one used).
+"""Decode cost per clip: clips/s PER CORE of decord, PyAV, torchcodec and vmae_fast's decode_clips on the same clips.
 
-    python tools/bench_decode.py VIDEO [--frames 300] [--image-size 224] [--rounds 2] [--threads 0] [--only TEXT]
-    python tools/bench_decode.py --make /tmp/bench/h264_1080p_30s.mp4   # 30 s 1080p30 H.264 test file (ffmpeg)
+Every provider decodes the same clips (default 16 frames at step 4, sliding windows without overlap, planned from the
+frame timestamps) of each video with ONE decoder thread, the whole process pinned to one core, the providers
+alternating round by round; clips/s = clips / seconds, opening the file included. Providers:
+
+  decord native     decord.VideoReader(num_threads=1).get_batch(clip) per clip, frames at the coded size (the resize
+                    to 224 a user still needs is NOT counted: generous to decord)
+  decord scaled     the same with VideoReader(width=, height=): decord scales to the decode size while decoding
+  pyav plain        every frame decoded in order, the clip frames converted + scaled by swscale (to_ndarray)
+  torchcodec        VideoDecoder(num_ffmpeg_threads=1).get_frames_at(clip) per clip (when it loads; else one line)
+  ours <backend>    vmae_fast.video.decode_clips(..., backend, threads=1): model-ready (T, 224, 224, 3) clips
+
+    python tools/bench_decode.py --make /tmp/vmae-bench                      # the three H.264 test files (ffmpeg)
+    python tools/bench_decode.py /tmp/vmae-bench/h264_*.mp4 --rounds 3 --out bench/results/decode.json
+
+Test media (--make): one ffmpeg run, split three ways, 16 s at 30 fps, libx264 defaults (preset medium: 3 B-frames,
+b-pyramid normal, adaptive B placement, 3 refs, keyint 250):
+
+  ffmpeg -f lavfi -t 16 -i testsrc2=size=2880x1620:rate=30 -filter_complex
+    "[0]noise=alls=40:allf=0,gblur=sigma=1.2,crop=1920:1080:x='480+420*sin(2*PI*t/9)':y='270+250*sin(2*PI*t/7)',
+     noise=alls=4:allf=t,split=3[a][b][c];[b]scale=1280:720[b2];[c]scale=640:360[c2]"
+    -map [a] -c:v libx264 -pix_fmt yuv420p h264_1080p.mp4 -map [b2] ... h264_720p.mp4 -map [c2] ... h264_360p.mp4
+
+i.e. a large textured test pattern (static grain blurred into texture) seen through a camera that pans smoothly in
+two directions (sub-pixel global motion everywhere), testsrc2's own moving objects, and light temporal sensor noise:
+~7 Mbit/s at 1080p, about 2/3 of the frames B.
 """
 
 from __future__ import annotations
@@ -12,112 +33,251 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
+import subprocess
 import sys
 import time
-
-import numpy as np
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+_MAKE_FILTER = ("[0]noise=alls=40:allf=0,gblur=sigma=1.2,"
+                "crop=1920:1080:x='480+420*sin(2*PI*t/9)':y='270+250*sin(2*PI*t/7)',noise=alls=4:allf=t,"
+                "split=3[a][b][c];[b]scale=1280:720[b2];[c]scale=640:360[c2]")
+MEDIA = {"1080p": "[a]", "720p": "[b2]", "360p": "[c2]"}
 
-def decord_reader(path, size, threads):
+
+def make_media(directory: str, seconds: float = 16) -> list[Path]:
+    """Write h264_{360p,720p,1080p}.mp4 under `directory` (see the module doc); files already there are kept."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"h264_{name}.mp4" for name in MEDIA}
+    if all(p.exists() for p in paths.values()):
+        return list(paths.values())
+    if shutil.which("ffmpeg") is None:
+        raise SystemExit("bench_decode --make needs the ffmpeg command line tool")
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-t", str(seconds), "-i", "testsrc2=size=2880x1620:rate=30",
+           "-filter_complex", _MAKE_FILTER]
+    tmp = {name: p.with_suffix(".tmp.mp4") for name, p in paths.items()}
+    for name, label in MEDIA.items():
+        cmd += ["-map", label, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp[name])]
+    subprocess.run(cmd, check=True)
+    for name in MEDIA:
+        tmp[name].replace(paths[name])
+    return list(paths.values())
+
+
+# --- providers: each decodes the frames of `clips` (list of int64 index arrays) of one file ---------------------------
+def run_decord(path: str, clips, size) -> int:
     import decord
 
     w, h = size if size else (-1, -1)
-    return decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
-
-
-def bench_decord_batch(path, n, step, size, threads, chunk=32):
-    vr = decord_reader(path, size, threads)
-    idx = np.arange(0, n, step)
-    for lo in range(0, len(idx), chunk):
-        vr.get_batch(idx[lo : lo + chunk].tolist()).asnumpy()
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+    n = 0
+    for idx in clips:
+        n += len(vr.get_batch(idx.tolist()).asnumpy())
     return n
 
 
-def bench_decord_sequential(path, n, step, size, threads):
-    vr = decord_reader(path, size, threads)
-    for i in range(0, n, step):
-        vr.next().asnumpy()
-        if step > 1 and i + step < n:
-            vr.skip_frames(step - 1)
+def run_pyav_plain(path: str, clips, size) -> int:
+    import av
+    import numpy as np
+
+    wanted = set(np.unique(np.concatenate(clips)).tolist())
+    last, n = max(wanted), 0
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for i, frame in enumerate(c.decode(stream)):
+            if i in wanted:
+                frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR")
+                n += 1
+            if i >= last:
+                break
     return n
 
 
-def bench_pyav(path, n, step, size, threads):
+def run_torchcodec(path: str, clips, size) -> int:
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC", seek_mode="exact")
+    n = 0
+    for idx in clips:
+        n += len(decoder.get_frames_at(idx.tolist()).data)
+    return n
+
+
+def run_ours(path: str, sampling, image_size: int, backend: str) -> int:
+    from vmae_fast.video import VideoTask, decode_clips
+
+    return sum(len(c.frames) for c in decode_clips(VideoTask(path), sampling, image_size, backend, threads=1))
+
+
+def torchcodec_status() -> str | None:
+    """None when torchcodec loads, else one line saying why not."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, OSError (missing CUDA libraries), RuntimeError
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+    return None
+
+
+# --- facts about a file -------------------------------------------------------------------------------------------
+def video_facts(path: str) -> dict:
+    """Size, rate, bitrate, frame types and the share of frames no other frame references (what skip_frame=NONREF
+    drops), read with PyAV."""
     import av
 
+    types: dict[str, int] = {}
     with av.open(path) as c:
         s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        s.codec_context.thread_count = threads
-        for i, frame in enumerate(c.decode(s)):
-            if i >= n:
+        facts = {"path": path, "width": s.codec_context.width, "height": s.codec_context.height,
+                 "fps": float(s.average_rate), "codec": s.codec_context.name, "profile": s.codec_context.profile,
+                 "bit_rate": c.bit_rate, "has_b_frames": s.codec_context.has_b_frames}
+        for frame in c.decode(s):
+            kind = av.video.frame.PictureType(frame.pict_type).name
+            types[kind] = types.get(kind, 0) + 1
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.codec_context.skip_frame = "NONREF"
+        kept = sum(1 for _ in c.decode(s))
+    total = sum(types.values())
+    facts.update(frames=total, pict_types=types, nonref_fraction=round(1 - kept / total, 4))
+    return facts
+
+
+def machine_facts() -> dict:
+    import av
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
                 break
-            if i % step == 0:
-                kw = {"width": size[0], "height": size[1], "interpolation": "BILINEAR"} if size else {}
-                frame.to_ndarray(format="rgb24", **kw)
-    return n
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "av": av.__version__,
+                "ffmpeg (PyAV)": ".".join(map(str, av.ffmpeg_version_info)) if hasattr(av, "ffmpeg_version_info")
+                else None}
+    try:
+        import decord
+
+        versions["decord"] = decord.__version__
+    except ImportError:
+        versions["decord"] = None
+    try:
+        import torchcodec
+
+        versions["torchcodec"] = getattr(torchcodec, "__version__", "?")
+    except Exception:  # noqa: BLE001
+        versions["torchcodec"] = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "vmae_fast/video", "tools/bench_decode.py"],
+                           capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions, "commit": commit,
+            "uncommitted_video_changes": bool(dirty), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def bench_clips(path, n, backend, image_size, threads, fps):
-    from vmae_fast.video import Sampling, VideoTask, decode_clips
-
-    clips = list(decode_clips(VideoTask(path, end_s=n / fps), Sampling(), image_size, backend, threads=threads))
-    return clips[-1].end_frame if clips else 0
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("video", nargs="?")
-    ap.add_argument("--make", help="write a 30 s 1080p30 H.264 test video here and exit")
-    ap.add_argument("--frames", type=int, default=300, help="decode the first N frames")
+    ap.add_argument("videos", nargs="*")
+    ap.add_argument("--make", metavar="DIR", help="write the H.264 test files h264_{360p,720p,1080p}.mp4 here, exit")
+    ap.add_argument("--seconds", type=float, default=16, help="length of the --make files (default %(default)s)")
+    ap.add_argument("--num-frames", type=int, default=16)
+    ap.add_argument("--frame-step", type=int, default=4)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="decoder threads (0: backend default)")
-    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--core", type=int, help="pin the process to this CPU (default: the last one allowed)")
+    ap.add_argument("--only", default="", help="comma-separated substrings: run only the cases matching one")
+    ap.add_argument("--backends", default="pyav,auto", help="decode_clips backends to measure (default %(default)s)")
+    ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
+    ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.make:
-        from tests.videos import make_long_video
-
-        make_long_video(args.make)
+        for p in make_media(args.make, args.seconds):
+            print(p)
         return 0
-    import av
+    if not args.videos:
+        ap.error("give video files (or --make DIR)")
+    allowed = sorted(os.sched_getaffinity(0))
+    core = args.core if args.core is not None else allowed[-1]
+    os.sched_setaffinity(0, {core})  # before any decoder library starts a thread: they all inherit one core
 
-    from vmae_fast.video.crop import decode_size as _decode_size
+    from vmae_fast.video import Sampling
+    from vmae_fast.video.crop import decode_size
+    from vmae_fast.video.pyav_reader import PyAVReader
 
-    with av.open(args.video) as c:
-        s = c.streams.video[0]
-        width, height, fps = s.codec_context.width, s.codec_context.height, float(s.average_rate)
-    small = _decode_size(width, height, args.image_size)
-    n, t = args.frames, args.threads
-    cases = {
-        f"decord native {width}x{height}, all frames, get_batch": lambda: bench_decord_batch(args.video, n, 1, None, t),
-        f"decord {small[0]}x{small[1]}, all frames, get_batch": lambda: bench_decord_batch(args.video, n, 1, small, t),
-        f"decord {small[0]}x{small[1]}, step 4, get_batch(32)": lambda: bench_decord_batch(args.video, n, 4, small, t),
-        f"decord {small[0]}x{small[1]}, step 4, next+skip": lambda: bench_decord_sequential(args.video, n, 4, small, t),
-        f"pyav native {width}x{height}, all frames": lambda: bench_pyav(args.video, n, 1, None, t),
-        f"pyav {small[0]}x{small[1]}, all frames": lambda: bench_pyav(args.video, n, 1, small, t),
-        f"pyav {small[0]}x{small[1]}, step 4": lambda: bench_pyav(args.video, n, 4, small, t),
-        "decode_clips auto (decord), 16x224 clips, step 4": lambda: bench_clips(args.video, n, "auto", args.image_size,
-                                                                               t, fps),
-        "decode_clips pyav, 16x224 clips, step 4": lambda: bench_clips(args.video, n, "pyav", args.image_size, t, fps),
-    }
-    cases = {k: v for k, v in cases.items() if args.only in k}
-    times = {k: [] for k in cases}
-    frames = {}
-    for _ in range(args.rounds):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            frames[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-    print(json.dumps({"video": args.video, "size": f"{width}x{height}", "fps": fps, "frames": n,
-                      "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                      "threads": t, "rounds": args.rounds}))
-    print(f"{'case':58s} {'frames/s (best)':>16s} {'frames/s (mean)':>16s}")
-    for name in cases:
-        best, mean = frames[name] / min(times[name]), frames[name] / np.mean(times[name])
-        print(f"{name:58s} {best:16.1f} {mean:16.1f}")
+    sampling = Sampling(num_frames=args.num_frames, frame_step=args.frame_step)
+    tc_status = torchcodec_status()
+    filters = [f for f in args.only.split(",") if f]
+    report = {"tool": "tools/bench_decode.py", "label": args.label, **machine_facts(), "pinned_to_core": core,
+              "decoder_threads": 1, "rounds": args.rounds, "image_size": args.image_size,
+              "sampling": sampling.to_dict(), "torchcodec": tc_status or "loaded", "videos": []}
+    if tc_status:
+        print(f"torchcodec: not measured, it does not load here ({tc_status})")
+    plans = {}
+    for path in args.videos:
+        from vmae_fast.video import plan_clips
+
+        reader = PyAVReader(path, args.image_size, threads=1)
+        clip_plans = plan_clips(reader.timestamps, sampling, last_duration=reader.last_duration)
+        size = decode_size(reader.display_width, reader.height, args.image_size)
+        clips = [p.frame_indices for p in clip_plans]
+        cases = {
+            "decord native": lambda p=path, c=clips: run_decord(p, c, None),
+            f"decord scaled {size[0]}x{size[1]}": lambda p=path, c=clips, s=size: run_decord(p, c, s),
+            f"pyav plain {size[0]}x{size[1]}": lambda p=path, c=clips, s=size: run_pyav_plain(p, c, s),
+        }
+        if not tc_status:
+            cases["torchcodec native"] = lambda p=path, c=clips: run_torchcodec(p, c, None)
+        for backend in args.backends.split(","):
+            cases[f"ours {backend}"] = lambda p=path, b=backend: run_ours(p, sampling, args.image_size, b)
+        cases = {k: v for k, v in cases.items() if not filters or any(f in k for f in filters)}
+        facts = video_facts(path)
+        facts.update(clips=len(clips), clip_frames=int(sum(len(c) for c in clips)),
+                     source_frames_spanned=int(clips[-1].max()) + 1, decode_size=list(size))
+        plans[path] = (cases, facts, {k: [] for k in cases})
+        print(f"{Path(path).name}: {facts['width']}x{facts['height']} {facts['bit_rate'] / 1e6:.1f} Mbit/s, "
+              f"{facts['frames']} frames {facts['pict_types']}, non-reference {facts['nonref_fraction']:.0%}, "
+              f"{len(clips)} clips", flush=True)
+    for r in range(args.rounds):
+        for path, (cases, facts, times) in plans.items():
+            names = list(cases) if r % 2 == 0 else list(reversed(cases))  # alternate the order too
+            for name in names:
+                t0 = time.perf_counter()
+                frames = cases[name]()
+                times[name].append(time.perf_counter() - t0)
+                if frames != facts["clip_frames"]:
+                    raise SystemExit(f"{name} on {path} returned {frames} frames, expected {facts['clip_frames']}")
+    for path, (cases, facts, times) in plans.items():
+        rows = {}
+        for name in cases:
+            med = statistics.median(times[name])
+            rows[name] = {"seconds": [round(t, 4) for t in times[name]],
+                          "clips_per_s": round(facts["clips"] / med, 3),
+                          "clips_per_s_best": round(facts["clips"] / min(times[name]), 3)}
+        decord_best = max((v["clips_per_s"] for k, v in rows.items() if k.startswith("decord")), default=None)
+        for name, row in rows.items():
+            if decord_best:
+                row["vs_best_decord"] = round(row["clips_per_s"] / decord_best, 3)
+        facts["cases"] = rows
+        report["videos"].append(facts)
+        print(f"\n{Path(path).name} ({facts['width']}x{facts['height']}, {facts['clips']} clips of "
+              f"{args.num_frames}x{args.image_size}, step {args.frame_step}, 1 thread on core {core})")
+        print(f"  {'case':28s} {'clips/s':>9s} {'best':>9s} {'x best decord':>14s}")
+        for name, row in rows.items():
+            print(f"  {name:28s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
+                  f"{row.get('vs_best_decord', float('nan')):14.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nwrote {args.out}")
     return 0
 
 
