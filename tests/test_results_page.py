@@ -40,17 +40,21 @@ class DevTools:
     def __init__(self, url: str, profile: Path):
         import websocket
 
-        self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        profile.mkdir(parents=True, exist_ok=True)
+        self.log = profile / "chromium.log"  # a file, not a pipe: chromium's chatter can never fill it and block it
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         port = None
         deadline = time.monotonic() + 60
         while port is None and time.monotonic() < deadline:  # "DevTools listening on ws://127.0.0.1:PORT/..."
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited with {self.proc.returncode}")
-            if m := re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line):
+            if m := re.search(r"DevTools listening on ws://[^:]+:(\d+)/", self.log.read_text(errors="replace")):
                 port = int(m.group(1))
-        assert port, "chromium did not start its DevTools server within 60 s"
+            elif self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            else:
+                time.sleep(0.05)
+        assert port, f"chromium did not start its DevTools server within 60 s: {self.log.read_text()[-2000:]}"
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30))
         page = next(t for t in targets if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
@@ -77,8 +81,11 @@ class DevTools:
     def close(self) -> None:
         self.ws.close()
         self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.proc.stderr.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
 
 # Waits (in the page) for the document, its images and the first match's video metadata, then reports what rendered.
