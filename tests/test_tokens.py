@@ -119,3 +119,87 @@ def test_pack_rows_with_different_counts():
     token_ids, cu_seqlens, max_seqlen = pack(keep)
     assert token_ids.tolist() == [1, 4, 6, 7, 8, 9, 10, 11, 17] and token_ids.dtype == torch.int64
     assert cu_seqlens.tolist() == [0, 2, 8, 9] and cu_seqlens.dtype == torch.int32 and max_seqlen == 6
+
+
+# --- sync-free selection for fixed-count policies ----------------------------------------------------------------
+
+
+def float_frames(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Normalized (B, T, 3, H, W) frames of the same clips as frames()."""
+    x = frames(batch, seed).permute(0, 1, 4, 2, 3).float() / 255
+    mean = torch.tensor(CONFIG.image_mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(CONFIG.image_std).view(1, 1, 3, 1, 1)
+    return (x - mean) / std
+
+
+POLICIES = ["tube:0.5", "tube:0.3:random:3", "tube:0.01", "tube:1", "motion:0.4", "motion:0.001", "motion:1",
+            "motion:t=0.1"]
+CONFIGS = {"64px-8f": CONFIG, "48px-t1": VideoMAEConfig(image_size=48, patch_size=16, num_frames=3, tubelet_size=1),
+           "56px-p14": VideoMAEConfig(image_size=56, patch_size=14, num_frames=4)}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("spec", POLICIES)
+def test_select_equals_packing_the_mask(spec, config):
+    """policy.select (device arithmetic for tube:R / motion:R) gives exactly what pack(policy.mask(...)) gives, so the
+    model's kept tokens, and its embeddings, are the same as before; a static clip exercises motion's ties."""
+    cfg = CONFIGS[config]
+    g = torch.Generator().manual_seed(5)
+    clips = torch.randint(0, 256, (3, cfg.num_frames, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                          generator=g)
+    clips[1] = clips[1, :1]  # a static clip: every motion score but the first slice's ties at 0
+    policy = parse_keep(spec)
+    token_ids, cu_seqlens, max_seqlen = policy.select(clips, cfg)
+    want_ids, want_cu, want_max = pack(policy.mask(clips, cfg))
+    assert torch.equal(token_ids, want_ids) and token_ids.dtype == torch.int64
+    assert torch.equal(cu_seqlens, want_cu) and cu_seqlens.dtype == torch.int32
+    assert max_seqlen == want_max
+    k = policy.kept_per_clip(cfg)
+    if spec.startswith("motion:t="):
+        assert k is None  # the count depends on the data
+    else:
+        assert cu_seqlens.tolist() == [0, k, 2 * k, 3 * k] and max_seqlen == k
+
+
+@pytest.mark.parametrize("spec", ["tube:0.5", "tube:0.3:random:3", "motion:0.4", "motion:1"])
+@pytest.mark.parametrize("kind", ["uint8", "float"])
+def test_fixed_count_select_makes_no_host_sync(spec, kind):
+    """tube:R and motion:R build token ids and cu_seqlens with device arithmetic only: no .item()/int(), .tolist(),
+    nonzero, boolean-mask indexing or device-to-host copy (tests/sync_detector.py), so on a GPU they cost no sync
+    and a CUDA graph can capture them."""
+    from sync_detector import no_host_sync
+
+    x = frames(3) if kind == "uint8" else float_frames(3)
+    policy = parse_keep(spec)
+    with no_host_sync() as detector:
+        token_ids, cu_seqlens, max_seqlen = policy.select(x, CONFIG)
+    assert detector.ops, "the detector saw no op: it checked nothing"
+    assert token_ids.shape == (3 * max_seqlen,) and cu_seqlens.shape == (4,)
+
+
+def test_sync_detector_has_teeth():
+    """What the detector must catch: packing a mask (nonzero, a count read on the host), the threshold policy (a
+    data-dependent count), .tolist(), int(tensor), boolean-mask indexing."""
+    from sync_detector import HostSync, no_host_sync
+
+    x = frames(2)
+    mask = TubeKeep(0.5).mask(x, CONFIG)
+    cases = {"pack(mask)": lambda: pack(mask), "motion:t=X": lambda: parse_keep("motion:t=0.1").select(x, CONFIG),
+             "tolist": lambda: mask.sum(1).tolist(), "int": lambda: int(mask.sum()),
+             "bool indexing": lambda: x.flatten(1)[mask]}
+    for what, run in cases.items():
+        with pytest.raises(HostSync), no_host_sync():
+            run()
+        assert mask.sum().tolist() == 64, what  # Tensor.tolist works again afterwards
+
+
+def test_tube_row_is_built_once_per_shape_and_device():
+    policy = TubeKeep(0.5)
+    a_mask, a_ids = policy.row(CONFIG.grid, "cpu")
+    b_mask, b_ids = policy.row(CONFIG.grid, torch.device("cpu"))
+    assert a_ids is b_ids and a_mask is b_mask  # cached: nothing rebuilt or copied
+    assert policy.row((2, 4, 4), "cpu")[1] is not a_ids and TubeKeep(0.25).row(CONFIG.grid, "cpu")[1] is not a_ids
+    assert torch.equal(a_mask.nonzero().squeeze(1), a_ids)
+    keep = policy.mask(frames(2), CONFIG)
+    keep[0, 0] = not keep[0, 0]  # a caller changing its mask does not change the cached row
+    assert torch.equal(policy.mask(frames(2), CONFIG)[0], a_mask)

@@ -1,12 +1,14 @@
-"""CUDA-graph replay of the VideoMAE forward for one fixed batch shape (all tokens kept).
+"""CUDA-graph replay of the VideoMAE forward for one fixed batch shape.
 
 At batch 1 a ViT forward is a few hundred small kernel launches whose CPU launch cost exceeds their GPU time; a CUDA
-graph records them once and replays them with one launch. The model's forward with keep=None makes no host sync
-(cu_seqlens is arange(B+1) * N, the kernels skip their value checks while a graph is captured), so it can be captured
-as is. A keep policy or mask cannot: packing kept tokens needs the kept count on the host, so those batches use the
-eager model (one sync per batch there).
+graph records them once and replays them with one launch. The model's forward makes no host sync with all tokens
+(cu_seqlens = arange(B+1) * N) and with the fixed-count keep policies tube:R and motion:R (ids and offsets computed
+on the device, vmae_fast.tokens), and the kernels skip their value checks while a graph is captured, so it is
+captured as is. motion:t=X and keep masks keep a data-dependent count, which packing reads on the host: those batches
+use the eager model (one sync per batch there).
 
-    runner = CUDAGraphRunner(model, batch_size=8)          # model from load_model(..., device="cuda")
+    runner = CUDAGraphRunner(model, batch_size=8)                   # model from load_model(..., device="cuda")
+    runner = CUDAGraphRunner(model, batch_size=8, keep="tube:0.5")  # or motion:0.5
     out = runner(frames)                                    # uint8 (b, T, H, W, 3) with b <= 8, CPU or CUDA
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .model import VideoMAE, VideoMAEOutput
+from .tokens import KeepAll, KeepPolicy, parse_keep
 
 
 def check_batch(frames, static_shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -40,7 +43,8 @@ class CUDAGraphRunner:
     model: a vmae_fast VideoMAE on a CUDA device, backend "auto" or "triton" (the torch backend reads cu_seqlens on
         the host, which a capture forbids).
     batch_size: clips per replay; smaller batches are padded (the pad rows are zeros, their outputs dropped).
-    keep: None or "all" only (see the module docstring).
+    keep: None / "all", or a policy with a fixed count per clip ("tube:R", "tube:R:random[:SEED]", "motion:R");
+        not motion:t=X or a mask (see the module docstring).
     input_dtype: torch.uint8 (frames (B, T, H, W, 3), normalized inside; default) or the model's float dtype (frames
         (B, T, 3, H, W) already normalized).
     return_tokens: also capture the tokens (N_kept, D) output.
@@ -58,9 +62,13 @@ class CUDAGraphRunner:
             raise TypeError(f"batch_size must be an int >= 1, got {type(batch_size).__name__} {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
-        if not (keep is None or keep == "all"):
-            raise ValueError(f"a CUDA graph needs keep=None or 'all', got {keep!r}: packing kept tokens needs their "
-                             f"count on the host; run keep policies through the eager model")
+        policy = None if isinstance(keep, torch.Tensor) else parse_keep(keep)
+        policy = None if isinstance(policy, KeepAll) else policy
+        fixed = policy is None or (isinstance(policy, KeepPolicy) and policy.kept_per_clip(model.config) is not None)
+        if isinstance(keep, torch.Tensor) or not fixed:
+            raise ValueError(f"a CUDA graph needs keep=None, 'all' or a policy with a fixed count per clip ('tube:R', "
+                             f"'motion:R'), got {keep!r}: packing a data-dependent count needs it on the host; run "
+                             f"motion:t=X and keep masks through the eager model")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1 (Triton compiles and autotunes there, never during the "
                              f"capture), got {warmup!r}")
@@ -78,6 +86,8 @@ class CUDAGraphRunner:
             raise ValueError("CUDA graphs need backend 'auto' or 'triton': the torch backend reads cu_seqlens on the "
                              "host, which a capture forbids")
         self.model, self.batch_size, self.return_tokens, self.clone = model, batch_size, return_tokens, clone
+        self.keep = policy
+        self.tokens_per_clip = c.num_tokens if policy is None else policy.kept_per_clip(c)
         self.static_input = torch.zeros(shape, dtype=input_dtype, device=model.device)
         if input_dtype == torch.uint8:  # mid-grey warmup frames: realistic values for autotuning
             self.static_input.fill_(128)
@@ -86,11 +96,11 @@ class CUDAGraphRunner:
         side.wait_stream(torch.cuda.current_stream(model.device))
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                model(self.static_input, return_tokens=return_tokens)
+                model(self.static_input, keep=policy, return_tokens=return_tokens)
         torch.cuda.current_stream(model.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
-            self.static_output: VideoMAEOutput = model(self.static_input, return_tokens=return_tokens)
+            self.static_output: VideoMAEOutput = model(self.static_input, keep=policy, return_tokens=return_tokens)
 
     @property
     def pool(self):
@@ -100,13 +110,13 @@ class CUDAGraphRunner:
     def __call__(self, frames: torch.Tensor) -> VideoMAEOutput:
         """frames: (b, ...) as the static input with 1 <= b <= batch_size, on the CPU (pinned memory makes the copy
         asynchronous) or the model's device. Returns VideoMAEOutput for the b clips: embeddings (b, D), logits (b, C)
-        or None, tokens (b*N, D) or None, cu_seqlens int32 (b+1,)."""
+        or None, tokens (b*k, D) or None (k tokens kept per clip), cu_seqlens int32 (b+1,)."""
         b = check_batch(frames, tuple(self.static_input.shape), self.static_input.dtype)
         self.static_input[:b].copy_(frames, non_blocking=True)
         if b < self.batch_size:
             self.static_input[b:].zero_()  # pad rows: each clip attends only within itself, so they never mix in
         self.graph.replay()
-        out, n = self.static_output, self.model.config.num_tokens
+        out, n = self.static_output, self.tokens_per_clip
 
         def take(t, rows):
             if t is None:

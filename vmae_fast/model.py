@@ -13,7 +13,7 @@ from torch import nn
 from .config import VideoMAEConfig
 from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
 from .kernels._dispatch import BACKENDS
-from .tokens import KeepAll, pack, parse_keep
+from .tokens import KeepAll, KeepPolicy, pack, parse_keep
 
 
 @dataclass
@@ -163,22 +163,28 @@ class VideoMAE(nn.Module):
         if T != c.num_frames:
             raise ValueError(f"this model takes {c.num_frames} frames per clip (its position table is fixed), {got}")
 
-    def _keep_mask(self, keep, frames) -> torch.Tensor | None:
-        """keep (None | str | policy | bool (B, N)) -> bool (B, N) on the model's device, or None for all tokens."""
+    def _select(self, keep, frames) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+        """keep (None | str | policy | bool (B, N)) -> (token_ids int64 (N_kept,) or None for all tokens, cu_seqlens
+        int32 (B+1,), max_seqlen) on the model's device. All tokens and the fixed-count policies (tube:R, motion:R)
+        need no host sync; a data-dependent count (motion:t=X, a mask) is read on the host once (pack)."""
         B, N = frames.shape[0], self.config.num_tokens
-        if keep is None:
-            return None
-        if isinstance(keep, torch.Tensor):
-            mask, what = keep, "a keep mask"
-        else:
+        if keep is not None and not isinstance(keep, torch.Tensor):
             try:
-                policy = parse_keep(keep)
+                keep = parse_keep(keep)
             except TypeError:
                 raise TypeError(f"keep must be None, 'all', a policy string such as 'tube:0.5', a keep policy or a "
                                 f"bool tensor (B, N) = ({B}, {N}), got {type(keep).__name__}") from None
-            if isinstance(policy, KeepAll):
-                return None
-            mask, what = policy.mask(frames, self.config), f"keep policy {policy.spec!r}"
+            if isinstance(keep, KeepAll):
+                keep = None
+        if keep is None:  # all tokens: offsets known without looking at data
+            return None, torch.arange(B + 1, device=self.device, dtype=torch.int32) * N, N
+        fixed = isinstance(keep, KeepPolicy) and keep.kept_per_clip(self.config) is not None
+        if fixed:  # ids and offsets computed on the device, no sync
+            return keep.select(frames, self.config)
+        if isinstance(keep, torch.Tensor):
+            mask, what = keep, "a keep mask"
+        else:
+            mask, what = keep.mask(frames, self.config), f"keep policy {keep.spec!r}"
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError(f"{what} must be a bool tensor (B, N) = ({B}, {N}) with True = kept, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
@@ -188,27 +194,21 @@ class VideoMAE(nn.Module):
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"every clip must keep at least one token; rows {empty} of {what} keep none")
-        return mask
+        return pack(mask)
 
     # --- forward ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, keep=None, return_tokens: bool = False) -> VideoMAEOutput:
         """frames: uint8 (B, T, H, W, C) (normalized here with the checkpoint's mean/std) or float (B, T, C, H, W)
         already normalized; keep: None | "all" | policy string | KeepPolicy | bool (B, N) with True = kept (rows may
-        keep different counts). With keep=None the forward makes no host sync (CUDA-graph capturable)."""
+        keep different counts). With keep=None, "all", tube:R or motion:R the forward makes no host sync (CUDA-graph
+        capturable); motion:t=X and masks read the kept counts on the host once."""
         self._check_frames(frames)
         c, backend = self.config, self.backend
         frames = frames.to(self.device, non_blocking=True).contiguous()  # the Triton patch_embed reads dense frames
         if frames.is_floating_point() and frames.dtype != self.dtype:
             frames = frames.to(self.dtype)
-        B, N = frames.shape[0], c.num_tokens
-        mask = self._keep_mask(keep, frames)
-        if mask is None:  # all tokens: offsets known without looking at data
-            token_ids = None
-            cu_seqlens = torch.arange(B + 1, device=self.device, dtype=torch.int32) * N
-            max_seqlen = N
-        else:
-            token_ids, cu_seqlens, max_seqlen = pack(mask)
+        token_ids, cu_seqlens, max_seqlen = self._select(keep, frames)
         uint8 = frames.dtype == torch.uint8
         x = patch_embed(frames, self.patch_embed.weight, self.patch_embed.bias, self.pos_table,
                         self.pixel_mean if uint8 else None, self.pixel_std if uint8 else None, token_ids,
@@ -230,7 +230,8 @@ class VideoMAE(nn.Module):
                                    backend=backend)
             embeddings = mean_pool_layernorm(tokens, cu_seqlens, None, None, 0.0, backend=backend, check=False)
             # no CLS token: HF's classifier reads the first kept token of each clip
-            logits = self.head(tokens[cu_seqlens[:-1].long()]) if self.head is not None else None
+            first = tokens.index_select(0, cu_seqlens.narrow(0, 0, cu_seqlens.shape[0] - 1).long())  # (B, D)
+            logits = self.head(first) if self.head is not None else None
         return VideoMAEOutput(embeddings, logits, tokens if return_tokens else None, cu_seqlens)
 
     # --- description -------------------------------------------------------------------------------------------------
