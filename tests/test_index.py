@@ -148,8 +148,9 @@ def test_target_not_met_says_so_and_suggests():
 
 
 def test_auto_plan_follows_size_and_memory_budget():
-    p = plan_index(50_000, 768)
-    assert (p["kind"], p["bytes"], "nlist" in p) == ("flat", 50_000 * 768 * 4, False)
+    p = plan_index(20_000, 768)
+    assert (p["kind"], p["bytes"], "nlist" in p) == ("flat", 20_000 * 768 * 4, False)
+    assert plan_index(50_000, 768)["factory"] == "IVF1024,Flat"
     p = plan_index(1_000_000, 768, max_memory="16G")
     assert (p["kind"], p["factory"]) == ("ivf", "IVF4096_HNSW32,Flat")  # 4 * sqrt(1M) = 4000 -> 4096 lists
     p = plan_index(1_000_000, 768, max_memory="1G")
