@@ -274,6 +274,7 @@ class Index:
         self.setting = dict(setting or {})  # search parameters: nprobe, k_factor, ef_search
         self.quality = quality  # what tune() measured
         self.manifest = manifest  # what was saved with it (None when not built from OUT)
+        self._unchanged = False  # build found it up to date: nothing to save
 
     @property
     def dim(self) -> int:
@@ -370,6 +371,8 @@ class Index:
         if previous is not None:
             index = cls._add_new_parts(out, level, previous, fingerprint, kind, params, target_recall, tune_queries,
                                        max_memory, batch_size, meta_cols, dim, progress, log)
+            if index is not None and index._unchanged:
+                return index  # nothing to write
             if index is not None:
                 index.manifest["build_s"] = round(time.perf_counter() - t0, 3)
                 if save:
@@ -409,8 +412,9 @@ class Index:
         if changes["removed"] or changes["changed"] or previous["fingerprint"]["run_config"] != fingerprint["run_config"]:
             log(f"rebuilding: {_describe_change(previous['fingerprint'], fingerprint)}")
             return None
-        if kind not in ("auto", previous["kind"]) or (kind == "auto") != (previous["requested_kind"] == "auto") \
-                or params != previous["requested_params"] or previous["dim"] != dim:
+        # plain `vmae-fast index OUT` (kind auto, no parameters) keeps whatever index is there
+        if kind not in ("auto", previous["kind"]) or (params and params != previous["requested_params"]) \
+                or previous["dim"] != dim:
             log("rebuilding: other kind or parameters than the existing index")
             return None
         train_rows = previous["train"]["rows"]
@@ -427,6 +431,7 @@ class Index:
         old = cls.load(out, level, check=False)
         if not changes["added"] and previous["quality"].get("target") == target_recall:
             log("index is up to date")
+            old._unchanged = True
             return old
         log(f"adding {len(changes['added'])} new part file(s) to the {previous['kind']} index of {len(old)} rows")
         old_n = len(old)
