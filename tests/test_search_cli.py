@@ -248,11 +248,12 @@ def test_index_tells_the_truth_about_recall_on_test_video_embeddings(dense_out, 
 @pytest.mark.parametrize(("args", "message"), [
     (["--nprobe", "4", "--kind", "flat"], "--nprobe applies to --kind ivf or ivfpq or opq, not flat"),
     (["--target-recall", "1.5"], "--target-recall must be in (0, 1]"),
+    (["--tune-queries", "0"], "--tune-queries must be a positive integer"),
     (["--max-memory", "lots"], "memory must be a size like 16G"),
     (["--kind", "ivf", "--max-memory", "1K"], None),  # an explicit kind is built whatever the budget says
     (["--max-memory", "1K"], "too small for 32 vectors"),
     (["--kind", "ivfpq"], "ivfpq needs at least 256 vectors to train, got 32"),
-], ids=["param-for-other-kind", "target-out-of-range", "bad-memory", "explicit-kind", "budget-too-small", "too-few"])
+], ids=["param-for-other-kind", "target-out-of-range", "no-queries", "bad-memory", "explicit-kind", "budget-too-small", "too-few"])
 def test_index_arguments(out, capsys, tmp_path, args, message):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

@@ -147,6 +147,9 @@ def _add_index(sub) -> None:
     p.add_argument("--target-recall", type=float, default=0.95,
                    help="tune search parameters to the cheapest setting with at least this recall@10 (default "
                         "%(default)s)")
+    p.add_argument("--tune-queries", type=int, default=1000, metavar="N",
+                   help="held-out clips that measure recall; their exact top 10 costs a scan of every row per "
+                        "query batch, 2*N*rows*dim flops (default %(default)s: recall +-0.005)")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory the index may take, e.g. 16G or 800M (default: half of this machine's RAM)")
     p.add_argument("--batch-size", type=int, default=65_536, help="rows read at a time (default %(default)s)")
@@ -174,6 +177,8 @@ def _run_index(args) -> int:
         raise FatalError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if not 0 < args.target_recall <= 1:
         raise FatalError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    if args.tune_queries < 1:
+        raise FatalError(f"--tune-queries must be a positive integer, got {args.tune_queries}")
     params = {k: getattr(args, k) for k in _INDEX_PARAMS if getattr(args, k) is not None}
     for name, value in params.items():
         if value < 1:
@@ -187,7 +192,8 @@ def _run_index(args) -> int:
     try:
         index = Index.build(args.out, level=args.level, kind=args.kind, batch_size=args.batch_size,
                             progress=progress, target_recall=args.target_recall, max_memory=args.max_memory,
-                            rebuild=args.rebuild, log=lambda msg: print(f"vmae-fast index: {msg}", file=sys.stderr),
+                            rebuild=args.rebuild, tune_queries=args.tune_queries,
+                            log=lambda msg: print(f"vmae-fast index: {msg}", file=sys.stderr),
                             **params)
     except ImportError as e:  # no faiss installed: say so in one line
         raise FatalError(str(e)) from None
