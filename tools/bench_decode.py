@@ -2,7 +2,8 @@
 
 Every provider decodes the same clips (default 16 frames at step 4, sliding windows without overlap, planned from the
 frame timestamps) of each video with ONE decoder thread, the whole process pinned to one core, the providers
-alternating round by round; clips/s = clips / seconds, opening the file included. Providers:
+alternating round by round; clips/s = clips / wall seconds (median of the rounds), opening the file included;
+clips/cpu-s the same per CPU second of the process (less disturbed by a busy machine). Providers:
 
   decord native     decord.VideoReader(num_threads=1).get_batch(clip) per clip, frames at the coded size (the resize
                     to 224 a user still needs is NOT counted: generous to decord)
@@ -10,6 +11,7 @@ alternating round by round; clips/s = clips / seconds, opening the file included
   pyav plain        every frame decoded in order, the clip frames converted + scaled by swscale (to_ndarray)
   torchcodec        VideoDecoder(num_ffmpeg_threads=1).get_frames_at(clip) per clip (when it loads; else one line)
   ours <backend>    vmae_fast.video.decode_clips(..., backend, threads=1): model-ready (T, 224, 224, 3) clips
+  ours pyav, no X   (--ablation) the same with one shortcut of the PyAV backend switched off: what each one buys
 
     python tools/bench_decode.py --make /tmp/vmae-bench                      # the three H.264 test files (ffmpeg)
     python tools/bench_decode.py /tmp/vmae-bench/h264_*.mp4 --rounds 3 --out bench/results/decode.json
@@ -114,6 +116,22 @@ def run_ours(path: str, sampling, image_size: int, backend: str) -> int:
     return sum(len(c.frames) for c in decode_clips(VideoTask(path), sampling, image_size, backend, threads=1))
 
 
+# --ablation: decode_clips with one shortcut of the PyAV backend switched off (module constants of pyav_reader)
+ABLATIONS = {"no NONREF skip": ("_SKIP_NONREF", False), "scale whole frame, then crop": ("_CROP_BEFORE_SCALE", False),
+             "probe by decoding at open": ("_PROBE_WITHOUT_DECODING", {})}
+
+
+def run_ours_without(path: str, sampling, image_size: int, knob: str, value) -> int:
+    from vmae_fast.video import pyav_reader
+
+    old = getattr(pyav_reader, knob)
+    setattr(pyav_reader, knob, value)
+    try:
+        return run_ours(path, sampling, image_size, "pyav")
+    finally:
+        setattr(pyav_reader, knob, old)
+
+
 def torchcodec_status() -> str | None:
     """None when torchcodec loads, else one line saying why not."""
     try:
@@ -175,10 +193,10 @@ def machine_facts() -> dict:
         versions["torchcodec"] = getattr(torchcodec, "__version__", "?")
     except Exception:  # noqa: BLE001
         versions["torchcodec"] = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
+                            text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "vmae_fast/video", "tools/bench_decode.py"],
-                           capture_output=True, text=True,
+                           check=False, capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions, "commit": commit,
             "uncommitted_video_changes": bool(dirty), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -195,7 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--core", type=int, help="pin the process to this CPU (default: the last one allowed)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only the cases matching one")
-    ap.add_argument("--backends", default="pyav,auto", help="decode_clips backends to measure (default %(default)s)")
+    ap.add_argument("--backends", default="auto,decord", help="decode_clips backends to measure (default %(default)s)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also decode_clips (PyAV) with each shortcut switched off, one at a time")
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -238,30 +258,37 @@ def main(argv=None) -> int:
             cases["torchcodec native"] = lambda p=path, c=clips: run_torchcodec(p, c, None)
         for backend in args.backends.split(","):
             cases[f"ours {backend}"] = lambda p=path, b=backend: run_ours(p, sampling, args.image_size, b)
+        if args.ablation:
+            for label, (knob, value) in ABLATIONS.items():
+                cases[f"ours pyav, {label}"] = (lambda p=path, k=knob, v=value:
+                                                run_ours_without(p, sampling, args.image_size, k, v))
         cases = {k: v for k, v in cases.items() if not filters or any(f in k for f in filters)}
         facts = video_facts(path)
         facts.update(clips=len(clips), clip_frames=int(sum(len(c) for c in clips)),
                      source_frames_spanned=int(clips[-1].max()) + 1, decode_size=list(size))
-        plans[path] = (cases, facts, {k: [] for k in cases})
+        plans[path] = (cases, facts, {k: [] for k in cases}, {k: [] for k in cases})
         print(f"{Path(path).name}: {facts['width']}x{facts['height']} {facts['bit_rate'] / 1e6:.1f} Mbit/s, "
               f"{facts['frames']} frames {facts['pict_types']}, non-reference {facts['nonref_fraction']:.0%}, "
               f"{len(clips)} clips", flush=True)
     for r in range(args.rounds):
-        for path, (cases, facts, times) in plans.items():
+        for path, (cases, facts, times, cpu) in plans.items():
             names = list(cases) if r % 2 == 0 else list(reversed(cases))  # alternate the order too
             for name in names:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 frames = cases[name]()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
                 if frames != facts["clip_frames"]:
                     raise SystemExit(f"{name} on {path} returned {frames} frames, expected {facts['clip_frames']}")
-    for path, (cases, facts, times) in plans.items():
+    for path, (cases, facts, times, cpu) in plans.items():
         rows = {}
         for name in cases:
             med = statistics.median(times[name])
             rows[name] = {"seconds": [round(t, 4) for t in times[name]],
+                          "cpu_seconds": [round(t, 4) for t in cpu[name]],
                           "clips_per_s": round(facts["clips"] / med, 3),
-                          "clips_per_s_best": round(facts["clips"] / min(times[name]), 3)}
+                          "clips_per_s_best": round(facts["clips"] / min(times[name]), 3),
+                          "clips_per_cpu_s": round(facts["clips"] / statistics.median(cpu[name]), 3)}
         decord_best = max((v["clips_per_s"] for k, v in rows.items() if k.startswith("decord")), default=None)
         for name, row in rows.items():
             if decord_best:
@@ -270,10 +297,10 @@ def main(argv=None) -> int:
         report["videos"].append(facts)
         print(f"\n{Path(path).name} ({facts['width']}x{facts['height']}, {facts['clips']} clips of "
               f"{args.num_frames}x{args.image_size}, step {args.frame_step}, 1 thread on core {core})")
-        print(f"  {'case':28s} {'clips/s':>9s} {'best':>9s} {'x best decord':>14s}")
+        print(f"  {'case':44s} {'clips/s':>9s} {'best':>9s} {'/cpu-s':>9s} {'x best decord':>14s}")
         for name, row in rows.items():
-            print(f"  {name:28s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
-                  f"{row.get('vs_best_decord', float('nan')):14.2f}")
+            print(f"  {name:44s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
+                  f"{row['clips_per_cpu_s']:9.2f} {row.get('vs_best_decord', float('nan')):14.2f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

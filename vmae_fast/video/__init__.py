@@ -8,13 +8,13 @@
     pool.py           DecodePool: worker processes, events, hang/crash handling
 """
 
-from .decode import BACKENDS, VIDEO_EXTENSIONS, decode_clips
+from .decode import BACKENDS, DEFAULT_BACKEND, VIDEO_EXTENSIONS, decode_clips
 from .errors import STAGES, VideoError
 from .pool import ClipsEvent, DecodePool, DoneEvent, ErrorEvent, Event, ResetEvent
 from .sampling import DEFAULT_SAMPLE_FPS, Clip, ClipPlan, Sampling, VideoTask, plan_clips
 
 __all__ = [
-    "BACKENDS", "DEFAULT_SAMPLE_FPS", "STAGES", "VIDEO_EXTENSIONS", "Clip", "ClipPlan", "ClipsEvent", "DecodePool",
+    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_SAMPLE_FPS", "STAGES", "VIDEO_EXTENSIONS", "Clip", "ClipPlan", "ClipsEvent", "DecodePool",
     "DoneEvent", "ErrorEvent", "Event", "ResetEvent", "Sampling", "VideoError", "VideoTask", "decode_clips",
     "plan_clips",
 ]

@@ -1,47 +1,95 @@
-"""PyAV (FFmpeg) decoder backend: threaded decoding, frames scaled by swscale while converting, seeks across long
-gaps and skip_frame=NONREF for unwanted non-reference frames."""
+"""PyAV (FFmpeg) decoder backend, the default: decodes only what the clips need, converts only the frames they use.
+
+Per video, one demux pass (packet timestamps and keyframe flags, no decoding) gives the frame index, then one
+decoding pass that
+- asks libavcodec to skip every unwanted non-reference frame (skip_frame=NONREF, set per packet from its PTS: no
+  other frame predicts from such a frame, so the frames kept are bit-identical),
+- seeks to the keyframe before a wanted frame across long gaps,
+- crops the center square and scales only it to image_size (swscale, bilinear), and only for wanted frames.
+Containers are opened without decoding frames to probe them (~65 ms less per 1080p H.264 open); the decoder's
+reorder depth, which that probe would guess by decoding, comes from the packet order instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 
 import numpy as np
 
-from .crop import decode_size
+from .crop import center_crop, center_square, decode_size, upright
 from .errors import VideoError
 
 # PyAV seeks over a gap between wanted frames only when the keyframe it lands on is more than this many frames
 # ahead: decoding a few frames (non-reference ones skipped) is cheaper than flushing a frame-threaded decoder.
 _SEEK_MIN_GAP = 16
+# avformat_find_stream_info reads headers without decoding frames (codec options for the probe only)
+_PROBE_WITHOUT_DECODING = {"skip_frame": "all"}
+_MAX_REORDER = 16  # H.264/HEVC hold back at most 16 frames
+# Each shortcut can be switched off here (tools/bench_decode.py --ablation measures what each one buys).
+_SKIP_NONREF = True  # skip_frame=NONREF for unwanted frames
+_CROP_BEFORE_SCALE = True  # scale only the center square (else: scale the whole frame, then crop)
 
 
-def _first_frame_rotation(stream, packet, final: bool) -> float | None:
-    """The display rotation (degrees counter-clockwise, FFmpeg's display matrix) of the first frame `packet`
-    decodes to; None until a frame comes out (0 when `final` or the packet is damaged)."""
+def _av_open(path: str, probe_by_decoding: bool = False):
     import av
 
     try:
-        for frame in stream.decode(packet):
-            return frame.rotation or 0
-    except av.FFmpegError:
-        return 0
-    return 0 if final else None
-
-
-def _av_open(path: str):
-    import av
-
-    try:
-        return av.open(path, metadata_errors="ignore")
+        if probe_by_decoding:
+            return av.open(path, metadata_errors="ignore")
+        return av.open(path, metadata_errors="ignore", options=_PROBE_WITHOUT_DECODING)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoError("open", f"cannot open {path}: {e}") from None
 
 
-class PyAVReader:
-    """PyAV (FFmpeg) decoding: threaded, frames scaled to the decode size by swscale (bilinear) only when needed.
+def reorder_depth(pts_in_decode_order: np.ndarray) -> int:
+    """The most frames that precede a frame in decode order and follow it in presentation order (H.264's
+    num_reorder_frames), i.e. how many frames the decoder must hold back to output in order; capped at 16."""
+    pts = np.asarray(pts_in_decode_order, dtype=np.int64)
+    n = len(pts)
+    later = np.zeros(n, dtype=np.int64)  # later[d]: frames decoded up to 16 before d that are shown after d
+    for lag in range(1, min(_MAX_REORDER, n - 1) + 1):
+        later[lag:] += pts[:-lag] > pts[lag:]
+    return int(later.max()) if n else 0
 
-    A demux pass (no decoding) first collects every packet's PTS and keyframe flag: that gives the frame count,
-    the timestamps of a variable-frame-rate file, and the keyframes to seek to across long gaps between clips.
+
+class _SquareScaler:
+    """Decoded frame -> uint8 (S, S, 3) RGB: the center square (crop.center_square) scaled to S x S by swscale
+    (bilinear) in an FFmpeg filter graph. The crop only offsets plane pointers, so only the kept pixels are
+    scaled (1080p -> 224: 1.6 instead of 2.4 ms a frame)."""
+
+    def __init__(self, image_size: int, sample_aspect: float, time_base):
+        self.image_size, self.sample_aspect, self.time_base = image_size, sample_aspect, time_base
+        self._key = None
+        self._graph = None
+
+    def _build(self, width: int, height: int, pix_fmt: str) -> None:
+        import av
+
+        x, y, w, h = center_square(width, height, max(1, round(width * self.sample_aspect)))
+        s = self.image_size
+        graph = av.filter.Graph()
+        nodes = [graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=self.time_base),
+                 graph.add("crop", f"{w}:{h}:{x}:{y}"), graph.add("scale", f"{s}:{s}:flags=bilinear"),
+                 graph.add("format", "rgb24"), graph.add("buffersink")]
+        for a, b in pairwise(nodes):
+            a.link_to(b)
+        graph.configure()
+        self._graph, self._key = graph, (width, height, pix_fmt)
+
+    def __call__(self, frame) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name)
+        if key != self._key:  # first frame, or the stream changed size or pixel format mid-way
+            self._build(*key)
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()
+
+
+class PyAVReader:
+    """PyAV (FFmpeg) decoding of one video file; frames() yields upright (S, S, 3) center crops.
+
+    The demux pass collects every packet's PTS and keyframe flag: the frame count, the timestamps of a
+    variable-frame-rate file, the keyframes to seek to across long gaps and the decoder's reorder depth.
     """
 
     name = "pyav"
@@ -56,17 +104,21 @@ class PyAVReader:
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
                 raise VideoError("open", f"no video stream in {path} (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
+            if not (stream.codec_context.width and stream.codec_context.height):
+                # the headers do not say: let FFmpeg find out by decoding (slower open, same result)
+                container.close()
+                container = _av_open(path, probe_by_decoding=True)
+                stream = container.streams.video[0]
             self.stream_index = stream.index
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
-            self.pix_fmt = stream.codec_context.pix_fmt or ""
-            # Non-square pixels (anamorphic DV, some broadcasts): size by the display aspect ratio, as players do.
-            sar = stream.sample_aspect_ratio
-            self.display_width = max(1, round(self.width * sar)) if sar and sar > 0 else self.width
             if not self.width or not self.height:
                 raise VideoError("open", f"video stream has no frame size ({self.width}x{self.height}) in {path}")
+            # Non-square pixels (anamorphic DV, some broadcasts): size by the display aspect ratio, as players do.
+            sar = stream.sample_aspect_ratio
+            self.sample_aspect = float(sar) if sar and sar > 0 else 1.0
+            self.display_width = max(1, round(self.width * self.sample_aspect))
             self.time_base = stream.time_base
             pts, keys, last_duration = [], [], 0
-            rotation = None  # display rotation (phone videos), read from the first decoded frame
             try:
                 for packet in container.demux(stream):
                     if packet.size == 0:
@@ -74,8 +126,6 @@ class PyAVReader:
                     pts.append(packet.pts if packet.pts is not None else packet.dts)
                     keys.append(packet.is_keyframe)
                     last_duration = packet.duration or 0
-                    if rotation is None and len(pts) <= 16:
-                        rotation = _first_frame_rotation(stream, packet, final=len(pts) == 16)
             except av.FFmpegError as e:  # damaged tail: keep the packets read so far, the decoder decides
                 if not pts:
                     raise VideoError("open", f"cannot read packets of {path}: {e}") from None
@@ -89,6 +139,9 @@ class PyAVReader:
         if self.ordered_only:
             fps = float(rate) if rate else 25.0
             pts = [round(i / fps / self.time_base) for i in range(len(pts))]
+            self.reorder_depth = 0  # unknown: the decoder keeps its own guess
+        else:
+            self.reorder_depth = reorder_depth(np.asarray(pts, dtype=np.int64))
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         self.pts = np.asarray(pts, dtype=np.int64)[order]
         self.keyframe_indices = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
@@ -98,33 +151,62 @@ class PyAVReader:
         self.last_duration = float(last_duration * self.time_base) if last_duration else None
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
         self.decode_size = decode_size(self.display_width, self.height, image_size)
-        self.rotation_k = round((rotation or 0) / 90) % 4  # quarter turns counter-clockwise, as np.rot90
+        self.rotation_k = 0  # display rotation in quarter turns (np.rot90), read from the first decoded frame
+        self.frames_decoded = 0  # frames the decoder produced (the rest of those passed were skipped or seeked over)
+
+    def probe_first_frame(self) -> tuple[str, int]:
+        """(pixel format, display rotation in degrees) of the first frame: decodes it (what decode.py needs to
+        route a file away from decord)."""
+        import av
+
+        container, stream = self._open_stream(threads=1)
+        try:
+            for frame in container.decode(stream):
+                return frame.format.name, int(frame.rotation or 0)
+        except av.FFmpegError:
+            pass
+        finally:
+            container.close()
+        return "", 0
+
+    def _scale_then_crop(self, frame) -> np.ndarray:
+        w, h = self.decode_size
+        return center_crop(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR"),
+                           self.image_size)
 
     def _key_before(self, index: int) -> int:
         """Index of the last keyframe at or before frame `index` (0 when none is)."""
         k = int(np.searchsorted(self.keyframe_indices, index, "right")) - 1
         return int(self.keyframe_indices[k]) if k >= 0 else 0
 
-    def _open_stream(self):
+    def _open_stream(self, threads: int | None = None):
         container = _av_open(self.path)
         stream = container.streams[self.stream_index]
         stream.thread_type = "AUTO"  # frame + slice threads
-        stream.codec_context.thread_count = self.threads
+        stream.codec_context.thread_count = self.threads if threads is None else threads
+        self._set_reorder_depth(stream.codec_context)
         return container, stream
 
+    def _set_reorder_depth(self, codec) -> None:
+        """Hold back as many frames as the packet order needs (a decoder guessing too few drops B-frames)."""
+        codec.reorder_depth = max(codec.reorder_depth, self.reorder_depth)
+
     def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (index, uint8 (h, w, 3) at decode_size) for sorted unique frame indices, in order.
+        """Yield (index, upright uint8 (S, S, 3) center crop) for sorted unique frame indices, in order.
 
         Two shortcuts, each switched off for the rest of the video (and the file reopened) if a wanted frame goes
         missing after it: seeking to the keyframe before a wanted frame when a long gap holds one, and asking
-        the decoder to skip non-reference frames nobody wants (skip_frame=NONREF per packet; ~1.4x on H.264 at
-        step 4). A wanted frame still missing without them is damage: VideoError("decode").
+        the decoder to skip non-reference frames nobody wants (skip_frame=NONREF per packet). A wanted frame still
+        missing without them is damage: VideoError("decode").
         """
         import av
 
-        w, h = self.decode_size
+        to_rgb = (_SquareScaler(self.image_size, self.sample_aspect, self.time_base) if _CROP_BEFORE_SCALE
+                  else self._scale_then_crop)
         wanted = set(indices.tolist())
-        seek_ok = skip_ok = not self.ordered_only  # both need timestamps to know where the decoder is
+        seek_ok = not self.ordered_only  # both need timestamps to know where the decoder is
+        skip_ok = seek_ok and _SKIP_NONREF
+        first_frame = True
         i = 0  # next position in indices to deliver
         while i < len(indices):  # one pass per (re)open of the file
             container, stream = self._open_stream()
@@ -135,6 +217,7 @@ class PyAVReader:
                     key = self._key_before(int(indices[i]))
                     if seek_ok and key > pos + _SEEK_MIN_GAP:  # a keyframe lies well ahead: jump to it
                         container.seek(int(self.pts[key]), stream=stream, backward=True)
+                        self._set_reorder_depth(codec)  # a flush may reset the decoder's guess
                         seeked, pos, damaged = True, key - 1, False
                     jump = False
                     for packet in container.demux(stream):
@@ -147,6 +230,10 @@ class PyAVReader:
                             damaged = True
                             continue
                         for frame in decoded:
+                            self.frames_decoded += 1
+                            if first_frame:
+                                self.rotation_k = round((frame.rotation or 0) / 90) % 4
+                                first_frame = False
                             by_order = self.ordered_only or frame.pts is None
                             idx = pos + 1 if by_order else self._pts_to_index.get(frame.pts)
                             if idx is None or (idx <= pos and not seeked):
@@ -167,7 +254,7 @@ class PyAVReader:
                             seeked, pos = False, idx
                             if idx < indices[i]:
                                 continue
-                            yield idx, frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+                            yield idx, upright(to_rgb(frame), self.rotation_k)
                             i += 1
                             if i == len(indices):
                                 return
@@ -184,4 +271,3 @@ class PyAVReader:
                         retry = True
             finally:
                 container.close()
-
