@@ -111,3 +111,22 @@ def test_triton_backend_matches_torch_backend(checkpoint):
         assert torch.equal(a.cu_seqlens, b.cu_seqlens)
         for field in ("tokens", "embeddings", "logits"):
             check(f"{checkpoint.name} {label} triton-vs-torch {field}", getattr(a, field), getattr(b, field))
+
+
+def test_patch_weight_laid_out_once_and_again_after_a_change(checkpoint):
+    """The Triton patch weight layout is built at load and reused by every forward; changing the weight in place (or
+    replacing it) lays it out again, so the kernels never read a stale copy."""
+    import vmae_fast
+
+    model = vmae_fast.load_model(checkpoint, device=DEVICE, dtype=torch.float32, backend="triton")
+    reference = vmae_fast.load_model(checkpoint, device=DEVICE, dtype=torch.float32, backend="torch")
+    frames, _ = inputs()
+    frames = frames.to(DEVICE)
+    prepared = model._patch_weight(True)
+    model(frames)
+    assert model._patch_weight(True) is prepared  # nothing re-laid by the forward
+    with torch.no_grad():
+        for m in (model, reference):
+            m.patch_embed.weight.mul_(-0.5)
+    assert model._patch_weight(True) is not prepared
+    check("after an in-place change", model(frames).embeddings, reference(frames).embeddings)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import DEVICE, ON_GPU, assert_close, assert_close_to_baseline, on_device, poisoned
+from kernel_checks import DEVICE, NEEDS_TRITON, ON_GPU, assert_close, assert_close_to_baseline, on_device, poisoned
 from vmae_fast.kernels import patch_embed
-from vmae_fast.kernels.patch_embed import _patch_embed_triton
+from vmae_fast.kernels.patch_embed import _patch_embed_triton, patch_embed_grid, prepare_weight, run_layout
+
+pytestmark = NEEDS_TRITON
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, as the original checkpoints
 STD = (0.229, 0.224, 0.225)
@@ -165,6 +167,11 @@ def _bad_inputs():
         ("uint8 pixels not contiguous", {"frames": torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8)[:, :, :, ::2]},
          ValueError, "stride 3 along W"),
         ("patch size 0", {"patch_size": 0}, ValueError, "patch_size"),
+        ("prepared weight of the float layout", {"prepared_weight": prepare_weight(weight, False, 16, 2)}, ValueError,
+         r"prepare_weight\(weight, uint8=True, .*\) for these frames, got one prepared for uint8=False"),
+        ("prepared weight in fp16", {"prepared_weight": prepare_weight(weight.half(), True, 16, 2)}, ValueError,
+         r"of this weight: contiguous \(8, 1536\) torch.float32 on .*, got \(8, 1536\) torch.float16"),
+        ("prepared weight not a tensor", {"prepared_weight": [1.0]}, TypeError, "prepare_weight"),
         ("unknown backend", {"backend": "gpu"}, ValueError, "backend"),
     ]
 
@@ -178,3 +185,56 @@ def test_patch_embed_rejects_bad_input(case):
     args |= on_device(overrides)
     with pytest.raises(error, match=message):
         patch_embed(**args)
+
+
+@pytest.mark.parametrize("uint8", [True, False], ids=["uint8", "float"])
+@pytest.mark.parametrize("shape", [SHAPES["p14-t2-D100"], SHAPES["p16-t1-D100"]], ids=["p14-t2", "p16-t1"])
+def test_prepared_weight_and_power_of_two_padding_give_the_same_tokens(shape, uint8):
+    """The weight laid out once (prepare_weight, what the model does at load) gives bit for bit what the per-call
+    layout gives; runs padded to a power of two (the previous layout, 48 -> 64 values) agree to rounding."""
+    B, T, H, W, P, ts, D = shape
+    frames, weight4, bias, pos_table, mean, std = make(B, T, H, W, P, ts, D, torch.float32, seed=6)
+    if not uint8:
+        frames, mean, std = normalized(frames, mean, std).float().contiguous(), None, None
+    weight = weight4.reshape(D, -1)
+    per_call = _patch_embed_triton(frames, weight, bias, pos_table, mean, std, None, P, ts)
+    prepared = prepare_weight(weight, uint8, P, ts)
+    once = patch_embed(frames, weight, bias, pos_table, mean, std, patch_size=P, tubelet_size=ts,
+                       prepared_weight=prepared, backend="triton")
+    assert torch.equal(once, per_call)
+    pow2 = _patch_embed_triton(frames, weight, bias, pos_table, mean, std, None, P, ts, pow2=True)
+    assert_close(pow2, per_call, atol=1e-4, what="runs padded to a power of two vs to 16")
+
+
+def test_run_layout_pads_runs_to_16_not_to_a_power_of_two():
+    """uint8 P=16: 32 runs of 48 values, no padding (a power of two would be 64: 25 % more MMA work); P=14: 42 -> 48
+    (12.5 %, instead of 34 %); float P=16: 96 runs of 16."""
+    assert run_layout(True, 16, 2) == (32, 48, 48) and run_layout(True, 14, 2) == (28, 42, 48)
+    assert run_layout(False, 16, 2) == (96, 16, 16) and run_layout(False, 14, 2) == (84, 14, 16)
+    assert run_layout(True, 16, 2, pow2=True) == (32, 48, 64) and run_layout(False, 14, 2, pow2=True) == (84, 14, 16)
+    w = torch.arange(2 * 3 * 2 * 4 * 4, dtype=torch.float32).reshape(2, 3 * 2 * 4 * 4)  # D=2, P=4, ts=2
+    laid = prepare_weight(w, True, 4, 2)  # runs (dt, y) of (x, c) interleaved values, 12 padded to 16
+    laid = laid.data
+    assert laid.shape == (2, 8 * 16)
+    w5 = w.reshape(2, 3, 2, 4, 4)
+    assert laid[1, 16 * 5 + 3 * 2 + 1].item() == w5[1, 1, 1, 1, 2].item()  # run (dt=1, y=1), x=2, c=1
+    assert laid.reshape(2, 8, 16)[:, :, 12:].abs().sum() == 0  # zeros in the padding
+
+
+def test_grid_is_one_axis_so_millions_of_tokens_fit():
+    """CUDA caps grid axes 1 and 2 at 65,535 blocks: the row tiles share axis 0 (2^31 - 1) with the feature tiles.
+    5 M kept tokens of ViT-B at 64-row tiles are 78,125 row tiles, more than axis 1 allowed."""
+    (programs,) = patch_embed_grid(5_000_000, 768, 64, 128)
+    assert programs == 78_125 * 6 < 2**31 - 1
+    assert len(patch_embed_grid(10, 100, 16, 256)) == 1
+
+
+@pytest.mark.skipif(not ON_GPU, reason="9 M rows: seconds on a GPU, hours in the interpreter")
+def test_more_row_tiles_than_grid_axis_1_allows_on_gpu():
+    """M = 9 M rows (> 65,535 tiles of 128 rows): every row is computed (ids repeat one clip's tokens)."""
+    frames, weight4, bias, pos_table, mean, std = make(1, 2, 32, 16, 16, 2, 16, torch.float16, seed=7)
+    N = pos_table.shape[0]  # 2 tokens
+    token_ids = torch.arange(9_000_000, device=DEVICE) % N
+    out = _patch_embed_triton(frames, weight4.reshape(16, -1), bias, pos_table, mean, std, token_ids, 16, 2)
+    first = _patch_embed_triton(frames, weight4.reshape(16, -1), bias, pos_table, mean, std, None, 16, 2)
+    assert torch.equal(out.view(-1, N, 16), first.expand(4_500_000, N, 16).view(-1, N, 16))

@@ -1,7 +1,9 @@
 """Compile patch_embed / layer_norm / mean_pool_layernorm for sm_90 (H100) without a GPU and report what ptxas and
-the SASS say: registers, spill bytes, shared memory, global load widths, matrix instructions (HGMMA = Hopper wgmma).
+the SASS say: registers, spill bytes, shared memory, global loads by width (count of each instruction in the SASS),
+matrix instructions (HGMMA = Hopper wgmma) and their count.
 
-    python tools/kernel_resources.py            # needs triton's bundled ptxas/cuobjdump, no GPU, no TRITON_INTERPRET
+    python tools/kernel_resources.py                     # needs triton's bundled ptxas/cuobjdump, no GPU
+    python tools/kernel_resources.py --only patch_embed --pow2   # patch_embed, runs padded to 16 and to 2^k
 
 Integer arguments that Triton specializes at launch (divisible by 16: strides of 224x224 frames, D = 768, ...) are
 marked so here too, so the load widths match what a real launch gets.
@@ -9,6 +11,7 @@ marked so here too, so the load widths match what a real launch gets.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -44,37 +47,44 @@ def resources(fn, signature: dict, constants: dict, divisible_by_16: tuple, num_
                               check=False).stdout
     regs = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
+    loads = re.findall(r"LDG\.E[.\w]*", sass)
     return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
-            "smem": kernel.metadata.shared, "loads": sorted(set(re.findall(r"LDG\.E[.\w]*", sass))),
-            "mma": sorted(set(re.findall(r"\b(?:HGMMA|HMMA)\b", sass)))}
+            "smem": kernel.metadata.shared, "loads": {k: loads.count(k) for k in sorted(set(loads))},
+            "mma": {k: n for k in ("HGMMA", "HMMA") if (n := len(re.findall(rf"\b{k}\b", sass)))}}
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=["patch_embed", "norms"], default=None)
+    p.add_argument("--pow2", action="store_true", help="patch_embed also with runs padded to a power of two (the "
+                                                        "layout RUN_ALIGN replaced), for an A/B of the SASS")
+    p.add_argument("--dtypes", default="bf16,fp16,fp32")
+    args = p.parse_args(argv)
     pe = importlib.import_module("vmae_fast.kernels.patch_embed")
     ln = importlib.import_module("vmae_fast.kernels.layer_norm")
     mp = importlib.import_module("vmae_fast.kernels.mean_pool_layernorm")
     rows = []
-    for dt in ("bf16", "fp16", "fp32"):
+    for dt in args.dtypes.split(",") if args.only != "norms" else []:
         for uint8, P, ts in ((True, 16, 2), (True, 14, 2), (False, 16, 2), (False, 14, 2)):
-            run = 3 * P if uint8 else P
-            run_pad = triton.next_power_of_2(run)
-            sig = {"Frames": "*u8" if uint8 else f"*{dt}", "Wp": f"*{dt}", "Bias": f"*{dt}", "Pos": "*fp32",
-                   "Mean": "*fp32", "Std": "*fp32", "TokenIds": "*i64", "Out": f"*{dt}", "M": "i32",
-                   "num_clips": "i32", "D": "i32", "N": "i32", "n_h": "i32", "n_w": "i32", "ROWS": "i32",
-                   "stride_b": "i32", "stride_t": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32",
-                   "stride_pos": "i32"}
-            div16 = ("Frames", "Wp", "Bias", "Pos", "Out", "TokenIds", "D", "stride_b", "stride_t", "stride_c",
-                     "stride_h", "stride_pos")
-            configs = pe._CONFIGS if dt != "fp32" else [c for c in pe._CONFIGS if c in pe._prune_configs(
-                pe._CONFIGS, {"Wp": _Elt4()})]
-            for c in configs:
-                consts = {"P": P, "TS": ts, "RUN": run, "RUN_PAD": run_pad,
-                          "ROWS_PER_STEP": max(1, pe._K_TILE // run_pad), "NORMALIZE": uint8, "HAS_IDS": True,
-                          "DOT_PRECISION": "tf32x3" if dt == "fp32" else "tf32", **c.kwargs}
-                r = resources(pe._patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
-                rows.append(((f"patch_embed {dt} {'uint8' if uint8 else 'float'} P={P} "
-                             f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}"), r))
-    for D in (384, 768, 1024, 1408):
+            for pow2 in (False, True) if args.pow2 else (False,):
+                n_rows, run, run_pad = pe.run_layout(uint8, P, ts, pow2)
+                sig = {"Frames": "*u8" if uint8 else f"*{dt}", "Wp": f"*{dt}", "Bias": f"*{dt}", "Pos": "*fp32",
+                       "Mean": "*fp32", "Std": "*fp32", "TokenIds": "*i64", "Out": f"*{dt}", "M": "i32",
+                       "num_clips": "i32", "D": "i32", "N": "i32", "n_h": "i32", "n_w": "i32", "stride_b": "i32",
+                       "stride_t": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32",
+                       "stride_pos": "i32"}
+                div16 = ("Frames", "Wp", "Bias", "Pos", "Out", "TokenIds", "D", "stride_b", "stride_t", "stride_c",
+                         "stride_h", "stride_pos")
+                configs = pe._CONFIGS if dt != "fp32" else [c for c in pe._CONFIGS if c in pe._prune_configs(
+                    pe._CONFIGS, {"Wp": _Elt4()})]
+                for c in configs:
+                    consts = {"P": P, "TS": ts, "ROWS": n_rows, "RUN": run, "RUN_PAD": run_pad,
+                              "BLOCK_K": pe._K_TILE, "NORMALIZE": uint8, "HAS_IDS": True,
+                              "DOT_PRECISION": "tf32x3" if dt == "fp32" else "tf32", **c.kwargs}
+                    r = resources(pe._patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
+                    tile = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}"
+                    rows.append((f"patch_embed {dt} {'uint8' if uint8 else 'float'} P={P} pad{run_pad} {tile}", r))
+    for D in (384, 768, 1024, 1408) if args.only != "patch_embed" else []:
         bm, bd, nw = ln._launch_config(D)
         sig = {"X": "*bf16", "R": "*bf16", "W": "*bf16", "Bias": "*bf16", "Y": "*bf16", "S": "*bf16", "M": "i32",
                "D": "i32", "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
@@ -89,8 +99,9 @@ def main() -> int:
                       ("X", "Partial", "D", "stride_x"), 4, 3)
         rows.append((f"mean_pool segment_sum bf16 D={D} 16x{block_d} w4", r))
     for name, r in rows:
-        print(f"{name:<52} regs {r['regs']!s:>4} spill {r['spill_bytes']!s:>5} smem {r['smem']:>7} "
-              f"{','.join(r['mma']) or '-':<6} {' '.join(r['loads'])}")
+        mma = " ".join(f"{k}x{n}" for k, n in r["mma"].items()) or "-"
+        loads = " ".join(f"{k}x{n}" for k, n in r["loads"].items())
+        print(f"{name:<58} regs {r['regs']!s:>4} spill {r['spill_bytes']!s:>5} smem {r['smem']:>7} {mma:<10} {loads}")
     return 0
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from .config import VideoMAEConfig
 from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
 from .kernels._dispatch import BACKENDS
+from .kernels.patch_embed import prepare_weight
 from .tokens import KeepAll, KeepPolicy, pack, parse_keep
 
 
@@ -118,11 +119,33 @@ class VideoMAE(nn.Module):
             self.init_buffers()
 
     def init_buffers(self) -> None:
-        """Position table and pixel statistics in float32 on the parameters' device (whatever their dtype)."""
+        """Position table and pixel statistics in float32 on the parameters' device (whatever their dtype), and the
+        patch embedding weight laid out for the Triton kernel (uint8 and float frames)."""
         device, c = self.patch_embed.weight.device, self.config
         self.pos_table = sincos_table(c.num_tokens, c.hidden_size).to(device)
         self.pixel_mean = torch.tensor(c.image_mean, dtype=torch.float32, device=device)
         self.pixel_std = torch.tensor(c.image_std, dtype=torch.float32, device=device)
+        self._prepared_patch_weights = {}
+        for uint8 in (True, False):
+            self._patch_weight(uint8)
+
+    def _patch_weight(self, uint8: bool):
+        """The patch weight in the kernel's layout, laid out at load (init_buffers) and again only if the weight was
+        replaced, moved, cast or changed in place since (its storage or version counter moved); None (patch_embed
+        then lays it out per call) while something traces the model or for inference-mode weights, which carry no
+        version counter."""
+        w = self.patch_embed.weight
+        try:
+            key = (w.data_ptr(), w._version, w.device, w.dtype)
+        except RuntimeError:  # a fake or functional tensor (no storage), an inference tensor (no version)
+            return None
+        prepared = getattr(self, "_prepared_patch_weights", None)
+        if prepared is None:
+            self._prepared_patch_weights = prepared = {}
+        if uint8 not in prepared or prepared[uint8][0] != key:
+            c = self.config
+            prepared[uint8] = key, prepare_weight(w, uint8, c.patch_size, c.tubelet_size)
+        return prepared[uint8][1]
 
     @property
     def device(self) -> torch.device:
@@ -212,7 +235,8 @@ class VideoMAE(nn.Module):
         uint8 = frames.dtype == torch.uint8
         x = patch_embed(frames, self.patch_embed.weight, self.patch_embed.bias, self.pos_table,
                         self.pixel_mean if uint8 else None, self.pixel_std if uint8 else None, token_ids,
-                        patch_size=c.patch_size, tubelet_size=c.tubelet_size, backend=backend,
+                        patch_size=c.patch_size, tubelet_size=c.tubelet_size,
+                        prepared_weight=self._patch_weight(uint8) if backend != "torch" else None, backend=backend,
                         check=False)  # (N_kept, D)
 
         branch, residual = x, None
