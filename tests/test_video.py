@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,212 @@ def test_non_square_pixels_use_the_display_aspect(tmp_path):
         rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
         ratio = (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
         assert 1.6 < ratio < 2.4, (backend, ratio)
+
+
+# --- every returned frame is its planned source frame: ours vs a full decode ------------------------------------------
+@pytest.fixture(scope="session")
+def bframes_video(tmp_path_factory):
+    """150 frames of H.264 with 3 B-frames and b-pyramid (x264's default structure: 43 frames are non-reference),
+    a keyframe every 40 frames (seeks between uniform clips)."""
+    return make_video(tmp_path_factory.mktemp("bfull") / "bframes.mp4", "h264_bframes", width=96, height=64,
+                      frames=150, options={"g": "40"})
+
+
+def full_decode(path, image_size: int) -> list[np.ndarray]:
+    """Every frame decoded in order, nothing skipped, no seeking, one thread, then the same center-square scaling
+    as the PyAV backend (so equality is pixel-exact when the frames decoded are the same)."""
+    import av
+
+    from vmae_fast.video.pyav_reader import _SquareScaler
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        scale = _SquareScaler(image_size, 1.0, stream.time_base)
+        return [scale(frame) for frame in c.decode(stream)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["sliding", "uniform", "overlap", "range", "at_s"])
+def test_frames_equal_a_full_decode(bframes_video, case, threads):
+    """Skipping unwanted non-reference frames, seeking across gaps and frame threads change no pixel: each clip
+    frame equals frame frame_indices[j] of a decode of every frame. Fails if a shortcut drops, repeats or
+    corrupts a frame (a wrong reference after a skip or a seek shows as different pixels)."""
+    exp = bframes_video
+    ref = full_decode(exp.path, S)
+    assert len(ref) == exp.num_frames
+    task, sampling, at_s = VideoTask(exp.path), SAMPLING, None
+    if case == "uniform":  # gaps of ~40 frames between clips: seeks to keyframes
+        sampling = Sampling(num_frames=T, clips_per_video=3)
+    elif case == "overlap":
+        sampling = Sampling(num_frames=T, frame_step=2, clip_stride_s=0.2)
+    elif case == "range":
+        task = VideoTask(exp.path, start_s=1.7, end_s=4.1)
+    elif case == "at_s":
+        at_s = 3.0
+    info = {}
+    clips = list(decode_clips(task, sampling, S, "pyav", threads=threads, at_s=at_s, info=info))
+    assert clips
+    for clip in clips:
+        for j, idx in enumerate(clip.frame_indices.tolist()):
+            if not np.array_equal(clip.frames[j], ref[idx]):
+                diff = np.abs(clip.frames[j].astype(int) - ref[idx]).max()
+                raise AssertionError(f"{case}: clip {clip.clip_index} slot {j} (frame {idx}) differs from the full "
+                                     f"decode by up to {diff} levels")
+        assert [frame_number(f) for f in clip.frames] == [i % PERIOD for i in clip.frame_indices]
+    # the shortcuts really ran: fewer frames decoded than a full decode up to the last frame used
+    last = max(int(c.frame_indices.max()) for c in clips)
+    assert info["frames_decoded"] < last + 1, (case, info)
+
+
+def test_nonref_skip_and_seek_save_decoding(bframes_video):
+    """The default sliding clips at step 4 skip a non-reference frame whenever no clip wants it; uniform clips seek."""
+    from vmae_fast.video import pyav_reader
+
+    info = {}
+    list(decode_clips(VideoTask(bframes_video.path), SAMPLING, S, "pyav", info=info))
+    skipped = info["frames_decoded"]
+    pyav_reader._SKIP_NONREF = False
+    try:
+        list(decode_clips(VideoTask(bframes_video.path), SAMPLING, S, "pyav", info=info))
+    finally:
+        pyav_reader._SKIP_NONREF = True
+    assert skipped < info["frames_decoded"] - 20, (skipped, info["frames_decoded"])  # 43 non-ref frames, 1/4 wanted
+
+
+@pytest.mark.parametrize("pts,depth", [([0, 1, 2, 3], 0), ([0, 3, 1, 2], 1), ([0, 4, 2, 1, 3], 2),
+                                       ([0, 4, 2, 1, 3, 8, 6, 5, 7], 2), ([], 0), ([5], 0)])
+def test_reorder_depth_from_packet_order(pts, depth):
+    from vmae_fast.video.pyav_reader import reorder_depth
+
+    assert reorder_depth(np.array(pts)) == depth
+
+
+def test_reorder_depth_matches_the_decoders_probe(bframes_video):
+    """The depth read from packet timestamps equals what FFmpeg finds by decoding when it probes the file, so
+    opening without that probe loses no B-frame."""
+    import av
+
+    from vmae_fast.video.pyav_reader import PyAVReader
+
+    with av.open(str(bframes_video.path)) as c:
+        probed = c.streams.video[0].codec_context.reorder_depth
+    assert PyAVReader(str(bframes_video.path), S).reorder_depth == probed == 2
+
+
+# --- torchcodec backend and --decode-device: as far as a CPU box without torchcodec allows -----------------------------
+FAKE_TORCHCODEC = '''
+"""A stand-in for torchcodec.decoders.VideoDecoder (the calls vmae_fast makes), decoding every frame with PyAV:
+it tests vmae_fast's torchcodec glue on a machine where torchcodec itself cannot load, not torchcodec."""
+import types
+
+import av
+import torch
+
+SHIFT = 0  # tests set 1 to hand back the next frame: a decoder that gets frame numbers wrong
+
+
+class VideoDecoder:
+    def __init__(self, path, *, stream_index=None, dimension_order="NCHW", num_ffmpeg_threads=1, device="cpu",
+                 seek_mode="exact"):
+        assert dimension_order == "NHWC" and seek_mode == "exact"
+        with av.open(str(path)) as c:
+            s = c.streams.video[0] if stream_index is None else c.streams[stream_index]
+            frames = list(c.decode(s))
+        self._rgb = [f.to_ndarray(format="rgb24") for f in frames]
+        self._pts = [float(f.pts * f.time_base) for f in frames]
+        self.metadata = types.SimpleNamespace(rotation=None, num_frames=len(frames))
+        self.device = device
+
+    def __len__(self):
+        return len(self._rgb)
+
+    def get_frames_at(self, indices):
+        idx = [min(i + SHIFT, len(self._rgb) - 1) for i in indices]
+        data = torch.stack([torch.from_numpy(self._rgb[i]) for i in idx]).to(self.device)
+        pts = torch.tensor([self._pts[i] for i in idx], dtype=torch.float64)
+        return types.SimpleNamespace(data=data, pts_seconds=pts, duration_seconds=torch.zeros_like(pts))
+'''
+
+
+@pytest.fixture()
+def fake_torchcodec(tmp_path, monkeypatch):
+    pkg = tmp_path / "fake" / "torchcodec"
+    (pkg / "decoders").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "decoders" / "__init__.py").write_text(FAKE_TORCHCODEC)
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    for name in [m for m in sys.modules if m == "torchcodec" or m.startswith("torchcodec.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import torchcodec.decoders
+
+    return torchcodec.decoders
+
+
+@pytest.mark.parametrize("device,backend,error", [
+    ("gpu", "auto", ValueError), ("cuda:x", "auto", ValueError), ("cuda:0", "pyav", ValueError),
+    ("cuda", "decord", ValueError), (None, "auto", ValueError),
+])
+def test_decode_device_bad_arguments(zoo, device, backend, error):
+    with pytest.raises(error, match="decod"):
+        next(decode_clips(VideoTask(zoo["h264_bframes"][0]), SAMPLING, S, backend, device=device))
+
+
+def test_decode_device_cuda_without_torchcodec_or_gpu(zoo, fake_torchcodec, monkeypatch):
+    """The environment is at fault, not the video: RuntimeError (extract stops with one line), naming what is
+    missing; first torchcodec, then the GPU."""
+    path = zoo["h264_bframes"][0]
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        next(decode_clips(VideoTask(path), SAMPLING, S, device="cuda"))
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # import fails, as with a CPU-only torch
+    with pytest.raises(RuntimeError, match="torchcodec") as e:
+        next(decode_clips(VideoTask(path), SAMPLING, S, device="cuda"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(RuntimeError, match="torchcodec"):
+        next(decode_clips(VideoTask(path), SAMPLING, S, "torchcodec"))
+
+
+@pytest.mark.parametrize("name", ["h264_bframes", "vfr", "portrait", "short", "hevc"])
+def test_torchcodec_backend_follows_the_shared_plan(zoo, fake_torchcodec, name):
+    """Same clips, indices and times as the PyAV backend (one plan for all backends); frames agree up to the two
+    bilinear resizers (torch antialiased vs swscale)."""
+    path, exp = zoo[name]
+    info = {}
+    clips = list(decode_clips(VideoTask(path), SAMPLING, S, "torchcodec", info=info))
+    assert info["backend"] == "torchcodec"
+    check_clips(clips, exp, SAMPLING)
+    ref = list(decode_clips(VideoTask(path), SAMPLING, S, "pyav"))
+    for a, b in zip(clips, ref):
+        assert (a.start_s, a.end_s) == (b.start_s, b.end_s)
+        assert np.abs(a.frames.astype(np.float64) - b.frames).mean() < 2.0
+
+
+def test_torchcodec_wrong_frame_is_an_error(zoo, fake_torchcodec, monkeypatch):
+    """A decoder handing back another frame than the planned one (by PTS) fails the video, never embeds it."""
+    monkeypatch.setattr(fake_torchcodec, "SHIFT", 1)
+    with pytest.raises(VideoError, match="planned") as e:
+        list(decode_clips(VideoTask(zoo["h264_bframes"][0]), SAMPLING, S, "torchcodec"))
+    assert e.value.stage == "decode"
+
+
+def test_square_resize_matches_swscale(zoo):
+    """The torch resize used on the GPU (center square, bilinear, antialiased) vs the PyAV backend's swscale on the
+    same decoded 1080p frames: the same crop, within resampling differences."""
+    import av
+    import torch
+
+    from vmae_fast.video.pyav_reader import _SquareScaler
+    from vmae_fast.video.torchcodec_reader import square_resize
+
+    with av.open(str(zoo["hd1080"][0])) as c:
+        stream = c.streams.video[0]
+        frames = [f for _, f in zip(range(3), c.decode(stream))]
+        scale = _SquareScaler(224, 1.0, stream.time_base)
+        ref = np.stack([scale(f) for f in frames]).astype(np.float64)
+    rgb = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in frames]))
+    out = square_resize(rgb, 224)
+    assert out.shape == (3, 224, 224, 3) and out.dtype == torch.uint8
+    assert np.abs(out.numpy() - ref).mean() < 1.5

@@ -3,7 +3,8 @@
 Frames are decoded in one sequential pass per video (sorted indices; frames shared by overlapping clips decoded
 once); each backend yields upright center crops (crop.py: short side resized to image_size), timed by their
 presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per core, passes the
-hostile corpus, see README), decord_reader.py.
+hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with device="cuda"). All of
+them follow the same frame plan: sampling.plan_clips over the PyAV packet index.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
     ".3gp", ".ogv", ".asf", ".vob",
 }
-BACKENDS = ("auto", "pyav", "decord")
-DEFAULT_BACKEND = "pyav"  # what "auto" means: 1.5-1.9x decord per core on H.264 with B-frames (README)
+BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+DEFAULT_BACKEND = "pyav"  # what "auto" means on the CPU: 1.5-1.9x decord per core on H.264 with B-frames (README)
 
 
 def check_path(path: str) -> None:
@@ -42,11 +43,16 @@ def check_path(path: str) -> None:
 
 
 
-def _open_reader(path: str, image_size: int, backend: str, threads: int):
-    """(reader, fallback) for `backend`: "auto" is DEFAULT_BACKEND; "decord" falls back to PyAV for files decord
-    cannot open (fallback: the PyAV reader to continue with if decord fails mid-way)."""
+def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu"):
+    """(reader, fallback) for `backend`: "auto" is DEFAULT_BACKEND on the CPU and torchcodec on CUDA; "decord"
+    falls back to PyAV for files decord cannot open (fallback: the PyAV reader to continue with if decord fails
+    mid-way)."""
     check_path(path)
     pyav = PyAVReader(path, image_size, threads)  # header + packet index: uniform "open" errors, timestamps
+    if backend == "torchcodec" or device != "cpu":
+        from .torchcodec_reader import TorchCodecReader
+
+        return TorchCodecReader(path, image_size, pyav, threads=threads or 1, device=device), None
     if backend in ("auto", "pyav"):
         return pyav, None
     pix_fmt, rotation = pyav.probe_first_frame()
@@ -65,16 +71,48 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int):
         return pyav, None
 
 
+def check_device(device: str, backend: str) -> None:
+    """ValueError for a malformed device or a backend that cannot decode there; RuntimeError (an environment fault)
+    when the device or torchcodec is missing."""
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"decode device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu":
+        return
+    if backend not in ("auto", "torchcodec"):
+        raise ValueError(f"decoding on {device} (NVDEC) needs the torchcodec backend, got backend={backend!r}")
+    from .torchcodec_reader import status
+
+    why = status()
+    if why:
+        raise RuntimeError(f"decoding on {device} needs torchcodec built for this torch and CUDA, which does not "
+                           f"load here: {why}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"decoding on {device}: torch sees no CUDA device here (torch {torch.__version__})")
+    index = int(device[5:]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"decoding on {device}: there are only {torch.cuda.device_count()} CUDA devices")
+
+
 def require_backend(backend: str) -> None:
     """Raise RuntimeError (an environment fault, never a video's error) when the backend's library is missing."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    module = {"auto": "av", "pyav": "av", "decord": "decord"}[backend]
     try:
-        __import__(module)
+        __import__("av")  # every backend reads the packet index with PyAV
+        if backend == "decord":
+            __import__("decord")
     except ImportError as e:
-        raise RuntimeError(f"decoder backend {backend!r} needs the {module!r} package, which does not import here "
+        raise RuntimeError(f"decoder backend {backend!r} needs a package that does not import here "
                            f"({one_line(e)}); install it or choose another --decode-backend") from None
+    if backend == "torchcodec":
+        from .torchcodec_reader import status
+
+        why = status()
+        if why:
+            raise RuntimeError(f"decoder backend 'torchcodec' does not load here: {why}")
 
 
 def one_line(e: BaseException) -> str:
@@ -92,6 +130,7 @@ def decode_clips(
     at_s: float | None = None,
     info: dict | None = None,
     alloc: Callable[[], np.ndarray] | None = None,
+    device: str = "cpu",
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in clip order (see Sampling, Clip).
 
@@ -99,18 +138,24 @@ def decode_clips(
     decode and for gray or rotated ones, which it gets wrong).
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
     covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set
-    to the decoder actually used. alloc: if given, called once per clip for a writable uint8 array (num_frames,
+    to the decoder actually used and info["frames_decoded"] to the frames its decoder produced so far (None for
+    decord, which does not say). alloc: if given, called once per clip for a writable uint8 array (num_frames,
     image_size, image_size, 3) that receives the clip's frames and becomes Clip.frames (DecodePool passes a
     shared-memory slot, so frames are written once, where the model reads them); default: a new array per clip.
+    device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec (backend "auto" or "torchcodec");
+    Clip.frames is then a torch.uint8 tensor on that device and alloc must be None.
     Raises VideoError(stage, message); clips already yielded are valid only if the iteration ends without an error
     (a video is all its clips or an error, never a part).
     """
-    require_backend(backend)
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+    check_device(device, backend)
+    if device != "cpu" and alloc is not None:
+        raise ValueError(f"alloc (host buffers) cannot receive frames decoded on {device}")
+    require_backend(backend)
     info = {} if info is None else info
     path = os.fspath(task.path)
-    reader, fallback = _open_reader(path, image_size, backend, threads)
+    reader, fallback = _open_reader(path, image_size, backend, threads, device)
     done = 0  # clips yielded so far
     while True:
         info["backend"] = reader.name
@@ -121,6 +166,7 @@ def decode_clips(
         try:
             for clip in _assemble(reader, plans[done:], image_size, alloc):
                 done += 1
+                info["frames_decoded"] = getattr(reader, "frames_decoded", None)
                 yield clip
             return
         except VideoError:
@@ -144,7 +190,7 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None) -> Ite
         cache[idx] = crop
         while k < len(plans) and plans[k].last_frame <= idx:
             p = plans[k]
-            frames = np.stack([cache[int(j)] for j in p.frame_indices], out=alloc() if alloc else None)
+            frames = _stack([cache[int(j)] for j in p.frame_indices], alloc)
             yield Clip(p.clip_index, p.start_frame, p.end_frame, p.start_s, p.end_s, p.padded_frames, frames,
                        p.frame_indices.copy())
             k += 1
@@ -153,3 +199,12 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None) -> Ite
                 del cache[j]
     if k < len(plans):
         raise VideoError("decode", f"the decoder stopped before frame {plans[k].last_frame}")
+
+
+def _stack(crops: list, alloc):
+    """(T, S, S, 3) from T crops: into alloc() when given; torch tensors (frames decoded on a GPU) stay torch."""
+    if not isinstance(crops[0], np.ndarray):
+        import torch
+
+        return torch.stack(crops)
+    return np.stack(crops, out=alloc() if alloc else None)
