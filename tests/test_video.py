@@ -485,3 +485,16 @@ def test_square_resize_matches_swscale(zoo):
     out = square_resize(rgb, 224)
     assert out.shape == (3, 224, 224, 3) and out.dtype == torch.uint8
     assert np.abs(out.numpy() - ref).mean() < 1.5
+
+
+def test_extract_with_a_decoder_that_cannot_load_stops_in_one_line(zoo, tmp_path, capsys, monkeypatch):
+    """`--decode-backend torchcodec` where torchcodec does not load (not installed, or the PyPI wheel beside a
+    CPU-only torch) is the environment's fault: exit 2 with one line naming it, before anything is written, never
+    an error row per video."""
+    from vmae_fast.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import fails, whatever is installed
+    out = tmp_path / "out"
+    assert main(["extract", str(zoo["short"][0]), "-o", str(out), "--decode-backend", "torchcodec"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torchcodec" in err[0] and not out.exists(), err

@@ -89,6 +89,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto", help="model kernels")
+    p.add_argument("--decode-backend", choices=("auto", "pyav", "decord", "torchcodec"), default="auto",
+                   help="video decoder: auto (PyAV, measured fastest per core), pyav, decord (PyAV for the files it "
+                        "gets wrong), torchcodec (optional package)")
     p.add_argument("--part-rows", type=int, default=100_000, help="rows per Parquet part file (default %(default)s)")
     p.add_argument("--commit-interval-s", type=float, default=60.0,
                    help="write finished videos at least this often, bounding work lost to a crash (default %(default)s)")
@@ -120,7 +123,8 @@ def _run_extract(args) -> int:
                           clips_per_video=args.clips_per_video, keep=args.keep, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
                           overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
-                          progress=args.progress, backend=args.backend, part_rows=args.part_rows,
+                          progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
+                          part_rows=args.part_rows,
                           commit_interval_s=args.commit_interval_s)
     finally:
         if main_thread:

@@ -568,6 +568,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         raise ValueError(f"--timeout-s must be positive, got {timeout_s}")
     if workers is not None and workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
+    from .video.decode import require_backend
+
+    require_backend(decode_backend)  # a missing decoder library ends the run in one line, never an error row a video
     shard_index, num_shards, shard_source = resolve_shard(shard)
     found = discover_inputs(inputs)
 
