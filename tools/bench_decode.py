@@ -166,6 +166,46 @@ def video_facts(path: str) -> dict:
     return facts
 
 
+def corpus_check(backends: list[str], rounds: int) -> dict:
+    """Every backend over the test corpus (tests/videos.py: 17 awkward good files, 7 bad ones), 4x32 clips: a good
+    file passes when its clips, indices, times and frame numbers are right (tests.videos.check_clips), a bad one
+    when it ends as a VideoError of the right stage (a crash, wrong pixels or clips from a damaged file fail).
+    Seconds: the whole corpus once, median of `rounds`."""
+    import tempfile
+
+    from tests.videos import BAD_STAGES, check_clips, make_bad_files, make_video_zoo
+    from vmae_fast.video import Sampling, VideoError, VideoTask, decode_clips
+
+    sampling = Sampling(num_frames=4)
+    root = Path(tempfile.mkdtemp(prefix="vmae-corpus-"))
+    zoo, bad = make_video_zoo(root / "zoo"), make_bad_files(root / "bad")
+    out = {}
+    for backend in backends:
+        failures, seconds = {}, []
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            for name, (path, exp) in zoo.items():
+                try:
+                    info: dict = {}
+                    check_clips(list(decode_clips(VideoTask(path), sampling, 32, backend, threads=1, info=info)),
+                                exp, sampling)
+                except (AssertionError, VideoError, RuntimeError) as e:
+                    failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+            for name, path in bad.items():
+                try:
+                    list(decode_clips(VideoTask(path), sampling, 32, backend, threads=1))
+                    failures[name] = "gave clips instead of an error"
+                except VideoError as e:
+                    if e.stage != BAD_STAGES[name]:
+                        failures[name] = f"stage {e.stage}, expected {BAD_STAGES[name]}"
+            seconds.append(time.perf_counter() - t0)
+        out[backend] = {"files": len(zoo) + len(bad), "failures": failures, "passes_all": not failures,
+                        "seconds": round(statistics.median(seconds), 3)}
+        print(f"corpus {backend:10s} {len(zoo) + len(bad) - len(failures):2d}/{len(zoo) + len(bad)} pass, "
+              f"{out[backend]['seconds']:.2f} s" + (f"  failures: {failures}" if failures else ""), flush=True)
+    return out
+
+
 def machine_facts() -> dict:
     import av
     import numpy as np
@@ -216,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="auto,decord", help="decode_clips backends to measure (default %(default)s)")
     ap.add_argument("--ablation", action="store_true",
                     help="also decode_clips (PyAV) with each shortcut switched off, one at a time")
+    ap.add_argument("--corpus", action="store_true",
+                    help="also run every backend over the test corpus (tests/videos.py): pass/fail and time")
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -223,8 +265,8 @@ def main(argv=None) -> int:
         for p in make_media(args.make, args.seconds):
             print(p)
         return 0
-    if not args.videos:
-        ap.error("give video files (or --make DIR)")
+    if not args.videos and not args.corpus:
+        ap.error("give video files (or --make DIR, or --corpus)")
     allowed = sorted(os.sched_getaffinity(0))
     core = args.core if args.core is not None else allowed[-1]
     os.sched_setaffinity(0, {core})  # before any decoder library starts a thread: they all inherit one core
@@ -301,6 +343,9 @@ def main(argv=None) -> int:
         for name, row in rows.items():
             print(f"  {name:44s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
                   f"{row['clips_per_cpu_s']:9.2f} {row.get('vs_best_decord', float('nan')):14.2f}")
+    if args.corpus:
+        backends = ["pyav", "decord"] + (["torchcodec"] if not tc_status else [])
+        report["corpus"] = corpus_check(backends, args.rounds)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
