@@ -498,3 +498,34 @@ def test_extract_with_a_decoder_that_cannot_load_stops_in_one_line(zoo, tmp_path
     assert main(["extract", str(zoo["short"][0]), "-o", str(out), "--decode-backend", "torchcodec"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torchcodec" in err[0] and not out.exists(), err
+
+
+def _nvdec_missing() -> str | None:
+    import torch
+
+    from vmae_fast.video.torchcodec_reader import status
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (NVDEC)"
+    why = status()
+    return f"needs torchcodec: {why}" if why else None
+
+
+@pytest.mark.skipif(_nvdec_missing() is not None, reason=str(_nvdec_missing()))
+@pytest.mark.parametrize("name", ["h264_bframes", "hd1080", "vfr", "hevc"])
+def test_nvdec_clips_follow_the_plan(zoo, name):
+    """GPU only (owed where there is none): NVDEC through torchcodec gives the clips of the CPU path (same plan,
+    frame numbers, times), frames on the GPU, within resampling differences of PyAV's."""
+    import torch
+
+    path, exp = zoo[name]
+    size = 224 if name == "hd1080" else S
+    clips = list(decode_clips(VideoTask(path), SAMPLING, size, device="cuda"))
+    ref = list(decode_clips(VideoTask(path), SAMPLING, size, "pyav"))
+    assert [c.frame_indices.tolist() for c in clips] == [c.frame_indices.tolist() for c in ref]
+    for a, b in zip(clips, ref):
+        assert isinstance(a.frames, torch.Tensor) and a.frames.is_cuda and a.frames.dtype == torch.uint8
+        assert (a.start_s, a.end_s) == (b.start_s, b.end_s)
+        assert np.abs(a.frames.cpu().numpy().astype(np.float64) - b.frames).mean() < 3.0
+    if size == S:
+        check_clips([type(c)(**{**c.__dict__, "frames": c.frames.cpu().numpy()}) for c in clips], exp, SAMPLING)

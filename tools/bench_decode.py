@@ -15,6 +15,7 @@ clips/cpu-s the same per CPU second of the process (less disturbed by a busy mac
 
     python tools/bench_decode.py --make /tmp/vmae-bench                      # the three H.264 test files (ffmpeg)
     python tools/bench_decode.py /tmp/vmae-bench/h264_*.mp4 --rounds 3 --out bench/results/decode.json
+    python tools/bench_decode.py /tmp/vmae-bench/h264_*.mp4 --decode-device cuda --out bench/results/decode-gpu.json
 
 Test media (--make): one ffmpeg run, split three ways, 16 s at 30 fps, libx264 defaults (preset medium: 3 B-frames,
 b-pyramid normal, adaptive B placement, 3 refs, keyint 250):
@@ -100,20 +101,31 @@ def run_pyav_plain(path: str, clips, size) -> int:
     return n
 
 
-def run_torchcodec(path: str, clips, size) -> int:
+def run_torchcodec(path: str, clips, size, device: str = "cpu") -> int:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC", seek_mode="exact")
+    decoder = VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC", seek_mode="exact", device=device)
     n = 0
     for idx in clips:
         n += len(decoder.get_frames_at(idx.tolist()).data)
+    _sync(device)
     return n
 
 
-def run_ours(path: str, sampling, image_size: int, backend: str) -> int:
+def run_ours(path: str, sampling, image_size: int, backend: str, device: str = "cpu") -> int:
     from vmae_fast.video import VideoTask, decode_clips
 
-    return sum(len(c.frames) for c in decode_clips(VideoTask(path), sampling, image_size, backend, threads=1))
+    n = sum(len(c.frames) for c in decode_clips(VideoTask(path), sampling, image_size, backend, threads=1,
+                                                device=device))
+    _sync(device)
+    return n
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 # --ablation: decode_clips with one shortcut of the PyAV backend switched off (module constants of pyav_reader)
@@ -256,6 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="auto,decord", help="decode_clips backends to measure (default %(default)s)")
     ap.add_argument("--ablation", action="store_true",
                     help="also decode_clips (PyAV) with each shortcut switched off, one at a time")
+    ap.add_argument("--decode-device", default="cpu",
+                    help="also measure torchcodec and decode_clips decoding on this CUDA device (NVDEC)")
     ap.add_argument("--corpus", action="store_true",
                     help="also run every backend over the test corpus (tests/videos.py): pass/fail and time")
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
@@ -298,6 +312,10 @@ def main(argv=None) -> int:
         }
         if not tc_status:
             cases["torchcodec native"] = lambda p=path, c=clips: run_torchcodec(p, c, None)
+        if args.decode_device != "cpu":  # NVDEC: the GPU decodes, the pinned core only feeds it
+            d = args.decode_device
+            cases[f"torchcodec native {d}"] = lambda p=path, c=clips, d=d: run_torchcodec(p, c, None, d)
+            cases[f"ours torchcodec {d}"] = lambda p=path, d=d: run_ours(p, sampling, args.image_size, "torchcodec", d)
         for backend in args.backends.split(","):
             cases[f"ours {backend}"] = lambda p=path, b=backend: run_ours(p, sampling, args.image_size, b)
         if args.ablation:
