@@ -231,8 +231,7 @@ def machine_facts() -> dict:
     except OSError:
         pass
     versions = {"python": platform.python_version(), "numpy": np.__version__, "av": av.__version__,
-                "ffmpeg (PyAV)": ".".join(map(str, av.ffmpeg_version_info)) if hasattr(av, "ffmpeg_version_info")
-                else None}
+                "ffmpeg (PyAV)": str(getattr(av, "ffmpeg_version_info", None))}
     try:
         import decord
 
