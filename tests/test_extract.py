@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from tests.hf_checkpoints import make_checkpoint
+from tests.pool_faults import decode_with_faults
 from tests.videos import make_bad_files, make_video, make_video_zoo
 from vmae_fast import cli, store
 from vmae_fast.checkpoint import load_model
@@ -86,7 +87,7 @@ def test_mixed_folder_good_rows_one_error_per_bad_file(tmp_path, model, capsys):
     shutil.copy(zoo["h264_bframes"][0], root / "retry_vmae-test-segfault-once.mp4")
     shutil.copy(zoo["short"][0], root / "crash_vmae-test-abort.mp4")  # crashes on every attempt: one error row
     summary = extract([root], tmp_path / "out", model=model, workers=2, batch_size=4, progress=False,
-                      decode_options={"test_hooks": True})
+                      decode_options={"decode": decode_with_faults})
     print(format_summary(summary))
     out = tmp_path / "out"
     clips = store.read_clips(out)
@@ -151,7 +152,7 @@ def test_mixed_folder_good_rows_one_error_per_bad_file(tmp_path, model, capsys):
                                    atol=ATOL, rtol=0, err_msg=name)
 
     # a second run finds everything committed
-    again = extract([root], out, model=model, workers=1, progress=False, decode_options={"test_hooks": True})
+    again = extract([root], out, model=model, workers=1, progress=False, decode_options={"decode": decode_with_faults})
     assert again["videos_skipped"] == total and again["clips"] == 0
     assert store.read_clips(out).num_rows == clips.num_rows and store.read_errors(out).num_rows == len(error_ids)
 

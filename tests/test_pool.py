@@ -1,21 +1,27 @@
 """DecodePool on real encoded files: all files through workers, crashed/hung/killed workers replaced, bounded
-queues, early exit and Ctrl-C leave no processes."""
+memory, the shared-memory slots (zero-copy views, released and reclaimed), early exit and Ctrl-C leave no
+processes and no shared memory. Faults come from decode functions in tests/pool_faults.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.pool_faults import decode_own_arrays, decode_with_faults, decode_wrong_shape
 from tests.videos import BAD_STAGES, check_clips
 from vmae_fast.video import ClipsEvent, DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling, VideoTask
+from vmae_fast.video.shm import NAME as RING_NAME
 
 T, S = 4, 32  # small clips keep the suite fast; the logic does not depend on the size
 SAMPLING = Sampling(num_frames=T)
@@ -68,9 +74,22 @@ def test_pool_all_files(zoo, bad, workers):
         assert isinstance(ev, ErrorEvent) and ev.stage == BAD_STAGES[name] and ev.attempts == 1
 
 
+def ours_in_dev_shm() -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if "vmae" in n] if os.path.isdir("/dev/shm") else []
+
+
+def mapped(pid: int, needle: str) -> list[str]:
+    """Lines of /proc/<pid>/maps that mention needle ([] when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return [line.strip() for line in f if needle in line]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 @pytest.fixture()
 def hook_videos(zoo, tmp_path):
-    """Copies of a good video whose names trigger DecodePool test hooks (after the first clip is sent)."""
+    """Copies of a good video whose names make decode_with_faults misbehave (after the first clip is sent)."""
     src = zoo["h264_bframes"][0]
     names = ["vmae-test-segfault-once", "vmae-test-abort", "vmae-test-hang-once", "vmae-test-exit-once"]
     out = {}
@@ -85,7 +104,7 @@ def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
     good = [VideoTask(p) for p, _ in list(zoo.values())[:4]]
     tasks = [VideoTask(p) for p in hook_videos.values()] + good
     t0 = time.monotonic()
-    with DecodePool(2, SAMPLING, S, timeout_s=2.0, max_attempts=2, test_hooks=True) as pool:
+    with DecodePool(2, SAMPLING, S, timeout_s=2.0, max_attempts=2, decode=decode_with_faults) as pool:
         clips, final, resets = collect(pool.run(tasks))
         replaced, pids = pool.replaced, pool.worker_pids()
     assert time.monotonic() - t0 < 30
@@ -105,7 +124,7 @@ def test_pool_replaces_crashed_and_hung_workers(zoo, hook_videos):
 
 def test_pool_hang_without_retry_is_an_error(hook_videos):
     task = VideoTask(hook_videos["vmae-test-hang-once"])
-    with DecodePool(1, SAMPLING, S, timeout_s=0.5, max_attempts=1, test_hooks=True) as pool:
+    with DecodePool(1, SAMPLING, S, timeout_s=0.5, max_attempts=1, decode=decode_with_faults) as pool:
         _, final, resets = collect(pool.run([task]))
     ev = final[task.path]
     assert isinstance(ev, ErrorEvent) and "no progress" in ev.error and ev.attempts == 1 and not resets
@@ -118,9 +137,13 @@ def test_pool_bounded_queue(zoo):
         events = pool.run([VideoTask(path)])
         first = next(events)
         time.sleep(2.0)  # a consumer slower than the decoder; longer than timeout_s: a full queue is not a hang
-        pending = pool.pending_clips()
+        pending, owners = pool.pending_clips(), pool.slot_owners()
         rest = list(events)
-    assert 1 <= pending <= 2
+        replaced = pool.replaced
+    # 2 slots: clip 0 was received (copied out, its slot free again, granted when the consumer asks next) and
+    # clip 1 waits in the pipe; the worker waits for a slot
+    assert pending == 1 and owners == {"free": 1, "workers": 1, "consumer": 0}
+    assert replaced == 0
     clips, final, resets = collect([first, *rest])
     assert isinstance(final[str(path)], DoneEvent) and not resets
     check_clips(clips[str(path)], exp, sampling)
@@ -148,9 +171,10 @@ def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from tests.pool_faults import decode_with_faults
         from vmae_fast.video import DecodePool, Sampling, VideoTask
         if __name__ == "__main__":
-            with DecodePool(2, Sampling(num_frames=4), 32, timeout_s=600, test_hooks=True) as pool:
+            with DecodePool(2, Sampling(num_frames=4), 32, timeout_s=600, decode=decode_with_faults) as pool:
                 for ev in pool.run([VideoTask({str(hook_videos["vmae-test-hang-once"])!r})]):
                     print("PIDS", *pool.worker_pids(), flush=True)
     """))
@@ -166,6 +190,7 @@ def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
         proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert wait_gone(pids) == []
+    assert ours_in_dev_shm() == []
 
 
 
@@ -175,8 +200,127 @@ def test_pool_replaces_a_worker_killed_while_idle(zoo):
         _, final, _ = collect(pool.run(tasks))
         assert all(isinstance(e, DoneEvent) for e in final.values())
         victim = pool.worker_pids()[0]
+        assert alive(victim), "an idle worker exited on its own"  # (what an earlier ProcessLookupError meant)
         os.kill(victim, signal.SIGKILL)  # e.g. the OOM killer, between two runs
         assert wait_gone([victim]) == []
         _, final, resets = collect(pool.run(tasks))
         assert all(isinstance(e, DoneEvent) for e in final.values()) and not resets
         assert pool.replaced == 1 and victim not in pool.worker_pids()
+
+
+# --- shared-memory transport -------------------------------------------------------------------------------------
+def frozen(clips):
+    """Copies of zero-copy clips, to check after their slots went back."""
+    return [dataclasses.replace(c, frames=c.frames.copy()) for c in clips]
+
+
+def test_pool_zero_copy_clips_are_views_of_shared_slots(zoo):
+    tasks = [VideoTask(p) for p, _ in zoo.values()]
+    with DecodePool(2, SAMPLING, S, timeout_s=30, zero_copy=True) as pool:
+        held: dict[str, list] = {}
+        kept: dict[str, list] = {}
+        for ev in pool.run(tasks):
+            pids = pool.worker_pids()
+            if isinstance(ev, ClipsEvent):
+                for clip in ev.clips:
+                    assert not clip.frames.flags.owndata and clip.frames.flags.writeable
+                held.setdefault(ev.task.path, []).extend(ev.clips)
+            elif isinstance(ev, DoneEvent):  # the consumer keeps a video's views until it is complete
+                kept[ev.task.path] = frozen(held[ev.task.path])
+                pool.release(held.pop(ev.task.path))
+        assert pool.held_clips() == 0 and not held
+        # frames were written once, in the workers, into one block every worker maps
+        assert all(mapped(pid, f"memfd:{RING_NAME}") for pid in pids)
+        # no named segment or semaphore (multiprocessing's RawValue arena is unlinked the moment it is made)
+        assert [m for pid in pids for m in mapped(pid, "/dev/shm/") if not m.endswith("(deleted)")] == []
+        clip = kept[tasks[0].path][0]
+        with pytest.raises(ValueError, match="released twice"):
+            pool.release([dataclasses.replace(clip, frames=pool._ring.slot(0))])
+    for _, exp in zoo.values():
+        check_clips(kept[str(exp.path)], exp, SAMPLING)
+    assert mapped(os.getpid(), f"memfd:{RING_NAME}") == []  # close() unmapped the block
+    assert ours_in_dev_shm() == []
+
+
+def test_pool_waits_for_released_slots_without_calling_it_a_hang(zoo):
+    """Iterated from a thread (as extract does) while the consumer holds every slot for longer than timeout_s."""
+    path, exp = zoo["h264_bframes"]
+    sampling = Sampling(num_frames=2)  # 10 clips
+    events: queue.Queue = queue.Queue()
+    with DecodePool(1, sampling, S, max_pending_clips=2, zero_copy=True, slots=4, timeout_s=0.5) as pool:
+        thread = threading.Thread(target=lambda: [events.put(e) for e in pool.run([VideoTask(path)])] + [events.put(None)])
+        thread.start()
+        held, kept, final = [], [], []
+        while len(held) < 4:
+            ev = events.get(timeout=30)
+            held.extend(ev.clips)
+        kept.extend(frozen(held))
+        time.sleep(1.5)  # the worker has no slot to decode into: it waits, it is not hung
+        assert pool.slot_owners() == {"free": 0, "workers": 0, "consumer": 4} and pool.replaced == 0
+        assert [c.frames.tobytes() for c in held] == [c.frames.tobytes() for c in kept]  # nobody wrote over them
+        pool.release(held)
+        while (ev := events.get(timeout=30)) is not None:
+            if isinstance(ev, ClipsEvent):
+                kept.extend(frozen(ev.clips))
+                pool.release(ev.clips)
+            else:
+                final.append(ev)
+        thread.join()
+        assert pool.replaced == 0 and pool.slot_owners()["consumer"] == 0
+    assert isinstance(final[0], DoneEvent)
+    check_clips(kept, exp, sampling)
+
+
+def test_pool_reclaims_the_slots_of_a_killed_worker(zoo, hook_videos):
+    """A worker SIGKILLed while it holds granted (and filled, unsent) slots: they are free again, every retry and
+    later video still gets slots, and every slot is accounted for at the end."""
+    exp = zoo["h264_bframes"][1]
+    hang = VideoTask(hook_videos["vmae-test-hang-once"])
+    good = [VideoTask(p) for p, _ in list(zoo.values())[:3]]
+    with DecodePool(1, SAMPLING, S, max_pending_clips=3, zero_copy=True, timeout_s=60,
+                    decode=decode_with_faults) as pool:
+        assert pool.slots == 6
+        events = pool.run([hang, *good])
+        first = next(events)  # the hanging worker sent one clip and holds its other granted slots
+        assert isinstance(first, ClipsEvent) and pool.slot_owners()["workers"] >= 2
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        seen = [first]
+        for ev in events:  # the consumer copies and releases as it goes (holding all would starve the workers)
+            if isinstance(ev, ClipsEvent):
+                seen.append(ClipsEvent(ev.task, frozen(ev.clips)))
+                pool.release(ev.clips)
+            else:
+                seen.append(ev)
+        assert pool.slot_owners()["consumer"] == 1  # the first attempt's clip, not released yet
+        pool.release(first.clips)
+        owners = pool.slot_owners()
+        assert owners == {"free": 6 - owners["workers"], "workers": owners["workers"], "consumer": 0}
+        assert owners["workers"] <= 3
+    clips, final, resets = collect(seen)
+    check_clips(clips[hang.path], exp, SAMPLING)  # the retry, decoded into reclaimed slots
+    assert resets == {hang.path: 1} and final[hang.path].backend == "pyav"  # retried after the kill
+    assert all(isinstance(final[t.path], DoneEvent) for t in [hang, *good])
+
+
+def test_pool_copies_frames_of_decoders_that_ignore_the_slots_and_rejects_wrong_shapes(zoo):
+    path, exp = zoo["h264_bframes"]
+    with DecodePool(1, SAMPLING, S, decode=decode_own_arrays) as pool:
+        clips, final, _ = collect(pool.run([VideoTask(path)]))
+    assert isinstance(final[str(path)], DoneEvent)
+    check_clips(clips[str(path)], exp, SAMPLING)
+    tasks = [VideoTask(p) for p, _ in list(zoo.values())[:2]]
+    with DecodePool(1, SAMPLING, S, decode=decode_wrong_shape) as pool:
+        _, final, _ = collect(pool.run(tasks))
+        assert pool.replaced == 0  # the worker lives on
+    for t in tasks:
+        ev = final[t.path]
+        assert isinstance(ev, ErrorEvent) and ev.stage == "decode" and f"expected uint8(4, {S}, {S}, 3)" in ev.error
+
+
+def test_pool_decode_must_be_importable_by_workers():
+    with pytest.raises(TypeError, match="module-level function"):
+        DecodePool(1, SAMPLING, S, decode=lambda *a, **k: iter(()))
+    DecodePool(0, SAMPLING, S, decode=lambda *a, **k: iter(()))  # in-process: anything callable
+    with pytest.raises(ValueError, match="slots must be"):
+        DecodePool(1, SAMPLING, S, slots=0)
+    assert DecodePool(2, SAMPLING, S, max_pending_clips=5).slots == 6  # 2 workers x ceil(5 / 2)

@@ -550,7 +550,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
     (HF folder, .pth, hub id, "random:<preset>") or an already loaded VideoMAE. Rerunning the same call resumes;
     a different configuration into the same `out` raises ValueError unless overwrite=True.
-    decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, test_hooks); by default
+    decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode); by default
     the pool may hold two model batches of decoded clips, so decoders keep working while the model computes.
     """
     from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling

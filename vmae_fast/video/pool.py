@@ -1,21 +1,38 @@
-"""DecodePool: decode_clips in worker processes, so a decoder that hangs, segfaults or aborts costs one video, not
-the run. Workers are replaced, tasks retried (PyAV after decord), events streamed to the consumer."""
+"""DecodePool: a decode function (decode_clips by default) in worker processes, so a decoder that hangs, segfaults
+or aborts costs one video, not the run. Workers are replaced, tasks retried (PyAV after decord), events streamed
+to the consumer.
+
+Transport: the workers write each clip's frames straight into a slot of one shared-memory ring (shm.ClipRing);
+only small messages cross process boundaries (pipes: "task", "slots" one way, "clip slot k", "done", "error" the
+other). Every slot has one owner at a time:
+
+    free --grant--> a worker (it may fill it) --"clip" message--> the consumer (a ClipsEvent) --release--> free
+
+The parent grants each worker up to ceil(max_pending_clips / workers) slots; a worker that has used them all waits
+for more (the consumer is slower: that is not a hang). A dead worker's granted slots go back to the free list at
+once; clips it had already sent stay the consumer's until released (its task's ResetEvent or ErrorEvent says to
+drop them). With zero_copy=True a clip's frames are a view of its slot, valid until pool.release(clips); by
+default they are copied out and the slot is free again before the event is yielded.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+import numpy as np
 
 from .decode import BACKENDS, decode_clips, one_line
 from .errors import VideoError
 from .sampling import Clip, Sampling, VideoTask
+from .shm import ClipRing
 
 # Extra seconds before a worker that has not yet acknowledged its task counts as hung (a fresh process still
 # importing the parent's main module).
@@ -58,28 +75,10 @@ class ErrorEvent:
 
 
 Event = ClipsEvent | ResetEvent | DoneEvent | ErrorEvent
-
-# Test hooks (honored only by DecodePool(..., test_hooks=True) workers, never in-process): a task whose file name
-# contains one of these markers misbehaves after sending its first clip; with "-once" only on its first attempt.
-TEST_HOOK_MARKERS = ("vmae-test-segfault", "vmae-test-abort", "vmae-test-hang", "vmae-test-exit")
+DecodeFn = Callable[..., Iterator[Clip]]
 
 
-def _run_test_hook(path: str, attempt: int) -> None:
-    name = Path(path).name
-    for marker in TEST_HOOK_MARKERS:
-        if marker in name and ("-once" not in name or attempt == 1):
-            time.sleep(0.2)  # let the queue's feeder thread flush the clip already sent
-            if marker.endswith("segfault"):
-                os.kill(os.getpid(), signal.SIGSEGV)
-            elif marker.endswith("abort"):
-                os.abort()
-            elif marker.endswith("exit"):
-                os._exit(3)
-            else:
-                time.sleep(3600)
-
-
-def _task_messages(task, sampling, image_size, backend, threads) -> Iterator[tuple]:
+def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=None) -> Iterator[tuple]:
     """Decode one task as messages; never raises for a bad video.
 
     ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend) or ("error", stage, text).
@@ -87,9 +86,12 @@ def _task_messages(task, sampling, image_size, backend, threads) -> Iterator[tup
     """
     info: dict = {}
     num_clips, decode_s = 0, 0.0
+    options = {"threads": threads, "info": info}
+    if alloc is not None:
+        options["alloc"] = alloc
     t0 = time.perf_counter()
     try:
-        for clip in decode_clips(task, sampling, image_size, backend, threads=threads, info=info):
+        for clip in decode(task, sampling, image_size, backend, **options):
             decode_s += time.perf_counter() - t0
             num_clips += 1
             yield ("clip", clip)
@@ -102,11 +104,19 @@ def _task_messages(task, sampling, image_size, backend, threads) -> Iterator[tup
         yield ("error", "decode", one_line(e))
 
 
-def _worker_main(task_conn, out_queue, ack, progress, sampling, image_size, threads, test_hooks):
-    """Worker process: receive (seq, task, attempt, backend) on task_conn, put (seq, message) on out_queue.
+def _clip_fields(clip: Clip) -> tuple:
+    """A Clip without its frames: what a "clip" message carries next to the slot number."""
+    return (clip.clip_index, clip.start_frame, clip.end_frame, clip.start_s, clip.end_s, clip.padded_frames,
+            clip.frame_indices)
 
-    ack (shared int) is set to seq before decoding starts: unlike a queued message it cannot be lost if the
-    decoder kills the process a moment later, so the parent knows whether the task had begun.
+
+def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threads, decode):
+    """Worker process: take ("task", seq, task, backend) and ("slots", [k, ...]) from inbox; put (kind, seq, ...)
+    messages on outbox; decode into the slots granted to it.
+
+    ack (shared int) is set to seq before decoding starts: unlike a message it cannot be lost if the decoder kills
+    the process a moment later, so the parent knows whether the task had begun. progress counts clips sent (the
+    parent's heartbeat and its count of clips still in the pipe).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
     for name in ("av", "decord"):  # before the first task's clock starts (already loaded under forkserver)
@@ -114,33 +124,60 @@ def _worker_main(task_conn, out_queue, ack, progress, sampling, image_size, thre
             __import__(name)
         except ImportError:
             pass
-    out_queue.cancel_join_thread()  # never block exit on unread messages (the parent may be gone)
-    parent = mp.parent_process()
+    credits: deque[int] = deque()  # slots granted by the parent that this worker has not sent back filled
+    handed: list[int] = []  # the ones given to the decode function during the current task
 
-    def put(item):
-        while True:
-            try:
-                out_queue.put(item, timeout=1.0)
-                return
-            except queue.Full:  # the consumer is slow: wait, unless it is gone
-                if parent is not None and not parent.is_alive():
-                    os._exit(0)
+    def receive():
+        try:
+            msg = inbox.recv()
+        except (EOFError, OSError):  # the parent is gone
+            os._exit(0)
+        if msg is None:  # asked to stop
+            os._exit(0)
+        return msg
+
+    def send(msg) -> None:
+        try:
+            outbox.send(msg)
+        except OSError:  # BrokenPipeError: the parent is gone
+            os._exit(0)
+
+    def alloc() -> np.ndarray:
+        while not credits:  # every granted slot holds a clip the consumer has not taken: wait for a grant
+            msg = receive()
+            if msg[0] != "slots":
+                raise RuntimeError(f"decode worker: expected a slot grant during a task, got {msg[0]!r}")
+            credits.extend(msg[1])
+        slot = credits.popleft()
+        handed.append(slot)
+        return ring.slot(slot)
 
     while True:
-        try:
-            msg = task_conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        seq, task, attempt, backend = msg
+        msg = receive()
+        if msg[0] == "slots":
+            credits.extend(msg[1])
+            continue
+        _, seq, task, backend = msg
         ack.value = seq
-        for message in _task_messages(task, sampling, image_size, backend, threads):
-            if message[0] == "clip":
-                progress.value += 1
-            put((seq, message))
-            if test_hooks and message[0] == "clip":
-                _run_test_hook(task.path, attempt)
+        handed.clear()
+        for message in _task_messages(decode, task, sampling, image_size, backend, threads, alloc):
+            if message[0] != "clip":
+                send((message[0], seq, *message[1:]))
+                continue
+            clip = message[1]
+            slot = ring.index_of(clip.frames)
+            if slot is None or slot not in handed:  # a decode function that made its own array: copy it in
+                frames = np.asarray(clip.frames)
+                if frames.shape != ring.shape or frames.dtype != np.uint8:
+                    error = f"the decode function gave frames {frames.dtype}{frames.shape}, expected uint8{ring.shape}"
+                    send(("error", seq, "decode", error))
+                    break
+                np.copyto(alloc(), frames)
+                slot = handed[-1]
+            handed.remove(slot)
+            progress.value += 1
+            send(("clip", seq, slot, _clip_fields(clip)))
+        credits.extendleft(handed)  # handed out but never sent (the task failed mid-clip): still this worker's
 
 
 def _mp_context():
@@ -160,22 +197,23 @@ def _mp_context():
 
 
 class _Worker:
-    def __init__(self, ctx, pool: DecodePool, queue_size: int):
-        self.task_conn, child_conn = ctx.Pipe(duplex=False)[::-1]
-        self.queue = ctx.Queue(maxsize=queue_size)
+    def __init__(self, ctx, pool: DecodePool):
+        inbox, self.to_worker = ctx.Pipe(duplex=False)
+        self.from_worker, outbox = ctx.Pipe(duplex=False)
         self.ack = ctx.RawValue("q", 0)  # seq of the job the worker has begun (see _worker_main)
-        self.progress = ctx.RawValue("q", 0)  # clips decoded by this worker, read by the parent as a heartbeat
+        self.progress = ctx.RawValue("q", 0)  # clips sent by this worker
         self.process = ctx.Process(
             target=_worker_main, name="vmae-decode",
-            args=(child_conn, self.queue, self.ack, self.progress, pool.sampling, pool.image_size, pool.threads,
-                  pool.test_hooks),
+            args=(inbox, outbox, self.ack, self.progress, pool._ring, pool.sampling, pool.image_size, pool.threads,
+                  pool.decode),
             daemon=True)
         self.process.start()
-        child_conn.close()
-        # The parent only reads: closing its copy of the write end lets a read of a message cut short by the
-        # worker's death end with EOFError instead of blocking forever.
-        self.queue._writer.close()
+        # the parent keeps only its ends: a worker's death then ends a read with EOFError instead of a hang
+        inbox.close()
+        outbox.close()
         self.job = None  # [seq, task, attempt, backend, clips_sent] while it holds a task
+        self.credits: set[int] = set()  # slots granted to it and not yet received back in a "clip" message
+        self.received = 0  # clips received from it
         self.ack_seen = False
         self.last_progress = time.monotonic()
         self.seen_progress = 0
@@ -189,13 +227,13 @@ class _Worker:
         self.job = job
         self.ack_seen = False
         self.last_progress = time.monotonic()
-        self.task_conn.send((job[0], job[1], job[2], job[3]))
+        self.to_worker.send(("task", job[0], job[1], job[3]))
 
     def stop(self, kill: bool) -> None:
         """Stop the process (SIGKILL when kill or when it does not exit within 2 s) and release its resources."""
         if self.process.is_alive() and not kill:
             try:
-                self.task_conn.send(None)
+                self.to_worker.send(None)
             except OSError:
                 pass
             self.process.join(2.0)
@@ -203,9 +241,8 @@ class _Worker:
             self.process.kill()
         self.process.join()
         self.process.close()
-        self.task_conn.close()
-        self.queue.close()
-        self.queue.join_thread()
+        self.to_worker.close()
+        self.from_worker.close()
 
 
 class DecodePool:
@@ -215,21 +252,29 @@ class DecodePool:
         for event in pool.run(tasks): ...   # ClipsEvent / ResetEvent / DoneEvent / ErrorEvent
 
     Each task ends with exactly one DoneEvent or ErrorEvent; videos interleave, a video's clips come in order.
-    timeout_s: a worker holding a task that sends nothing and decodes no clip for timeout_s seconds (while its
-    output queue is empty, i.e. not waiting for the consumer) is killed. A worker that hangs, segfaults, aborts or
-    exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of backend="auto" use
-    PyAV, since decord is what usually crashes. The ErrorEvent of a crash or hang has stage "open" when no clip
-    had been sent, else "decode". A worker lost before it took its task (killed while idle) costs no attempt.
-    VideoErrors are final at once (the file will not change).
-    max_pending_clips: decoded clips waiting for the consumer, over all workers (each worker's queue holds
-    ceil(max_pending_clips / workers)), so memory stays bounded when the consumer is slower than the decoders.
+    timeout_s: a worker holding a task that sends nothing and decodes no clip for timeout_s seconds (while it has a
+    free slot to decode into, i.e. is not waiting for the consumer) is killed. A worker that hangs, segfaults,
+    aborts or exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of
+    backend="auto" use PyAV, since decord is what usually crashes. The ErrorEvent of a crash or hang has stage
+    "open" when no clip had been sent, else "decode". A worker lost before it took its task (killed while idle)
+    costs no attempt. VideoErrors are final at once (the file will not change).
+    max_pending_clips: clips the workers may decode ahead of the consumer, over all workers (each worker is granted
+    ceil(max_pending_clips / workers) slots), so memory stays bounded when the consumer is slower than the decoders.
+    zero_copy: ClipsEvent frames are views of shared memory, valid until `release(clips)` gives their slots back
+    (release every clip, including those of a task that is reset or fails); default: frames are private copies.
+    slots: clip slots in the shared ring (default: the workers' grants, plus max_pending_clips more for the
+    consumer to hold with zero_copy); a zero-copy consumer that holds every slot and waits for more deadlocks.
     threads: decoder threads per worker (default cpu_count // workers, at least 1).
-    test_hooks: for tests only: honor TEST_HOOK_MARKERS in file names (see _run_test_hook).
+    decode: the function that turns a task into clips, called as decode(task, sampling, image_size, backend,
+    threads=, info=, alloc=) like decode_clips (the default); workers import it by name, so it must be a
+    module-level function. alloc() gives a writable uint8 (num_frames, image_size, image_size, 3) slot: frames
+    written there travel without a copy (other arrays are copied into a slot).
     """
 
     def __init__(self, workers: int, sampling: Sampling, image_size: int, timeout_s: float = 60.0,
                  max_attempts: int = 2, backend: str = "auto", max_pending_clips: int | None = None, *,
-                 threads: int | None = None, test_hooks: bool = False):
+                 threads: int | None = None, decode: DecodeFn | None = None, zero_copy: bool = False,
+                 slots: int | None = None):
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
         if backend not in BACKENDS:
@@ -241,14 +286,31 @@ class DecodePool:
         self.workers, self.sampling, self.image_size = workers, sampling, image_size
         self.timeout_s, self.max_attempts, self.backend = timeout_s, max_attempts, backend
         self.max_pending_clips = max_pending_clips if max_pending_clips is not None else 4 * max(1, workers)
-        if self.max_pending_clips < 1:
-            raise ValueError(f"max_pending_clips must be >= 1, got {max_pending_clips!r}")
+        if not isinstance(self.max_pending_clips, int) or self.max_pending_clips < 1:
+            raise ValueError(f"max_pending_clips must be an int >= 1, got {max_pending_clips!r}")
+        self.grant = -(-self.max_pending_clips // max(1, workers))  # slots per worker
+        self.zero_copy = zero_copy
+        self.slots = slots if slots is not None else max(1, workers * self.grant
+                                                         + (self.max_pending_clips if zero_copy else 0))
+        if not isinstance(self.slots, int) or self.slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
         cpus = os.cpu_count() or 1
         self.threads = threads if threads is not None else (0 if workers == 0 else max(1, cpus // workers))
-        self.test_hooks = test_hooks
+        self.decode = decode if decode is not None else decode_clips
+        if workers > 0:
+            try:
+                pickle.dumps(self.decode)
+            except Exception as e:  # noqa: BLE001 - lambdas, closures, bound methods of unpicklable objects
+                raise TypeError(f"decode must be a module-level function that worker processes can import by name, "
+                                f"got {self.decode!r} ({one_line(e)})") from None
         self._ctx = None
         self._pool: list[_Worker] = []
         self._seq = 0
+        self._ring: ClipRing | None = None
+        self._lock = threading.Lock()  # guards _free and _held: release() may come from another thread
+        self._free: list[int] = []  # slots nobody holds
+        self._held: set[int] = set()  # slots of clips handed to the consumer (zero_copy) and not yet released
+        self._wake: tuple[int, int] | None = None  # a pipe release() writes to, so a waiting run() loop looks again
         self.replaced = 0  # workers replaced after a crash or a timeout (for summaries and tests)
 
     def __enter__(self) -> DecodePool:  # noqa: PYI034
@@ -258,20 +320,57 @@ class DecodePool:
         self.close()
 
     def close(self) -> None:
-        """Stop every worker (idle ones politely, busy ones with SIGKILL); idempotent."""
+        """Stop every worker (idle ones politely, busy ones with SIGKILL) and unmap the ring; idempotent. Zero-copy
+        clips still held keep their memory alive until they are dropped."""
         pool, self._pool = self._pool, []
         for w in pool:
             w.stop(kill=w.job is not None)
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+        with self._lock:
+            self._free, self._held = [], set()
+
+    def release(self, clips: Iterable[Clip]) -> None:
+        """Give the slots of zero-copy clips back; their frames must not be used afterwards. Thread-safe. Clips whose
+        frames are not slot views (workers=0, zero_copy=False, after close()) are ignored; a slot released twice is
+        a ValueError."""
+        ring = self._ring
+        if ring is None:
+            return
+        slots = [i for i in (ring.index_of(c.frames) for c in clips) if i is not None]
+        if not slots:
+            return
+        with self._lock:
+            twice = [i for i in slots if i not in self._held]
+            if twice or len(set(slots)) != len(slots):
+                raise ValueError(f"clip slots {sorted(set(twice)) or slots} released twice (or never handed out)")
+            self._held.difference_update(slots)
+            self._free.extend(slots)
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"x")
+            except (BlockingIOError, OSError):  # already signalled (pipe full) or closing
+                pass
 
     def pending_clips(self) -> int:
-        """Decoded clips sitting in worker queues, not yet received by run()."""
-        total = 0
-        for w in self._pool:
-            try:
-                total += w.queue.qsize()
-            except NotImplementedError:  # macOS has no sem_getvalue
-                return -1
-        return total
+        """Decoded clips sent by workers and not yet received by run()."""
+        return sum(w.progress.value - w.received for w in self._pool)
+
+    def held_clips(self) -> int:
+        """Zero-copy clips handed to the consumer and not yet released."""
+        with self._lock:
+            return len(self._held)
+
+    def slot_owners(self) -> dict[str, int]:
+        """Who holds the ring's slots now: {"free", "workers" (granted, being filled or in a pipe), "consumer"}."""
+        with self._lock:
+            free, held = len(self._free), len(self._held)
+        return {"free": free, "workers": sum(len(w.credits) for w in self._pool), "consumer": held}
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._pool]
@@ -285,7 +384,7 @@ class DecodePool:
 
     def _run_inline(self, tasks):
         for task in tasks:
-            for m in _task_messages(task, self.sampling, self.image_size, self.backend, self.threads):
+            for m in _task_messages(self.decode, task, self.sampling, self.image_size, self.backend, self.threads):
                 if m[0] == "clip":
                     yield ClipsEvent(task, [m[1]])
                 elif m[0] == "done":
@@ -293,16 +392,86 @@ class DecodePool:
                 else:
                     yield ErrorEvent(task, m[1], m[2], 1)
 
+    # --- workers and slots ---------------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         if self._ctx is None:
             self._ctx = _mp_context()
-        return _Worker(self._ctx, self, max(1, -(-self.max_pending_clips // self.workers)))
+        if self._ring is None:
+            self._ring = ClipRing(self.slots, (self.sampling.num_frames, self.image_size, self.image_size, 3))
+            with self._lock:
+                self._free, self._held = list(range(self.slots)), set()
+        if self._wake is None:
+            self._wake = os.pipe()
+            os.set_blocking(self._wake[1], False)
+        return _Worker(self._ctx, self)
 
+    def _replace(self, i: int) -> _Worker:
+        """Kill the worker at i, reclaim the slots granted to it, start a new one there."""
+        w = self._pool[i]
+        w.job = None
+        w.stop(kill=True)
+        self._reclaim(w)
+        self._pool[i] = self._spawn()
+        self.replaced += 1
+        return self._pool[i]
+
+    def _reclaim(self, w: _Worker) -> None:
+        with self._lock:
+            self._free.extend(w.credits)
+        w.credits.clear()
+
+    def _grant(self) -> None:
+        """Top up every live worker's slots, busy ones first, one slot per worker per turn."""
+        want = sorted((w for w in self._pool if len(w.credits) < self.grant), key=lambda w: w.job is None)
+        grants: dict[int, list[int]] = {}
+        with self._lock:
+            while want and self._free:
+                for w in list(want):
+                    if not self._free:
+                        break
+                    grants.setdefault(id(w), []).append(self._free.pop())
+                    if len(w.credits) + len(grants[id(w)]) >= self.grant:
+                        want.remove(w)
+        for w in self._pool:
+            slots = grants.get(id(w))
+            if not slots:
+                continue
+            try:
+                w.to_worker.send(("slots", slots))
+                w.credits.update(slots)
+            except OSError:  # it died: the death is handled where it is noticed
+                with self._lock:
+                    self._free.extend(slots)
+
+    def _clip(self, slot: int, fields: tuple) -> Clip:
+        """The Clip of a "clip" message: a view of its slot (zero_copy) or a copy, whose slot is free again."""
+        view = self._ring.slot(slot)
+        with self._lock:
+            if self.zero_copy:
+                self._held.add(slot)
+            else:
+                view = view.copy()
+                self._free.append(slot)
+        return Clip(*fields[:6], view, fields[6])
+
+    def _drop_slot(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake[0], 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # --- the loop ------------------------------------------------------------------------------------------------
     def _run_workers(self, tasks):
         from multiprocessing.connection import wait
 
         while len(self._pool) < self.workers:
             self._pool.append(self._spawn())
+        os.set_blocking(self._wake[0], False)
         source = iter(tasks)
         retries: deque = deque()
         early_deaths = 0  # consecutive workers lost before they began a task
@@ -313,9 +482,7 @@ class DecodePool:
                     if w.job is not None:
                         continue
                     if not w.process.is_alive():  # died while idle (e.g. the OOM killer): replace it
-                        w.stop(kill=True)
-                        w = self._pool[i] = self._spawn()
-                        self.replaced += 1
+                        w = self._replace(i)
                     if retries:
                         task, attempt, backend = retries.popleft()
                     elif not exhausted:
@@ -330,18 +497,17 @@ class DecodePool:
                     try:
                         w.send([self._seq, task, attempt, backend, 0])
                     except OSError:  # it died before receiving the task: no attempt spent, try another worker
-                        w.job = None
-                        w.stop(kill=True)
-                        self._pool[i] = self._spawn()
-                        self.replaced += 1
+                        self._replace(i)
                         retries.appendleft((task, attempt, backend))
+                self._grant()
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     if exhausted and not retries:
                         return
                     continue
-                # mp.Queue has no public waitable handle; its reader Connection is one (stable since 3.4)
-                wait([w.queue._reader for w in busy] + [w.process.sentinel for w in busy], timeout=0.5)
+                wait([w.from_worker for w in busy] + [w.process.sentinel for w in busy] + [self._wake[0]],
+                     timeout=0.5)
+                self._drain_wake()
                 for i, w in enumerate(self._pool):
                     if w.job is None:
                         continue
@@ -358,7 +524,7 @@ class DecodePool:
                         now = time.monotonic()
                         if w.started and not w.ack_seen:  # the hang clock starts when the task is taken
                             w.ack_seen, w.last_progress = True, now
-                        if w.progress.value != w.seen_progress or not w.queue.empty():
+                        if w.progress.value != w.seen_progress or not w.credits:  # working, or waiting for slots
                             w.seen_progress, w.last_progress = w.progress.value, now
                         elif now - w.last_progress > self.timeout_s + (0 if w.started else _STARTUP_GRACE_S):
                             failure = f"no progress for {self.timeout_s:g} s (decoder hung); worker killed"
@@ -366,10 +532,7 @@ class DecodePool:
                         continue
                     _seq, task, attempt, backend, clips_sent = w.job
                     started = w.started
-                    w.job = None
-                    w.stop(kill=True)
-                    self._pool[i] = self._spawn()
-                    self.replaced += 1
+                    self._replace(i)
                     if not started:  # died before taking the task (e.g. killed while idle): no attempt spent
                         early_deaths += 1
                         if early_deaths > 10 + 2 * self.workers:
@@ -385,38 +548,44 @@ class DecodePool:
                         yield ErrorEvent(task, stage, failure, attempt)
         finally:
             # Stopped early (consumer closed the generator, an exception, Ctrl-C): busy workers hold unwanted
-            # work, kill them; idle ones stay for the next run() until close().
+            # work, kill them (their slots come back); idle ones stay for the next run() until close().
             for i, w in enumerate(self._pool):
                 if w.job is not None:
                     w.job = None
                     w.stop(kill=True)
+                    self._reclaim(w)
                     self._pool[i] = None
             self._pool = [w for w in self._pool if w is not None]
 
     def _drain(self, w: _Worker):
-        """Turn every message waiting in w's queue into events (stale ones from an earlier job are dropped)."""
+        """Turn every message waiting from w into events (stale ones from an earlier job are dropped)."""
         while w.job is not None:
             try:
-                seq, msg = w.queue.get_nowait()
-            except queue.Empty:
-                return
+                if not w.from_worker.poll():
+                    return
+                msg = w.from_worker.recv()
             except (EOFError, OSError):
                 return
             w.last_progress = time.monotonic()
+            kind, seq = msg[0], msg[1]
+            if kind == "clip":
+                w.credits.discard(msg[2])
+                w.received += 1
             job = w.job
             if seq != job[0]:
+                if kind == "clip":
+                    self._drop_slot(msg[2])
                 continue
             task, attempt = job[1], job[2]
-            kind = msg[0]
             if kind == "clip":
                 job[4] += 1
-                yield ClipsEvent(task, [msg[1]])
+                yield ClipsEvent(task, [self._clip(msg[2], msg[3])])
             elif kind == "done":
                 w.job = None
-                yield DoneEvent(task, msg[1], msg[2], msg[3])
+                yield DoneEvent(task, msg[2], msg[3], msg[4])
             else:
                 w.job = None
-                yield ErrorEvent(task, msg[1], msg[2], attempt)
+                yield ErrorEvent(task, msg[2], msg[3], attempt)
 
 
 def _describe_exit(exitcode: int | None) -> str:
