@@ -144,16 +144,6 @@ def run_ours_without(path: str, sampling, image_size: int, knob: str, value) -> 
         setattr(pyav_reader, knob, old)
 
 
-def torchcodec_status() -> str | None:
-    """None when torchcodec loads, else one line saying why not."""
-    try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - ImportError, OSError (missing CUDA libraries), RuntimeError
-        text = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
-    return None
-
-
 # --- facts about a file -------------------------------------------------------------------------------------------
 def video_facts(path: str) -> dict:
     """Size, rate, bitrate, frame types and the share of frames no other frame references (what skip_frame=NONREF
@@ -289,6 +279,8 @@ def main(argv=None) -> int:
     from vmae_fast.video.pyav_reader import PyAVReader
 
     sampling = Sampling(num_frames=args.num_frames, frame_step=args.frame_step)
+    from vmae_fast.video.torchcodec_reader import status as torchcodec_status
+
     tc_status = torchcodec_status()
     filters = [f for f in args.only.split(",") if f]
     report = {"tool": "tools/bench_decode.py", "label": args.label, **machine_facts(), "pinned_to_core": core,
