@@ -14,41 +14,30 @@ import json
 import os
 import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import git_commit, import_vmae_fast
 
 
 def build_models(preset: str, num_labels: int):
-    """A transformers VideoMAEForVideoClassification (SDPA attention, its own random init) and the same weights read
-    by vmae_fast.load_model from the checkpoint transformers wrote."""
-    from transformers import VideoMAEConfig as HFConfig
+    """A random-weight checkpoint of the preset written once by our writer (save_hf, every parameter random), read by
+    transformers' VideoMAEForVideoClassification (SDPA attention) and by vmae_fast.load_model: the same weights."""
+    from bench_model import write_checkpoint
     from transformers import VideoMAEForVideoClassification
 
-    from vmae_fast import VideoMAEConfig, load_model
+    from vmae_fast import load_model
 
-    c = VideoMAEConfig.from_name(preset)
-    hf_config = HFConfig(image_size=c.image_size, patch_size=c.patch_size, num_frames=c.num_frames,
-                         tubelet_size=c.tubelet_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-                         num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
-                         num_labels=num_labels, use_mean_pooling=True)
-    torch.manual_seed(0)
-    hf = VideoMAEForVideoClassification(hf_config).eval()
-    hf.set_attn_implementation("sdpa")
+    vmae_fast = import_vmae_fast()
     with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        ours = load_model(tmp, device="cpu", dtype=torch.float32)
+        path = write_checkpoint(preset, vmae_fast, seed=0, path=Path(tmp) / preset, num_labels=num_labels)
+        hf = VideoMAEForVideoClassification.from_pretrained(path, attn_implementation="sdpa").eval()
+        ours = load_model(path, device="cpu", dtype=torch.float32)
     return hf, ours
 
 

@@ -8,7 +8,8 @@
 Ops and baselines: varlen_attention vs SDPA with the flash, cuDNN and efficient backends named (equal lengths,
 batched (B, H, n, d)) and a per-segment SDPA loop (ragged lengths); layer_norm vs F.layer_norm (also with the
 residual add); mean_pool_layernorm vs torch's segment mean (index_add) + LayerNorm; patch_embed (uint8 frames) vs
-normalize + conv3d. Units: TFLOP/s for attention (4 n^2 d h summed over segments) and patch embedding
+normalize + conv3d (all tokens) and normalize + unfold + gather + GEMM (all and half the tokens: equal work), plus
+our kernel with its runs padded to a power of two (the layout it replaced). Units: TFLOP/s for attention (4 n^2 d h summed over segments) and patch embedding
 (2 N_kept K D), GB/s for everything (bytes each input read once + each output written once).
 GPU timings: triton.testing.do_bench (median, 20th/80th percentiles), after a first call timed apart (compile /
 autotune). CPU timings: a wall-clock timer with providers alternating call by call, so a shared machine disturbs
@@ -19,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.util
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from itertools import pairwise
@@ -35,43 +32,14 @@ import torch
 import torch.nn.functional as F
 import triton
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import ROOT, environment, import_vmae_fast
 
-
-def _import_kernels():
-    """vmae_fast.kernels lives in kernels/ (setuptools package-dir); without `pip install -e .` (a bare checkout on a
-    GPU box) map it by hand."""
-    try:
-        return importlib.import_module("vmae_fast.kernels")
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location("vmae_fast.kernels", ROOT / "kernels" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "kernels")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["vmae_fast.kernels"] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-_kernels = _import_kernels()
+_kernels = import_vmae_fast().kernels
 layer_norm, mean_pool_layernorm = _kernels.layer_norm, _kernels.mean_pool_layernorm
 patch_embed, varlen_attention = _kernels.patch_embed, _kernels.varlen_attention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-# --- environment ---------------------------------------------------------------------------------------------------
-def environment(device: torch.device) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10, check=False).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
-                                                                              platform.machine())
-    return {"device": name, "device_type": device.type, "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "git_commit": commit,
-            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -114,11 +82,11 @@ def measure(providers: dict, device: torch.device, reps: int, same_output=None) 
         for name, ts in times.items():
             q = statistics.quantiles(ts, n=5) if len(ts) > 1 else [ts[0]] * 4
             results[name].update(ms=statistics.median(ts), ms_p20=q[0], ms_p80=q[3])
-    baselines = [name for name in live if name != "triton"]
-    if same_output is not None and "triton" in live and baselines:
-        ours, theirs = same_output(outputs["triton"]).float(), same_output(outputs[baselines[0]]).float()
-        results["triton"]["max_abs_diff"] = (ours - theirs).abs().max().item() if ours.numel() else 0.0
-        results["triton"]["diff_vs"] = baselines[0]
+    baselines = [name for name in live if not name.startswith("triton")]
+    for name in [n for n in live if n.startswith("triton")] if same_output is not None and baselines else []:
+        ours, theirs = same_output(outputs[name]).float(), same_output(outputs[baselines[0]]).float()
+        results[name]["max_abs_diff"] = (ours - theirs).abs().max().item() if ours.numel() else 0.0
+        results[name]["diff_vs"] = baselines[0]
     return results
 
 
@@ -237,6 +205,12 @@ def bench_pooling(rows, env, device, dtype, reps, B, n, D):
 
 
 def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
+    """Equal work for every provider: each embeds the same kept tokens. All tokens: our kernel, its runs-padded-to-2^k
+    variant (the layout it replaced: an A/B of the padding), normalize + Conv3d, and the plain unfold + GEMM. Half
+    the tokens: the baselines gather the kept tubelets before their GEMM (as our torch path does), never a full
+    Conv3d followed by a gather, which would charge them for tokens nobody keeps."""
+    from vmae_fast.kernels.patch_embed import _patch_embed_torch, _patch_embed_triton, prepare_weight
+
     gen = torch.Generator().manual_seed(3)
     K = 3 * ts * P * P
     frames = torch.randint(0, 256, (B, T, S, S, 3), generator=gen, dtype=torch.uint8).to(device)
@@ -248,32 +222,40 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
     mean = torch.tensor([0.485, 0.456, 0.406], device=device)
     std = torch.tensor([0.229, 0.224, 0.225], device=device)
     half = torch.randperm(B * N, generator=gen)[: B * N // 2].sort().values.to(device)
+    prepared = prepare_weight(weight, True, P, ts)  # laid out once, as the model does at load
     for keep, ids in (("all", None), ("half", half)):
         M = B * N if ids is None else ids.numel()
         providers = {}
         if triton_runs_on(device):
             providers["triton"] = lambda ids=ids: patch_embed(frames, weight, bias, pos, mean, std, ids, patch_size=P,
-                                                              tubelet_size=ts, backend="triton", check=False)
-
-        def torch_conv(ids=ids):  # the unfused model: normalize the float frames, Conv3d, flatten, + pos, gather
-            x = frames.permute(0, 4, 1, 2, 3).to(dtype).div(255)  # (B, 3, T, H, W)
-            x = (x - mean.to(dtype).view(1, 3, 1, 1, 1)) / std.to(dtype).view(1, 3, 1, 1, 1)
-            y = F.conv3d(x, weight4, bias, stride=(ts, P, P)).flatten(2).transpose(1, 2) + pos.to(dtype)
-            y = y.reshape(B * N, D)
-            return y if ids is None else y[ids]
-        providers["torch-conv3d"] = torch_conv
+                                                              tubelet_size=ts, prepared_weight=prepared,
+                                                              backend="triton", check=False)
+            providers["triton-pow2pad"] = lambda ids=ids: _patch_embed_triton(frames, weight, bias, pos, mean, std,
+                                                                              ids, P, ts, pow2=True)
+        if ids is None:
+            def torch_conv():  # the unfused model: normalize the float frames, Conv3d, flatten, + pos
+                x = frames.permute(0, 4, 1, 2, 3).to(dtype).div(255)  # (B, 3, T, H, W)
+                x = (x - mean.to(dtype).view(1, 3, 1, 1, 1)) / std.to(dtype).view(1, 3, 1, 1, 1)
+                y = F.conv3d(x, weight4, bias, stride=(ts, P, P)).flatten(2).transpose(1, 2) + pos.to(dtype)
+                return y.reshape(B * N, D)
+            providers["torch-conv3d"] = torch_conv
+        # normalize, unfold, gather the kept tubelets, one GEMM (vmae_fast's own torch path)
+        providers["torch-gather-gemm"] = lambda ids=ids: _patch_embed_torch(frames, weight, bias, pos, mean, std, ids,
+                                                                            P, ts)
         bytes_moved = frames.numel() + weight.numel() * weight.element_size() + M * D * weight.element_size()
         emit(rows, env, "patch_embed", dtype, {"B": B, "T": T, "H": S, "W": S, "P": P, "ts": ts, "D": D,
                                                "keep": keep, "N_kept": M},
              measure(providers, device, reps, lambda out: out), 2 * M * K * D, bytes_moved)
 
 
-def bench_model_share(rows, env, device, dtype, reps, preset, B):
+def bench_model_share(rows, env, device, dtype, reps, preset, B, config=None):
     """Share of a whole forward (random weights, all tokens, uint8 frames) taken by patch_embed, both timed with
-    the model's own tensors in one run. Imports vmae_fast.checkpoint (torch only)."""
+    the model's own tensors in one run (config: VideoMAEConfig field overrides, for tiny runs). Imports
+    vmae_fast.checkpoint (torch only)."""
     from vmae_fast.checkpoint import load_model
 
-    model = load_model(f"random:{preset}", device=device, dtype=dtype)
+    model = load_model(f"random:{preset}", device=device, dtype=dtype, config=config,
+                       backend="triton" if triton_runs_on(device) else "torch")
     c = model.config
     gen = torch.Generator().manual_seed(4)
     frames = torch.randint(0, 256, (B, c.num_frames, c.image_size, c.image_size, 3), generator=gen,
@@ -287,7 +269,7 @@ def bench_model_share(rows, env, device, dtype, reps, preset, B):
     def embed():
         return patch_embed(frames, model.patch_embed.weight, model.patch_embed.bias, model.pos_table,
                            model.pixel_mean, model.pixel_std, patch_size=c.patch_size, tubelet_size=c.tubelet_size,
-                           backend=backend, check=False)
+                           prepared_weight=model._patch_weight(True), backend=backend, check=False)
     results = measure({"model": forward, "patch_embed": embed}, device, reps)
     shape = {"preset": preset, "B": B, "T": c.num_frames, "H": c.image_size, "P": c.patch_size, "backend": backend}
     if "ms" in results.get("model", {}) and "ms" in results.get("patch_embed", {}):

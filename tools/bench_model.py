@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Model benchmark: vmae_fast against transformers VideoMAE (eager, SDPA) and torch.compile of it, side by side.
 
-Same random weights everywhere (a transformers model is built with random weights, saved to a temporary directory and
-loaded by vmae_fast.load_model), same device, dtype, batch and inputs, one process, providers alternated round by
-round so drift (clocks, other load) hits all of them alike. Reports clips/s, useful TFLOP/s (FLOPs of the kept tokens
-only, the same formula for every provider), first-call time (compile/autotune/capture) apart, peak GPU memory, and
-the embedding cosine against an fp32 run of the same inputs. Imports torch, triton, transformers (and matplotlib for
-the optional plot) only.
+Same random weights everywhere (every parameter drawn at random, written once by vmae_fast.checkpoint.save_hf to a
+temporary folder that vmae_fast.load_model and transformers' from_pretrained both read), same device, dtype, batch
+and inputs, one process, providers alternated round by round so drift (clocks, other load) hits all of them alike.
+Reports clips/s, useful TFLOP/s (FLOPs of the kept tokens only, the same formula for every provider), first-call time
+(compile/autotune/capture) apart, peak GPU memory, and the embedding cosine against an fp32 run of the same inputs.
+Speed-ups against transformers/torch.compile are filled only for rows doing the same work (all tokens); rows that
+keep fewer tokens report `speedup_vs_all_tokens` against the same provider keeping all. transformers 5.6-5.17 drop
+VideoMAE's q/v biases: there it is a speed baseline only and vmae_fast's cosine is taken against vmae_fast fp32
+(`cosine_reference` says which). Imports torch, triton, transformers (and matplotlib for the optional plot) only.
 
     python tools/bench_model.py --smoke                               # CPU, tiny config, seconds (CI)
     python tools/bench_model.py --models base --out bench/results/model_base.json   # one GPU, bf16
@@ -20,10 +23,8 @@ import datetime
 import importlib.util
 import json
 import math
-import os
-import platform
+import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import ROOT, environment, import_vmae_fast
+
 MODELS = ("small", "base", "large", "huge", "giant")
 PROVIDERS = ("vmae_fast", "vmae_fast-cudagraph", "transformers-eager", "transformers-sdpa", "torch-compile")
 TINY = {"image_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2, "hidden_size": 64,
@@ -43,61 +46,16 @@ SDPA_BACKENDS = {"aten::_scaled_dot_product_flash_attention": "flash",
                  "aten::_scaled_dot_product_cudnn_attention": "cudnn",
                  "aten::_scaled_dot_product_flash_attention_for_cpu": "cpu-flash",
                  "aten::_scaled_dot_product_attention_math": "math"}
-
-
-def import_vmae_fast():
-    """vmae_fast from the installed package, or from this checkout when it is not installed (a bare GPU machine):
-    kernels/ is then mapped to vmae_fast.kernels the way pyproject.toml's package-dir does."""
-    try:
-        importlib.import_module("vmae_fast.kernels")
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(ROOT))
-        sys.modules.pop("vmae_fast", None)
-        import vmae_fast
-
-        spec = importlib.util.spec_from_file_location("vmae_fast.kernels", ROOT / "kernels" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "kernels")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["vmae_fast.kernels"] = module
-        spec.loader.exec_module(module)
-        vmae_fast.kernels = module
-    importlib.import_module("vmae_fast.tokens")  # parse_keep, used as vmae_fast.tokens below
-    return importlib.import_module("vmae_fast")
-
-
-# --- environment -------------------------------------------------------------------------------------------------
-
-
-def git_commit() -> str | None:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def environment(device: torch.device, commit: str | None) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "commit": commit or os.environ.get("VMAE_FAST_COMMIT") or git_commit()}
+# equal-work speed-up columns: rows keeping all tokens against these baselines
+BASELINES = (("transformers-sdpa", "speedup_vs_sdpa"), ("transformers-eager", "speedup_vs_eager"),
+             ("torch-compile", "speedup_vs_compile"))
 
 
 # --- models ------------------------------------------------------------------------------------------------------
 
 
 def model_config(name: str, vmae_fast) -> dict:
-    """Architecture of a preset (or the tiny smoke config) as transformers VideoMAEConfig keyword arguments."""
+    """Architecture of a preset (or the tiny smoke config) as VideoMAEConfig size fields."""
     if name == "tiny":
         return dict(TINY)
     c = vmae_fast.VideoMAEConfig.from_name(name)
@@ -107,7 +65,8 @@ def model_config(name: str, vmae_fast) -> dict:
 
 def randomize_(model: torch.nn.Module, seed: int) -> None:
     """Random weights for every parameter (biases and LayerNorm gains too, so none is a no-op): matrices N(0, 0.02),
-    LayerNorm gains 1 + N(0, 0.1), biases N(0, 0.1)."""
+    LayerNorm gains 1 + N(0, 0.1), biases N(0, 0.1); the fused qkv's key third stays zero (VideoMAE has no key
+    bias)."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -118,54 +77,67 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(0.1 * noise)
+            if name.endswith("attn.wqkv.bias"):
+                D = p.shape[0] // 3
+                p[D:2 * D].zero_()
 
 
 def transformers_available() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
+def transformers_reference_ok() -> bool:
+    """transformers can be the numerical reference: not 5.6-5.17, which drop VideoMAE's q/v biases."""
+    from transformers import __version__
+
+    m = re.match(r"(\d+)\.(\d+)", __version__)
+    return not (m and (5, 6) <= (int(m.group(1)), int(m.group(2))) <= (5, 17))
+
+
 def weights_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
+def write_checkpoint(name: str, vmae_fast, seed: int, path: Path, num_labels: int = 0) -> Path:
+    """A random-weight checkpoint of the architecture in Hugging Face format (our writer, save_hf): mean pooling +
+    fc_norm, headless by default (transformers reads it as VideoMAEForVideoClassification with num_labels=0, whose
+    "logits" are the pooled embedding), transformers' conventions (LayerNorm eps 1e-12, fc_norm 1e-5, mean/std
+    0.5)."""
+    from vmae_fast.checkpoint import save_hf
+    from vmae_fast.config import HF_DEFAULT_MEAN, HF_DEFAULT_STD
+    from vmae_fast.model import VideoMAE
+
+    config = vmae_fast.VideoMAEConfig(**model_config(name, vmae_fast), num_labels=num_labels, use_mean_pooling=True,
+                                      layer_norm_eps=1e-12, fc_norm_eps=1e-5, image_mean=HF_DEFAULT_MEAN,
+                                      image_std=HF_DEFAULT_STD)
+    model = VideoMAE(config, backend="torch")  # CPU fp32 weights: the same numbers on every machine
+    randomize_(model, seed)
+    return save_hf(model, path)
+
+
 class Setup:
-    """Every model of one architecture: transformers fp32 (reference + source of the weights) and in `dtype` (eager,
-    SDPA, compiled), vmae_fast fp32 (reference for kept subsets) and in `dtype`."""
+    """Every model of one architecture from one checkpoint: vmae_fast fp32 (reference for kept subsets, and for all
+    tokens where transformers cannot be one) and in `dtype`; transformers fp32 (the all-token reference) and in
+    `dtype` (eager, SDPA, compiled) when it is installed."""
 
     def __init__(self, name: str, args, device: torch.device, dtype: torch.dtype, vmae_fast, workdir: Path):
         self.name, self.device, self.dtype = name, device, dtype
-        arch = model_config(name, vmae_fast)
         self.compiled, self.compile_mode = None, args.compile_mode  # compiled on first use
-        self.graph_runners: dict[int, object] = {}
+        self.compile_backend = args.compile_backend
+        self.graph_runners: dict[tuple, object] = {}
         self.hf32 = self.hf_sdpa = self.hf_eager = None
-        if not transformers_available():  # vmae_fast alone, seeded random weights, fp32 vmae_fast as the reference
-            preset = "small" if name == "tiny" else name
-            override = {**arch, "num_labels": 0} if name == "tiny" else None
-            self.vmae32 = vmae_fast.load_model(f"random:{preset}:{args.seed}", device, torch.float32, config=override)
-            self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(
-                f"random:{preset}:{args.seed}", device, dtype, config=override)
-            self.config = self.vmae.config
-            return
-        from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
-        # num_labels=0: the classifier is an identity, so the HF "logits" are the pooled embedding fc_norm(mean)
-        hf_config = VideoMAEConfig(**arch, num_labels=0, use_mean_pooling=True, qkv_bias=True)
-        try:
-            with torch.device(device):  # initialize on the device: a CPU init of ViT-g takes minutes
-                hf32 = VideoMAEForVideoClassification(hf_config).eval()
-        except RuntimeError:  # a transformers version that cannot build under a device context
-            hf32 = VideoMAEForVideoClassification(hf_config).eval().to(device)
-        randomize_(hf32, seed=args.seed)
-        path = workdir / name
-        hf32.save_pretrained(path)
-        self.hf32 = hf32  # fp32, SDPA (the transformers default): the reference for all-token rows
-        self.vmae32 = vmae_fast.load_model(path, device=device, dtype=torch.float32)
-        self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(path, device=device, dtype=dtype)
+        self.path = write_checkpoint(name, vmae_fast, args.seed, workdir / name)
+        self.vmae32 = vmae_fast.load_model(self.path, device=device, dtype=torch.float32)
+        self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(self.path, device=device,
+                                                                                    dtype=dtype)
         self.config = self.vmae.config
-        self.path = path
-        # each attention implementation chosen at load time, as users do (works with transformers 4.x and 5.x)
-        self.hf_sdpa = self.load_hf("sdpa")
-        self.hf_eager = self.load_hf("eager")
+        self.reference_ok = False
+        if transformers_available():
+            self.reference_ok = transformers_reference_ok()
+            # each attention implementation chosen at load time, as users do (transformers 4.x and 5.x)
+            self.hf32 = self.load_hf("sdpa", torch.float32)
+            self.hf_sdpa = self.load_hf("sdpa")
+            self.hf_eager = self.load_hf("eager")
 
     def load_hf(self, attn_implementation: str, dtype: torch.dtype | None = None):
         from transformers import VideoMAEForVideoClassification
@@ -176,7 +148,9 @@ class Setup:
     def compiled_model(self):
         if self.compiled is None:  # its own copy: dynamo guards then see only this model's config
             module = self.load_hf("sdpa")
-            self.compiled = torch.compile(module, mode=self.compile_mode, dynamic=False)
+            inductor = self.compile_backend == "inductor"  # mode applies to inductor only
+            self.compiled = torch.compile(module, backend=self.compile_backend,
+                                          mode=self.compile_mode if inductor else None, dynamic=False)
             self.compiled_weights = weights_bytes(module)
         return self.compiled
 
@@ -257,18 +231,22 @@ def build_runs(setup: Setup, args, batch: int, frames: torch.Tensor, pixel_value
             runs.append(("vmae_fast", ratio, spec,
                          lambda spec=spec: (lambda: setup.vmae(frames, keep=spec).embeddings)))
     if "vmae_fast-cudagraph" in args.providers and dev.type == "cuda" and batch in args.graph_batches:
-        def make_graph():
-            from vmae_fast.cuda_graphs import CUDAGraphRunner
+        for ratio in args.keeps:  # tube:R is captured too (no host sync)
+            spec = None if ratio >= 1.0 else f"tube:{ratio:g}"
 
-            runner = setup.graph_runners.get(batch) or CUDAGraphRunner(setup.vmae, batch, clone=False)
-            setup.graph_runners[batch] = runner
-            return lambda: runner(frames).embeddings
-        runs.append(("vmae_fast-cudagraph", 1.0, None, make_graph))
+            def make_graph(spec=spec):
+                from vmae_fast.cuda_graphs import CUDAGraphRunner
+
+                key = (batch, spec)
+                runner = setup.graph_runners.get(key) or CUDAGraphRunner(setup.vmae, batch, keep=spec, clone=False)
+                setup.graph_runners[key] = runner
+                return lambda: runner(frames).embeddings
+            runs.append(("vmae_fast-cudagraph", ratio, spec, make_graph))
     if "transformers-eager" in args.providers:
         runs.append(("transformers-eager", 1.0, None, lambda: (lambda: setup.hf_eager(pixel_values).logits)))
     if "transformers-sdpa" in args.providers:
         runs.append(("transformers-sdpa", 1.0, None, lambda: (lambda: setup.hf_sdpa(pixel_values).logits)))
-    if "torch-compile" in args.providers:
+    if "torch-compile" in args.providers:  # first_call_s of its row is the compile time (+ one call)
         def make_compiled():
             compiled = setup.compiled_model()
 
@@ -289,15 +267,24 @@ def provider_weights(setup: Setup, provider: str) -> int:
     return weights_bytes(setup.hf_sdpa)
 
 
+def reference_for(setup: Setup, provider: str, spec: str | None) -> str:
+    """Which fp32 run a row's cosine is taken against: transformers SDPA fp32 for transformers' own rows and for
+    vmae_fast keeping all tokens where transformers is a valid reference; vmae_fast fp32 with the same keep policy
+    otherwise (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6, tests/test_model*.py;
+    transformers 5.6-5.17 or none installed)."""
+    if setup.hf32 is not None and (not provider.startswith("vmae_fast") or (spec is None and setup.reference_ok)):
+        return "transformers-fp32"
+    return "vmae_fast-fp32"
+
+
 @torch.no_grad()
-def fp32_reference(setup: Setup, frames: torch.Tensor, spec: str | None, chunk: int) -> torch.Tensor:
-    """(B, D) fp32 embeddings of the same frames: transformers SDPA fp32 for all tokens, vmae_fast fp32 with the
-    same keep policy for kept subsets (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6,
-    tests/test_model*.py) or when transformers is not installed. In chunks to bound the fp32 activation memory."""
+def fp32_reference(setup: Setup, frames: torch.Tensor, spec: str | None, chunk: int, which: str) -> torch.Tensor:
+    """(B, D) fp32 embeddings of the same frames by `which` (reference_for), in chunks to bound the fp32 activation
+    memory."""
     outs = []
     for i in range(0, frames.shape[0], chunk):
         part = frames[i:i + chunk]
-        if spec is None and setup.hf32 is not None:
+        if which == "transformers-fp32":
             outs.append(setup.hf32(setup.pixel_values(part, torch.float32)).logits.float())
         else:
             outs.append(setup.vmae32(part, keep=spec).embeddings.float())
@@ -315,9 +302,13 @@ def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[
     results = []
     for provider, ratio, spec, make in runs:
         row = {**env, "model": setup.name, "dtype": str(setup.dtype).removeprefix("torch."), "batch": batch,
+               "shape": {"T": c.num_frames, "H": c.image_size, "W": c.image_size, "D": c.hidden_size,
+                         "layers": c.num_hidden_layers, "heads": c.num_attention_heads},
                "keep": ratio, "provider": provider, "clips_per_s": None, "tflops": None, "cosine_vs_fp32": None,
                "peak_mem_gb": None, "keep_spec": spec or "all",
                "input": "uint8 (B,T,H,W,3)" if provider.startswith("vmae_fast") else "normalized float (B,T,3,H,W)"}
+        if provider == "torch-compile":
+            row["compile"] = {"backend": setup.compile_backend, "mode": setup.compile_mode, "dynamic": False}
         policy = vmae_fast.tokens.parse_keep(spec)
         kept = [c.num_tokens] * batch if policy is None else policy.mask(frames, c).sum(1).tolist()
         row["tokens_per_clip"], row["kept_tokens_mean"] = c.num_tokens, sum(kept) / batch
@@ -338,8 +329,11 @@ def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[
             if dev.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(dev) - base + provider_weights(setup, provider)
                 row["peak_mem_gb"] = peak / 2**30
+            row["cosine_reference"] = reference_for(setup, provider, spec)
             row["cosine_vs_fp32"], row["cosine_min_vs_fp32"] = cosine(
-                embedding, fp32_reference(setup, frames, spec, args.reference_chunk))
+                embedding, fp32_reference(setup, frames, spec, args.reference_chunk, row["cosine_reference"]))
+            if provider == "vmae_fast-cudagraph":  # the replay must compute exactly what eager computes
+                row["bit_equal_to_eager"] = bool(torch.equal(out, setup.vmae(frames, keep=spec).embeddings))
             if provider == "transformers-sdpa":
                 row["sdpa_backend"] = sdpa_backend_used(fn)
             warm_ms = time_calls(fn, 1, dev)
@@ -366,12 +360,82 @@ def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[
             row.update(ms_per_batch=median, ms_min=ms[0], ms_max=ms[-1], rounds=args.rounds, iters_per_round=iters,
                        clips_per_s=batch * 1e3 / median, tflops=row["flops_per_batch"] / (median * 1e-3) / 1e12)
         rows.append(row)
-    for baseline, key in (("transformers-sdpa", "speedup_vs_sdpa"), ("transformers-eager", "speedup_vs_eager"),
-                          ("torch-compile", "speedup_vs_compile")):
+    fill_speedups(rows)
+    return rows
+
+
+def fill_speedups(rows: list[dict]) -> None:
+    """Equal work only: rows keeping all tokens get speedup_vs_sdpa / _eager / _compile against those baselines (same
+    batch, same run); rows keeping fewer tokens get None there and speedup_vs_all_tokens against the same provider
+    keeping all, so a kept-token row can never pass for a faster model."""
+    for baseline, key in BASELINES:
         base = next((r["clips_per_s"] for r in rows if r["provider"] == baseline and r["clips_per_s"]), None)
         for row in rows:
-            row[key] = row["clips_per_s"] / base if base and row["clips_per_s"] else None
-    return rows
+            row[key] = row["clips_per_s"] / base if base and row["clips_per_s"] and row["keep"] >= 1.0 else None
+    for row in rows:
+        if row["keep"] < 1.0:
+            full = next((r["clips_per_s"] for r in rows if r["provider"] == row["provider"] and r["keep"] >= 1.0
+                         and r["clips_per_s"]), None)
+            row["speedup_vs_all_tokens"] = row["clips_per_s"] / full if full and row["clips_per_s"] else None
+
+
+# --- where the time goes -----------------------------------------------------------------------------------------
+# kernel / op name patterns -> category, first match wins (Triton kernels by their function names; cuBLAS kernels are
+# "nvjet_*", "sm90_xmma_*", "cutlass_*" on Hopper; aten op names on CPU)
+OP_CATEGORIES = (
+    ("patch_embed", r"patch_embed"),
+    ("attention", r"varlen_attention|scaled_dot_product|flash|fmha|attention"),
+    ("mean_pool + LayerNorm", r"segment_sum|mean_layernorm|mean_pool|index_add"),
+    ("layer_norm", r"layer_norm|layernorm"),
+    ("gelu", r"gelu"),
+    ("GEMM (qkv, proj, MLP)", r"gemm|nvjet|xmma|cutlass|addmm|\bmm\b|matmul|linear"),
+)
+
+
+def op_category(name: str) -> str:
+    for category, pattern in OP_CATEGORIES:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return category
+    return "other (copies, elementwise, ...)"
+
+
+@torch.no_grad()
+def profile_forward(model, frames: torch.Tensor, keep=None, steps: int = 3) -> list[dict]:
+    """Share of model time per kind of op (torch profiler): on CUDA the device time of every kernel, on CPU the
+    self time of every op, summed by op_category over `steps` forwards after a warm-up one. Returns rows
+    {"category", "ms_per_forward", "share", "top": [(name, ms per forward), ...]}, largest first."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = frames.device.type == "cuda"
+    model(frames, keep=keep)  # compile / autotune outside the profile
+    synchronize(frames.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            model(frames, keep=keep)
+        synchronize(frames.device)
+    per_name: dict[str, float] = {}
+    for event in prof.key_averages():
+        if cuda:  # kernels (and copies) on the device; the CPU ops that launched them are not counted again
+            if event.device_type != DeviceType.CUDA:
+                continue
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        else:  # self time: a parent op (aten::linear) never counts its children (aten::addmm) twice
+            us = event.self_cpu_time_total
+        if us > 0:
+            per_name[event.key] = per_name.get(event.key, 0.0) + us / 1e3 / steps
+    total = sum(per_name.values()) or float("nan")
+    by_category: dict[str, list] = {}
+    for name, ms in per_name.items():
+        by_category.setdefault(op_category(name), []).append((name, ms))
+    rows = []
+    for category, items in by_category.items():
+        ms = sum(m for _, m in items)
+        top = sorted(items, key=lambda item: -item[1])[:3]
+        rows.append({"category": category, "ms_per_forward": ms, "share": ms / total,
+                     "top": [(name[:120], round(m, 4)) for name, m in top]})
+    return sorted(rows, key=lambda row: -row["ms_per_forward"])
 
 
 # --- output ------------------------------------------------------------------------------------------------------
@@ -379,15 +443,17 @@ def bench_setting(setup: Setup, args, batch: int, env: dict, vmae_fast) -> list[
 
 def print_rows(rows: list[dict]) -> None:
     header = (f"{'model':6} {'dtype':8} {'batch':>5} {'keep':>5} {'provider':20} {'clips/s':>9} {'ms':>9} "
-              f"{'TFLOP/s':>8} {'xSDPA':>6} {'cos':>8} {'memGB':>6} {'first_s':>8}")
+              f"{'TFLOP/s':>8} {'xSDPA':>6} {'xcomp':>6} {'xall':>6} {'cos':>8} {'memGB':>6} {'first_s':>8}")
     print(header)
     for r in rows:
         def f(key, fmt, r=r):
-            return format(r[key], fmt) if r.get(key) is not None else "-"
+            return format(r[key], fmt) if r.get(key) is not None else "-".rjust(int(fmt.split(".")[0]))
         print(f"{r['model']:6} {r['dtype']:8} {r['batch']:>5} {r['keep']:>5} {r['provider']:20} "
               f"{f('clips_per_s', '9.2f')} {f('ms_per_batch', '9.2f')} {f('tflops', '8.3f')} "
-              f"{f('speedup_vs_sdpa', '6.2f')} {f('cosine_vs_fp32', '8.5f')} {f('peak_mem_gb', '6.2f')} "
+              f"{f('speedup_vs_sdpa', '6.2f')} {f('speedup_vs_compile', '6.2f')} {f('speedup_vs_all_tokens', '6.2f')} "
+              f"{f('cosine_vs_fp32', '8.5f')} {f('peak_mem_gb', '6.2f')} "
               f"{f('first_call_s', '8.2f')}" + (f"  {r['error']}" if r.get("error") else "")
+              + ("  NOT bit-equal to eager" if r.get("bit_equal_to_eager") is False else "")
               + (f"  sdpa={r['sdpa_backend']}" if r.get("sdpa_backend") else ""))
 
 
@@ -449,6 +515,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--compile-mode", default="max-autotune")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: dynamo only, for "
+                                                                  "quick CPU checks of the code path)")
     p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (median reported)")
     p.add_argument("--min-time-ms", type=float, default=200.0, help="target time of one round per provider")
     p.add_argument("--max-iters", type=int, default=200)
@@ -505,6 +573,9 @@ def main(argv=None) -> list[dict]:
         print("note: transformers is not installed: vmae_fast rows only (cosine vs vmae_fast fp32); "
               "pip install 'vmae-fast[bench]' for the baselines", file=sys.stderr)
         args.providers = [p for p in args.providers if p.startswith("vmae_fast")]
+    elif not transformers_reference_ok():
+        print(f"note: transformers {env['transformers']} drops VideoMAE's q/v biases: a speed baseline only; "
+              f"vmae_fast's cosine is taken against vmae_fast fp32", file=sys.stderr)
     skipped = [p for p in ("vmae_fast-cudagraph",) if p in args.providers and device.type != "cuda"]
     if skipped:
         print(f"note: {skipped} need CUDA; not run on {device}", file=sys.stderr)
