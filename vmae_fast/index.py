@@ -307,8 +307,10 @@ class Index:
         line = f"{s['kind']} index ({s['factory']}), {s['rows']} {unit}"
         if s.get("recall_at_10") is not None:
             exact = self.kind == "flat" and not s.get("queries")
+            low = s.get("recall_at_10_low95")
+            bound = f">= {low:.3f} at 95 % confidence, " if low is not None and s["queries"] > 1 else ""
             recall = "exact" if exact else (f"recall@10 {s['recall_at_10']:.3f} on {s['queries']} held-out queries "
-                                            f"(target {s['target']}{'' if s['met'] else ', NOT met'})")
+                                            f"({bound}target {s['target']}{'' if s['met'] else ', NOT met'})")
             line += f"; {recall}, {s['latency_ms_p50']:.2f} ms a query (p50), {s['latency_ms_p99']:.2f} ms p99"
         if self.setting:
             line += " [" + ", ".join(f"{k} {v}" for k, v in self.setting.items()) + "]"
