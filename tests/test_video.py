@@ -379,6 +379,7 @@ import av
 import torch
 
 SHIFT = 0  # tests set 1 to hand back the next frame: a decoder that gets frame numbers wrong
+DEVICES = []  # the device of every decoder made
 
 
 class VideoDecoder:
@@ -391,7 +392,8 @@ class VideoDecoder:
         self._rgb = [f.to_ndarray(format="rgb24") for f in frames]
         self._pts = [float(f.pts * f.time_base) for f in frames]
         self.metadata = types.SimpleNamespace(rotation=None, num_frames=len(frames))
-        self.device = device
+        DEVICES.append(device)
+        self.device = "cpu"  # no GPU here: frames stay on the CPU whatever was asked
 
     def __len__(self):
         return len(self._rgb)
@@ -529,3 +531,38 @@ def test_nvdec_clips_follow_the_plan(zoo, name):
         assert np.abs(a.frames.cpu().numpy().astype(np.float64) - b.frames).mean() < 3.0
     if size == S:
         check_clips([type(c)(**{**c.__dict__, "frames": c.frames.cpu().numpy()}) for c in clips], exp, SAMPLING)
+
+
+@pytest.mark.parametrize("device,missing", [("cuda", "torchcodec"), ("gpu0", "cpu"), ("cuda", "no CUDA device")])
+def test_extract_decode_device_checks_first(zoo, tmp_path, capsys, monkeypatch, fake_torchcodec, device, missing):
+    """`vmae-fast extract --decode-device` validates before anything runs: a malformed device, torchcodec that does
+    not load, or no GPU each end the command with one line (exit 2), nothing written."""
+    import torch
+
+    from vmae_fast.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if missing == "torchcodec":
+        monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    out = tmp_path / "out"
+    assert main(["extract", str(zoo["short"][0]), "-o", str(out), "--decode-device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and missing in err[0] and not out.exists(), err
+
+
+def test_extract_decode_device_runs_decoding_in_process_on_that_device(zoo, tmp_path, fake_torchcodec, monkeypatch):
+    """The wiring of --decode-device (a CPU box can test no more): the device check passed, extract decodes in this
+    process (no workers: GPU frames must not cross processes) through torchcodec asked for that device, and writes
+    the clips PyAV's plan gives."""
+    from tests.hf_checkpoints import make_checkpoint
+    from vmae_fast import extract
+    from vmae_fast.store import read_clips
+    from vmae_fast.video import decode
+
+    monkeypatch.setattr(decode, "check_device", lambda device, backend: None)  # pretend torchcodec + a GPU
+    ckpt = make_checkpoint(tmp_path / "tiny", kind="classification", seed=3)
+    path = zoo["h264_bframes"][0]
+    summary = extract([path], tmp_path / "out", model=ckpt, decode_device="cuda:0", progress=False)
+    assert fake_torchcodec.DEVICES == ["cuda:0"] and summary["workers"] == 0 and summary["clips"] > 0
+    rows = read_clips(tmp_path / "out").to_pylist()
+    assert len(rows) == summary["clips"]

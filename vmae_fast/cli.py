@@ -92,6 +92,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--decode-backend", choices=("auto", "pyav", "decord", "torchcodec"), default="auto",
                    help="video decoder: auto (PyAV, measured fastest per core), pyav, decord (PyAV for the files it "
                         "gets wrong), torchcodec (optional package)")
+    p.add_argument("--decode-device", default="cpu",
+                   help="cpu, or cuda / cuda:<index>: decode with NVDEC through torchcodec, frames stay on the GPU "
+                        "(default %(default)s)")
     p.add_argument("--part-rows", type=int, default=100_000, help="rows per Parquet part file (default %(default)s)")
     p.add_argument("--commit-interval-s", type=float, default=60.0,
                    help="write finished videos at least this often, bounding work lost to a crash (default %(default)s)")
@@ -124,6 +127,7 @@ def _run_extract(args) -> int:
                           workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
                           overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
                           progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
+                          decode_device=args.decode_device,
                           part_rows=args.part_rows,
                           commit_interval_s=args.commit_interval_s)
     finally:

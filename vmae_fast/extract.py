@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import functools
 import hashlib
 import os
 import queue
@@ -333,7 +334,10 @@ class _ModelRunner:
         self.count += 1
         view = buf.numpy()
         for i, (_, _, clip) in enumerate(entries):
-            view[i] = clip.frames
+            if isinstance(clip.frames, torch.Tensor):  # decoded on the GPU (--decode-device cuda)
+                buf[i].copy_(clip.frames)
+            else:
+                view[i] = clip.frames
         frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
         with torch.inference_mode():
             out = self.model(frames, keep=self.keep)
@@ -543,13 +547,16 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
             workers: int | None = None, device: str | None = None, dtype: str | None = None,
             shard: str | tuple[int, int] | None = None, overwrite: bool = False, embedding_dtype: str = "float32",
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
-            decode_backend: str = "auto", part_rows: int = 100_000, commit_interval_s: float = 60.0,
+            decode_backend: str = "auto", decode_device: str = "cpu", part_rows: int = 100_000,
+            commit_interval_s: float = 60.0,
             decode_options: dict | None = None) -> dict:
     """Embed every clip of `inputs` into the Parquet dataset `out`; returns the run summary (see format_summary).
 
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
     (HF folder, .pth, hub id, "random:<preset>") or an already loaded VideoMAE. Rerunning the same call resumes;
     a different configuration into the same `out` raises ValueError unless overwrite=True.
+    decode_device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec in this process (workers=0;
+    frames stay on the GPU, then go through the model's host buffer: the GPU-resident batch is owed a GPU run).
     decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode); by default
     the pool may hold two model batches of decoded clips, so decoders keep working while the model computes.
     """
@@ -568,9 +575,10 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         raise ValueError(f"--timeout-s must be positive, got {timeout_s}")
     if workers is not None and workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
-    from .video.decode import require_backend
+    from .video.decode import check_device, decode_clips, require_backend
 
     require_backend(decode_backend)  # a missing decoder library ends the run in one line, never an error row a video
+    check_device(decode_device, decode_backend)  # NVDEC: torchcodec and the GPU must be there
     shard_index, num_shards, shard_source = resolve_shard(shard)
     found = discover_inputs(inputs)
 
@@ -585,6 +593,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     if workers is None:  # a GPU wants every spare core decoding; on CPU the model needs cores too
         cores = os.cpu_count() or 2
         workers = max(1, min(cores - 1, 16)) if dev.type == "cuda" else max(1, cores // 2)
+    if decode_device != "cpu":  # NVDEC: frames stay on the GPU, so this process decodes (nothing to ship)
+        workers = 0
     keep_policy, keep_spec = _keep_policy(keep)
     net = _load_model(model, dev, torch_dtype, backend)
     cfg = net.config
@@ -626,6 +636,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                         "max_pending_clips": max(2 * batch_size, 4 * max(workers, 1))}
         if dev.type == "cpu" and workers > 0:  # one decoder thread per worker: the model has the other cores
             pool_options["threads"] = max(1, ((os.cpu_count() or 2) - torch.get_num_threads()) // workers)
+        if decode_device != "cpu":
+            pool_options["decode"] = functools.partial(decode_clips, device=decode_device)
         pool_options.update(decode_options or {})
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
             prefetch = _Prefetch(pool, todo, max_events=pool_options["max_pending_clips"] if workers else 1)
