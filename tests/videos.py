@@ -279,20 +279,6 @@ def _make_source(d: Path) -> Path:
     return exp.path
 
 
-def make_long_video(path: str | os.PathLike, seconds: float = 30, width: int = 1920, height: int = 1080,
-                    fps: int = 30) -> Path:
-    """A realistic-bitrate H.264 file for decode benchmarks (ffmpeg testsrc2 + light temporal noise, x264 veryfast)."""
-    import subprocess
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}",
-           "-t", str(seconds), "-vf", "noise=alls=6:allf=t", "-c:v", "libx264", "-preset", "veryfast",
-           "-pix_fmt", "yuv420p", str(path)]
-    subprocess.run(cmd, check=True)
-    return path
-
-
 # --- checks shared by the decoder and pool tests ----------------------------------------------------------------
 def expected_clips(exp, sampling):
     """Reference plan written independently of plan_clips: frame indices, padding and [start_s, end_s) per clip."""
