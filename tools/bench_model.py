@@ -566,7 +566,7 @@ def main(argv=None) -> list[dict]:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     env = environment(device, args.commit)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / f"model_{device.type}_{stamp}.json"
     rows = json.loads(out.read_text()) if args.append and out.exists() else []
     if not transformers_available():

@@ -462,7 +462,7 @@ def default_dir(dry_run: bool) -> Path:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
     name = "dryrun-cpu" if dry_run else slug(device_name(device))
-    return ROOT / "bench" / "results" / f"{name}-{datetime.datetime.now(datetime.timezone.utc).date()}"
+    return ROOT / "bench" / "results" / f"{name}-{datetime.datetime.now(datetime.UTC).date()}"
 
 
 def parse_args(argv=None):
