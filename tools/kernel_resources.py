@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # compile real kernels, not interpreter stand-ins
 
@@ -26,6 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 TARGET = GPUTarget("cuda", 90, 64)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -59,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--pow2", action="store_true", help="patch_embed also with runs padded to a power of two (the "
                                                         "layout RUN_ALIGN replaced), for an A/B of the SASS")
     p.add_argument("--dtypes", default="bf16,fp16,fp32")
+    p.add_argument("--json", default=None, help="also write the rows (with triton version and commit) here")
     args = p.parse_args(argv)
     pe = importlib.import_module("vmae_fast.kernels.patch_embed")
     ln = importlib.import_module("vmae_fast.kernels.layer_norm")
@@ -102,6 +106,12 @@ def main(argv=None) -> int:
         mma = " ".join(f"{k}x{n}" for k, n in r["mma"].items()) or "-"
         loads = " ".join(f"{k}x{n}" for k, n in r["loads"].items())
         print(f"{name:<58} regs {r['regs']!s:>4} spill {r['spill_bytes']!s:>5} smem {r['smem']:>7} {mma:<10} {loads}")
+    if args.json:
+        from bench_env import git_commit
+
+        meta = {"target": "sm_90a (ptxas)", "triton": triton.__version__, "commit": git_commit()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([{"kernel": name, **meta, **r} for name, r in rows], indent=1) + "\n")
     return 0
 
 
