@@ -23,7 +23,7 @@ KINDS = ("auto", "flat", "ivf", "ivfpq", "opq", "hnsw")
 RECALL_K = 10  # recall@10: the fraction of the exact top 10 an approximate search returns
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 1000  # held-out queries for tuning: recall@10 +- ~0.005 (one standard error) around 0.95
-FLAT_MAX_ROWS = 20_000  # auto: exact search up to here (~7 ms a 768-d query): at 100k rows flat took 35 ms (p50),
+FLAT_MAX_ROWS = 20_000  # auto: exact search up to here (5.1 ms a 768-d query, p50): at 100k rows flat took 35 ms,
 # IVF-Flat 0.28 ms at recall@10 0.99 (bench/results/index_100k.json, 2 cores)
 HNSW_QUANTIZER_NLIST = 4096  # IVF with this many lists or more finds its lists through an HNSW graph
 NPROBES = tuple(2 ** i for i in range(21))
