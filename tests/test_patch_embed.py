@@ -236,5 +236,8 @@ def test_more_row_tiles_than_grid_axis_1_allows_on_gpu():
     N = pos_table.shape[0]  # 2 tokens
     token_ids = torch.arange(9_000_000, device=DEVICE) % N
     out = _patch_embed_triton(frames, weight4.reshape(16, -1), bias, pos_table, mean, std, token_ids, 16, 2)
-    first = _patch_embed_triton(frames, weight4.reshape(16, -1), bias, pos_table, mean, std, None, 16, 2)
-    assert torch.equal(out.view(-1, N, 16), first.expand(4_500_000, N, 16).view(-1, N, 16))
+    want = reference(normalized(frames, mean, std), weight4, bias, pos_table, None, 16, 2)  # (N, 16) float64
+    # every row (the last tiles too) equals its clip token's; the autotuner may pick another tile for 9 M rows than
+    # for 2, so fp16 rounding, not bits: 2e-3 of the values' scale
+    err = (out.view(-1, N, 16).float() - want.view(1, N, 16).float().to(out.device)).abs().amax(dim=(1, 2))
+    assert torch.isfinite(err).all() and err.max().item() <= 2e-3 * want.abs().max().item(), err.max().item()

@@ -137,7 +137,8 @@ class Setup:
             # each attention implementation chosen at load time, as users do (transformers 4.x and 5.x)
             self.hf32 = self.load_hf("sdpa", torch.float32)
             self.hf_sdpa = self.load_hf("sdpa")
-            self.hf_eager = self.load_hf("eager")
+            if "transformers-eager" in args.providers:
+                self.hf_eager = self.load_hf("eager")
 
     def load_hf(self, attn_implementation: str, dtype: torch.dtype | None = None):
         from transformers import VideoMAEForVideoClassification

@@ -10,8 +10,8 @@ Stages, in order, each in its own process with its own time budget (seconds on a
   env           device, versions, commit, driver (nvidia-smi)                                          10
   kernel-tests  the kernel/model/tokens/CUDA-graph tests compiled on CUDA (fp16, bf16, fp32; lengths
                 up to 4096; head dims 24-128), one JSON row per test, pytest-xdist when installed       130
-  attention     TFLOP/s at N=1568, B*H = 384 (d=64) and 512 (d=80, 88), bf16 + fp16, next to SDPA's
-                flash / cuDNN / efficient backends; ragged varlen against a per-clip SDPA loop           40
+  attention     TFLOP/s at N=1568, B*H = 384 (d=64) and 512 (d=80, 88), bf16 (and fp16 at d=64), next to
+                SDPA's flash / cuDNN / efficient backends; ragged varlen against a per-clip SDPA loop     40
   norms         layer_norm (+ residual) and mean_pool_layernorm GB/s, D = 768..1408                      25
   patch-embed   TFLOP/s vs normalize + Conv3d and gather + GEMM (equal work), runs padded to 16 vs to 2^k,
                 patch_embed's share of a ViT-B forward                                                   30
