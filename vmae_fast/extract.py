@@ -309,39 +309,57 @@ class _Video:
     results: dict = field(default_factory=dict)  # clip_index -> (embedding (D,), logits (C,) | None, num_tokens)
 
 
-class _ModelRunner:
-    """Runs fixed-size batches of uint8 clips through the model; returns results in submission order.
+def batch_rows(n: int, batch_size: int) -> int:
+    """Rows a batch of n clips runs with: batch_size when full; a short batch is padded to the next power of two up
+    to 8, then to the next multiple of 8 (never beyond batch_size). A short last batch costs about its own size,
+    and batch shapes stay few (what CUDA graphs and same-shape-same-bits numerics need)."""
+    if n >= batch_size:
+        return batch_size
+    rows = 1 << max(0, n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+    return min(rows, batch_size)
 
-    Every batch has exactly `batch_size` rows (a short last batch is padded with stale frames whose outputs are
-    dropped) so each clip's embedding does not depend on how many clips happened to share its batch.
-    On CUDA: two pinned host buffers, non-blocking H2D, and results copied back non-blocking with an event, so
-    collecting batch k (the one before the newest) does not wait for batch k+1.
+
+class _ModelRunner:
+    """Runs batches of uint8 clips through the model; returns results in submission order.
+
+    A batch of n clips runs with batch_rows(n, batch_size) rows (padding rows hold stale frames; their outputs are
+    dropped), so a clip's embedding depends only on its batch's shape: bit-identical for the same shape,
+    floating-point close otherwise (see README, "Resume"). The clips' frames (shared-memory slot views from the
+    DecodePool) are gathered into a host buffer, then handed back with `release` at once: the buffer is what the
+    model reads. On CUDA: two pinned host buffers, non-blocking H2D, and results copied back non-blocking with an
+    event, so collecting batch k (the one before the newest) does not wait for batch k+1.
     """
 
-    def __init__(self, model, batch_size: int, keep, device: torch.device, num_frames: int, image_size: int):
+    def __init__(self, model, batch_size: int, keep, device: torch.device, num_frames: int, image_size: int,
+                 release=None):
         self.model, self.batch_size, self.keep, self.device = model, batch_size, keep, device
+        self.release = release or (lambda clips: None)
         self.cuda = device.type == "cuda"
         shape = (batch_size, num_frames, image_size, image_size, 3)
         self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
         self.in_flight: collections.deque = collections.deque()
         self.count = 0
         self.compute_s = 0.0
+        self.gather_s = 0.0  # of compute_s: copying the clips into the host buffer
+        self.padded_rows = 0  # rows computed for padding (wasted work), for the summary
 
     def submit(self, entries: list) -> list:
         """Start a batch of (video_id, generation, clip) entries; returns batches completed meanwhile."""
         t0 = time.perf_counter()
-        buf = self.host[self.count % len(self.host)]
+        n = len(entries)
+        rows = batch_rows(n, self.batch_size)
+        buf = self.host[self.count % len(self.host)][:rows]
         self.count += 1
-        view = buf.numpy()
-        for i, (_, _, clip) in enumerate(entries):
-            if isinstance(clip.frames, torch.Tensor):  # decoded on the GPU (--decode-device cuda)
-                buf[i].copy_(clip.frames)
-            else:
-                view[i] = clip.frames
+        self.padded_rows += rows - n
+        clips = [clip for _, _, clip in entries]
+        for i, clip in enumerate(clips):  # torch copies release the GIL; a GPU-decoded frame tensor comes down
+            frames = clip.frames if isinstance(clip.frames, torch.Tensor) else torch.from_numpy(clip.frames)
+            buf[i].copy_(frames)
+        self.release(clips)  # the slots go back to the decoders: everything below reads buf
+        self.gather_s += time.perf_counter() - t0
         frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
         with torch.inference_mode():
             out = self.model(frames, keep=self.keep)
-        n = len(entries)
         embeddings = out.embeddings[:n].float()
         logits = out.logits[:n].float() if out.logits is not None else None
         num_tokens = (out.cu_seqlens[1:n + 1] - out.cu_seqlens[:n]).to(torch.int32)
@@ -461,7 +479,7 @@ class _Extraction:
             video.generation += 1
             video.rows.clear()
             video.results.clear()
-        self.queue = [entry for entry in self.queue if entry[0] != task.video_id]
+        self._drop_queued(task.video_id)
 
     def on_done(self, task, num_clips: int, decode_s: float) -> None:
         self.decode_s += decode_s
@@ -487,9 +505,16 @@ class _Extraction:
         self.writer.flush()
 
     # internals
+    def _drop_queued(self, video_id: str) -> None:
+        """Take the video's clips out of the batch being filled and give their slots back."""
+        dropped = [entry[2] for entry in self.queue if entry[0] == video_id]
+        if dropped:
+            self.queue = [entry for entry in self.queue if entry[0] != video_id]
+            self.runner.release(dropped)
+
     def _fail(self, task, stage: str, error: str, attempts: int) -> None:
         self.videos.pop(task.video_id, None)
-        self.queue = [entry for entry in self.queue if entry[0] != task.video_id]
+        self._drop_queued(task.video_id)
         self.writer.add_error(str(task.path), task.video_id, str(stage), str(error), int(attempts))
         self.failed += 1
         self.progress()
@@ -639,8 +664,13 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         if decode_device != "cpu":
             pool_options["decode"] = functools.partial(decode_clips, device=decode_device)
         pool_options.update(decode_options or {})
+        if workers > 0:  # frames stay in the pool's shared slots until the runner has gathered them
+            pool_options.setdefault("zero_copy", True)
+            pool_options.setdefault("slots", pool_options["max_pending_clips"] + batch_size)
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
-            prefetch = _Prefetch(pool, todo, max_events=pool_options["max_pending_clips"] if workers else 1)
+            runner.release = pool.release
+            # the ring bounds the decoded clips in memory; the queue only hands events over (+ non-clip events)
+            prefetch = _Prefetch(pool, todo, max_events=pool.slots + 16 if workers else pool.max_pending_clips)
             events = iter(prefetch)
             try:
                 while True:
@@ -692,6 +722,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "video_seconds": state.video_seconds,
         "wall_s": wall,
         "compute_s": runner.compute_s,
+        "gather_s": runner.gather_s,
+        "batches": runner.count,
+        "padded_rows": runner.padded_rows,
         "wait_s": wait_s,
         "write_s": writer.write_s,
         "decode_s": state.decode_s,

@@ -110,7 +110,7 @@ def _clip_fields(clip: Clip) -> tuple:
             clip.frame_indices)
 
 
-def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threads, decode):
+def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threads, decode, nice):
     """Worker process: take ("task", seq, task, backend) and ("slots", [k, ...]) from inbox; put (kind, seq, ...)
     messages on outbox; decode into the slots granted to it.
 
@@ -119,6 +119,8 @@ def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threa
     parent's heartbeat and its count of clips still in the pipe).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
+    if nice:
+        os.nice(nice)
     for name in ("av", "decord"):  # before the first task's clock starts (already loaded under forkserver)
         try:
             __import__(name)
@@ -205,7 +207,7 @@ class _Worker:
         self.process = ctx.Process(
             target=_worker_main, name="vmae-decode",
             args=(inbox, outbox, self.ack, self.progress, pool._ring, pool.sampling, pool.image_size, pool.threads,
-                  pool.decode),
+                  pool.decode, pool.nice),
             daemon=True)
         self.process.start()
         # the parent keeps only its ends: a worker's death then ends a read with EOFError instead of a hang
@@ -264,7 +266,8 @@ class DecodePool:
     (release every clip, including those of a task that is reset or fails); default: frames are private copies.
     slots: clip slots in the shared ring (default: the workers' grants, plus max_pending_clips more for the
     consumer to hold with zero_copy); a zero-copy consumer that holds every slot and waits for more deadlocks.
-    threads: decoder threads per worker (default cpu_count // workers, at least 1).
+    threads: decoder threads per worker (default cpu_count // workers, at least 1). nice: added to the workers'
+    scheduling niceness (e.g. 10: decoders run on the cycles a busy model leaves; see extract's resource plan).
     decode: the function that turns a task into clips, called as decode(task, sampling, image_size, backend,
     threads=, info=, alloc=) like decode_clips (the default); workers import it by name, so it must be a
     module-level function. alloc() gives a writable uint8 (num_frames, image_size, image_size, 3) slot: frames
@@ -274,7 +277,7 @@ class DecodePool:
     def __init__(self, workers: int, sampling: Sampling, image_size: int, timeout_s: float = 60.0,
                  max_attempts: int = 2, backend: str = "auto", max_pending_clips: int | None = None, *,
                  threads: int | None = None, decode: DecodeFn | None = None, zero_copy: bool = False,
-                 slots: int | None = None):
+                 slots: int | None = None, nice: int = 0):
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
         if backend not in BACKENDS:
@@ -297,6 +300,9 @@ class DecodePool:
         cpus = os.cpu_count() or 1
         self.threads = threads if threads is not None else (0 if workers == 0 else max(1, cpus // workers))
         self.decode = decode if decode is not None else decode_clips
+        if not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValueError(f"nice must be an int in [0, 19], got {nice!r}")
+        self.nice = nice
         if workers > 0:
             try:
                 pickle.dumps(self.decode)
