@@ -143,3 +143,24 @@ def test_replay_matches_eager_on_gpu(dtype, keep):
             a, w = getattr(got, field).float(), getattr(want, field).float()
             err = ((a - w).abs().max() / w.abs().max()).item()
             assert err <= tol, f"batch {b}: {field} rel max err {err:.2e} > {tol}"
+
+
+@pytest.mark.skipif(not GPU, reason="torch.cuda.set_sync_debug_mode needs a CUDA GPU (on CPU: the fake-CUDA traces above)")
+@pytest.mark.parametrize("keep", [None, "tube:0.5", "tube:0.25:random:1", "motion:0.5"], ids=str)
+def test_forward_makes_no_host_sync_on_gpu(keep):
+    """The GPU's own sync detector: after a warm-up (Triton compiles and autotunes there, the tube rows are cached), a
+    forward with all tokens or a fixed-count policy raises nothing under set_sync_debug_mode("error"); motion:t=X
+    must (it reads the kept counts on the host)."""
+    model = vmae_fast.load_model("random:small", device="cuda", dtype=torch.bfloat16, config=TINY)
+    frames = torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1)).cuda()
+    for policy in (keep, "motion:t=0.1"):
+        model(frames, keep=policy)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(frames, keep=keep)
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            model(frames, keep="motion:t=0.1")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
