@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.videos import BAD_STAGES, PERIOD, check_clips, frame_image, frame_number, make_video
+from tests.videos import (
+    BAD_STAGES,
+    PERIOD,
+    check_clips,
+    edge_markers,
+    frame_image,
+    frame_number,
+    make_video,
+    marker_width,
+)
 from vmae_fast.video import (
     VIDEO_EXTENSIONS,
     DecodePool,
@@ -65,7 +75,8 @@ def test_plan_vfr_uses_timestamps():
 
 @pytest.mark.parametrize("kwargs", [{"num_frames": 0}, {"frame_step": 0}, {"frame_step": 2, "fps": 5.0}, {"fps": -1.0},
                                     {"clip_stride_s": 1.0, "clips_per_video": 2}, {"clips_per_video": 0},
-                                    {"clip_stride_s": float("nan")}])
+                                    {"clip_stride_s": float("nan")}, {"crops": 2}, {"crops": 0}, {"crops": True},
+                                    {"crops": "3"}])
 def test_sampling_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         Sampling(**kwargs)
@@ -73,7 +84,7 @@ def test_sampling_rejects_bad_values(kwargs):
 
 def test_sampling_to_dict_and_task_defaults():
     assert Sampling().to_dict() == {"num_frames": 16, "frame_step": None, "fps": None, "clip_stride_s": None,
-                                    "clips_per_video": None}
+                                    "clips_per_video": None, "crops": 1}
     task = VideoTask(Path("/x/a.mp4"))
     assert task.path == "/x/a.mp4" and task.video_id == "/x/a.mp4"
     with pytest.raises(ValueError):
@@ -369,6 +380,173 @@ def test_reorder_depth_matches_the_decoders_probe(bframes_video):
     assert PyAVReader(str(bframes_video.path), S).reorder_depth == probed == 2
 
 
+# --- spatial crops (Sampling.crops): where each view lands, and every view against an independent decode --------------
+CROP_CASES = {  # name: (coded width, height, display rotation)
+    "landscape": (96, 48, 0), "portrait": (48, 96, 0), "rotated90": (96, 48, 90), "rotated270": (96, 48, 270)}
+# edge markers each crop_index shows (tests/videos.py: START_COLOR at the coded left / top, END_COLOR at the coded
+# right / bottom). A 90 degree display rotation turns the coded frame a quarter counter-clockwise: its right edge
+# becomes the top of the upright (portrait) frame, so the top crop shows the END band; 270: the left edge is on top.
+CROP_MARKERS = {
+    "landscape": {0: {"left": "start"}, 1: {}, 2: {"right": "end"}},
+    "portrait": {0: {"top": "start"}, 1: {}, 2: {"bottom": "end"}},
+    "rotated90": {0: {"top": "end"}, 1: {}, 2: {"bottom": "start"}},
+    "rotated270": {0: {"top": "start"}, 1: {}, 2: {"bottom": "end"}},
+}
+CROPS3 = Sampling(num_frames=T, crops=3)
+
+
+@pytest.fixture(scope="session")
+def crop_videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("crops")
+    return {name: make_video(d / f"{name}.mp4", "h264_bframes", width=w, height=h, frames=40, rotation=r, markers=True)
+            for name, (w, h, r) in CROP_CASES.items()}
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "torchcodec"])
+@pytest.mark.parametrize("name", sorted(CROP_CASES))
+def test_three_crops_land_at_the_start_center_and_end_of_the_long_side(crop_videos, name, backend, request):
+    """Landscape: left / center / right; portrait: top / center / bottom; a rotated phone video is cut after turning
+    upright. The center view is the one a single crop gives (frame numbers readable, no band)."""
+    if backend == "torchcodec":
+        request.getfixturevalue("fake_torchcodec")
+    exp = crop_videos[name]
+    clips = list(decode_clips(VideoTask(exp.path), CROPS3, S, backend))
+    plans = plan_clips(np.array(exp.timestamps), SAMPLING)
+    assert [(c.clip_index, c.crop_index) for c in clips] == [(p.clip_index, k) for p in plans for k in (0, 1, 2)]
+    for clip in clips:
+        for j, frame in enumerate(clip.frames):
+            assert edge_markers(frame) == CROP_MARKERS[name][clip.crop_index], (name, clip.clip_index,
+                                                                                clip.crop_index, j)
+        if clip.crop_index == 1:
+            assert [frame_number(f) for f in clip.frames] == [i % PERIOD for i in clip.frame_indices]
+    for a, b, c in zip(clips[0::3], clips[1::3], clips[2::3]):  # the views of one clip share everything else
+        fields = [(x.start_frame, x.end_frame, x.start_s, x.end_s, x.padded_frames, x.frame_indices.tolist())
+                  for x in (a, b, c)]
+        assert fields[0] == fields[1] == fields[2]
+    (single,) = [c for c in decode_clips(VideoTask(exp.path), SAMPLING, S, backend)][:1]
+    assert single.crop_index == 1 and edge_markers(single.frames[0]) == {}
+    # one crop scales only the center square, three scale the whole frame once: the same view within resampling
+    assert np.abs(single.frames.astype(np.float64) - clips[1].frames).mean() < 2.0
+
+
+def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]]:
+    """Every frame of exp decoded in order (one thread, nothing skipped), turned upright as np.rot90 by the
+    display rotation, and cut as DESIGN.md says, written here without vmae_fast: one crop = the center square of
+    the coded frame scaled to S x S; three = the frame scaled so its short side is S, then S x S windows at offset
+    0, (L - S) // 2 and L - S of the long side L. Scaling: swscale bilinear through an FFmpeg filter graph."""
+    import av
+
+    def graph(frame, filters):
+        g = av.filter.Graph()
+        chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=frame.time_base)]
+        chain += [g.add(name, args) for name, args in filters] + [g.add("format", "rgb24"), g.add("buffersink")]
+        for a, b in itertools.pairwise(chain):
+            a.link_to(b)
+        g.configure()
+        return g
+
+    out = []
+    with av.open(str(exp.path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        g = None
+        for frame in c.decode(stream):
+            w, h = frame.width, frame.height
+            if crops == 1:
+                side = min(w, h)
+                filters = [("crop", f"{side}:{side}:{(w - side) // 2}:{(h - side) // 2}"),
+                           ("scale", f"{image_size}:{image_size}:flags=bilinear")]
+            else:
+                sw, sh = (round(w * image_size / h), image_size) if w >= h else (image_size, round(h * image_size / w))
+                filters = [("scale", f"{sw}:{sh}:flags=bilinear")]
+            g = g or graph(frame, filters)
+            g.push(frame)
+            img = np.rot90(g.pull().to_ndarray(), exp.rotation // 90)
+            if crops == 1:
+                out.append([img])
+                continue
+            long = max(img.shape[:2])
+            offsets = [0, (long - image_size) // 2, long - image_size]
+            if img.shape[1] >= img.shape[0]:
+                out.append([img[:, x : x + image_size] for x in offsets])
+            else:
+                out.append([img[y : y + image_size] for y in offsets])
+    return out
+
+
+@pytest.mark.parametrize("crops", [1, 3])
+@pytest.mark.parametrize("name", sorted(CROP_CASES))
+def test_every_view_equals_an_independent_decode_and_crop(crop_videos, name, crops):
+    """PyAV backend (skipping, seeking, frame threads): each view of each clip is pixel-identical to the test's own
+    full decode, turn and crop (independent_views): a view cut from the wrong place, the wrong frame or before
+    turning upright differs."""
+    exp = crop_videos[name]
+    ref = independent_views(exp, S, crops)
+    sampling = Sampling(num_frames=T, clips_per_video=3, crops=crops)
+    clips = list(decode_clips(VideoTask(exp.path), sampling, S, "pyav", threads=2))
+    assert len(clips) == 3 * crops
+    order = (1,) if crops == 1 else (0, 1, 2)
+    for clip in clips:
+        v = order.index(clip.crop_index)
+        for j, idx in enumerate(clip.frame_indices.tolist()):
+            expected = ref[idx][v]
+            if not np.array_equal(clip.frames[j], expected):
+                diff = np.abs(clip.frames[j].astype(int) - expected).max()
+                raise AssertionError(f"{name} crops={crops}: clip {clip.clip_index} crop {clip.crop_index} slot {j} "
+                                     f"(frame {idx}) differs from the independent crop by up to {diff} levels")
+
+
+def test_three_crops_of_a_wide_frame_and_a_square_one():
+    """Geometry at full size: a 16:9 frame's crops start at x = 0, 87, 174 of its 398 x 224 resize (the end crop
+    touches the right edge); a square frame gives the same view three times; the marker bands sit outside the center
+    square on both orientations."""
+    from vmae_fast.video.crop import CROP_INDICES, crop_offsets, views
+
+    assert crop_offsets(398, 224, 3) == [0, 87, 174] and crop_offsets(398, 224, 1) == [87]
+    assert CROP_INDICES == {1: (1,), 3: (0, 1, 2)}
+    frame = np.arange(224 * 398 * 3, dtype=np.int64).reshape(224, 398, 3)
+    a, b, c = views(frame, 224, 3)
+    assert a[0, 0, 0] == frame[0, 0, 0] and b[0, 0, 0] == frame[0, 87, 0] and c[-1, -1, 2] == frame[-1, -1, 2]
+    assert all(np.array_equal(v, views(frame.transpose(1, 0, 2), 224, 3)[k].transpose(1, 0, 2))
+               for k, v in enumerate((a, b, c)))  # portrait: the same along the rows
+    square = np.zeros((224, 224, 3), np.uint8)
+    assert all(v.shape == (224, 224, 3) for v in views(square, 224, 3))
+    b = marker_width(96, 48)
+    assert 0 < b < (96 - 48) // 2  # inside the start / end crops, outside the center square
+
+
+def test_decord_failing_mid_way_continues_with_pyav_without_repeating_a_view(crop_videos, monkeypatch):
+    """decord dies after some clips' views were yielded: PyAV goes on from the next view, no view twice, none
+    missing, and they are PyAV's views of the same frames."""
+    from vmae_fast.video import decord_reader
+
+    real = decord_reader.DecordReader.frames
+
+    def dying(self, indices, crops=1):
+        for n, item in enumerate(real(self, indices, crops)):
+            if n == 6:  # clip 1's frames are not all in: clip 0's three views were yielded
+                raise RuntimeError("decord: simulated failure mid-way")
+            yield item
+
+    monkeypatch.setattr(decord_reader.DecordReader, "frames", dying)
+    exp = crop_videos["landscape"]
+    info = {}
+    clips = list(decode_clips(VideoTask(exp.path), CROPS3, S, "decord", info=info))
+    assert info["backend"] == "pyav"
+    plans = plan_clips(np.array(exp.timestamps), SAMPLING)
+    assert [(c.clip_index, c.crop_index) for c in clips] == [(p.clip_index, k) for p in plans for k in (0, 1, 2)]
+    pyav = list(decode_clips(VideoTask(exp.path), CROPS3, S, "pyav"))
+    assert len(clips) == len(pyav) == 6
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(clips[3:], pyav[3:]))
+
+
+def test_at_s_with_three_crops_gives_the_three_views_of_that_clip(crop_videos):
+    exp = crop_videos["portrait"]
+    clips = list(decode_clips(VideoTask(exp.path), CROPS3, S, at_s=0.6))
+    assert [(c.clip_index, c.crop_index) for c in clips] == [(1, 0), (1, 1), (1, 2)]
+
+
 # --- torchcodec backend and --decode-device: as far as a CPU box without torchcodec allows -----------------------------
 FAKE_TORCHCODEC = '''
 """A stand-in for torchcodec.decoders.VideoDecoder (the calls vmae_fast makes), decoding every frame with PyAV:
@@ -376,6 +554,7 @@ it tests vmae_fast's torchcodec glue on a machine where torchcodec itself cannot
 import types
 
 import av
+import numpy as np
 import torch
 
 SHIFT = 0  # tests set 1 to hand back the next frame: a decoder that gets frame numbers wrong
@@ -389,9 +568,11 @@ class VideoDecoder:
         with av.open(str(path)) as c:
             s = c.streams.video[0] if stream_index is None else c.streams[stream_index]
             frames = list(c.decode(s))
-        self._rgb = [f.to_ndarray(format="rgb24") for f in frames]
+        # like torchcodec versions whose metadata has `rotation`: frames come upright
+        self._rgb = [np.ascontiguousarray(np.rot90(f.to_ndarray(format="rgb24"), round((f.rotation or 0) / 90) % 4))
+                     for f in frames]
         self._pts = [float(f.pts * f.time_base) for f in frames]
-        self.metadata = types.SimpleNamespace(rotation=None, num_frames=len(frames))
+        self.metadata = types.SimpleNamespace(rotation=frames[0].rotation if frames else 0, num_frames=len(frames))
         DEVICES.append(device)
         self.device = "cpu"  # no GPU here: frames stay on the CPU whatever was asked
 

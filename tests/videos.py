@@ -2,7 +2,9 @@
 
 Every frame carries its own number: a gray square at the frame center has brightness `frame_level(i)`, so after any
 resize + center crop `frame_number(frame)` tells which source frame (modulo PERIOD) landed in a clip. A white square
-moves along the top edge (motion for keep policies); the rest is a static color gradient.
+moves along the top edge (motion for keep policies); the rest is a static color gradient. With markers=True the two
+ends of the long side carry colored bands outside the center square (START_COLOR at the left / top, END_COLOR at the
+right / bottom of the coded frame), so `edge_markers(view)` tells which spatial crop a view is.
 
     make_video(path, codec="h264", width=64, height=48, frames=48, fps=30, ...) -> Expected
     make_video_zoo(dir)  -> {name: (path, Expected)}   good files, one per awkward case
@@ -62,8 +64,17 @@ def frame_level(i: int) -> int:
     return 24 + 8 * (i % PERIOD)
 
 
-def frame_image(i: int, width: int, height: int) -> np.ndarray:
-    """Frame i as uint8 (height, width, 3) RGB: static gradient, moving white square on top, numbered center square."""
+START_COLOR, END_COLOR = (255, 0, 255), (0, 255, 255)  # markers: magenta and cyan, unlike the gradient
+
+
+def marker_width(width: int, height: int) -> int:
+    """Coded pixels of each marker band: a quarter of what the center square leaves of the long side."""
+    return max(2, (max(width, height) - min(width, height)) // 4)
+
+
+def frame_image(i: int, width: int, height: int, markers: bool = False) -> np.ndarray:
+    """Frame i as uint8 (height, width, 3) RGB: static gradient, moving white square on top, numbered center square;
+    markers: START_COLOR / END_COLOR bands at the two ends of the long side (none on a square frame)."""
     ys, xs = np.mgrid[0:height, 0:width]
     img = np.empty((height, width, 3), np.uint8)
     img[..., 0] = 40 + (xs * 150) // max(width - 1, 1)
@@ -75,7 +86,26 @@ def frame_image(i: int, width: int, height: int) -> np.ndarray:
     img[: max(1, size // 2 + 1), x : x + size] = 255  # moving square, top band (never in the center crop's center)
     cy, cx = height // 2, width // 2
     img[cy - size // 2 : cy - size // 2 + size, cx - size // 2 : cx - size // 2 + size] = frame_level(i)
+    if markers and width != height:
+        b = marker_width(width, height)
+        if width > height:
+            img[:, :b], img[:, width - b :] = START_COLOR, END_COLOR
+        else:
+            img[:b], img[height - b :] = START_COLOR, END_COLOR
     return img
+
+
+def edge_markers(view: np.ndarray, depth: int = 2) -> dict[str, str]:
+    """{edge: "start" | "end"} for the edges of a decoded (S, S, 3) view ("left", "right", "top", "bottom") whose
+    outer `depth` pixels show a marker band's color (within 60 levels per channel: codecs blur saturated chroma)."""
+    strips = {"left": view[:, :depth], "right": view[:, -depth:], "top": view[:depth], "bottom": view[-depth:]}
+    found = {}
+    for edge, strip in strips.items():
+        mean = strip.reshape(-1, 3).astype(np.float64).mean(0)
+        for name, color in (("start", START_COLOR), ("end", END_COLOR)):
+            if np.abs(mean - color).max() < 60:
+                found[edge] = name
+    return found
 
 
 def read_level(frame: np.ndarray) -> float:
@@ -106,6 +136,7 @@ def make_video(
     backend: str | None = None,
     tags: tuple[str, ...] = (),
     rotation: int = 0,
+    markers: bool = False,
 ) -> Expected:
     """Encode `frames` numbered frames (see module doc) into `path`; the container follows the extension.
 
@@ -113,7 +144,8 @@ def make_video(
     pts_ms: variable frame rate: presentation time of every frame in milliseconds (time base 1/1000); fps is then
     only the nominal rate given to the encoder. audio: add a 1 kHz AAC (mp4/mkv) or Opus (webm) track.
     rotation: display rotation in degrees counter-clockwise (a phone's portrait video is coded landscape with 90 or
-    270): frames are coded as drawn, players turn them.
+    270): frames are coded as drawn, players turn them. markers: colored bands at the ends of the long side
+    (frame_image).
     """
     import av
 
@@ -140,7 +172,7 @@ def make_video(
             astream.layout = "mono"
         gray = pix_fmt.startswith("gray")
         for i in range(frames):
-            img = frame_image(i, width, height)
+            img = frame_image(i, width, height, markers)
             if gray:
                 frame = av.VideoFrame.from_ndarray(_gray(img), format="gray")
             else:

@@ -2,7 +2,7 @@
 workers.
 
     sampling.py            VideoTask, Sampling, plan_clips, ClipPlan, Clip
-    crop.py                decode size, center square, center crop, upright
+    crop.py                decode size, center square, spatial views (1 or 3 crops), upright
     pyav_reader.py         PyAV (FFmpeg) backend, the default
     decord_reader.py       decord backend (optional)
     torchcodec_reader.py   torchcodec backend (optional; NVDEC on CUDA)

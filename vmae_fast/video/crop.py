@@ -1,9 +1,21 @@
 """Frame geometry, in one place for every decoder: the decode size (short side = image_size, aspect kept), the
-source window of the center crop, the center crop of a decoded frame, and turning a crop upright."""
+source window of the center crop, the spatial views of a frame (one center crop, or three crops at the start, the
+center and the end of the long side, as the VideoMAE papers' multi-view test), and turning a frame upright."""
 
 from __future__ import annotations
 
 import numpy as np
+
+CROPS = (1, 3)
+# crop_index of the views of each `crops` setting: 0 = start (left / top), 1 = center, 2 = end (right / bottom)
+CROP_INDICES = {1: (1,), 3: (0, 1, 2)}
+
+
+def check_crops(crops: int) -> int:
+    """`crops` when it is 1 or 3, else ValueError naming the value."""
+    if crops not in CROPS or isinstance(crops, bool):
+        raise ValueError(f"crops must be 1 (center) or 3 (start, center, end of the long side), got {crops!r}")
+    return int(crops)
 
 
 def decode_size(width: int, height: int, image_size: int) -> tuple[int, int]:
@@ -27,8 +39,17 @@ def center_square(width: int, height: int, display_width: int | None = None) -> 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:
-    """(h, w, 3) -> (S, S, 3) center crop; resizes first (bilinear, swscale) if the short side is not S."""
+def crop_offsets(length: int, image_size: int, crops: int) -> list[int]:
+    """Offsets along a side of `length` pixels (>= image_size) of the views of `crops`: [center] for 1,
+    [start, center, end] for 3 (the end crop touches the far edge)."""
+    center = (length - image_size) // 2
+    return [center] if crops == 1 else [0, center, length - image_size]
+
+
+def views(frame: np.ndarray, image_size: int, crops: int = 1) -> list[np.ndarray]:
+    """Upright (h, w, 3) frame -> `crops` views (S, S, 3) in crop_index order, cut along its long side (left /
+    center / right when landscape, top / center / bottom when portrait; a square frame gives the same view three
+    times). Resizes first (bilinear, swscale) if the short side is not S. Views are slices of the frame."""
     h, w = frame.shape[:2]
     if min(h, w) != image_size:
         import av
@@ -37,11 +58,20 @@ def center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").to_ndarray(
             width=tw, height=th, format="rgb24", interpolation="BILINEAR")
         h, w = frame.shape[:2]
-    top, left = (h - image_size) // 2, (w - image_size) // 2
-    return frame[top : top + image_size, left : left + image_size]
+    s = image_size
+    top, left = (h - s) // 2, (w - s) // 2
+    if w >= h:
+        return [frame[top : top + s, x : x + s] for x in crop_offsets(w, s, crops)]
+    return [frame[y : y + s, left : left + s] for y in crop_offsets(h, s, crops)]
 
 
-def upright(crop: np.ndarray, rotation_k: int) -> np.ndarray:
-    """A square crop turned as a player shows the video: rotation_k quarter turns counter-clockwise (np.rot90).
-    A quarter turn of a centered square crop is the center crop of the turned frame."""
-    return np.rot90(crop, rotation_k) if rotation_k else crop
+def center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """(h, w, 3) -> (S, S, 3) center crop; resizes first (bilinear, swscale) if the short side is not S."""
+    return views(frame, image_size, 1)[0]
+
+
+def upright(image: np.ndarray, rotation_k: int) -> np.ndarray:
+    """An image (a frame or a square crop) turned as a player shows the video: rotation_k quarter turns
+    counter-clockwise (np.rot90). A quarter turn of a centered square crop is the center crop of the turned frame;
+    the start and end crops are cut after turning (views of the upright frame)."""
+    return np.rot90(image, rotation_k) if rotation_k else image

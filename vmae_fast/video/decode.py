@@ -1,8 +1,9 @@
 """decode_clips(): one video -> model-ready clips, through the chosen decoder backend (default: PyAV).
 
 Frames are decoded in one sequential pass per video (sorted indices; frames shared by overlapping clips decoded
-once); each backend yields upright center crops (crop.py: short side resized to image_size), timed by their
-presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per core, passes the
+once); each backend yields the upright views of each frame (crop.py: short side resized to image_size, then the
+center crop, or with Sampling.crops=3 the start, center and end crops of the long side, all cut from one decoded
+frame), timed by their presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per core, passes the
 hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with device="cuda"). All of
 them follow the same frame plan: sampling.plan_clips over the PyAV packet index.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .crop import CROP_INDICES
 from .errors import VideoError
 from .pyav_reader import PyAVReader
 from .sampling import Clip, ClipPlan, Sampling, VideoTask, plan_clips
@@ -132,14 +134,14 @@ def decode_clips(
     alloc: Callable[[], np.ndarray] | None = None,
     device: str = "cpu",
 ) -> Iterator[Clip]:
-    """Decode the clips of one video, in clip order (see Sampling, Clip).
+    """Decode the clips of one video, in clip order, the views of a clip in crop order (see Sampling, Clip).
 
     backend: "auto" (= DEFAULT_BACKEND, PyAV), "pyav", or "decord" (decord, PyAV for the files it cannot open or
     decode and for gray or rotated ones, which it gets wrong).
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
-    covers this time, or the nearest clip when at_s falls between clips. info: if given, info["backend"] is set
+    covers this time, or the nearest clip when at_s falls between clips (all its views). info: if given, info["backend"] is set
     to the decoder actually used and info["frames_decoded"] to the frames its decoder produced so far (None for
-    decord, which does not say). alloc: if given, called once per clip for a writable uint8 array (num_frames,
+    decord, which does not say). alloc: if given, called once per clip (view) for a writable uint8 array (num_frames,
     image_size, image_size, 3) that receives the clip's frames and becomes Clip.frames (DecodePool passes a
     shared-memory slot, so frames are written once, where the model reads them); default: a new array per clip.
     device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec (backend "auto" or "torchcodec");
@@ -156,7 +158,8 @@ def decode_clips(
     info = {} if info is None else info
     path = os.fspath(task.path)
     reader, fallback = _open_reader(path, image_size, backend, threads, device)
-    done = 0  # clips yielded so far
+    crops = sampling.crops
+    done = 0  # clips (views) yielded so far
     while True:
         info["backend"] = reader.name
         plans = plan_clips(reader.timestamps, sampling, last_duration=reader.last_duration,
@@ -164,7 +167,7 @@ def decode_clips(
         if at_s is not None:  # the clip covering at_s, else the nearest one (windows leave gaps of < 1 step)
             plans = [min(plans, key=lambda p: max(p.start_s - at_s, at_s - p.end_s, 0.0))]
         try:
-            for clip in _assemble(reader, plans[done:], image_size, alloc):
+            for clip in _assemble(reader, plans[done // crops:], image_size, alloc, crops, done % crops):
                 done += 1
                 info["frames_decoded"] = getattr(reader, "frames_decoded", None)
                 yield clip
@@ -178,21 +181,25 @@ def decode_clips(
             raise VideoError("decode", f"{reader.name} failed on {path}: {one_line(e)}") from None
 
 
-def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None) -> Iterator[Clip]:
-    """One sequential pass over the union of the plans' frames; each clip is yielded once its last frame is in
-    (stacked into alloc() when given, see decode_clips)."""
+def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None, crops: int = 1,
+              skip: int = 0) -> Iterator[Clip]:
+    """One sequential pass over the union of the plans' frames; each clip's views are yielded (in crop order, each
+    stacked into alloc() when given, see decode_clips) once its last frame is in. skip: views of the first plan
+    yielded before (a decoder that failed mid-way)."""
     if not plans:
         return
     wanted = np.unique(np.concatenate([p.frame_indices for p in plans]))
-    cache: dict[int, np.ndarray] = {}  # upright (S, S, 3) crops still needed by a later clip
+    cache: dict[int, list] = {}  # upright (S, S, 3) views of each frame still needed by a later clip
+    crop_indices = CROP_INDICES[crops]
     k = 0
-    for idx, crop in reader.frames(wanted):
-        cache[idx] = crop
+    for idx, frame_views in reader.frames(wanted, crops):
+        cache[idx] = frame_views
         while k < len(plans) and plans[k].last_frame <= idx:
             p = plans[k]
-            frames = _stack([cache[int(j)] for j in p.frame_indices], alloc)
-            yield Clip(p.clip_index, p.start_frame, p.end_frame, p.start_s, p.end_s, p.padded_frames, frames,
-                       p.frame_indices.copy())
+            for v in range(skip if k == 0 else 0, crops):
+                frames = _stack([cache[int(j)][v] for j in p.frame_indices], alloc)
+                yield Clip(p.clip_index, p.start_frame, p.end_frame, p.start_s, p.end_s, p.padded_frames, frames,
+                           p.frame_indices.copy(), crop_indices[v])
             k += 1
             keep_from = int(plans[k].frame_indices[0]) if k < len(plans) else idx + 1
             for j in [j for j in cache if j < keep_from]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .crop import center_crop
+from .crop import views
 
 
 class DecordReader:
@@ -38,11 +38,11 @@ class DecordReader:
         else:
             self.timestamps = ts[:, 0] - ts[0, 0]
 
-    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (index, uint8 (S, S, 3) center crop) for sorted unique indices; get_batch on sorted chunks (decord
-        decodes forward within a GOP and seeks across gaps)."""
+    def frames(self, indices: np.ndarray, crops: int = 1) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Yield (index, list of `crops` uint8 (S, S, 3) views, crop.views order) for sorted unique indices;
+        get_batch on sorted chunks (decord decodes forward within a GOP and seeks across gaps)."""
         for lo in range(0, len(indices), self.batch):
             chunk = indices[lo : lo + self.batch]
             batch = self.reader.get_batch(chunk.tolist()).asnumpy()
             for idx, frame in zip(chunk.tolist(), batch):
-                yield idx, center_crop(frame, self.image_size)
+                yield idx, views(frame, self.image_size, crops)

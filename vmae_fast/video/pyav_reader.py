@@ -5,7 +5,9 @@ decoding pass that
 - asks libavcodec to skip every unwanted non-reference frame (skip_frame=NONREF, set per packet from its PTS: no
   other frame predicts from such a frame, so the frames kept are bit-identical),
 - seeks to the keyframe before a wanted frame across long gaps,
-- crops the center square and scales only it to image_size (swscale, bilinear), and only for wanted frames.
+- crops the center square and scales only it to image_size (swscale, bilinear), and only for wanted frames; with
+  three crops (Sampling.crops=3) it scales the whole frame once (short side image_size) and cuts the start,
+  center and end crops of the upright frame from it.
 Containers are opened without decoding frames to probe them (~65 ms less per 1080p H.264 open); the decoder's
 reorder depth, which that probe would guess by decoding, comes from the packet order instead.
 """
@@ -17,7 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from .crop import center_crop, center_square, decode_size, upright
+from .crop import center_square, decode_size, upright, views
 from .errors import VideoError
 
 # PyAV seeks over a gap between wanted frames only when the keyframe it lands on is more than this many frames
@@ -53,24 +55,24 @@ def reorder_depth(pts_in_decode_order: np.ndarray) -> int:
     return int(later.max()) if n else 0
 
 
-class _SquareScaler:
-    """Decoded frame -> uint8 (S, S, 3) RGB: the center square (crop.center_square) scaled to S x S by swscale
-    (bilinear) in an FFmpeg filter graph. The crop only offsets plane pointers, so only the kept pixels are
-    scaled (1080p -> 224: 1.6 instead of 2.4 ms a frame)."""
+class _GraphScaler:
+    """Decoded frame -> uint8 RGB scaled by swscale (bilinear) in an FFmpeg filter graph, rebuilt when the stream
+    changes size or pixel format mid-way; subclasses say which window is scaled to what size."""
 
     def __init__(self, image_size: int, sample_aspect: float, time_base):
         self.image_size, self.sample_aspect, self.time_base = image_size, sample_aspect, time_base
         self._key = None
         self._graph = None
 
+    def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
     def _build(self, width: int, height: int, pix_fmt: str) -> None:
         import av
 
-        x, y, w, h = center_square(width, height, max(1, round(width * self.sample_aspect)))
-        s = self.image_size
         graph = av.filter.Graph()
         nodes = [graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=self.time_base),
-                 graph.add("crop", f"{w}:{h}:{x}:{y}"), graph.add("scale", f"{s}:{s}:flags=bilinear"),
+                 *(graph.add(name, args) for name, args in self._filters(width, height)),
                  graph.add("format", "rgb24"), graph.add("buffersink")]
         for a, b in pairwise(nodes):
             a.link_to(b)
@@ -85,8 +87,27 @@ class _SquareScaler:
         return self._graph.pull().to_ndarray()
 
 
+class _SquareScaler(_GraphScaler):
+    """-> (S, S, 3): the center square (crop.center_square) scaled to S x S. The crop only offsets plane pointers,
+    so only the kept pixels are scaled (1080p -> 224: 1.6 instead of 2.6 ms a frame)."""
+
+    def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
+        x, y, w, h = center_square(width, height, max(1, round(width * self.sample_aspect)))
+        s = self.image_size
+        return [("crop", f"{w}:{h}:{x}:{y}"), ("scale", f"{s}:{s}:flags=bilinear")]
+
+
+class _FrameScaler(_GraphScaler):
+    """-> the whole frame at the decode size (short side S, display aspect), in coded orientation: what three
+    crops are cut from (one scale of the frame costs 0.55x scaling three squares: README, "Spatial crops")."""
+
+    def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
+        w, h = decode_size(max(1, round(width * self.sample_aspect)), height, self.image_size)
+        return [("scale", f"{w}:{h}:flags=bilinear")]
+
+
 class PyAVReader:
-    """PyAV (FFmpeg) decoding of one video file; frames() yields upright (S, S, 3) center crops.
+    """PyAV (FFmpeg) decoding of one video file; frames() yields the upright (S, S, 3) views of each frame.
 
     The demux pass collects every packet's PTS and keyframe flag: the frame count, the timestamps of a
     variable-frame-rate file, the keyframes to seek to across long gaps and the decoder's reorder depth.
@@ -169,11 +190,6 @@ class PyAVReader:
             container.close()
         return "", 0
 
-    def _scale_then_crop(self, frame) -> np.ndarray:
-        w, h = self.decode_size
-        return center_crop(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR"),
-                           self.image_size)
-
     def _key_before(self, index: int) -> int:
         """Index of the last keyframe at or before frame `index` (0 when none is)."""
         k = int(np.searchsorted(self.keyframe_indices, index, "right")) - 1
@@ -191,8 +207,19 @@ class PyAVReader:
         """Hold back as many frames as the packet order needs (a decoder guessing too few drops B-frames)."""
         codec.reorder_depth = max(codec.reorder_depth, self.reorder_depth)
 
-    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (index, upright uint8 (S, S, 3) center crop) for sorted unique frame indices, in order.
+    def _cutter(self, crops: int):
+        """decoded frame -> list of `crops` upright uint8 (S, S, 3) views (crop.views order). One view: only the
+        center square is scaled (unless that shortcut is off); three: the frame is scaled once, turned upright,
+        and cut along its upright long side."""
+        s = self.image_size
+        if crops == 1 and _CROP_BEFORE_SCALE:
+            square = _SquareScaler(s, self.sample_aspect, self.time_base)
+            return lambda frame: [upright(square(frame), self.rotation_k)]
+        whole = _FrameScaler(s, self.sample_aspect, self.time_base)
+        return lambda frame: views(upright(whole(frame), self.rotation_k), s, crops)
+
+    def frames(self, indices: np.ndarray, crops: int = 1) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Yield (index, list of `crops` upright uint8 (S, S, 3) views) for sorted unique frame indices, in order.
 
         Two shortcuts, each switched off for the rest of the video (and the file reopened) if a wanted frame goes
         missing after it: seeking to the keyframe before a wanted frame when a long gap holds one, and asking
@@ -201,8 +228,7 @@ class PyAVReader:
         """
         import av
 
-        to_rgb = (_SquareScaler(self.image_size, self.sample_aspect, self.time_base) if _CROP_BEFORE_SCALE
-                  else self._scale_then_crop)
+        cut = self._cutter(crops)
         wanted = set(indices.tolist())
         seek_ok = not self.ordered_only  # both need timestamps to know where the decoder is
         skip_ok = seek_ok and _SKIP_NONREF
@@ -254,7 +280,7 @@ class PyAVReader:
                             seeked, pos = False, idx
                             if idx < indices[i]:
                                 continue
-                            yield idx, upright(to_rgb(frame), self.rotation_k)
+                            yield idx, cut(frame)
                             i += 1
                             if i == len(indices):
                                 return

@@ -1,5 +1,6 @@
-"""Which frames make a clip: VideoTask (what to read), Sampling (how to sample it), plan_clips (the frame plan),
-ClipPlan / Clip (a clip before and after decoding). Times come from frame timestamps, never from index / fps."""
+"""Which frames make a clip: VideoTask (what to read), Sampling (how to sample it: clips in time, crops in space),
+plan_clips (the frame plan), ClipPlan / Clip (a clip before and after decoding). Times come from frame timestamps,
+never from index / fps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .crop import check_crops
 from .errors import VideoError
 
 DEFAULT_SAMPLE_FPS = 7.5  # default frame spacing: about 1/7.5 s, i.e. frame step 4 at 30 fps
@@ -16,7 +18,7 @@ DEFAULT_SAMPLE_FPS = 7.5  # default frame spacing: about 1/7.5 s, i.e. frame ste
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which frames make a clip and which clips a video gives.
+    """Which frames make a clip and which clips (views) a video gives.
 
     num_frames: frames per clip (the model's num_frames).
     frame_step: take every frame_step-th frame; fps: or choose the step so frames are about 1/fps s apart (step =
@@ -26,6 +28,9 @@ class Sampling:
     span (num_frames * step frames), no overlap, no gap. clips_per_video: instead, N clips spread uniformly.
     Only whole clips are taken, except that a video (or time range) shorter than one clip gives one clip padded by
     repeating its last sampled frame. A tail shorter than a clip after the last window is not covered.
+    crops: spatial views of every clip: 1 = the center crop; 3 = crops at the start, the center and the end of the
+    long side after the short-side resize (the VideoMAE papers' multi-view test: clips_per_video=5, crops=3 is
+    "5x3"). Each view is its own Clip (crop_index 0, 1, 2; 1 for crops=1), cut from frames decoded once.
     """
 
     num_frames: int = 16
@@ -33,6 +38,7 @@ class Sampling:
     fps: float | None = None
     clip_stride_s: float | None = None
     clips_per_video: int | None = None
+    crops: int = 1
 
     def __post_init__(self):
         if not isinstance(self.num_frames, int) or self.num_frames < 1:
@@ -51,6 +57,7 @@ class Sampling:
         if self.clips_per_video is not None and (not isinstance(self.clips_per_video, int)
                                                  or self.clips_per_video < 1):
             raise ValueError(f"clips_per_video must be an int >= 1, got {self.clips_per_video!r}")
+        check_crops(self.crops)
 
     def step_for(self, avg_fps: float) -> int:
         """Frame step for a video whose average frame rate is avg_fps."""
@@ -92,6 +99,8 @@ class Clip:
     (next PTS - its PTS; for the last frame of a file, its duration in the container, else the median frame
     interval), so
     [start_s, end_s) is the time the clip covers. padded_frames: slots filled by repeating the last frame.
+    crop_index: which spatial view (crop.CROP_INDICES: 0 start, 1 center, 2 end of the long side); the clips of one
+    clip_index share everything but frames and crop_index.
     """
 
     clip_index: int
@@ -102,6 +111,7 @@ class Clip:
     padded_frames: int
     frames: np.ndarray
     frame_indices: np.ndarray = field(repr=False, default=None)
+    crop_index: int = 1
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 The frame plan is the one every backend shares (sampling.plan_clips over the PyAV packet index: same indices,
 same timestamps); torchcodec only decodes the planned frames by index (seek_mode="exact"), and each frame it returns
 is checked against the plan by its PTS. The center square is cut and resized with torch on the frames' device
-(bilinear, antialiased), so on CUDA the frames never leave the GPU: Clip.frames is then a torch.uint8 CUDA tensor.
+(bilinear, antialiased; three crops: the whole frame resized, then cut), so on CUDA the frames never leave the GPU:
+Clip.frames is then a torch.uint8 CUDA tensor.
 torchcodec loads only next to a torch build it was made for (the PyPI wheels 0.15-0.17 link libtorch_cuda and
 libnvrtc.so.13, so they do not load beside a CPU-only torch): status() says why in one line.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .crop import center_square
+from .crop import center_square, crop_offsets, decode_size
 from .errors import VideoError
 
 _BATCH = 32  # frames per get_frames_at call
@@ -46,9 +47,36 @@ def square_resize(frames, image_size: int, sample_aspect: float = 1.0):
     return square.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def resize_views(frames, image_size: int, crops: int = 1, sample_aspect: float = 1.0, rotation_k: int = 0) -> list:
+    """uint8 (N, H, W, 3) torch tensor (any device) -> `crops` upright uint8 (N, S, S, 3) views (crop.views order),
+    on the same device. One view: the center square resized (square_resize); three: the whole frame resized to the
+    decode size (short side S, display aspect), turned upright, cut at the start/center/end of its long side."""
+    import torch
+    import torch.nn.functional as F
+
+    if crops == 1:
+        square = square_resize(frames, image_size, sample_aspect)
+        return [torch.rot90(square, rotation_k, dims=(1, 2)) if rotation_k else square]
+    h, w = frames.shape[1:3]
+    tw, th = decode_size(max(1, round(w * sample_aspect)), h, image_size)
+    whole = frames.permute(0, 3, 1, 2).float()
+    if (th, tw) != (h, w):
+        whole = F.interpolate(whole, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+    whole = whole.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    if rotation_k:
+        whole = torch.rot90(whole, rotation_k, dims=(1, 2))
+    s = image_size
+    h, w = whole.shape[1:3]
+    if w >= h:
+        top = (h - s) // 2
+        return [whole[:, top : top + s, x : x + s].contiguous() for x in crop_offsets(w, s, crops)]
+    left = (w - s) // 2
+    return [whole[:, y : y + s, left : left + s].contiguous() for y in crop_offsets(h, s, crops)]
+
+
 class TorchCodecReader:
-    """torchcodec decoding of one file on `device` ("cpu", "cuda", "cuda:N"); frames() yields upright (S, S, 3)
-    crops: numpy arrays on the CPU, torch.uint8 tensors on CUDA.
+    """torchcodec decoding of one file on `device` ("cpu", "cuda", "cuda:N"); frames() yields the upright (S, S, 3)
+    views of each frame: numpy arrays on the CPU, torch.uint8 tensors on CUDA.
 
     index: the PyAVReader of the same file (the shared frame plan: timestamps, frame count, pixel aspect)."""
 
@@ -75,10 +103,9 @@ class TorchCodecReader:
             self.rotation_k = round(index.probe_first_frame()[1] / 90) % 4
         self.frames_decoded = 0
 
-    def frames(self, indices: np.ndarray) -> Iterator[tuple[int, object]]:
-        """Yield (index, uint8 (S, S, 3)) for sorted unique indices; each frame's PTS must be the planned one."""
-        import torch
-
+    def frames(self, indices: np.ndarray, crops: int = 1) -> Iterator[tuple[int, list]]:
+        """Yield (index, list of `crops` uint8 (S, S, 3) views) for sorted unique indices; each frame's PTS must be
+        the planned one."""
         tolerance = 0.5 * float(np.min(np.diff(self.timestamps))) if len(self.timestamps) > 1 else 1e-3
         for lo in range(0, len(indices), _BATCH):
             chunk = indices[lo : lo + _BATCH]
@@ -95,9 +122,8 @@ class TorchCodecReader:
                 raise VideoError("decode", f"torchcodec returned the frame at {got[k]:.4f} s for frame "
                                            f"{int(chunk[k])} (planned at {self.timestamps[chunk[k]]:.4f} s) in "
                                            f"{self.path}")
-            crops = square_resize(batch.data, self.image_size, self.sample_aspect)
-            if self.rotation_k:
-                crops = torch.rot90(crops, self.rotation_k, dims=(1, 2))
-            if crops.device.type == "cpu":
-                crops = crops.numpy()
-            yield from zip(chunk.tolist(), crops)
+            per_view = resize_views(batch.data, self.image_size, crops, self.sample_aspect, self.rotation_k)
+            if per_view[0].device.type == "cpu":
+                per_view = [v.numpy() for v in per_view]
+            for i, idx in enumerate(chunk.tolist()):
+                yield idx, [v[i] for v in per_view]
