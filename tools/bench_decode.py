@@ -12,6 +12,10 @@ clips/cpu-s the same per CPU second of the process (less disturbed by a busy mac
   torchcodec        VideoDecoder(num_ffmpeg_threads=1).get_frames_at(clip) per clip (when it loads; else one line)
   ours <backend>    vmae_fast.video.decode_clips(..., backend, threads=1): model-ready (T, 224, 224, 3) clips
   ours pyav, no X   (--ablation) the same with one shortcut of the PyAV backend switched off: what each one buys
+  ours pyav, 3 crops (--crops) decode_clips with Sampling(crops=3): three views of each clip (clips/s counts clips,
+                    each with its three views); plus the per-frame cost of the ways to cut three crops from a
+                    decoded frame: whole frame scaled once then cut (what the PyAV backend does), three squares
+                    scaled each, and the one center square of --crops 1
 
     python tools/bench_decode.py --make /tmp/vmae-bench                      # the three H.264 test files (ffmpeg)
     python tools/bench_decode.py /tmp/vmae-bench/h264_*.mp4 --rounds 3 --out bench/results/decode.json
@@ -118,7 +122,7 @@ def run_ours(path: str, sampling, image_size: int, backend: str, device: str = "
     n = sum(len(c.frames) for c in decode_clips(VideoTask(path), sampling, image_size, backend, threads=1,
                                                 device=device))
     _sync(device)
-    return n
+    return n // sampling.crops  # frames of the clips, each clip counted once whatever its number of views
 
 
 def _sync(device: str) -> None:
@@ -142,6 +146,62 @@ def run_ours_without(path: str, sampling, image_size: int, knob: str, value) -> 
         return run_ours(path, sampling, image_size, "pyav")
     finally:
         setattr(pyav_reader, knob, old)
+
+
+# --crops: per-frame cost of cutting three crops from a decoded frame, on the file's own frames
+def crop_scaler_costs(path: str, image_size: int, rounds: int, frames: int = 60) -> dict:
+    """ms per frame (best of `rounds`) of: the whole frame scaled once to the decode size then cut into three views
+    (the PyAV backend with crops=3), three squares each scaled to S x S, and the center square alone (crops=1).
+    Every way is an FFmpeg filter graph (swscale bilinear) built once, fed the same decoded frames."""
+    from itertools import pairwise
+
+    import av
+
+    from vmae_fast.video.crop import crop_offsets, decode_size
+
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        decoded = [f for _, f in zip(range(frames), c.decode(stream))]
+    f0, s = decoded[0], image_size
+    w, h = f0.width, f0.height
+    dw, dh = decode_size(w, h, s)
+
+    def graph(filters):
+        g = av.filter.Graph()
+        nodes = [g.add_buffer(width=w, height=h, format=f0.format.name, time_base=f0.time_base),
+                 *(g.add(n, a) for n, a in filters), g.add("format", "rgb24"), g.add("buffersink")]
+        for a, b in pairwise(nodes):
+            a.link_to(b)
+        g.configure()
+        return g
+
+    side = min(w, h)
+    boxes = [(x, 0) if w >= h else (0, x) for x in crop_offsets(max(w, h), side, 3)]
+    whole = graph([("scale", f"{dw}:{dh}:flags=bilinear")])
+    squares = [graph([("crop", f"{side}:{side}:{x}:{y}"), ("scale", f"{s}:{s}:flags=bilinear")]) for x, y in boxes]
+
+    def run(g, frame):
+        g.push(frame)
+        return g.pull().to_ndarray()
+
+    def cut_whole(frame):
+        img = run(whole, frame)
+        return [img[:, x : x + s].copy() if dw >= dh else img[x : x + s].copy() for x in crop_offsets(max(dw, dh), s, 3)]
+
+    ways = {"whole frame scaled once, 3 crops cut": cut_whole,
+            "3 squares scaled": lambda frame: [run(g, frame) for g in squares],
+            "center square only (1 crop)": lambda frame: run(squares[1], frame)}
+    best = {name: float("inf") for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            t0 = time.perf_counter()
+            for frame in decoded:
+                way(frame)
+            best[name] = min(best[name], (time.perf_counter() - t0) / len(decoded) * 1e3)
+    return {"frames": len(decoded), "size": [w, h], "decode_size": [dw, dh],
+            "ms_per_frame": {k: round(v, 4) for k, v in best.items()},
+            "three_squares_over_whole": round(best["3 squares scaled"] / best["whole frame scaled once, 3 crops cut"], 3)}
 
 
 # --- facts about a file -------------------------------------------------------------------------------------------
@@ -257,6 +317,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="auto,decord", help="decode_clips backends to measure (default %(default)s)")
     ap.add_argument("--ablation", action="store_true",
                     help="also decode_clips (PyAV) with each shortcut switched off, one at a time")
+    ap.add_argument("--crops", action="store_true",
+                    help="also decode_clips (PyAV) with three crops per clip, and the per-frame cost of the ways to "
+                         "cut three crops")
     ap.add_argument("--decode-device", default="cpu",
                     help="also measure torchcodec and decode_clips decoding on this CUDA device (NVDEC)")
     ap.add_argument("--corpus", action="store_true",
@@ -313,8 +376,13 @@ def main(argv=None) -> int:
             for label, (knob, value) in ABLATIONS.items():
                 cases[f"ours pyav, {label}"] = (lambda p=path, k=knob, v=value:
                                                 run_ours_without(p, sampling, args.image_size, k, v))
+        if args.crops:
+            three = Sampling(**{**sampling.to_dict(), "crops": 3})
+            cases["ours pyav, 3 crops"] = lambda p=path, t=three: run_ours(p, t, args.image_size, "pyav")
         cases = {k: v for k, v in cases.items() if not filters or any(f in k for f in filters)}
         facts = video_facts(path)
+        if args.crops:
+            facts["crop_scalers"] = crop_scaler_costs(path, args.image_size, args.rounds)
         facts.update(clips=len(clips), clip_frames=int(sum(len(c) for c in clips)),
                      source_frames_spanned=int(clips[-1].max()) + 1, decode_size=list(size))
         plans[path] = (cases, facts, {k: [] for k in cases}, {k: [] for k in cases})
@@ -352,6 +420,8 @@ def main(argv=None) -> int:
         for name, row in rows.items():
             print(f"  {name:44s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
                   f"{row['clips_per_cpu_s']:9.2f} {row.get('vs_best_decord', float('nan')):14.2f}")
+        for name, ms in facts.get("crop_scalers", {}).get("ms_per_frame", {}).items():
+            print(f"  per frame: {name:40s} {ms:7.3f} ms")
     if args.corpus:
         backends = ["pyav", "decord"] + (["torchcodec"] if not tc_status else [])
         report["corpus"] = corpus_check(backends, args.rounds)
