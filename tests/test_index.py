@@ -93,19 +93,75 @@ def test_flat_every_clip_finds_itself(small_out):
     assert first.to_dict() | {} == {"row": 123, "score": first.score, **table.slice(123, 1).to_pylist()[0]}
 
 
-def test_video_level_is_mean_of_unit_clip_embeddings(small_out):
+def stored_clips(out) -> np.ndarray:
+    """The embedding column of OUT's clips as written (write_dataset scales them: not unit vectors)."""
+    column = pq.read_table(out / "clips", columns=["embedding"]).column("embedding").combine_chunks()
+    return column.flatten().to_numpy().reshape(len(column), -1)
+
+
+def test_video_level_is_the_mean_of_its_clip_embeddings(small_out):
+    """Without a video table (outputs from before it existed) a video's vector is what the table would hold: the
+    mean of its clips' embeddings as stored (views.py), normalized only for the index. Clips stored with different
+    norms make this differ from the mean of unit clip vectors."""
     out, vectors, video = small_out
     index = Index.build(out, level="video", batch_size=50)
     n_videos = video[-1] + 1
-    expected = unit(np.stack([vectors[video == v].mean(0) for v in range(n_videos)]))
+    stored = stored_clips(out)
+    expected = unit(np.stack([stored[video == v].mean(0) for v in range(n_videos)]))
     got = index.faiss_index.reconstruct_n(0, len(index))
-    np.testing.assert_allclose(got, expected, atol=1e-6)  # fp32 sums of < 20 unit vectors
+    np.testing.assert_allclose(got, expected, atol=1e-6)  # float64 sums of < 20 vectors, rounded to fp32
+    mean_of_units = unit(np.stack([vectors[video == v].mean(0) for v in range(n_videos)]))
+    assert np.abs(mean_of_units - expected).max() > 1e-3  # the test tells the two definitions apart
     index = Index.load(out, level="video")
     for v in (0, 7, n_videos - 1):
         top = index.search(expected[v], k=2)[0][0]
         assert top.row == v and top.video_id == f"clips/v{v:05d}.mp4"
         assert top.num_clips == int((video == v).sum()) and top.clip_index is None
         assert (top.start_s, top.end_s) == (0.0, 2.0 * top.num_clips)
+
+
+def write_video_table(out, replace=None) -> None:
+    """OUT/videos/<name> for every OUT/clips/<name>: the video rows extract commits with the clips (views.py's
+    aggregation of that part); replace(embedding float32 (n, D)) -> other vectors, to tell the table from the clips."""
+    from vmae_fast.views import VIDEOS_DIR, aggregate_clip_part
+
+    (out / VIDEOS_DIR).mkdir(exist_ok=True)
+    for part in sorted((out / "clips").glob("part-*.parquet")):
+        table = aggregate_clip_part(part, None, stored_clips(out).shape[1], 0)
+        if replace is not None:
+            column = table.column("embedding").combine_chunks()
+            new = replace(column.flatten().to_numpy().reshape(len(column), -1)).astype(np.float32)
+            table = table.set_column(table.schema.get_field_index("embedding"), table.schema.field("embedding"),
+                                     pa.FixedSizeListArray.from_arrays(pa.array(new.ravel()), type=column.type))
+        pq.write_table(table, out / VIDEOS_DIR / part.name)
+
+
+def test_video_level_reads_the_video_table_when_it_exists(small_out):
+    """With OUT/videos (extract's video table) the video vectors are its embedding column, normalized: shown by a
+    table whose vectors are not the clips' mean. A table written from the clips gives the index the aggregation
+    from clips gives; an orphan videos part (its clips part never committed) is not read."""
+    out, _, video = small_out
+    from_clips = Index.build(out, level="video", kind="flat", save=False)
+    write_video_table(out)
+    from_table = Index.build(out, level="video", kind="flat", save=False)
+    np.testing.assert_allclose(from_table.faiss_index.reconstruct_n(0, len(from_table)),
+                               from_clips.faiss_index.reconstruct_n(0, len(from_clips)), atol=1e-6)
+    assert from_table.metadata.equals(from_clips.metadata)
+    rng = np.random.default_rng(5)
+    other = {}
+
+    def replace(x):
+        other[len(other)] = y = rng.standard_normal(x.shape)
+        return y
+
+    write_video_table(out, replace)
+    pq.write_table(pq.read_table(out / "videos" / "part-00000-00000.parquet"), out / "videos" / "part-00000-00099.parquet")
+    index = Index.build(out, level="video", kind="flat")
+    expected = unit(np.concatenate([other[k] for k in sorted(other)]))
+    np.testing.assert_allclose(index.faiss_index.reconstruct_n(0, len(index)), expected, atol=1e-6)
+    assert len(index) == video[-1] + 1
+    top = index.search(expected[3], k=1)[0][0]
+    assert top.video_id == "clips/v00003.mp4" and top.num_clips == int((video == 3).sum())
 
 
 def test_video_query_ranks_its_own_clips_first(small_out):
@@ -210,7 +266,7 @@ def test_incremental_add_equals_full_build(tmp_path, kind):
 
 
 def test_incremental_video_level(small_out, tmp_path):
-    out, vectors, video = small_out
+    out, _, video = small_out
     last = out / "clips" / "part-00000-00002.parquet"
     last.rename(tmp_path / "later.parquet")
     first = Index.build(out, level="video", kind="flat")
@@ -219,7 +275,8 @@ def test_incremental_video_level(small_out, tmp_path):
     grown = Index.build(out, level="video", kind="flat", log=logs.append)
     assert any("adding 1 new part file" in m for m in logs) and len(grown) == video[-1] + 1 > len(first)
     rebuilt = Index.build(out, level="video", kind="flat", rebuild=True, save=False)
-    means = unit(np.stack([vectors[video == v].mean(0) for v in range(video[-1] + 1)]))
+    stored = stored_clips(out)
+    means = unit(np.stack([stored[video == v].mean(0) for v in range(video[-1] + 1)]))
     assert _keys(grown.search(means, 5)) == _keys(rebuilt.search(means, 5))
     assert Index.load(out, level="video").metadata.equals(rebuilt.metadata)
 

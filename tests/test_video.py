@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.videos import (
     edge_markers,
     frame_image,
     frame_number,
+    independent_views,
     make_video,
     marker_width,
 )
@@ -427,52 +427,6 @@ def test_three_crops_land_at_the_start_center_and_end_of_the_long_side(crop_vide
     assert single.crop_index == 1 and edge_markers(single.frames[0]) == {}
     # one crop scales only the center square, three scale the whole frame once: the same view within resampling
     assert np.abs(single.frames.astype(np.float64) - clips[1].frames).mean() < 2.0
-
-
-def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]]:
-    """Every frame of exp decoded in order (one thread, nothing skipped), turned upright as np.rot90 by the
-    display rotation, and cut as DESIGN.md says, written here without vmae_fast: one crop = the center square of
-    the coded frame scaled to S x S; three = the frame scaled so its short side is S, then S x S windows at offset
-    0, (L - S) // 2 and L - S of the long side L. Scaling: swscale bilinear through an FFmpeg filter graph."""
-    import av
-
-    def graph(frame, filters):
-        g = av.filter.Graph()
-        chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                              time_base=frame.time_base)]
-        chain += [g.add(name, args) for name, args in filters] + [g.add("format", "rgb24"), g.add("buffersink")]
-        for a, b in itertools.pairwise(chain):
-            a.link_to(b)
-        g.configure()
-        return g
-
-    out = []
-    with av.open(str(exp.path)) as c:
-        stream = c.streams.video[0]
-        stream.codec_context.thread_count = 1
-        g = None
-        for frame in c.decode(stream):
-            w, h = frame.width, frame.height
-            if crops == 1:
-                side = min(w, h)
-                filters = [("crop", f"{side}:{side}:{(w - side) // 2}:{(h - side) // 2}"),
-                           ("scale", f"{image_size}:{image_size}:flags=bilinear")]
-            else:
-                sw, sh = (round(w * image_size / h), image_size) if w >= h else (image_size, round(h * image_size / w))
-                filters = [("scale", f"{sw}:{sh}:flags=bilinear")]
-            g = g or graph(frame, filters)
-            g.push(frame)
-            img = np.rot90(g.pull().to_ndarray(), exp.rotation // 90)
-            if crops == 1:
-                out.append([img])
-                continue
-            long = max(img.shape[:2])
-            offsets = [0, (long - image_size) // 2, long - image_size]
-            if img.shape[1] >= img.shape[0]:
-                out.append([img[:, x : x + image_size] for x in offsets])
-            else:
-                out.append([img[y : y + image_size] for y in offsets])
-    return out
 
 
 @pytest.mark.parametrize("crops", [1, 3])

@@ -17,6 +17,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +342,49 @@ def check_clips(clips, exp, sampling, image_size: int = 32):
         seen = [frame_number(f) for f in clip.frames]
         assert seen == [i % PERIOD for i in idx], f"{exp.path.name} clip {clip.clip_index}: pixels say {seen}"
     assert [c.clip_index for c in clips] == list(range(len(clips)))
+
+
+def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]]:
+    """Every frame of exp decoded in order (one thread, nothing skipped), turned upright as np.rot90 by the
+    display rotation, and cut as DESIGN.md says, written here without vmae_fast: one crop = the center square of
+    the coded frame scaled to S x S; three = the frame scaled so its short side is S, then S x S windows at offset
+    0, (L - S) // 2 and L - S of the long side L. Scaling: swscale bilinear through an FFmpeg filter graph."""
+    import av
+
+    def graph(frame, filters):
+        g = av.filter.Graph()
+        chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=frame.time_base)]
+        chain += [g.add(name, args) for name, args in filters] + [g.add("format", "rgb24"), g.add("buffersink")]
+        for a, b in pairwise(chain):
+            a.link_to(b)
+        g.configure()
+        return g
+
+    out = []
+    with av.open(str(exp.path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        g = None
+        for frame in c.decode(stream):
+            w, h = frame.width, frame.height
+            if crops == 1:
+                side = min(w, h)
+                filters = [("crop", f"{side}:{side}:{(w - side) // 2}:{(h - side) // 2}"),
+                           ("scale", f"{image_size}:{image_size}:flags=bilinear")]
+            else:
+                sw, sh = (round(w * image_size / h), image_size) if w >= h else (image_size, round(h * image_size / w))
+                filters = [("scale", f"{sw}:{sh}:flags=bilinear")]
+            g = g or graph(frame, filters)
+            g.push(frame)
+            img = np.rot90(g.pull().to_ndarray(), exp.rotation // 90)
+            if crops == 1:
+                out.append([img])
+                continue
+            long = max(img.shape[:2])
+            offsets = [0, (long - image_size) // 2, long - image_size]
+            if img.shape[1] >= img.shape[0]:
+                out.append([img[:, x : x + image_size] for x in offsets])
+            else:
+                out.append([img[y : y + image_size] for y in offsets])
+    return out

@@ -19,6 +19,7 @@ _LAZY = {
     "read_clips": "vmae_fast.store",
     "read_embeddings": "vmae_fast.store",
     "read_errors": "vmae_fast.store",
+    "read_videos": "vmae_fast.views",
     "load_run": "vmae_fast.store",
     "embed_video_at": "vmae_fast.extract",
     "Index": "vmae_fast.index",
@@ -36,6 +37,7 @@ __all__ = [
     "load_model",
     "read_clips",
     "read_embeddings",
+    "read_videos",
 ]
 
 

@@ -137,6 +137,48 @@ def _run_extract(args) -> int:
     return 0
 
 
+# --- labels ----------------------------------------------------------------------------------------------------------
+def _add_labels(sub) -> None:
+    p = sub.add_parser("labels", help="print each video's most probable labels (softmax averaged over its views)",
+                       description="Print the top labels of every video of OUT with their probabilities: the mean "
+                                   "over the video's views (clips x crops, see extract --views) of softmax(logits), "
+                                   "as the VideoMAE papers evaluate. Needs a model with a classification head.")
+    p.add_argument("out", metavar="OUT", help="output folder of `vmae-fast extract`")
+    p.add_argument("--top", type=int, default=5, help="labels per video (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object per video a line (JSON Lines)")
+    p.set_defaults(run=_run_labels)
+
+
+def _run_labels(args) -> int:
+    import json
+
+    from .views import format_labels, has_video_table, iter_videos, run_labels, video_labels
+
+    if args.top < 1:
+        raise FatalError(f"--top must be a positive integer, got {args.top}")
+    id2label, _, num_labels = run_labels(args.out)
+    if not num_labels:
+        raise FatalError(f"{args.out} has no labels: its model has no classification head (embeddings only); "
+                         "extract with a fine-tuned checkpoint (e.g. a Kinetics one) to get labels")
+    if not has_video_table(args.out):
+        print(f"vmae-fast labels: {args.out} has no video table (written before it existed): aggregating its clips",
+              file=sys.stderr)
+    columns = ["video_id", "path", "num_views", "num_clips", "num_crops", "duration_s", "probs"]
+    count = 0
+    try:
+        for table in iter_videos(args.out, columns):
+            rows = video_labels(table, args.top, id2label)
+            if rows:
+                print("\n".join(json.dumps(row) for row in rows) if args.json else format_labels(rows), flush=True)
+            count += len(rows)
+    except BrokenPipeError:  # `vmae-fast labels OUT | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if not count:
+        print(f"vmae-fast labels: no videos in {args.out} yet", file=sys.stderr)
+    return 0
+
+
 # --- index -----------------------------------------------------------------------------------------------------------
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a FAISS index over the clip embeddings of an extract output",
@@ -298,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="VideoMAE embeddings for video collections: extract to Parquet, index with FAISS, search.",
         epilog="Fatal errors print one line and exit 2; set VMAE_FAST_DEBUG=1 for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_extract, _add_index, _add_search, _add_demo):
+    for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_demo):
         add(sub)
     return parser
 

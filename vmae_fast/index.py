@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +62,7 @@ from .index_plan import (
 LEVELS = ("clip", "video")
 INDEX_DIR = "index"
 # Columns of the row -> clip map; any the dataset lacks are left out (and reported as None).
-META_COLUMNS = ("video_id", "clip_index", "start_s", "end_s", "path")
+META_COLUMNS = ("video_id", "clip_index", "crop_index", "start_s", "end_s", "path")
 FORMAT_VERSION = 2
 RETRAIN_GROWTH = 2.0  # `build` adds new rows to a trained index until the data outgrows its training size 2x
 
@@ -76,13 +75,16 @@ class StaleIndexError(ValueError):
 class Match:
     """One search result. `row` is the index row; the other fields are None when the index has no metadata.
 
-    At level "video", clip_index is None, start_s/end_s span the video's clips and num_clips counts them.
+    At level "video", clip_index and crop_index are None, start_s/end_s span the video's clips and num_clips counts
+    them. crop_index: the clip's spatial view (0 start, 1 center, 2 end of the long side; None for outputs written
+    before crops existed).
     """
 
     row: int
     score: float  # cosine similarity in [-1, 1]
     video_id: str | None = None
     clip_index: int | None = None
+    crop_index: int | None = None
     start_s: float | None = None
     end_s: float | None = None
     path: str | None = None
@@ -643,63 +645,50 @@ def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_col
 
 
 def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
-    """Video level: one unit vector per video, the mean of its clips' unit embeddings, renormalized, with metadata
-    video_id, path, start_s (first clip start), end_s (last clip end), num_clips; videos in first-seen order.
-    (When OUT/videos/ exists this is where it should be read instead.)"""
+    """Video level: one unit vector per video, its video embedding (the mean of its views' embeddings, views.py)
+    normalized, with metadata video_id, path, start_s (first view start), end_s (last view end), num_clips; videos in
+    part order. A clips part's videos come from the video table (OUT/videos/<same name>) when it exists, else they
+    are aggregated from the part's clips with the same arithmetic (outputs written before the video table)."""
     vectors, metadata = _video_vectors(files, dim, meta_cols, batch_size)
     return _Rows.from_array(normalize(vectors), metadata, batch_size), metadata
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+_VIDEO_META = ("video_id", "path", "start_s", "end_s", "num_clips")
+
+
 def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
-    """One vector per video: mean of its clips' unit embeddings (renormalized later), with metadata
-    video_id, path, start_s (first clip start), end_s (last clip end), num_clips. Videos in first-seen order."""
+    """(video embeddings float32 (n, D), not normalized; metadata Table) over the clips parts `files`, in order."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .views import VIDEOS_DIR, VideoAccumulator
 
     if "video_id" not in meta_cols:
         raise ValueError("clips have no 'video_id' column; cannot build a video-level index")
-    order: dict[str, int] = {}
-    sums = np.zeros((0, dim), np.float64)
-    counts, starts, ends, paths = [], [], [], []
-    for batch in _scan(files, ["embedding", *meta_cols], batch_size):
-        x = normalize(_batch_vectors(batch.column("embedding"), dim))
-        ids = batch.column("video_id").to_pylist()
-        new = [v for v in dict.fromkeys(ids) if v not in order]
-        if new:
-            if len(order) + len(new) > len(sums):  # grow by doubling: amortized O(1) copies per video
-                grown = np.zeros((max(2 * len(sums), len(order) + len(new)), dim), np.float64)
-                grown[: len(order)] = sums[: len(order)]
-                sums = grown
-            for v in new:
-                order[v] = len(order)
-            counts += [0] * len(new)
-            starts += [math.inf] * len(new)
-            ends += [-math.inf] * len(new)
-            paths += [None] * len(new)
-        slots = np.fromiter((order[v] for v in ids), np.int64, len(ids))
-        np.add.at(sums, slots, x)
-        col = {c: batch.column(c).to_pylist() for c in ("start_s", "end_s", "path") if c in meta_cols}
-        for i, s in enumerate(slots.tolist()):
-            counts[s] += 1
-            if "start_s" in col and col["start_s"][i] is not None:
-                starts[s] = min(starts[s], col["start_s"][i])
-            if "end_s" in col and col["end_s"][i] is not None:
-                ends[s] = max(ends[s], col["end_s"][i])
-            if "path" in col and paths[s] is None:
-                paths[s] = col["path"][i]
-    meta = {"video_id": list(order), "num_clips": pa.array(counts, pa.int32())}
-    if "start_s" in meta_cols:
-        meta["start_s"] = [s if math.isfinite(s) else None for s in starts]
-    if "end_s" in meta_cols:
-        meta["end_s"] = [e if math.isfinite(e) else None for e in ends]
-    if "path" in meta_cols:
-        meta["path"] = paths
-    sums = sums[: len(order)]
-    return (sums / np.maximum(np.array(counts, np.float64)[:, None], 1)).astype(np.float32), pa.table(meta)
+    vectors, tables = [], []
+    for f in files:
+        table_part = f.parent.parent / VIDEOS_DIR / f.name
+        if table_part.is_file():
+            table = pq.read_table(table_part, columns=["embedding", *_VIDEO_META])
+            vectors.append(_batch_vectors(table.column("embedding").combine_chunks(), dim))
+        else:
+            acc = VideoAccumulator(dim)
+            for batch in _scan([f], ["embedding", *meta_cols], batch_size):
+                cols = {c: batch.column(c).to_pylist() for c in ("path", "clip_index", "start_s", "end_s")
+                        if c in meta_cols}
+                acc.add(batch.column("video_id").to_pylist(), _batch_vectors(batch.column("embedding"), dim), **cols)
+            table = acc.table()
+            vectors.append(table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim))
+        tables.append(table.select([c for c in _VIDEO_META if c in ("video_id", "num_clips") or c in meta_cols]))
+    metadata = pa.concat_tables(tables) if tables else None
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), metadata
 
 
-def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int) -> tuple[np.ndarray, dict]:
-    """The stored embedding (float32 (D,)) and metadata of one clip of OUT; ValueError naming what is missing."""
+def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int,
+                crop_index: int | None = None) -> tuple[np.ndarray, dict]:
+    """The stored embedding (float32 (D,)) and metadata of one clip of OUT; ValueError naming what is missing.
+    With several crops per clip (extract --crops 3), crop_index picks the view (default: 1, the center)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -716,6 +705,12 @@ def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int) -> tuple
     if hit.num_rows == 0:
         have = sorted(table.column("clip_index").to_pylist())
         raise ValueError(f"video {video_id!r} has no clip {clip_index} (it has clips {have[0]}..{have[-1]})")
+    if "crop_index" in cols and (hit.num_rows > 1 or crop_index is not None):
+        views = hit
+        hit = views.filter(pc.equal(views.column("crop_index"), 1 if crop_index is None else crop_index))
+        if hit.num_rows == 0:
+            raise ValueError(f"clip {clip_index} of video {video_id!r} has no crop {crop_index} (it has crops "
+                             f"{sorted(views.column('crop_index').to_pylist())})")
     meta = hit.select(cols).slice(0, 1).to_pylist()[0]
     return _batch_vectors(hit.column("embedding").combine_chunks(), dim)[0], meta
 

@@ -89,7 +89,8 @@ class _GraphScaler:
 
 class _SquareScaler(_GraphScaler):
     """-> (S, S, 3): the center square (crop.center_square) scaled to S x S. The crop only offsets plane pointers,
-    so only the kept pixels are scaled (1080p -> 224: 1.6 instead of 2.6 ms a frame)."""
+    so only the kept pixels are scaled (1080p -> 224: 1.3 instead of 2.1 ms a frame,
+    bench/results/decode-crops.json)."""
 
     def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
         x, y, w, h = center_square(width, height, max(1, round(width * self.sample_aspect)))
@@ -99,7 +100,8 @@ class _SquareScaler(_GraphScaler):
 
 class _FrameScaler(_GraphScaler):
     """-> the whole frame at the decode size (short side S, display aspect), in coded orientation: what three
-    crops are cut from (one scale of the frame costs 0.55x scaling three squares: README, "Spatial crops")."""
+    crops are cut from (one scale of the whole frame costs 0.58-0.61x scaling three squares:
+    bench/results/decode-crops.json)."""
 
     def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
         w, h = decode_size(max(1, round(width * self.sample_aspect)), height, self.image_size)

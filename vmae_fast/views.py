@@ -1,0 +1,349 @@
+"""Video-level results from multi-view testing: every view (clip x crop) of a video -> one row of OUT/videos.
+
+The VideoMAE papers evaluate a video on several temporal clips x 3 spatial crops (Kinetics-400: 5 x 3, SSv2: 2 x 3)
+and average the softmax over the views. This module is that aggregation, in one place for the extractor (which
+commits a video's row with its clips), the readers and the video-level index:
+
+    embedding   mean of the views' embeddings, NOT renormalized (the index normalizes when it needs unit vectors)
+    probs       mean over the views of softmax(logits) (when the model has a head), softmax in float64
+    top_labels  the TOP (5) most probable labels by id2label, with top_probs
+
+    parse_views("5x3") -> (5, 3)            --views: clips per video x crops
+    VideoAccumulator                        running per-video sums over clip rows in any batches
+    video_schema(...)                       the Arrow schema of OUT/videos parts
+    read_videos(out)                        the video table of an extract output (vmae_fast.read_videos)
+
+A videos part is `OUT/videos/part-<shard>-<seq>.parquet`, named like the clips part holding the same videos' clips
+and committed just before it (store.py): it counts only once its clips part exists, so a reader never sees a video
+row without its clips. Outputs written before the video table existed (no OUT/videos) are read by aggregating
+their clips here, with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VIDEOS_DIR = "videos"
+TOP = 5  # labels kept in top_labels / top_probs
+EMBEDDING_NOTE = "mean of the views' embeddings (clips x crops), not renormalized"
+PROBS_NOTE = "mean over the views of softmax(logits)"
+_VIEWS_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_views(spec: str) -> tuple[int, int]:
+    """'5x3' -> (clips_per_video 5, crops 3); ValueError naming the value when it is not CLIPSxCROPS with crops 1|3."""
+    from .video.crop import check_crops
+
+    m = _VIEWS_RE.match(str(spec))
+    if not m:
+        raise ValueError(f"--views must look like CLIPSxCROPS, e.g. 5x3 (5 clips per video x 3 crops), got {spec!r}")
+    clips, crops = int(m.group(1)), int(m.group(2))
+    if clips < 1:
+        raise ValueError(f"--views {spec}: the number of clips per video must be >= 1")
+    try:
+        check_crops(crops)
+    except ValueError:
+        raise ValueError(f"--views {spec}: crops must be 1 or 3, got {crops}") from None
+    return clips, crops
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, C) logits in float64 (max subtracted first: no overflow)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def label_names(id2label: dict | None, num_labels: int) -> list[str]:
+    """Label name of every class index (keys of id2label may be str or int; missing ones are LABEL_<i>, as in HF)."""
+    names = {int(k): str(v) for k, v in (id2label or {}).items()}
+    return [names.get(i, f"LABEL_{i}") for i in range(num_labels)]
+
+
+def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest probabilities of each row (n, C), best first; ties keep the lower class index."""
+    p = np.atleast_2d(np.asarray(probs))
+    k = min(int(k), p.shape[1])
+    return np.argsort(-p, axis=1, kind="stable")[:, :k]
+
+
+# --- schema ----------------------------------------------------------------------------------------------------------
+def video_schema(embedding_dim: int, num_labels: int, top: int = TOP, metadata: dict[str, str] | None = None):
+    """Arrow schema of OUT/videos parts; probs / top_labels / top_probs only when the model has a head."""
+    import pyarrow as pa
+
+    def floats(n: int):
+        return pa.list_(pa.field("element", pa.float32(), nullable=False), n)
+
+    fields = [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("num_views", pa.int32(), nullable=False),
+        pa.field("num_clips", pa.int32(), nullable=False),
+        pa.field("num_crops", pa.int8(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("embedding", floats(embedding_dim), nullable=False, metadata={"description": EMBEDDING_NOTE}),
+    ]
+    if num_labels:
+        fields += [
+            pa.field("probs", floats(num_labels), nullable=False, metadata={"description": PROBS_NOTE}),
+            pa.field("top_labels", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False,
+                     metadata={"description": f"the {min(top, num_labels)} most probable labels (id2label), best first"}),
+            pa.field("top_probs", pa.list_(pa.field("element", pa.float32(), nullable=False)), nullable=False,
+                     metadata={"description": "probs of top_labels"}),
+        ]
+    return pa.schema(fields, metadata=metadata)
+
+
+# --- aggregation -------------------------------------------------------------------------------------------------
+class VideoAccumulator:
+    """Per-video running sums over clip rows fed in batches in any order (a video's rows may span batches):
+    float64 sums of embeddings and of softmax(logits), view counts, clip indices and crop indices seen, the time
+    span. `table()` gives one row per video in first-seen order with the video_schema columns.
+
+    Memory: one embedding (and one probability vector) per video, in float64.
+    """
+
+    def __init__(self, embedding_dim: int, num_labels: int = 0):
+        self.dim, self.num_labels = embedding_dim, num_labels
+        self.order: dict[str, int] = {}
+        self._emb = np.zeros((0, embedding_dim), np.float64)
+        self._probs = np.zeros((0, num_labels), np.float64)
+        self.counts: list[int] = []
+        self.paths: list[str | None] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.clips: list[set] = []
+        self.crops: list[set] = []
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _slots(self, video_ids: list[str]) -> np.ndarray:
+        new = [v for v in dict.fromkeys(video_ids) if v not in self.order]
+        if new:
+            need = len(self.order) + len(new)
+            if need > len(self._emb):  # grow by doubling: amortized O(1) copies per video
+                size = max(2 * len(self._emb), need)
+                self._emb = np.concatenate([self._emb, np.zeros((size - len(self._emb), self.dim))])
+                self._probs = np.concatenate([self._probs, np.zeros((size - len(self._probs), self.num_labels))])
+            for v in new:
+                self.order[v] = len(self.order)
+            self.counts += [0] * len(new)
+            self.paths += [None] * len(new)
+            self.starts += [math.inf] * len(new)
+            self.ends += [-math.inf] * len(new)
+            self.clips += [set() for _ in new]
+            self.crops += [set() for _ in new]
+        return np.fromiter((self.order[v] for v in video_ids), np.int64, len(video_ids))
+
+    def add(self, video_ids: list[str], embeddings: np.ndarray, logits: np.ndarray | None = None, *,
+            path: list[str] | None = None, clip_index: list[int] | None = None, crop_index: list[int] | None = None,
+            start_s: list[float] | None = None, end_s: list[float] | None = None) -> None:
+        """Rows of clips: video_ids (n,), embeddings (n, D), logits (n, C) when counting probabilities; the other
+        columns (named as in the clips table) are optional (crop_index absent: 1, as in outputs written before crops
+        existed)."""
+        slots = self._slots(list(video_ids))
+        np.add.at(self._emb, slots, np.asarray(embeddings, np.float64))
+        if self.num_labels:
+            if logits is None:
+                raise ValueError("the clips have no logits column; probabilities need the model's head")
+            np.add.at(self._probs, slots, softmax(logits))
+        for i, s in enumerate(slots.tolist()):
+            self.counts[s] += 1
+            if path is not None and self.paths[s] is None:
+                self.paths[s] = path[i]
+            if clip_index is not None:
+                self.clips[s].add(int(clip_index[i]))
+            self.crops[s].add(1 if crop_index is None else int(crop_index[i]))
+            if start_s is not None:
+                self.starts[s] = min(self.starts[s], float(start_s[i]))
+            if end_s is not None:
+                self.ends[s] = max(self.ends[s], float(end_s[i]))
+
+    def columns(self, id2label: dict | None = None, top: int = TOP,
+                durations: dict[str, float] | None = None) -> dict[str, Any]:
+        """Column arrays of the video rows (video_schema order). durations: video_id -> duration_s (the decoder's);
+        a video without one gets the span of its views (end_s - start_s)."""
+        n = len(self.order)
+        counts = np.array(self.counts, np.float64).reshape(n, 1)
+        starts = [s if math.isfinite(s) else 0.0 for s in self.starts]
+        ends = [e if math.isfinite(e) else 0.0 for e in self.ends]
+        ids = list(self.order)
+        cols: dict[str, Any] = {
+            "video_id": ids,
+            "path": [p if p is not None else v for p, v in zip(self.paths, ids)],
+            "num_views": self.counts,
+            "num_clips": [len(c) if c else k for c, k in zip(self.clips, self.counts)],
+            "num_crops": [len(c) for c in self.crops],
+            "start_s": starts,
+            "end_s": ends,
+            "duration_s": [(durations or {}).get(v, e - s) for v, s, e in zip(ids, starts, ends)],
+            "embedding": (self._emb[:n] / np.maximum(counts, 1)).astype(np.float32),
+        }
+        if self.num_labels:
+            probs = self._probs[:n] / np.maximum(counts, 1)
+            names = label_names(id2label, self.num_labels)
+            best = top_indices(probs, top) if n else np.zeros((0, 0), np.int64)
+            cols["probs"] = probs.astype(np.float32)
+            cols["top_labels"] = [[names[j] for j in row] for row in best.tolist()]
+            cols["top_probs"] = [probs[i, row].astype(np.float32).tolist() for i, row in enumerate(best)]
+        return cols
+
+    def table(self, id2label: dict | None = None, top: int = TOP, durations: dict[str, float] | None = None,
+              metadata: dict[str, str] | None = None):
+        """The video rows as a pyarrow Table with video_schema (and `metadata` as its key-value metadata)."""
+        import pyarrow as pa
+
+        schema = video_schema(self.dim, self.num_labels, top, metadata)
+        cols = self.columns(id2label, top, durations)
+        arrays = {}
+        for f in schema:
+            value = cols[f.name]
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                flat = pa.array(np.ascontiguousarray(value).reshape(-1), pa.float32())
+                arrays[f.name] = pa.FixedSizeListArray.from_arrays(flat, type=f.type)
+            else:
+                arrays[f.name] = pa.array(value, f.type)
+        return pa.Table.from_pydict(arrays, schema=schema)
+
+
+def aggregate_video(embeddings: np.ndarray, logits: np.ndarray | None = None, id2label: dict | None = None,
+                    top: int = TOP) -> dict[str, Any]:
+    """One video's views -> {"num_views", "embedding" float32 (D,), and with logits "probs" float32 (C,),
+    "top_labels", "top_probs"} (the arithmetic of every video row)."""
+    e = np.asarray(embeddings)
+    acc = VideoAccumulator(e.shape[1], 0 if logits is None else np.asarray(logits).shape[1])
+    acc.add(["video"] * len(e), e, logits)
+    cols = acc.columns(id2label, top)
+    out = {"num_views": int(cols["num_views"][0]), "embedding": cols["embedding"][0]}
+    if logits is not None:
+        out.update(probs=cols["probs"][0], top_labels=cols["top_labels"][0], top_probs=cols["top_probs"][0])
+    return out
+
+
+# --- reading ---------------------------------------------------------------------------------------------------------
+def _parts(directory: Path) -> list[str]:
+    from .store import list_parts
+
+    return [name for name, _, _ in list_parts(directory)]
+
+
+def video_parts(out: str | os.PathLike) -> list[Path]:
+    """Committed OUT/videos parts in (shard, seq) order: those whose clips part (same name) exists."""
+    out = Path(out)
+    clips = set(_parts(out / "clips"))
+    return [out / VIDEOS_DIR / name for name in _parts(out / VIDEOS_DIR) if name in clips]
+
+
+def has_video_table(out: str | os.PathLike) -> bool:
+    """True when OUT was written with the video table (OUT/videos exists), even before any part."""
+    return (Path(out) / VIDEOS_DIR).is_dir()
+
+
+def run_labels(out: str | os.PathLike) -> tuple[dict | None, int, int]:
+    """(id2label, embedding_dim, num_labels) of the run in OUT (from _run.json)."""
+    from .store import load_run
+
+    run = load_run(out)
+    config = run["config"]
+    return run.get("model", {}).get("id2label"), int(config["embedding_dim"]), int(config.get("num_labels") or 0)
+
+
+def aggregate_clip_part(path: str | os.PathLike, id2label: dict | None, dim: int, num_labels: int,
+                        top: int = TOP, batch_size: int = 16_384):
+    """The video rows of one clips part (a video's clips never straddle parts), streamed in batches: for outputs
+    without OUT/videos (written before the video table existed). duration_s is then the span of the views."""
+    import pyarrow.parquet as pq
+
+    acc = VideoAccumulator(dim, num_labels)
+    with pq.ParquetFile(path) as f:
+        names = set(f.schema_arrow.names)
+        wanted = [c for c in ("video_id", "path", "clip_index", "crop_index", "start_s", "end_s", "embedding",
+                              "logits") if c in names]
+        for batch in f.iter_batches(batch_size=batch_size, columns=wanted):
+            cols = {c: batch.column(c) for c in wanted}
+            emb = cols["embedding"].flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, dim)
+            logits = None
+            if num_labels:
+                logits = cols["logits"].flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, num_labels)
+            acc.add(cols["video_id"].to_pylist(), emb, logits,
+                    **{c: cols[c].to_pylist() for c in ("path", "clip_index", "crop_index", "start_s", "end_s")
+                       if c in cols})
+    return acc.table(id2label, top)
+
+
+def iter_videos(out: str | os.PathLike, columns: list[str] | None = None) -> Iterator:
+    """pyarrow Tables of video rows, one per committed part, in (shard, seq) order (see read_videos)."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    if has_video_table(out):
+        for path in video_parts(out):
+            yield pq.read_table(path, columns=columns)
+        return
+    id2label, dim, num_labels = run_labels(out)  # an output from before the video table: aggregate its clips
+    for name in _parts(out / "clips"):
+        table = aggregate_clip_part(out / "clips" / name, id2label, dim, num_labels)
+        yield table.select(columns) if columns else table
+
+
+def read_videos(out: str | os.PathLike, columns: list[str] | None = None):
+    """All video rows of an extract output as one pyarrow Table (parts in (shard, seq) order, a video's row next to
+    the part holding its clips): video_id, path, num_views, num_clips, num_crops, start_s, end_s, duration_s,
+    embedding (mean of the views, not renormalized), and with a classification head probs, top_labels, top_probs.
+    With no committed video yet, an empty table with that schema. Outputs written before the video table existed
+    are aggregated from their clips on the fly (duration_s = the span of the views). `columns` selects a subset.
+    """
+    import pyarrow as pa
+
+    from .store import file_metadata, load_run
+
+    tables = list(iter_videos(out, columns))
+    if tables:
+        return pa.concat_tables(tables)
+    run = load_run(out)
+    config = run["config"]
+    schema = video_schema(int(config["embedding_dim"]), int(config.get("num_labels") or 0),
+                          metadata=file_metadata(run))
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    return schema.empty_table()
+
+
+
+# --- labels ----------------------------------------------------------------------------------------------------------
+def video_labels(table, top: int = TOP, id2label: dict | None = None) -> list[dict[str, Any]]:
+    """[{video_id, path, num_views, num_clips, num_crops, duration_s, labels: [{label, prob}, ...]}] of video rows;
+    the top `top` labels come from `probs` (any k), named by id2label."""
+    probs = table.column("probs")
+    num_labels = probs.type.list_size
+    p = probs.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, num_labels)
+    names = label_names(id2label, num_labels)
+    best = top_indices(p, top) if len(p) else np.zeros((0, 0), np.int64)
+    keys = ("video_id", "path", "num_views", "num_clips", "num_crops", "duration_s")
+    rows = table.select([k for k in keys if k in table.column_names]).to_pylist()
+    for row, probs_row, idx in zip(rows, p, best):
+        row["labels"] = [{"label": names[j], "prob": float(probs_row[j])} for j in idx.tolist()]
+    return rows
+
+
+def format_labels(rows: list[dict[str, Any]]) -> str:
+    """Human lines: the video, its views and duration, then one line per label with its probability."""
+    lines = []
+    for row in rows:
+        views = (f"{row['num_views']} views ({row['num_clips']} clips x {row['num_crops']} crops)"
+                 if row.get("num_crops", 1) > 1 else f"{row['num_views']} clips")
+        lines.append(f"{row['video_id']}  {views}, {row['duration_s']:.1f} s")
+        lines += [f"  {100 * item['prob']:6.2f}%  {item['label']}" for item in row["labels"]]
+    return "\n".join(lines)
