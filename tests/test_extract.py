@@ -224,11 +224,38 @@ def test_a_short_batch_costs_about_its_own_size(tmp_path, small_videos, ckpt, re
                                                                                   "other shape": 21}
 
 
+def test_cpu_plan_gives_the_model_every_core_and_adds_decoders_while_it_waits(tmp_path, small_videos, ckpt,
+                                                                            reference):
+    plan = extract_module._CorePlan("cpu", 4, None, None)
+    assert (plan.workers, plan.max_workers, plan.batch_size, plan.model_threads) == (1, 4, 8, 4)
+    assert plan.pool_options == {"threads": 1, "nice": 10}
+    gpu = extract_module._CorePlan("cuda", 8, None, None)
+    assert (gpu.workers, gpu.batch_size, gpu.model_threads, gpu.pool_options, gpu.grow) == (7, 32, None, {}, False)
+    assert not extract_module._CorePlan("cpu", 4, 2, 16).grow  # an explicit --workers is kept
+
+    pool = type("Pool", (), {"workers": 1})()
+    plan.update(pool, 1, wait_s=5.0, compute_s=1.0)  # the first batch waited for the pipeline to fill: not counted
+    plan.update(pool, 2, wait_s=5.1, compute_s=2.0)  # half a window
+    plan.update(pool, 3, wait_s=5.2, compute_s=3.0)  # 0.2 s waiting in 2.2 s: model-bound, keep one worker
+    assert pool.workers == 1
+    plan.update(pool, 5, wait_s=6.2, compute_s=4.0)  # 1 s waiting in 2 s: decode-bound, add one
+    plan.update(pool, 7, wait_s=7.2, compute_s=5.0)
+    plan.update(pool, 9, wait_s=8.2, compute_s=6.0)
+    plan.update(pool, 11, wait_s=9.2, compute_s=7.0)
+    assert pool.workers == 4 and plan.added == [5, 7, 9]  # never beyond the cores
+
+    with batch_shapes() as shapes:
+        summary = extract([small_videos], tmp_path / "out", model=ckpt, **{**RUN_OPTIONS, "workers": None})
+    assert summary["model_threads"] == os.cpu_count() and 1 <= summary["workers"] <= os.cpu_count()
+    assert_same_rows(sorted_rows(tmp_path / "out"), reference, shapes)
+
+
 # --- crash safety ---------------------------------------------------------------------------------------------------
 def test_resume_after_sigkill_of_the_process_group_equals_an_uninterrupted_run(tmp_path, small_videos, ckpt,
                                                                                 reference):
     rng = random.Random(1234)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # the CLI's model gets the threads an in-process run gives it (every core): bits depend on the thread count too
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     trials = []
     for trial in range(3):
         out = tmp_path / f"out{trial}"
@@ -431,7 +458,7 @@ def test_schema_metadata_and_read_embeddings_order(tmp_path, small_videos, ckpt,
     assert kv["weights_sha256"] == run["config"]["model"]["weights_sha256"] and len(kv["weights_sha256"]) == 64
     assert kv["model_config"]["hidden_size"] == 64 and kv["preprocessing"]["image_size"] == 32
     assert kv["sampling"] == {"num_frames": 4, "frame_step": None, "fps": None, "clip_stride_s": None,
-                              "clips_per_video": None}
+                              "clips_per_video": None, "crops": 1}
     assert (kv["keep"], kv["dtype"], kv["device"]) == ("all", "fp32", "cpu")
     assert kv["id2label"] == {str(i): f"class_{i}" for i in range(5)}
     assert kv["library_version"] == run["library_version"]

@@ -68,6 +68,7 @@ def test_pool_all_files(zoo, bad, workers):
     for _, exp in zoo.values():
         ev = final[str(exp.path)]
         assert isinstance(ev, DoneEvent) and ev.num_clips == len(clips[str(exp.path)]) and ev.decode_s > 0
+        assert (ev.decode_cpu_s is None) if workers == 0 else (0 < ev.decode_cpu_s)
         check_clips(clips[str(exp.path)], exp, SAMPLING)
     for name, path in bad.items():
         ev = final[str(path)]
@@ -315,6 +316,15 @@ def test_pool_copies_frames_of_decoders_that_ignore_the_slots_and_rejects_wrong_
     for t in tasks:
         ev = final[t.path]
         assert isinstance(ev, ErrorEvent) and ev.stage == "decode" and f"expected uint8(4, {S}, {S}, 3)" in ev.error
+
+
+def test_pool_nice_workers(zoo):
+    with DecodePool(1, SAMPLING, S, nice=10) as pool:
+        _, final, _ = collect(pool.run([VideoTask(zoo["h264_bframes"][0])]))
+        niceness = os.getpriority(os.PRIO_PROCESS, pool.worker_pids()[0]) - os.getpriority(os.PRIO_PROCESS, 0)
+    assert niceness == min(10, 19 - os.getpriority(os.PRIO_PROCESS, 0)) and isinstance(*final.values(), DoneEvent)
+    with pytest.raises(ValueError, match="nice must be"):
+        DecodePool(1, SAMPLING, S, nice=20)
 
 
 def test_pool_decode_must_be_importable_by_workers():

@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     clips = [c.frames for c in decode_clips(tasks[0], sampling, cfg.image_size)]
     clips = np.stack((clips * (2 * args.batch_size // max(1, len(clips)) + 1))[: 2 * args.batch_size])
 
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, cores - e2e_workers))  # what extract does with its decoders running
+    # extract on CPU gives the model every core (its decoders, niced, take what the model leaves) and each decode
+    # worker one thread: the model-only and decode-only measurements get the same
     threads = torch.get_num_threads()
     results = {"decode": {w: [] for w in worker_counts}, "model": [], "e2e": []}
     # model-only runs over about as many clips as the videos give, so each measurement spans a similar time
@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     def measure(kind: str) -> None:
         if kind == "decode":
             for w in worker_counts:
-                # on CPU extract leaves the model's cores to it: decoders get the rest, as here
-                decode_threads = max(1, (cores - threads) // w) if device.type == "cpu" else None
+                decode_threads = 1 if device.type == "cpu" else None
                 results["decode"][w].append(bench_decode(tasks, sampling, cfg.image_size, w, args.batch_size,
                                                          decode_threads))
         elif kind == "model":

@@ -75,9 +75,10 @@ def _add_extract(sub) -> None:
     where.add_argument("--clip-stride-s", type=float, help="sliding clips every X seconds (default: the clip's span)")
     where.add_argument("--clips-per-video", type=int, help="N clips spread uniformly over each video")
     p.add_argument("--keep", default="all", help="tokens each clip keeps: all, tube:0.5, motion:0.5 (default all)")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per model batch (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="clips per model batch (default: 32 with CUDA, 8 on CPU)")
     p.add_argument("--workers", type=int,
-                   help="decoding processes (default: CPU cores - 1, at most 16, with CUDA; half the cores on CPU)")
+                   help="decoding processes (default: CPU cores - 1, at most 16, with CUDA; on CPU one, more while "
+                        "the model waits for clips)")
     p.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cuda:LOCAL_RANK when available, else cpu)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="model precision (default: bf16 on CUDA, fp32 CPU)")
     p.add_argument("--shard", help="process only shard i of n (i/n); default from torchrun or SLURM variables")

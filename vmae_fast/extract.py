@@ -386,6 +386,51 @@ class _ModelRunner:
         return done
 
 
+# --- cores -----------------------------------------------------------------------------------------------------------
+class _CorePlan:
+    """Who gets the cores, and the defaults that follow from it.
+
+    CUDA: the GPU is rarely the bottleneck, decoding is: every core but one decodes (at most 16 workers), batches
+    of 32. CPU: the model is the bottleneck (a ViT-S 16x224 clip takes ~0.7 s of two cores, decoding it ~0.1 s of
+    one): the model runs with every core and the decode workers at niceness 10, so they take the cycles the model
+    leaves and the OS scheduler keeps re-balancing; one decoder thread per worker; batches of 8 (a CPU gains
+    nothing from larger ones, and the first batch waits for fewer decoded clips). With the default --workers the
+    pool starts with one worker and grows (up to the core count) while the model spends more than a quarter of
+    its time waiting for clips: the decode/model ratio, measured. An explicit --workers is kept as given.
+    """
+
+    WAIT_SHARE = 0.25  # model waiting for clips above this share of a window: add a decode worker
+    WINDOW = 2  # batches per measurement window
+
+    def __init__(self, device_type: str, cores: int, workers: int | None, batch_size: int | None):
+        self.cpu = device_type == "cpu"
+        self.grow = workers is None and self.cpu
+        if workers is None:
+            workers = 1 if self.cpu else max(1, min(cores - 1, 16))
+        self.workers, self.max_workers = workers, (max(workers, cores) if self.grow else workers)
+        self.batch_size = batch_size if batch_size is not None else (8 if self.cpu else 32)
+        self.model_threads = cores if self.cpu and workers > 0 else None
+        self.pool_options = {"threads": 1, "nice": 10} if self.cpu and workers > 0 else {}
+        self._mark: tuple[int, float, float] | None = None  # (batches, wait_s, compute_s) at the window's start
+        self.added: list[int] = []  # batch counts at which a worker was added
+
+    def update(self, pool, batches: int, wait_s: float, compute_s: float) -> None:
+        """Called after each clip event: at the end of every window, add a worker if the model waited too long."""
+        if not self.grow or pool.workers >= self.max_workers or batches < 1:
+            return
+        if self._mark is None:  # the first batch waited for the pipeline to fill: measure from its end
+            self._mark = (batches, wait_s, compute_s)
+            return
+        start, wait0, compute0 = self._mark
+        if batches - start < self.WINDOW:
+            return
+        waited, computed = wait_s - wait0, compute_s - compute0
+        if waited > self.WAIT_SHARE * (waited + computed):
+            pool.workers += 1
+            self.added.append(batches)
+        self._mark = (batches, wait_s, compute_s)
+
+
 # --- the run --------------------------------------------------------------------------------------------------------
 class _Prefetch:
     """Iterates DecodePool.run in a background thread and hands its events over through a bounded queue.
@@ -459,6 +504,7 @@ class _Extraction:
         self.queue: list = []  # (video_id, generation, clip) waiting for a batch
         self.ok = self.failed = self.clips = 0
         self.decode_s = 0.0
+        self.decode_cpu_s: float | None = 0.0  # None once a video was decoded in-process (no separate CPU clock)
         self.video_seconds = 0.0
         self.started = time.perf_counter()
 
@@ -481,8 +527,10 @@ class _Extraction:
             video.results.clear()
         self._drop_queued(task.video_id)
 
-    def on_done(self, task, num_clips: int, decode_s: float) -> None:
+    def on_done(self, task, num_clips: int, decode_s: float, decode_cpu_s: float | None = None) -> None:
         self.decode_s += decode_s
+        self.decode_cpu_s = None if decode_cpu_s is None or self.decode_cpu_s is None else \
+            self.decode_cpu_s + decode_cpu_s
         video = self.videos.setdefault(task.video_id, _Video(task))
         video.num_clips = num_clips
         if len(video.rows) != num_clips:
@@ -568,7 +616,7 @@ class _Extraction:
 
 def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None = None,
             frame_step: int | None = None, fps: float | None = None, clip_stride_s: float | None = None,
-            clips_per_video: int | None = None, keep: str | None = "all", batch_size: int = 32,
+            clips_per_video: int | None = None, keep: str | None = "all", batch_size: int | None = None,
             workers: int | None = None, device: str | None = None, dtype: str | None = None,
             shard: str | tuple[int, int] | None = None, overwrite: bool = False, embedding_dtype: str = "float32",
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
@@ -588,7 +636,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling
 
     t_start = time.perf_counter()
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if embedding_dtype not in store.EMBEDDING_DTYPES:
         raise ValueError(f"--embedding-dtype must be one of {store.EMBEDDING_DTYPES}, got {embedding_dtype!r}")
@@ -615,9 +663,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
 
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-    if workers is None:  # a GPU wants every spare core decoding; on CPU the model needs cores too
-        cores = os.cpu_count() or 2
-        workers = max(1, min(cores - 1, 16)) if dev.type == "cuda" else max(1, cores // 2)
+    plan = _CorePlan(dev.type, os.cpu_count() or 2, workers, batch_size)
+    workers, batch_size = plan.workers, plan.batch_size
     if decode_device != "cpu":  # NVDEC: frames stay on the GPU, so this process decodes (nothing to ship)
         workers = 0
     keep_policy, keep_spec = _keep_policy(keep)
@@ -652,15 +699,12 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         state.failed += 1
         state.progress()
     threads = torch.get_num_threads()
-    if dev.type == "cpu" and workers > 0 and "OMP_NUM_THREADS" not in os.environ:
-        # decoding workers and the model share the cores: do not oversubscribe them
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+    if plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(plan.model_threads)
     wait_s = 0.0
     try:
         pool_options = {"timeout_s": timeout_s, "backend": decode_backend,
-                        "max_pending_clips": max(2 * batch_size, 4 * max(workers, 1))}
-        if dev.type == "cpu" and workers > 0:  # one decoder thread per worker: the model has the other cores
-            pool_options["threads"] = max(1, ((os.cpu_count() or 2) - torch.get_num_threads()) // workers)
+                        "max_pending_clips": max(2 * batch_size, 4 * max(plan.max_workers, 1)), **plan.pool_options}
         if decode_device != "cpu":
             pool_options["decode"] = functools.partial(decode_clips, device=decode_device)
         pool_options.update(decode_options or {})
@@ -680,13 +724,14 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                     if event is None:
                         break
                     if isinstance(event, DoneEvent):
-                        state.on_done(event.task, event.num_clips, event.decode_s)
+                        state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s)
                     elif isinstance(event, ErrorEvent):
                         state.on_error(event.task, event.stage, event.error, event.attempts)
                     elif isinstance(event, ResetEvent):
                         state.on_reset(event.task)
                     else:
                         state.on_clips(event.task, event.clips)
+                        plan.update(pool, runner.count, wait_s, runner.compute_s)
                     writer.maybe_flush()
             finally:
                 prefetch.stop(timeout_s=timeout_s + 5)  # a hung decoder is killed after timeout_s at the latest
@@ -711,7 +756,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "device": str(dev),
         "dtype": _DTYPE_NAMES[torch_dtype],
         "keep": keep_spec,
-        "workers": workers,
+        "workers": pool.workers if workers else 0,
+        "model_threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "batch_size": batch_size,
         "videos": len(mine) + len(discovery_errors),
         "videos_ok": state.ok,
@@ -728,6 +774,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "wait_s": wait_s,
         "write_s": writer.write_s,
         "decode_s": state.decode_s,
+        "decode_cpu_s": state.decode_cpu_s if workers else None,
         "clips_per_s": state.clips / wall if wall > 0 else 0.0,
         "parts_written": writer.clips.files_written + writer.errors.files_written,
     }
@@ -741,10 +788,16 @@ def format_summary(summary: dict) -> str:
         f"{s['videos_failed']} errors, {s['videos_skipped']} already done"
         + (f" ({s['videos_other_shards']} in other shards)" if s["videos_other_shards"] else "")
         + f"; {s['clips']} clips -> {s['out']}",
-        (f"time {s['wall_s']:.1f} s: model {s['compute_s']:.1f} s, waiting for decoded clips {s['wait_s']:.1f} s, "
-        f"writing {s['write_s']:.1f} s; decoding took {s['decode_s']:.1f} s of worker time ({s['workers']} workers)"),
+        (f"time {s['wall_s']:.1f} s: model {s['compute_s']:.1f} s"
+         + (f" on {s['model_threads']} threads" if s.get("model_threads") else "")
+         + f", waiting for decoded clips {s['wait_s']:.1f} s, writing {s['write_s']:.1f} s; decoding took "
+         + (f"{s['decode_cpu_s']:.1f} s of worker CPU ({s['decode_s']:.1f} s in the decoder, "
+            if s.get("decode_cpu_s") is not None else f"{s['decode_s']:.1f} s of worker time (")
+         + f"{s['workers']} workers)"),
         (f"throughput {s['clips_per_s']:.1f} clips/s, {s['video_seconds'] / max(s['wall_s'], 1e-9):.1f} "
-        f"video-seconds/s on {s['device']} ({s['dtype']}, batch {s['batch_size']}, keep {s['keep']})"),
+         f"video-seconds/s on {s['device']} ({s['dtype']}, batch {s['batch_size']}"
+         + (f", {s['padded_rows']} padding rows in {s['batches']} batches" if s.get("padded_rows") else "")
+         + f", keep {s['keep']})"),
     ]
     busy = s["compute_s"] + s["wait_s"]
     if s["clips"] and busy > 0:

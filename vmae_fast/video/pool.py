@@ -56,12 +56,14 @@ class ResetEvent:
 
 @dataclass(frozen=True)
 class DoneEvent:
-    """`task` finished: num_clips clips (of the last attempt) were sent; decode_s: seconds its worker spent."""
+    """`task` finished: num_clips clips (of the last attempt) were sent; decode_s: seconds its worker spent in the
+    decoder (wall clock), decode_cpu_s: CPU seconds of that worker process meanwhile (None when decoded in-process)."""
 
     task: VideoTask
     num_clips: int
     decode_s: float
     backend: str
+    decode_cpu_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,26 +80,30 @@ Event = ClipsEvent | ResetEvent | DoneEvent | ErrorEvent
 DecodeFn = Callable[..., Iterator[Clip]]
 
 
-def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=None) -> Iterator[tuple]:
+def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=None, cpu_clock=None) -> Iterator[tuple]:
     """Decode one task as messages; never raises for a bad video.
 
-    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend) or ("error", stage, text).
-    decode_s counts time inside the decoder only, not time spent by whoever consumes the messages.
+    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend, cpu_s) or ("error", stage, text).
+    decode_s counts time inside the decoder only, not time spent by whoever consumes the messages; cpu_s: the
+    cpu_clock() seconds over the same spans (None without a clock).
     """
     info: dict = {}
-    num_clips, decode_s = 0, 0.0
+    num_clips, decode_s, cpu_s = 0, 0.0, 0.0
     options = {"threads": threads, "info": info}
     if alloc is not None:
         options["alloc"] = alloc
-    t0 = time.perf_counter()
+    clock = cpu_clock or (lambda: 0.0)
+    t0, c0 = time.perf_counter(), clock()
     try:
         for clip in decode(task, sampling, image_size, backend, **options):
             decode_s += time.perf_counter() - t0
+            cpu_s += clock() - c0
             num_clips += 1
             yield ("clip", clip)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), clock()
         decode_s += time.perf_counter() - t0
-        yield ("done", num_clips, decode_s, info.get("backend", backend))
+        cpu_s += clock() - c0
+        yield ("done", num_clips, decode_s, info.get("backend", backend), cpu_s if cpu_clock else None)
     except VideoError as e:
         yield ("error", e.stage, e.message)
     except Exception as e:  # noqa: BLE001 - any failure of one video becomes its error record, never the run's
@@ -162,7 +168,7 @@ def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threa
         _, seq, task, backend = msg
         ack.value = seq
         handed.clear()
-        for message in _task_messages(decode, task, sampling, image_size, backend, threads, alloc):
+        for message in _task_messages(decode, task, sampling, image_size, backend, threads, alloc, time.process_time):
             if message[0] != "clip":
                 send((message[0], seq, *message[1:]))
                 continue
@@ -254,6 +260,7 @@ class DecodePool:
         for event in pool.run(tasks): ...   # ClipsEvent / ResetEvent / DoneEvent / ErrorEvent
 
     Each task ends with exactly one DoneEvent or ErrorEvent; videos interleave, a video's clips come in order.
+    `workers` may be raised while run() is being iterated (from any thread): new workers start at its next turn.
     timeout_s: a worker holding a task that sends nothing and decodes no clip for timeout_s seconds (while it has a
     free slot to decode into, i.e. is not waiting for the consumer) is killed. A worker that hangs, segfaults,
     aborts or exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of
@@ -411,6 +418,10 @@ class DecodePool:
             os.set_blocking(self._wake[1], False)
         return _Worker(self._ctx, self)
 
+    def _grow(self) -> None:
+        while len(self._pool) < self.workers:
+            self._pool.append(self._spawn())
+
     def _replace(self, i: int) -> _Worker:
         """Kill the worker at i, reclaim the slots granted to it, start a new one there."""
         w = self._pool[i]
@@ -475,8 +486,7 @@ class DecodePool:
     def _run_workers(self, tasks):
         from multiprocessing.connection import wait
 
-        while len(self._pool) < self.workers:
-            self._pool.append(self._spawn())
+        self._grow()
         os.set_blocking(self._wake[0], False)
         source = iter(tasks)
         retries: deque = deque()
@@ -484,6 +494,7 @@ class DecodePool:
         exhausted = False
         try:
             while True:
+                self._grow()  # `workers` may have been raised meanwhile (extract's CPU plan does)
                 for i, w in enumerate(self._pool):  # hand work to idle workers: retries first, then new tasks
                     if w.job is not None:
                         continue
@@ -588,7 +599,7 @@ class DecodePool:
                 yield ClipsEvent(task, [self._clip(msg[2], msg[3])])
             elif kind == "done":
                 w.job = None
-                yield DoneEvent(task, msg[2], msg[3], msg[4])
+                yield DoneEvent(task, msg[2], msg[3], msg[4], msg[5])
             else:
                 w.job = None
                 yield ErrorEvent(task, msg[2], msg[3], attempt)
