@@ -165,6 +165,22 @@ def test_time_range_uniform_overlap_and_at_s(zoo):
     assert [c.clip_index for t in (1.55, 1.59) for c in decode_clips(VideoTask(path), SAMPLING, S, at_s=t)] == [2, 3]
 
 
+def test_info_reports_the_duration_the_clips_are_sampled_from(zoo):
+    """info["duration_s"] (the video table's duration_s): first frame to the end of the last one, by timestamps;
+    of the time range when the task has one; VFR files by their PTS."""
+    for name in ("h264_bframes", "vfr", "short"):
+        path, exp = zoo[name]
+        info = {}
+        list(decode_clips(VideoTask(path), SAMPLING, S, info=info))
+        if name == "vfr":  # the last frame lasts what the muxer recorded (20..80 ms here)
+            assert 0.02 - 1e-3 <= info["duration_s"] - exp.timestamps[-1] <= 0.08 + 1e-3
+        else:
+            assert info["duration_s"] == pytest.approx(exp.duration, abs=1e-3), name
+    info = {}
+    list(decode_clips(VideoTask(zoo["h264_bframes"][0], start_s=1.0, end_s=2.0), SAMPLING, S, info=info))
+    assert info["duration_s"] == pytest.approx(1.0, abs=1e-3)  # frames 30..59 at 30 fps
+
+
 def test_short_video_is_padded(zoo):
     path, _ = zoo["short"]  # 10 frames, clip needs 13
     (clip,) = decode_clips(VideoTask(path), SAMPLING, S)

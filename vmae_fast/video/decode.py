@@ -19,7 +19,7 @@ import numpy as np
 from .crop import CROP_INDICES
 from .errors import VideoError
 from .pyav_reader import PyAVReader
-from .sampling import Clip, ClipPlan, Sampling, VideoTask, plan_clips
+from .sampling import Clip, ClipPlan, Sampling, VideoTask, duration_s, plan_clips
 
 # Lower-case file extensions (with the dot) treated as videos when scanning directories: `Path(p).suffix.lower()`.
 VIDEO_EXTENSIONS = {
@@ -139,11 +139,13 @@ def decode_clips(
     backend: "auto" (= DEFAULT_BACKEND, PyAV), "pyav", or "decord" (decord, PyAV for the files it cannot open or
     decode and for gray or rotated ones, which it gets wrong).
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
-    covers this time, or the nearest clip when at_s falls between clips (all its views). info: if given, info["backend"] is set
-    to the decoder actually used and info["frames_decoded"] to the frames its decoder produced so far (None for
-    decord, which does not say). alloc: if given, called once per clip (view) for a writable uint8 array (num_frames,
-    image_size, image_size, 3) that receives the clip's frames and becomes Clip.frames (DecodePool passes a
-    shared-memory slot, so frames are written once, where the model reads them); default: a new array per clip.
+    covers this time, or the nearest clip when at_s falls between clips (all its views). info: if given,
+    info["backend"] is set to the decoder actually used, info["frames_decoded"] to the frames its decoder produced
+    so far (None for decord, which does not say) and info["duration_s"] to the seconds of video the clips are
+    sampled from (the task's time range, else the whole video, by frame timestamps). alloc: if given, called once
+    per clip (view) for a writable uint8 array (num_frames, image_size, image_size, 3) that receives the clip's
+    frames and becomes Clip.frames (DecodePool passes a shared-memory slot, so frames are written once, where the
+    model reads them); default: a new array per clip.
     device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec (backend "auto" or "torchcodec");
     Clip.frames is then a torch.uint8 tensor on that device and alloc must be None.
     Raises VideoError(stage, message); clips already yielded are valid only if the iteration ends without an error
@@ -164,6 +166,8 @@ def decode_clips(
         info["backend"] = reader.name
         plans = plan_clips(reader.timestamps, sampling, last_duration=reader.last_duration,
                            start_s=task.start_s, end_s=task.end_s)
+        info["duration_s"] = duration_s(reader.timestamps, last_duration=reader.last_duration, start_s=task.start_s,
+                                        end_s=task.end_s)
         if at_s is not None:  # the clip covering at_s, else the nearest one (windows leave gaps of < 1 step)
             plans = [min(plans, key=lambda p: max(p.start_s - at_s, at_s - p.end_s, 0.0))]
         try:

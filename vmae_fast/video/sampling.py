@@ -144,24 +144,8 @@ def plan_clips(
     last_duration: duration of the last frame (default: the median frame interval). Clips are in time order with
     clip_index 0, 1, ... Raises VideoError("sample") when no frame lies in [start_s, end_s).
     """
-    ts = np.asarray(timestamps, dtype=np.float64)
-    n = len(ts)
-    if n == 0:
-        raise VideoError("sample", "the video has no frames")
-    gaps = np.diff(ts)
-    typical = float(np.median(gaps)) if n > 1 and np.median(gaps) > 0 else None
-    span_s = ts[-1] - ts[0]
-    avg_fps = (n - 1) / span_s if n > 1 and span_s > 0 else (1.0 / last_duration if last_duration else 30.0)
-    last_duration = last_duration if last_duration and last_duration > 0 else (typical or 1.0 / avg_fps)
-    durations = np.append(gaps, last_duration)
-
-    lo, hi = 0, n - 1
-    if start_s is not None or end_s is not None:
-        lo = int(np.searchsorted(ts, start_s, "left")) if start_s is not None else 0
-        hi = int(np.searchsorted(ts, end_s, "left")) - 1 if end_s is not None else n - 1
-        if lo > hi:
-            raise VideoError("sample", f"no frame in [{start_s}, {end_s}) s; the video's frames span "
-                                       f"{ts[0]:.3f}..{ts[-1] + last_duration:.3f} s")
+    ts, durations, avg_fps = _frame_times(timestamps, last_duration)
+    lo, hi = _frame_range(ts, durations, start_s, end_s)
     step = sampling.step_for(avg_fps)
     t = sampling.num_frames
     need = (t - 1) * step + 1  # source frames one clip spans
@@ -192,3 +176,37 @@ def plan_clips(
                               float(ts[last_real] + durations[last_real]), int((~real).sum())))
     return plans
 
+
+def _frame_times(timestamps: np.ndarray, last_duration: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(timestamps float64 (n,), how long each frame lasts (n,), average fps): a frame lasts until the next PTS, the
+    last one last_duration (default: the median frame interval)."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    n = len(ts)
+    if n == 0:
+        raise VideoError("sample", "the video has no frames")
+    gaps = np.diff(ts)
+    typical = float(np.median(gaps)) if n > 1 and np.median(gaps) > 0 else None
+    span_s = ts[-1] - ts[0]
+    avg_fps = (n - 1) / span_s if n > 1 and span_s > 0 else (1.0 / last_duration if last_duration else 30.0)
+    last_duration = last_duration if last_duration and last_duration > 0 else (typical or 1.0 / avg_fps)
+    return ts, np.append(gaps, last_duration), avg_fps
+
+
+def _frame_range(ts: np.ndarray, durations: np.ndarray, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    """(first, last) index of the frames with start_s <= pts < end_s; VideoError("sample") when there is none."""
+    n = len(ts)
+    lo = int(np.searchsorted(ts, start_s, "left")) if start_s is not None else 0
+    hi = int(np.searchsorted(ts, end_s, "left")) - 1 if end_s is not None else n - 1
+    if lo > hi:
+        raise VideoError("sample", f"no frame in [{start_s}, {end_s}) s; the video's frames span "
+                                   f"{ts[0]:.3f}..{ts[-1] + durations[-1]:.3f} s")
+    return lo, hi
+
+
+def duration_s(timestamps: np.ndarray, *, last_duration: float | None = None, start_s: float | None = None,
+               end_s: float | None = None) -> float:
+    """Seconds of video in [start_s, end_s) (default: all of it) by frame timestamps: from the first frame in range
+    to the end of the last one (the clock of the clips' start_s / end_s)."""
+    ts, durations, _ = _frame_times(timestamps, last_duration)
+    lo, hi = _frame_range(ts, durations, start_s, end_s)
+    return float(ts[hi] + durations[hi] - ts[lo])
