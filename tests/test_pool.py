@@ -195,6 +195,34 @@ def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
 
 
 
+def test_pool_workers_die_with_a_main_process_killed_by_sigkill(hook_videos, tmp_path):
+    """kill -9 of the main process alone (not its group) while a worker hangs in its decoder: no worker outlives it."""
+    script = tmp_path / "run_pool.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from tests.pool_faults import decode_with_faults
+        from vmae_fast.video import DecodePool, Sampling, VideoTask
+        if __name__ == "__main__":
+            tasks = [VideoTask({str(hook_videos["vmae-test-hang-once"])!r}), VideoTask({str(hook_videos["vmae-test-abort"])!r})]
+            with DecodePool(2, Sampling(num_frames=4), 32, timeout_s=600, decode=decode_with_faults) as pool:
+                for ev in pool.run(tasks):
+                    print("PIDS", *pool.worker_pids(), flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PIDS"), proc.stderr.read()
+        pids = [int(x) for x in line.split()[1:]]
+        time.sleep(0.5)  # the hanging worker is inside its decoder now
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert wait_gone(pids, timeout=10) == []
+    assert ours_in_dev_shm() == []
+
+
 def test_pool_replaces_a_worker_killed_while_idle(zoo):
     tasks = [VideoTask(p) for p, _ in list(zoo.values())[:3]]
     with DecodePool(2, SAMPLING, S) as pool:

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -125,6 +126,7 @@ def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threa
     parent's heartbeat and its count of clips still in the pipe).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
+    _die_with_parent()
     if nice:
         os.nice(nice)
     for name in ("av", "decord"):  # before the first task's clock starts (already loaded under forkserver)
@@ -186,6 +188,36 @@ def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threa
             progress.value += 1
             send(("clip", seq, slot, _clip_fields(clip)))
         credits.extendleft(handed)  # handed out but never sent (the task failed mid-clip): still this worker's
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent, the forkserver, dies, so that a worker stuck inside a decoder
+    does not outlive a main process killed with SIGKILL. The forkserver exits when the last holder of its
+    "alive" pipe is gone: the main process, and every forkserver child, which inherits a copy so that it could
+    start processes itself. A decode worker never does, so it drops that copy; then the main process's death ends
+    the forkserver and, through PR_SET_PDEATHSIG, its workers. Elsewhere a worker notices a dead parent at its
+    next pipe read or write."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int) and mp.parent_process() is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent was already gone before the call
+        os._exit(0)
 
 
 def _mp_context():
