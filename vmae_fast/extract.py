@@ -391,7 +391,7 @@ class _CorePlan:
     """Who gets the cores, and the defaults that follow from it.
 
     CUDA: the GPU is rarely the bottleneck, decoding is: every core but one decodes (at most 16 workers), batches
-    of 32. CPU: the model is the bottleneck (a ViT-S 16x224 clip takes ~0.7 s of two cores, decoding it ~0.1 s of
+    of 32. CPU: the model is the bottleneck (a ViT-S 16x224 clip takes ~0.6 s of two cores, decoding it ~0.08 s of
     one): the model runs with every core and the decode workers at niceness 10, so they take the cycles the model
     leaves and the OS scheduler keeps re-balancing; one decoder thread per worker; batches of 8 (a CPU gains
     nothing from larger ones, and the first batch waits for fewer decoded clips). With the default --workers the
