@@ -5,6 +5,7 @@ processes and no shared memory. Faults come from decode functions in tests/pool_
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import shutil
@@ -362,3 +363,15 @@ def test_pool_decode_must_be_importable_by_workers():
     with pytest.raises(ValueError, match="slots must be"):
         DecodePool(1, SAMPLING, S, slots=0)
     assert DecodePool(2, SAMPLING, S, max_pending_clips=5).slots == 6  # 2 workers x ceil(5 / 2)
+
+
+def test_bench_transport_smoke(tmp_path):
+    """tools/bench_transport.py at a tiny size: runs, and every clip the consumer got was the one its worker wrote."""
+    out = tmp_path / "transport.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "bench_transport.py"),
+                           "--workers", "1,2", "--clips", "60", "--clips-per-task", "10", "--num-frames", "4",
+                           "--size", "32", "--batch-size", "8", "--rounds", "1", "--json", str(out)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best = json.loads(out.read_text())["best"]
+    assert {w: (r["clips"], r["wrong_clips"]) for w, r in best.items()} == {"1": (60, 0), "2": (60, 0)}

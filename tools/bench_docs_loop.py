@@ -186,15 +186,9 @@ def cosines(a_npz: str, b_npz: str) -> list[float]:
     return cos.tolist()
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
+    from bench_env import git_commit  # imports torch: not at module level (workers re-import this file)
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos-dir", type=Path, default=Path(tempfile.gettempdir()) / "vmae_bench_docs_videos")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side is kept")

@@ -125,17 +125,10 @@ def bench_end_to_end(paths_dir: Path, model, batch_size: int, workers: int, keep
     return summary
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
+    from bench_env import git_commit  # imports torch: not at module level (workers re-import this file)
 
     from vmae_fast.checkpoint import load_model
     from vmae_fast.video import Sampling, VideoTask, decode_clips, plan_clips

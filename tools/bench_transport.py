@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,17 +110,10 @@ def run_once(workers: int, num_frames: int, size: int, clips: int, per_task: int
             "gb_per_s": received * clip_bytes / seconds / 1e9, "wrong_clips": wrong}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
+    from bench_env import git_commit  # imports torch: not at module level (workers re-import this file)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="2", help="worker counts, comma separated (default %(default)s)")
