@@ -630,8 +630,11 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     a different configuration into the same `out` raises ValueError unless overwrite=True.
     decode_device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec in this process (workers=0;
     frames stay on the GPU, then go through the model's host buffer: the GPU-resident batch is owed a GPU run).
-    decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode); by default
-    the pool may hold two model batches of decoded clips, so decoders keep working while the model computes.
+    batch_size / workers: None follows the bottleneck (see _CorePlan: 8 clips and one growing, niced worker on
+    CPU; 32 clips and cores - 1 workers with CUDA).
+    decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode, nice); by
+    default the pool may hold two model batches of decoded clips, so decoders keep working while the model
+    computes.
     """
     from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling
 

@@ -7,7 +7,8 @@ workers.
     decord_reader.py       decord backend (optional)
     torchcodec_reader.py   torchcodec backend (optional; NVDEC on CUDA)
     decode.py              decode_clips(): one video -> clips, backend choice and fallback
-    pool.py           DecodePool: worker processes, events, hang/crash handling
+    pool.py                DecodePool: worker processes, events, hang/crash handling, slot grants
+    shm.py                 ClipRing: the shared-memory clip slots workers decode into
 """
 
 from .decode import BACKENDS, DEFAULT_BACKEND, VIDEO_EXTENSIONS, check_device, decode_clips
