@@ -39,9 +39,11 @@ def clustered_vectors(n: int, dim: int, *, seed: int = 0, topics: int = 100, cli
 
 
 def write_dataset(out, vectors: np.ndarray, video: np.ndarray, *, parts: int = 3, row_group_size: int | None = None,
-                  embedding_dtype: str = "float32", config_hash: str = "c0ffee") -> None:
+                  embedding_dtype: str = "float32", config_hash: str = "c0ffee", side_views=None) -> None:
     """OUT/_run.json + OUT/clips/part-00000-<seq>.parquet with the DESIGN.md columns; a video's clips in one part.
-    Embeddings are stored scaled (not unit) so that the index's normalization is exercised."""
+    Embeddings are stored scaled (not unit) so that the index's normalization is exercised. side_views: (left,
+    right) vectors like `vectors`: each clip then has three rows, crop_index 0, 1 (vectors), 2, as extract --crops 3
+    writes them."""
     (out / "clips").mkdir(parents=True, exist_ok=True)
     (out / "_run.json").write_text(json.dumps({"config_hash": config_hash, "config": {}}))
     n, dim = vectors.shape
@@ -65,6 +67,12 @@ def write_dataset(out, vectors: np.ndarray, video: np.ndarray, *, parts: int = 3
             "embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array((vectors[rows] * scale[rows]).astype(embedding_dtype).ravel()), dim),
         })
+        if side_views is not None:  # crop-major per clip: (clip 0: crops 0, 1, 2), (clip 1: ...)
+            views = np.stack([side_views[0][rows], vectors[rows], side_views[1][rows]], 1) * scale[rows][:, None]
+            table = table.take(np.repeat(np.arange(len(rows)), 3)).drop_columns(["embedding"])
+            table = table.append_column("crop_index", pa.array(np.tile([0, 1, 2], len(rows)), pa.int8()))
+            table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(
+                pa.array(views.astype(embedding_dtype).ravel()), dim))
         pq.write_table(table, out / "clips" / f"part-00000-{seq:05d}.parquet", row_group_size=row_group_size)
 
 
@@ -162,6 +170,35 @@ def test_video_level_reads_the_video_table_when_it_exists(small_out):
     assert len(index) == video[-1] + 1
     top = index.search(expected[3], k=1)[0][0]
     assert top.video_id == "clips/v00003.mp4" and top.num_clips == int((video == 3).sum())
+
+
+def test_three_crop_outputs_index_the_center_view_per_clip_and_every_view_per_video(tmp_path):
+    """extract --crops 3 writes three rows per clip: the clip-level index holds one (the center view), so a search
+    returns each clip once; the video level averages all views; --clip VIDEO_ID:CLIP_INDEX is the center view."""
+    from vmae_fast.index import clip_vector
+
+    vectors, video = clustered_vectors(300, 32, seed=9, topics=8)
+    rng = np.random.default_rng(9)
+    left, right = (unit(vectors + 0.8 * rng.standard_normal(vectors.shape)) for _ in range(2))
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video, side_views=(left, right))
+    index = Index.build(out, kind="flat", batch_size=64)
+    assert len(index) == len(vectors) and set(index.metadata.column("crop_index").to_pylist()) == {1}
+    results = index.search(vectors[:50], k=1)
+    assert [r[0].row for r in results] == list(range(50)) and all(r[0].crop_index == 1 for r in results)
+    vector, meta = clip_vector(out, "clips/v00002.mp4", 1)
+    assert meta["crop_index"] == 1
+    stored = stored_clips(out)
+    np.testing.assert_array_equal(vector, stored[3 * int(np.flatnonzero(video == 2)[1]) + 1])
+    vector, meta = clip_vector(out, "clips/v00002.mp4", 1, crop_index=2)
+    assert meta["crop_index"] == 2
+    with pytest.raises(ValueError, match="no crop 5"):
+        clip_vector(out, "clips/v00002.mp4", 1, crop_index=5)
+    videos = Index.build(out, level="video", kind="flat")
+    per_video = np.repeat(video, 3)
+    expected = unit(np.stack([stored[per_video == v].mean(0) for v in range(video[-1] + 1)]))
+    np.testing.assert_allclose(videos.faiss_index.reconstruct_n(0, len(videos)), expected, atol=1e-6)
+    assert videos.metadata.column("num_clips").to_pylist() == np.bincount(video).tolist()
 
 
 def test_video_query_ranks_its_own_clips_first(small_out):

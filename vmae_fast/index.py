@@ -2,8 +2,8 @@
 recall measured on the data and its search parameters tuned to a target.
 
 Vectors are L2-normalized, so the inner product the index ranks by is the cosine similarity. An index built from
-OUT is saved in OUT/index/ next to a map from index row to clip (video_id, clip_index, start_s, end_s, path) and a
-fingerprint of the part files it was built from; loading refuses an index whose data has changed since, and building
+OUT is saved in OUT/index/ next to a map from index row to clip (video_id, clip_index, crop_index, start_s, end_s,
+path) and a fingerprint of the part files it was built from; loading refuses an index whose data has changed since, and building
 again after new parts were extracted only adds their rows.
 
     from vmae_fast.index import Index
@@ -23,6 +23,9 @@ How an index is chosen and tuned (`index_plan.plan_index`, `Index.build`, `index
    `stats["met"]` is False and `stats["suggestion"]` names the next index to try.
 3. `build` again after new parts: their rows are added to the trained index (IVF centroids and codebooks kept) and
    recall measured again, until the rows outgrow RETRAIN_GROWTH (2x) the rows it was trained for: then a rebuild.
+
+Levels: "clip" holds one row per clip (its center view, crop_index 1, when extract wrote three crops per clip);
+"video" one row per video, its video-table embedding (the mean of all its views, views.py) normalized.
 
 faiss and pyarrow are imported inside the functions that need them, so `import vmae_fast` works without them.
 """
@@ -219,12 +222,22 @@ class _Rows:
         return cls(len(x), x.shape[1], batches)
 
     @classmethod
-    def from_parts(cls, files: list[Path], n: int, dim: int, meta_cols: list[str], batch_size: int) -> _Rows:
+    def from_parts(cls, files: list[Path], n: int, dim: int, meta_cols: list[str], batch_size: int,
+                   center_only: bool = False) -> _Rows:
+        """center_only: only the rows with crop_index 1 (n counts those)."""
         def batches(with_metadata):
             import pyarrow as pa
+            import pyarrow.compute as pc
 
             first = 0
-            for batch in _scan(files, ["embedding", *meta_cols] if with_metadata else ["embedding"], batch_size):
+            columns = ["embedding", *meta_cols] if with_metadata else ["embedding"]
+            if center_only and "crop_index" not in columns:
+                columns.append("crop_index")
+            for batch in _scan(files, columns, batch_size):
+                if center_only:
+                    batch = batch.filter(pc.equal(batch.column("crop_index"), 1))
+                    if not batch.num_rows:
+                        continue
                 meta = pa.Table.from_batches([batch.select(meta_cols)]) if with_metadata else None
                 yield first, normalize(_batch_vectors(batch.column("embedding"), dim)), meta
                 first += batch.num_rows
@@ -635,13 +648,26 @@ def _previous_manifest(out: Path, level: str) -> dict | None:
 
 def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_cols: list[str], batch_size: int):
     """(rows, metadata Table or None) of a level over the named part files, in that order. Clip level streams (its
-    metadata is collected while adding); video level is computed here, in one place (`_video_rows`)."""
+    metadata is collected while adding): one row per clip, its center view (crop_index 1) when the clips have
+    several crops (extract --crops 3; the side views count in the video level); video level is computed here, in
+    one place (`_video_rows`)."""
     files = [out / "clips" / name for name in part_order]
     if level == "video":
         return _video_rows(files, dim, meta_cols, batch_size)
+    if "crop_index" in meta_cols:
+        n = sum(_center_rows(f) for f in files)
+        return _Rows.from_parts(files, n, dim, meta_cols, batch_size, center_only=True), None
     fingerprint_rows = {name: rows for name, _, rows in data_fingerprint(out)["parts"]}
     n = sum(fingerprint_rows[name] for name in part_order)
     return _Rows.from_parts(files, n, dim, meta_cols, batch_size), None
+
+
+def _center_rows(path: Path) -> int:
+    """Rows of a clips part with crop_index 1 (reads that one int8 column)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    return int(pc.sum(pc.equal(pq.read_table(path, columns=["crop_index"]).column("crop_index"), 1)).as_py() or 0)
 
 
 def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
