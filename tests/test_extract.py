@@ -27,13 +27,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import vmae_fast.extract as extract_module
+import vmae_fast.pipeline as extract_module
+import vmae_fast.runner as runner_module
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
 from tests.videos import make_bad_files, make_video, make_video_zoo
 from vmae_fast import cli, store
 from vmae_fast.checkpoint import load_model
-from vmae_fast.extract import embed_video_at, extract, format_summary
+from vmae_fast.cli import format_summary
+from vmae_fast.pipeline import extract
+from vmae_fast.search import embed_video_at
 from vmae_fast.video import Sampling, VideoTask, decode_clips, plan_clips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,15 +84,15 @@ CLI_OPTIONS = ["--workers", "1", "--batch-size", "3", "--part-rows", "1", "--com
 def batch_shapes():
     """Record the rows of the batch every clip ran in: yields {(video_id, clip_index): rows} (later runs win)."""
     shapes: dict = {}
-    real = extract_module._ModelRunner.submit
+    real = runner_module.ModelRunner.submit
 
     def submit(self, entries):
-        rows = extract_module.batch_rows(len(entries), self.batch_size)
+        rows = runner_module.batch_rows(len(entries), self.batch_size)
         shapes.update({(video_id, clip.clip_index): rows for video_id, _, clip in entries})
         return real(self, entries)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(extract_module._ModelRunner, "submit", submit)
+        mp.setattr(runner_module.ModelRunner, "submit", submit)
         yield shapes
 
 
@@ -212,7 +215,7 @@ def test_mixed_folder_good_rows_one_error_per_bad_file(tmp_path, model, capsys):
 
 # --- batching ---------------------------------------------------------------------------------------------------------
 def test_a_short_batch_costs_about_its_own_size(tmp_path, small_videos, ckpt, reference):
-    rows = extract_module.batch_rows
+    rows = runner_module.batch_rows
     assert [rows(n, 32) for n in (1, 2, 3, 5, 8, 9, 17, 31, 32, 40)] == [1, 2, 4, 8, 8, 16, 24, 32, 32, 32]
     assert [rows(n, 3) for n in (1, 2, 3)] == [1, 2, 3] and rows(7, 6) == 6
     with batch_shapes() as shapes:
@@ -332,7 +335,7 @@ def test_two_shards_equal_one_unsharded_run(tmp_path, small_videos, model, ckpt,
 
 
 def test_slurm_variables_pick_the_shard(monkeypatch):
-    from vmae_fast.extract import resolve_shard
+    from vmae_fast.inputs import resolve_shard
 
     assert resolve_shard(None, {"SLURM_PROCID": "3", "SLURM_NTASKS": "8"})[:2] == (3, 8)
     assert resolve_shard(None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "3", "SLURM_NTASKS": "8"})[:2] == (1, 2)
@@ -493,11 +496,14 @@ def test_embed_video_at_matches_the_stored_row(reference, small_videos):
     np.testing.assert_allclose(embedding, np.array(target["embedding"]), atol=ATOL, rtol=0)
 
 
-def test_package_level_api_is_callable_after_importing_the_module():
+def test_package_level_extract_is_the_function_after_importing_every_module():
     import vmae_fast
-    import vmae_fast.extract  # rebinding vmae_fast.extract to the module must not break the call
+    import vmae_fast.inputs
+    import vmae_fast.pipeline
+    import vmae_fast.runner
+    import vmae_fast.search  # no submodule is named extract: nothing rebinds vmae_fast.extract to a module
 
-    assert callable(vmae_fast.extract)
+    assert vmae_fast.extract is vmae_fast.pipeline.extract
     with pytest.raises(ValueError, match="--batch-size must be a positive integer"):
         vmae_fast.extract(["x"], "y", batch_size=0)
 
@@ -506,7 +512,7 @@ def test_interrupt_keeps_finished_videos_and_stops_the_decoder_thread(tmp_path, 
                                                                        monkeypatch):
     import threading
 
-    real_submit = extract_module._ModelRunner.submit
+    real_submit = runner_module.ModelRunner.submit
     calls = {"n": 0}
 
     def submit_then_interrupt(self, entries):
@@ -515,14 +521,14 @@ def test_interrupt_keeps_finished_videos_and_stops_the_decoder_thread(tmp_path, 
             raise KeyboardInterrupt
         return real_submit(self, entries)
 
-    monkeypatch.setattr(extract_module._ModelRunner, "submit", submit_then_interrupt)
+    monkeypatch.setattr(runner_module.ModelRunner, "submit", submit_then_interrupt)
     with batch_shapes() as shapes:
         with pytest.raises(KeyboardInterrupt):
             extract([small_videos], tmp_path / "out", model=ckpt, **{**RUN_OPTIONS, "commit_interval_s": 1e9})
         assert not [t for t in threading.enumerate() if t.name == "vmae-fast-decode"]
         committed = store.committed_video_ids(tmp_path / "out")
         assert 0 < len(committed) < 8  # finished videos were written on the way out, the rest was not
-        monkeypatch.setattr(extract_module._ModelRunner, "submit", real_submit)
+        monkeypatch.setattr(runner_module.ModelRunner, "submit", real_submit)
         summary = extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
     assert summary["videos_skipped"] == len(committed)
     assert_same_rows(sorted_rows(tmp_path / "out"), reference, shapes)

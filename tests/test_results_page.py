@@ -114,7 +114,7 @@ PROBE = """(async () => {
 
 
 def test_results_page_plays_each_match_from_its_start(tmp_path, capsys):
-    from vmae_fast.extract import extract
+    from vmae_fast.pipeline import extract
 
     model = write_random_checkpoint(tmp_path / "model", **TINY)
     out = tmp_path / "out"

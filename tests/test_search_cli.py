@@ -21,7 +21,7 @@ VIDEOS = ("orbit_red.mp4", "bars_scroll.mp4", "checker_spin.mp4", "bounce_blue.m
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """Four sample videos (4.5 s each, 8 clips of 4 frames at step 4) extracted with a tiny random checkpoint."""
-    from vmae_fast.extract import extract
+    from vmae_fast.pipeline import extract
 
     root = tmp_path_factory.mktemp("search")
     model = write_random_checkpoint(root / "model", **TINY)
@@ -137,7 +137,7 @@ def test_labels_draw_any_script_in_upper_and_lower_case():
 
 def test_non_ascii_file_name_in_table_sheet_and_page(tmp_path, capsys):
     """A video whose name is not ASCII: extracted, searched, drawn (label and frames) and linked in the page."""
-    from vmae_fast.extract import extract
+    from vmae_fast.pipeline import extract
 
     name = "café Ωμέγα видео.mp4"
     (tmp_path / "videos").mkdir()
@@ -210,7 +210,7 @@ def test_entry_point_has_no_traceback(out):
 @pytest.fixture(scope="module")
 def dense_out(tmp_path_factory):
     """The test videos' own embeddings: four sample videos, overlapping clips every 0.05 s (~330 near-duplicates)."""
-    from vmae_fast.extract import extract
+    from vmae_fast.pipeline import extract
 
     root = tmp_path_factory.mktemp("dense")
     model = write_random_checkpoint(root / "model", **TINY)

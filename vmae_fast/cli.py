@@ -103,7 +103,7 @@ def _add_extract(sub) -> None:
 
 
 def _run_extract(args) -> int:
-    from .extract import extract, format_summary
+    from .pipeline import extract
 
     for name in ("batch_size", "part_rows", "clip_frames", "frame_step", "clips_per_video"):
         value = getattr(args, name)
@@ -136,6 +136,37 @@ def _run_extract(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     return 0
+
+
+def format_summary(summary: dict) -> str:
+    """A few human lines: counts, throughput, and where the wall time went (is the model starved?)."""
+    s = summary
+    lines = [
+        f"vmae-fast extract: {s['videos']} videos in shard {s['shard']}: {s['videos_ok']} ok, "
+        f"{s['videos_failed']} errors, {s['videos_skipped']} already done"
+        + (f" ({s['videos_other_shards']} in other shards)" if s["videos_other_shards"] else "")
+        + f"; {s['clips']} clips -> {s['out']}",
+        (f"time {s['wall_s']:.1f} s: model {s['compute_s']:.1f} s"
+         + (f" on {s['model_threads']} threads" if s.get("model_threads") else "")
+         + f", waiting for decoded clips {s['wait_s']:.1f} s, writing {s['write_s']:.1f} s; decoding took "
+         + (f"{s['decode_cpu_s']:.1f} s of worker CPU ({s['decode_s']:.1f} s in the decoder, "
+            if s.get("decode_cpu_s") is not None else f"{s['decode_s']:.1f} s of worker time (")
+         + f"{s['workers']} workers)"),
+        (f"throughput {s['clips_per_s']:.1f} clips/s, {s['video_seconds'] / max(s['wall_s'], 1e-9):.1f} "
+         f"video-seconds/s on {s['device']} ({s['dtype']}, batch {s['batch_size']}"
+         + (f", {s['padded_rows']} padding rows in {s['batches']} batches" if s.get("padded_rows") else "")
+         + f", keep {s['keep']})"),
+    ]
+    busy = s["compute_s"] + s["wait_s"]
+    if s["clips"] and busy > 0:
+        if s["wait_s"] > 0.25 * busy:
+            lines.append(f"decode-bound: the model waited for clips {100 * s['wait_s'] / busy:.0f}% of the time; "
+                         "more --workers (or a lower resolution source) would help")
+        else:
+            lines.append(f"model-bound: the model was busy {100 * s['compute_s'] / busy:.0f}% of the time")
+    if str(s.get("model", "")).startswith("random:"):
+        lines.append("note: the model has random weights (--model random:...); pass a checkpoint for real embeddings")
+    return "\n".join(lines)
 
 
 # --- labels ----------------------------------------------------------------------------------------------------------

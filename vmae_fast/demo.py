@@ -73,8 +73,8 @@ def run_demo(model: str | None = None, out: str | os.PathLike = "vmae-fast-demo"
              workers: int | None = None) -> int:
     """Extract the samples (all but the query video) into `out`, index them, search with the query video, print
     the ranked matches and write OUT/results.png. Returns the exit status (0)."""
-    from .extract import extract
     from .index import Index
+    from .pipeline import extract
     from .search import format_results, run_query
 
     t0 = time.perf_counter()

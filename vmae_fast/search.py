@@ -12,6 +12,56 @@ import numpy as np
 
 from .index import Index, clip_vector
 
+# --- one clip, embedded as a run did --------------------------------------------------------------------------------------
+_MODEL_CACHE: dict = {}
+
+
+def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float, device: str | None = None):
+    """Embed the clip of `path` covering time `at_s` exactly as the run in `out` did; returns (np.float32 (D,), Clip).
+
+    The clip grid is the run's sampling, so the result matches the stored row of that clip (up to the device's
+    numerics when `device` differs from the run's). When at_s falls between clips, the nearest clip is taken.
+    """
+    import torch
+
+    from . import store
+    from .checkpoint import resolve_dtype
+    from .device import resolve_device
+    from .pipeline import load_run_model, parse_keep_spec
+    from .video import Sampling, VideoTask, decode_clips
+
+    if at_s is None or at_s < 0:
+        raise ValueError(f"at_s must be a time >= 0 in seconds, got {at_s!r}")
+    run = store.load_run(out)
+    config = run["config"]
+    dev = resolve_device(device if device is not None else ("cuda" if config["device_type"] == "cuda"
+                                                            and torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(config["dtype"] if dev.type == config["device_type"] else None, dev)
+    source = run["model"].get("source")
+    key = (source, str(dev), dtype)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # one model at a time: they can be large
+        # random weights may have been built with config overrides (e.g. a smaller image_size): rebuild the same
+        overrides = config["model"]["config"] if str(source).startswith("random:") else None
+        _MODEL_CACHE[key] = load_run_model(source, dev, dtype, "auto", overrides)
+    net = _MODEL_CACHE[key]
+    expected = config["model"].get("weights_sha256")
+    if expected and net.describe().get("weights_sha256") != expected:
+        raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")
+    sampling = Sampling(**config["sampling"])
+    task = VideoTask(path=os.path.abspath(path), video_id=str(path))
+    clips = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
+    if not clips:
+        raise ValueError(f"{path}: no clips could be sampled")
+    clip = clips[0]
+    keep_policy, _ = parse_keep_spec(config["keep"])
+    frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(dev)
+    with torch.inference_mode():
+        embedding = net(frames, keep=keep_policy).embeddings[0].float().cpu().numpy()
+    if config["embedding_dtype"] == "float16":  # match the stored row
+        embedding = embedding.astype(np.float16).astype(np.float32)
+    return embedding, clip
+
 
 def video_duration(path: str | os.PathLike) -> float:
     """Length of a video in seconds from its container (PyAV), for checking a query time; ValueError if unreadable."""
@@ -78,7 +128,6 @@ def run_query(index: Index, out: str | os.PathLike, *, video: str | None = None,
 
 
 def _video_query(out, path: str, at_s: float, device: str | None):
-    from .extract import embed_video_at
     from .video import VideoError
 
     if at_s is None or not np.isfinite(at_s) or at_s < 0:

@@ -1,241 +1,36 @@
 """`vmae-fast extract`: videos -> clips -> batched model -> Parquet, resumable, crash-safe and shardable.
 
 Decoding runs in DecodePool worker processes that run ahead of the model; the main thread packs clips from many
-videos into fixed-size model batches and keeps a video's embeddings until the video is complete, then hands the whole
-video to the store (a video is committed whole or not at all; see store.py). On CUDA the uint8 frames go through
-pinned memory with non-blocking copies and the readback of batch k overlaps the compute of batch k+1.
+videos into model batches (runner.py) and keeps a video's embeddings until the video is complete, then hands the
+whole video to the store (a video is committed whole or not at all; see store.py). Input discovery, shards and the
+device are in inputs.py; the summary's human lines in cli.py. `vmae_fast.extract(...)` is `extract` here.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import csv
 import functools
-import hashlib
 import os
 import queue
 import sys
 import threading
 import time
-import types
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import __version__, store
+from .device import resolve_device
+from .inputs import discover_inputs, resolve_shard, shard_of
+from .runner import ModelRunner
 
-LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
-# --- inputs -----------------------------------------------------------------------------------------------------------
-@dataclass
-class Inputs:
-    """What the INPUT arguments name: video tasks in a stable order, plus entries that failed at discovery."""
-
-    tasks: list  # list[video.VideoTask]
-    errors: list[dict] = field(default_factory=list)  # {path, video_id, stage, error, attempts}
-
-
-def _video_id(path: str) -> str:
-    return Path(path).as_posix().removeprefix("./")
-
-
-def _walk(root: Path, extensions: set[str], inputs: Inputs) -> list[tuple[str, str]]:
-    """(path, video_id) of the videos under `root`, recursively; unreadable folders become error rows."""
-    found: list[tuple[str, str]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def onerror(e: OSError) -> None:
-        rel = os.path.relpath(e.filename, root) if e.filename else "."
-        inputs.errors.append({"path": os.path.abspath(e.filename or root), "video_id": _video_id(rel), "stage": "discover",
-                                  "error": f"{type(e).__name__}: {e.strerror or e}", "attempts": 1})
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
-        try:  # a symlinked folder can lead back up the tree: visit every real folder once
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirnames[:] = []
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
-        # a folder named like a video (x.mp4/) is an entry the user expects to see: it becomes an error row
-        named_like_videos = [d for d in dirnames if os.path.splitext(d)[1].lower() in extensions]
-        dirnames[:] = sorted(d for d in dirnames if d not in named_like_videos)
-        for name in sorted(filenames + named_like_videos):
-            if os.path.splitext(name)[1].lower() in extensions:
-                path = os.path.join(dirpath, name)
-                found.append((path, _video_id(os.path.relpath(path, root))))
-    return sorted(found, key=lambda item: item[1])
-
-
-def _optional_float(value: Any, where: str, column: str) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {column} must be a number of seconds, got {value!r}") from None
-
-
-def _read_list_file(path: Path) -> list[dict]:
-    """Rows {path, video_id?, start_s?, end_s?} of a .txt / .csv / .parquet list file, with their line numbers."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                rows.append({"path": line, "_where": f"{path}:{number}"})
-        return rows
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            records = list(reader)
-        first_line = 2  # line 1 is the header
-    else:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        columns = table.column_names
-        records = table.to_pylist()
-        first_line = 0
-    if "path" not in columns:
-        raise ValueError(f"list file {path} needs a 'path' column, found columns {list(columns)}")
-    rows = []  # columns other than these four (labels, notes) are allowed and ignored
-    for number, record in enumerate(records, first_line):
-        where = f"{path}:{number}" if suffix == ".csv" else f"{path} row {number}"
-        row = {"path": record["path"], "_where": where}
-        if row["path"] is None or not str(row["path"]).strip():
-            raise ValueError(f"{where}: empty path")
-        if record.get("video_id") not in (None, ""):
-            row["video_id"] = str(record["video_id"])
-        for column in ("start_s", "end_s"):
-            row[column] = _optional_float(record.get(column), where, column)
-        start, end = row["start_s"], row["end_s"]
-        if start is not None and start < 0:
-            raise ValueError(f"{where}: start_s must be >= 0, got {start}")
-        if start is not None and end is not None and end <= start:
-            raise ValueError(f"{where}: end_s must be greater than start_s, got start_s={start} end_s={end}")
-        rows.append(row)
-    return rows
-
-
-def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
-    """Turn INPUT arguments into VideoTasks.
-
-    - a directory: every file (or entry) with a video extension in any case, recursively; video_id = path relative
-      to that directory (POSIX separators).
-    - a list file (.txt one path a line, .csv/.parquet with `path` and optional `video_id`, `start_s`, `end_s`);
-      relative paths are relative to the list file's folder; video_id defaults to the path as written.
-    - any other file: one video; video_id = its file name.
-    A missing INPUT is fatal (FileNotFoundError); a video_id named twice is fatal (ValueError naming it); entries that
-    cannot be read (a bad file, a dangling link, a folder named .mp4) become error rows when they are decoded.
-    """
-    from .video import VIDEO_EXTENSIONS, VideoTask
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in VIDEO_EXTENSIONS}
-    result = Inputs(tasks=[])
-    origin: dict[str, str] = {}  # video_id -> where it came from, for the duplicate message
-
-    def add(path: str, video_id: str, where: str, start_s: float | None = None, end_s: float | None = None) -> None:
-        if video_id in origin:
-            raise ValueError(f"video_id {video_id!r} appears twice ({origin[video_id]} and {where}); "
-                             "give distinct video_id values in a list file or pass each folder once")
-        origin[video_id] = where
-        result.tasks.append(VideoTask(path=os.path.abspath(path), video_id=video_id, start_s=start_s, end_s=end_s))
-
-    if not inputs:
-        raise ValueError("no INPUT given: pass video files, folders or list files")
-    for raw in inputs:
-        path = Path(raw)
-        if not os.path.lexists(path):
-            raise FileNotFoundError(f"input {str(raw)!r} does not exist")
-        if path.is_dir():
-            for video_path, video_id in _walk(path, extensions, result):
-                add(video_path, video_id, f"{raw}/{video_id}")
-        elif path.suffix.lower() in LIST_EXTENSIONS:
-            for row in _read_list_file(path):
-                entry = Path(os.path.expanduser(str(row["path"]).strip()))
-                video_path = entry if entry.is_absolute() else path.parent / entry
-                video_id = row.get("video_id") or _video_id(str(entry))
-                add(str(video_path), video_id, row["_where"], row.get("start_s"), row.get("end_s"))
-        else:
-            add(str(path), path.name, str(raw))
-    return result
-
-
-# --- shards and devices -------------------------------------------------------------------------------------------
-def shard_of(video_id: str, num_shards: int) -> int:
-    """Stable shard of a video: blake2b of its id (Python's hash() changes between processes)."""
-    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
-
-
-def resolve_shard(shard: str | tuple[int, int] | None, environ: dict | None = None) -> tuple[int, int, str]:
-    """(index, count, where it came from): --shard i/n, else torchrun RANK/WORLD_SIZE, else SLURM, else 0/1."""
-    env = os.environ if environ is None else environ
-    if shard is not None:
-        if isinstance(shard, str):
-            try:
-                index, count = (int(x) for x in shard.split("/"))
-            except ValueError:
-                raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
-        else:
-            index, count = shard
-        source = "--shard"
-    elif "WORLD_SIZE" in env and "RANK" in env:
-        index, count, source = int(env["RANK"]), int(env["WORLD_SIZE"]), "torchrun RANK/WORLD_SIZE"
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        index, count, source = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), "SLURM_PROCID/SLURM_NTASKS"
-    else:
-        return 0, 1, "single"
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard index must be in [0, {count}) with at least one shard, got {index}/{count}")
-    return index, count, source
-
-
-def _local_rank(environ: dict | None = None) -> int | None:
-    env = os.environ if environ is None else environ
-    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if env.get(name, "").strip():
-            return int(env[name])
-    return None
-
-
-def resolve_device(device: str | torch.device | None, environ: dict | None = None) -> torch.device:
-    """cuda when available (cuda:LOCAL_RANK under torchrun/SLURM), else cpu; a CUDA request without CUDA is an error."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda or cuda:<index>, got {device!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device} requested but CUDA is not available on this machine")
-        if device.index is None:
-            rank = _local_rank(environ)
-            # with one visible GPU per task (srun --gpus-per-task=1) the local rank is not an index: wrap it
-            device = torch.device("cuda", 0 if rank is None else rank % torch.cuda.device_count())
-    elif device.type != "cpu":
-        raise ValueError(f"--device must be cpu, cuda or cuda:<index>, got {str(device)!r}")
-    return device
-
-
 # --- model --------------------------------------------------------------------------------------------------------
-def _load_model(model: Any, device: torch.device, dtype: torch.dtype, backend: str, config: dict | None = None):
+def load_run_model(model: Any, device: torch.device, dtype: torch.dtype, backend: str, config: dict | None = None):
     if isinstance(model, torch.nn.Module):
         return model
     from .checkpoint import load_model
@@ -250,7 +45,7 @@ def _load_model(model: Any, device: torch.device, dtype: torch.dtype, backend: s
         raise ValueError(f"cannot load model {str(model)!r}: {first}") from e
 
 
-def _keep_policy(keep: Any):
+def parse_keep_spec(keep: Any):
     """(policy for the model or None for all tokens, canonical spec recorded in the output)."""
     if keep is None or keep == "all":
         return None, "all"
@@ -297,7 +92,7 @@ def _has_head(model) -> bool:
     return getattr(model, "head", None) is not None
 
 
-# --- batching -----------------------------------------------------------------------------------------------------
+# --- per-video bookkeeping ---------------------------------------------------------------------------------------
 @dataclass
 class _Video:
     """A video being decoded: its clips' row fields and, once embedded, their results (keyed by clip_index)."""
@@ -307,83 +102,6 @@ class _Video:
     num_clips: int | None = None
     rows: dict = field(default_factory=dict)  # clip_index -> (start_frame, end_frame, start_s, end_s, padded)
     results: dict = field(default_factory=dict)  # clip_index -> (embedding (D,), logits (C,) | None, num_tokens)
-
-
-def batch_rows(n: int, batch_size: int) -> int:
-    """Rows a batch of n clips runs with: batch_size when full; a short batch is padded to the next power of two up
-    to 8, then to the next multiple of 8 (never beyond batch_size). A short last batch costs about its own size,
-    and batch shapes stay few (what CUDA graphs and same-shape-same-bits numerics need)."""
-    if n >= batch_size:
-        return batch_size
-    rows = 1 << max(0, n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
-    return min(rows, batch_size)
-
-
-class _ModelRunner:
-    """Runs batches of uint8 clips through the model; returns results in submission order.
-
-    A batch of n clips runs with batch_rows(n, batch_size) rows (padding rows hold stale frames; their outputs are
-    dropped), so a clip's embedding depends only on its batch's shape: bit-identical for the same shape,
-    floating-point close otherwise (see README, "Resume"). The clips' frames (shared-memory slot views from the
-    DecodePool) are gathered into a host buffer, then handed back with `release` at once: the buffer is what the
-    model reads. On CUDA: two pinned host buffers, non-blocking H2D, and results copied back non-blocking with an
-    event, so collecting batch k (the one before the newest) does not wait for batch k+1.
-    """
-
-    def __init__(self, model, batch_size: int, keep, device: torch.device, num_frames: int, image_size: int,
-                 release=None):
-        self.model, self.batch_size, self.keep, self.device = model, batch_size, keep, device
-        self.release = release or (lambda clips: None)
-        self.cuda = device.type == "cuda"
-        shape = (batch_size, num_frames, image_size, image_size, 3)
-        self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
-        self.in_flight: collections.deque = collections.deque()
-        self.count = 0
-        self.compute_s = 0.0
-        self.gather_s = 0.0  # of compute_s: copying the clips into the host buffer
-        self.padded_rows = 0  # rows computed for padding (wasted work), for the summary
-
-    def submit(self, entries: list) -> list:
-        """Start a batch of (video_id, generation, clip) entries; returns batches completed meanwhile."""
-        t0 = time.perf_counter()
-        n = len(entries)
-        rows = batch_rows(n, self.batch_size)
-        buf = self.host[self.count % len(self.host)][:rows]
-        self.count += 1
-        self.padded_rows += rows - n
-        clips = [clip for _, _, clip in entries]
-        for i, clip in enumerate(clips):  # torch copies release the GIL; a GPU-decoded frame tensor comes down
-            frames = clip.frames if isinstance(clip.frames, torch.Tensor) else torch.from_numpy(clip.frames)
-            buf[i].copy_(frames)
-        self.release(clips)  # the slots go back to the decoders: everything below reads buf
-        self.gather_s += time.perf_counter() - t0
-        frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
-        with torch.inference_mode():
-            out = self.model(frames, keep=self.keep)
-        embeddings = out.embeddings[:n].float()
-        logits = out.logits[:n].float() if out.logits is not None else None
-        num_tokens = (out.cu_seqlens[1:n + 1] - out.cu_seqlens[:n]).to(torch.int32)
-        if self.cuda:
-            host = [t.to("cpu", non_blocking=True) if t is not None else None for t in (embeddings, logits, num_tokens)]
-            event = torch.cuda.Event()
-            event.record()
-            self.in_flight.append((entries, *host, event))
-        else:
-            self.in_flight.append((entries, embeddings, logits, num_tokens, None))
-        self.compute_s += time.perf_counter() - t0
-        return self.collect(keep_last=1 if self.cuda else 0)
-
-    def collect(self, keep_last: int = 0) -> list:
-        """Finished batches as (entries, embeddings np (n, D), logits np (n, C) | None, num_tokens np (n,))."""
-        done = []
-        while len(self.in_flight) > keep_last:
-            entries, embeddings, logits, num_tokens, event = self.in_flight.popleft()
-            t0 = time.perf_counter()
-            if event is not None:
-                event.synchronize()
-            self.compute_s += time.perf_counter() - t0
-            done.append((entries, embeddings.numpy(), None if logits is None else logits.numpy(), num_tokens.numpy()))
-        return done
 
 
 # --- cores -----------------------------------------------------------------------------------------------------------
@@ -498,7 +216,7 @@ class _Failure:
 class _Extraction:
     """State of one shard's run: buffered videos, the batch being filled, counters, the store writer."""
 
-    def __init__(self, runner: _ModelRunner, writer: store.RunWriter, bar):
+    def __init__(self, runner: ModelRunner, writer: store.RunWriter, bar):
         self.runner, self.writer, self.bar = runner, writer, bar
         self.videos: dict[str, _Video] = {}
         self.queue: list = []  # (video_id, generation, clip) waiting for a batch
@@ -670,8 +388,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     workers, batch_size = plan.workers, plan.batch_size
     if decode_device != "cpu":  # NVDEC: frames stay on the GPU, so this process decodes (nothing to ship)
         workers = 0
-    keep_policy, keep_spec = _keep_policy(keep)
-    net = _load_model(model, dev, torch_dtype, backend)
+    keep_policy, keep_spec = parse_keep_spec(keep)
+    net = load_run_model(model, dev, torch_dtype, backend)
     cfg = net.config
     if clip_frames is not None and clip_frames != cfg.num_frames:
         raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} frames")
@@ -687,7 +405,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                         if shard_of(e["video_id"], num_shards) == shard_index and e["video_id"] not in done]
 
     writer = store.RunWriter(out, run, shard_index, part_rows=part_rows, commit_interval_s=commit_interval_s)
-    runner = _ModelRunner(net, batch_size, keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
+    runner = ModelRunner(net, batch_size, keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
     if progress is None:
         progress = sys.stderr.isatty()
     bar = None
@@ -781,92 +499,3 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "clips_per_s": state.clips / wall if wall > 0 else 0.0,
         "parts_written": writer.clips.files_written + writer.errors.files_written,
     }
-
-
-def format_summary(summary: dict) -> str:
-    """A few human lines: counts, throughput, and where the wall time went (is the model starved?)."""
-    s = summary
-    lines = [
-        f"vmae-fast extract: {s['videos']} videos in shard {s['shard']}: {s['videos_ok']} ok, "
-        f"{s['videos_failed']} errors, {s['videos_skipped']} already done"
-        + (f" ({s['videos_other_shards']} in other shards)" if s["videos_other_shards"] else "")
-        + f"; {s['clips']} clips -> {s['out']}",
-        (f"time {s['wall_s']:.1f} s: model {s['compute_s']:.1f} s"
-         + (f" on {s['model_threads']} threads" if s.get("model_threads") else "")
-         + f", waiting for decoded clips {s['wait_s']:.1f} s, writing {s['write_s']:.1f} s; decoding took "
-         + (f"{s['decode_cpu_s']:.1f} s of worker CPU ({s['decode_s']:.1f} s in the decoder, "
-            if s.get("decode_cpu_s") is not None else f"{s['decode_s']:.1f} s of worker time (")
-         + f"{s['workers']} workers)"),
-        (f"throughput {s['clips_per_s']:.1f} clips/s, {s['video_seconds'] / max(s['wall_s'], 1e-9):.1f} "
-         f"video-seconds/s on {s['device']} ({s['dtype']}, batch {s['batch_size']}"
-         + (f", {s['padded_rows']} padding rows in {s['batches']} batches" if s.get("padded_rows") else "")
-         + f", keep {s['keep']})"),
-    ]
-    busy = s["compute_s"] + s["wait_s"]
-    if s["clips"] and busy > 0:
-        if s["wait_s"] > 0.25 * busy:
-            lines.append(f"decode-bound: the model waited for clips {100 * s['wait_s'] / busy:.0f}% of the time; "
-                         "more --workers (or a lower resolution source) would help")
-        else:
-            lines.append(f"model-bound: the model was busy {100 * s['compute_s'] / busy:.0f}% of the time")
-    if str(s.get("model", "")).startswith("random:"):
-        lines.append("note: the model has random weights (--model random:...); pass a checkpoint for real embeddings")
-    return "\n".join(lines)
-
-
-# --- single clip for retrieval --------------------------------------------------------------------------------------
-_MODEL_CACHE: dict = {}
-
-
-def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float, device: str | None = None):
-    """Embed the clip of `path` covering time `at_s` exactly as the run in `out` did; returns (np.float32 (D,), Clip).
-
-    The clip grid is the run's sampling, so the result matches the stored row of that clip (up to the device's
-    numerics when `device` differs from the run's). When at_s falls between clips, the nearest clip is taken.
-    """
-    from .checkpoint import resolve_dtype
-    from .video import Sampling, VideoTask, decode_clips
-
-    if at_s is None or at_s < 0:
-        raise ValueError(f"at_s must be a time >= 0 in seconds, got {at_s!r}")
-    run = store.load_run(out)
-    config = run["config"]
-    dev = resolve_device(device if device is not None else ("cuda" if config["device_type"] == "cuda"
-                                                            and torch.cuda.is_available() else "cpu"))
-    dtype = resolve_dtype(config["dtype"] if dev.type == config["device_type"] else None, dev)
-    source = run["model"].get("source")
-    key = (source, str(dev), dtype)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()  # one model at a time: they can be large
-        # random weights may have been built with config overrides (e.g. a smaller image_size): rebuild the same
-        overrides = config["model"]["config"] if str(source).startswith("random:") else None
-        _MODEL_CACHE[key] = _load_model(source, dev, dtype, "auto", overrides)
-    net = _MODEL_CACHE[key]
-    expected = config["model"].get("weights_sha256")
-    if expected and net.describe().get("weights_sha256") != expected:
-        raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")
-    sampling = Sampling(**config["sampling"])
-    task = VideoTask(path=os.path.abspath(path), video_id=str(path))
-    clips = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
-    if not clips:
-        raise ValueError(f"{path}: no clips could be sampled")
-    clip = clips[0]
-    keep_policy, _ = _keep_policy(config["keep"])
-    frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(dev)
-    with torch.inference_mode():
-        embedding = net(frames, keep=keep_policy).embeddings[0].float().cpu().numpy()
-    if config["embedding_dtype"] == "float16":  # match the stored row
-        embedding = embedding.astype(np.float16).astype(np.float32)
-    return embedding, clip
-
-
-
-class _CallableModule(types.ModuleType):
-    """Importing vmae_fast.extract (the module) rebinds the package attribute `vmae_fast.extract` from the function to
-    the module; calling the module keeps the documented `vmae_fast.extract(inputs, out, ...)` working either way."""
-
-    def __call__(self, *args, **kwargs):
-        return extract(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

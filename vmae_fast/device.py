@@ -1,0 +1,35 @@
+"""The device this process computes on: --device, else cuda:LOCAL_RANK under torchrun/SLURM, else cpu."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _local_rank(environ: dict | None = None) -> int | None:
+    env = os.environ if environ is None else environ
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if env.get(name, "").strip():
+            return int(env[name])
+    return None
+
+
+def resolve_device(device: str | torch.device | None, environ: dict | None = None) -> torch.device:
+    """cuda when available (cuda:LOCAL_RANK under torchrun/SLURM), else cpu; a CUDA request without CUDA is an error."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:<index>, got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} requested but CUDA is not available on this machine")
+        if device.index is None:
+            rank = _local_rank(environ)
+            # with one visible GPU per task (srun --gpus-per-task=1) the local rank is not an index: wrap it
+            device = torch.device("cuda", 0 if rank is None else rank % torch.cuda.device_count())
+    elif device.type != "cpu":
+        raise ValueError(f"--device must be cpu, cuda or cuda:<index>, got {str(device)!r}")
+    return device

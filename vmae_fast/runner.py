@@ -1,0 +1,90 @@
+"""The batching model runner of `vmae-fast extract`: decoded uint8 clips in, embeddings/logits out, in order.
+
+Beside cuda_graphs.py (batch-1 latency); this one is for throughput: fixed batch shapes, a host staging buffer,
+and on CUDA the readback of batch k overlapping the compute of batch k+1.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import torch
+
+
+# --- batching -----------------------------------------------------------------------------------------------------
+def batch_rows(n: int, batch_size: int) -> int:
+    """Rows a batch of n clips runs with: batch_size when full; a short batch is padded to the next power of two up
+    to 8, then to the next multiple of 8 (never beyond batch_size). A short last batch costs about its own size,
+    and batch shapes stay few (what CUDA graphs and same-shape-same-bits numerics need)."""
+    if n >= batch_size:
+        return batch_size
+    rows = 1 << max(0, n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+    return min(rows, batch_size)
+
+
+class ModelRunner:
+    """Runs batches of uint8 clips through the model; returns results in submission order.
+
+    A batch of n clips runs with batch_rows(n, batch_size) rows (padding rows hold stale frames; their outputs are
+    dropped), so a clip's embedding depends only on its batch's shape: bit-identical for the same shape,
+    floating-point close otherwise (see README, "Resume"). The clips' frames (shared-memory slot views from the
+    DecodePool) are gathered into a host buffer, then handed back with `release` at once: the buffer is what the
+    model reads. On CUDA: two pinned host buffers, non-blocking H2D, and results copied back non-blocking with an
+    event, so collecting batch k (the one before the newest) does not wait for batch k+1.
+    """
+
+    def __init__(self, model, batch_size: int, keep, device: torch.device, num_frames: int, image_size: int,
+                 release=None):
+        self.model, self.batch_size, self.keep, self.device = model, batch_size, keep, device
+        self.release = release or (lambda clips: None)
+        self.cuda = device.type == "cuda"
+        shape = (batch_size, num_frames, image_size, image_size, 3)
+        self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
+        self.in_flight: collections.deque = collections.deque()
+        self.count = 0
+        self.compute_s = 0.0
+        self.gather_s = 0.0  # of compute_s: copying the clips into the host buffer
+        self.padded_rows = 0  # rows computed for padding (wasted work), for the summary
+
+    def submit(self, entries: list) -> list:
+        """Start a batch of (video_id, generation, clip) entries; returns batches completed meanwhile."""
+        t0 = time.perf_counter()
+        n = len(entries)
+        rows = batch_rows(n, self.batch_size)
+        buf = self.host[self.count % len(self.host)][:rows]
+        self.count += 1
+        self.padded_rows += rows - n
+        clips = [clip for _, _, clip in entries]
+        for i, clip in enumerate(clips):  # torch copies release the GIL; a GPU-decoded frame tensor comes down
+            frames = clip.frames if isinstance(clip.frames, torch.Tensor) else torch.from_numpy(clip.frames)
+            buf[i].copy_(frames)
+        self.release(clips)  # the slots go back to the decoders: everything below reads buf
+        self.gather_s += time.perf_counter() - t0
+        frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
+        with torch.inference_mode():
+            out = self.model(frames, keep=self.keep)
+        embeddings = out.embeddings[:n].float()
+        logits = out.logits[:n].float() if out.logits is not None else None
+        num_tokens = (out.cu_seqlens[1:n + 1] - out.cu_seqlens[:n]).to(torch.int32)
+        if self.cuda:
+            host = [t.to("cpu", non_blocking=True) if t is not None else None for t in (embeddings, logits, num_tokens)]
+            event = torch.cuda.Event()
+            event.record()
+            self.in_flight.append((entries, *host, event))
+        else:
+            self.in_flight.append((entries, embeddings, logits, num_tokens, None))
+        self.compute_s += time.perf_counter() - t0
+        return self.collect(keep_last=1 if self.cuda else 0)
+
+    def collect(self, keep_last: int = 0) -> list:
+        """Finished batches as (entries, embeddings np (n, D), logits np (n, C) | None, num_tokens np (n,))."""
+        done = []
+        while len(self.in_flight) > keep_last:
+            entries, embeddings, logits, num_tokens, event = self.in_flight.popleft()
+            t0 = time.perf_counter()
+            if event is not None:
+                event.synchronize()
+            self.compute_s += time.perf_counter() - t0
+            done.append((entries, embeddings.numpy(), None if logits is None else logits.numpy(), num_tokens.numpy()))
+        return done
