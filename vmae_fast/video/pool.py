@@ -57,14 +57,17 @@ class ResetEvent:
 
 @dataclass(frozen=True)
 class DoneEvent:
-    """`task` finished: num_clips clips (of the last attempt) were sent; decode_s: seconds its worker spent in the
-    decoder (wall clock), decode_cpu_s: CPU seconds of that worker process meanwhile (None when decoded in-process)."""
+    """`task` finished: num_clips clips (views: clips x crops, of the last attempt) were sent; decode_s: seconds its
+    worker spent in the decoder (wall clock), decode_cpu_s: CPU seconds of that worker process meanwhile (None when
+    decoded in-process); duration_s: the decoder's info["duration_s"] (seconds of video the clips are sampled
+    from; None when the decode function does not say)."""
 
     task: VideoTask
     num_clips: int
     decode_s: float
     backend: str
     decode_cpu_s: float | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ DecodeFn = Callable[..., Iterator[Clip]]
 def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=None, cpu_clock=None) -> Iterator[tuple]:
     """Decode one task as messages; never raises for a bad video.
 
-    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend, cpu_s) or ("error", stage, text).
+    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend, cpu_s, duration_s) or ("error", stage,
+    text).
     decode_s counts time inside the decoder only, not time spent by whoever consumes the messages; cpu_s: the
     cpu_clock() seconds over the same spans (None without a clock).
     """
@@ -104,7 +108,8 @@ def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=N
             t0, c0 = time.perf_counter(), clock()
         decode_s += time.perf_counter() - t0
         cpu_s += clock() - c0
-        yield ("done", num_clips, decode_s, info.get("backend", backend), cpu_s if cpu_clock else None)
+        yield ("done", num_clips, decode_s, info.get("backend", backend), cpu_s if cpu_clock else None,
+               info.get("duration_s"))
     except VideoError as e:
         yield ("error", e.stage, e.message)
     except Exception as e:  # noqa: BLE001 - any failure of one video becomes its error record, never the run's
@@ -114,7 +119,7 @@ def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=N
 def _clip_fields(clip: Clip) -> tuple:
     """A Clip without its frames: what a "clip" message carries next to the slot number."""
     return (clip.clip_index, clip.start_frame, clip.end_frame, clip.start_s, clip.end_s, clip.padded_frames,
-            clip.frame_indices)
+            clip.frame_indices, clip.crop_index)
 
 
 def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threads, decode, nice):
@@ -433,7 +438,7 @@ class DecodePool:
                 if m[0] == "clip":
                     yield ClipsEvent(task, [m[1]])
                 elif m[0] == "done":
-                    yield DoneEvent(task, m[1], m[2], m[3])
+                    yield DoneEvent(task, m[1], m[2], m[3], None, m[5])
                 else:
                     yield ErrorEvent(task, m[1], m[2], 1)
 
@@ -501,7 +506,7 @@ class DecodePool:
             else:
                 view = view.copy()
                 self._free.append(slot)
-        return Clip(*fields[:6], view, fields[6])
+        return Clip(*fields[:6], view, *fields[6:])
 
     def _drop_slot(self, slot: int) -> None:
         with self._lock:
@@ -631,7 +636,7 @@ class DecodePool:
                 yield ClipsEvent(task, [self._clip(msg[2], msg[3])])
             elif kind == "done":
                 w.job = None
-                yield DoneEvent(task, msg[2], msg[3], msg[4], msg[5])
+                yield DoneEvent(task, *msg[2:])
             else:
                 w.job = None
                 yield ErrorEvent(task, msg[2], msg[3], attempt)
