@@ -1,0 +1,103 @@
+"""Whose fault is it? The one place that decides what a failure costs.
+
+- The video's own fault (cannot open, corrupt stream, no video track, an HTTP 4xx): an error row; the run goes on.
+  `vmae-fast extract --retry-errors` redoes those videos later.
+- The environment's fault (a decoder library that does not import, MemoryError, a decode worker killed by SIGKILL
+  that our watchdog did not send, i.e. most likely the kernel's OOM killer, a network or file-system error that
+  may pass: EIO, ESTALE, ETIMEDOUT, connection resets, HTTP 5xx, a mount that vanished): the task is retried
+  within the pool's attempts, then the run stops with EnvironmentFault. The video is not recorded, so the rerun
+  (same command) does it; finished videos are committed first.
+- Our bug (any other exception, e.g. a TypeError in our code): the run stops at once with the traceback (a bug
+  is deterministic: retrying or recording it as the video's fault would hide it).
+- The user's problem (bad argument, missing input, unloadable model, unwritable output, a held shard lock, a
+  batch of one clip that does not fit in GPU memory): UserError, printed by the CLI as one line.
+
+CLI exit status: 0 done (every input processed or recorded as an error), 1 our bug (traceback + a request to
+report it), 2 the user's problem (one line), 75 an environment fault (one line; rerun to resume; 75 is
+sysexits' EX_TEMPFAIL, which job schedulers may requeue on), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+
+Other modules (decoders, URL streams) raise EnvironmentFault for what they know to be transient, or let the
+original exception through: classify() knows OSError errnos, PyAV/decord errors and the builtins.
+"""
+
+from __future__ import annotations
+
+import errno
+
+VIDEO = "video"
+ENVIRONMENT = "environment"
+BUG = "bug"
+
+EXIT_BUG = 1
+EXIT_USER = 2
+EXIT_ENVIRONMENT = 75
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+# errnos of reads that may succeed a moment later: a network file system or socket, a busy machine
+TRANSIENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EIO", "ESTALE", "ETIMEDOUT", "ENOTCONN", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EHOSTUNREACH",
+    "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "ENETRESET", "EAGAIN", "ENOMEM", "EMFILE", "ENFILE", "EREMOTEIO",
+    "ENOLINK", "ECOMM", "EPROTO", "EBUSY", "EINTR") if hasattr(errno, name))
+
+
+class UserError(Exception):
+    """A problem the user fixes (bad argument, missing input, unloadable model, unwritable output, a held lock):
+    the CLI prints its message as one line and exits 2."""
+
+
+class ShardLocked(UserError):
+    """Another live process writes this shard of this output (shard_lock.py)."""
+
+
+class GPUOutOfMemory(UserError):
+    """A batch of one clip does not fit in GPU memory (larger batches are halved first, runner.py)."""
+
+
+class EnvironmentFault(RuntimeError):
+    """The machine failed, not the video: the run stops, the video is not recorded, a rerun resumes (exit 75)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # picklable across processes
+        return (type(self), (self.message,))
+
+
+class WorkerBug(RuntimeError):
+    """An unexpected exception inside a decode worker: our bug. The message holds the worker's traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
+
+def _from_decoder(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module == "av" or module.startswith(("av.", "decord"))
+
+
+def classify(exc: BaseException) -> str:
+    """VIDEO, ENVIRONMENT or BUG for an exception raised while a video was opened or decoded."""
+    from .video.errors import VideoError  # here, not at import: video/ imports this module
+
+    if isinstance(exc, EnvironmentFault):
+        return ENVIRONMENT
+    if isinstance(exc, VideoError):
+        return VIDEO
+    if isinstance(exc, (ImportError, MemoryError)):
+        return ENVIRONMENT
+    if type(exc).__name__ == "HTTPServerError" and _from_decoder(exc):  # HTTP 5xx: the server's moment
+        return ENVIRONMENT
+    if isinstance(exc, OSError):
+        if exc.errno in TRANSIENT_ERRNOS or isinstance(exc, (TimeoutError, ConnectionError)):
+            return ENVIRONMENT
+        return VIDEO  # ENOENT, EACCES, EISDIR, EINVAL, FFmpeg's own codes: this file's state
+    if _from_decoder(exc):  # PyAV's FFmpegError (InvalidData, HTTP 4xx, ...), decord's DECORDError
+        return VIDEO
+    return BUG
+
