@@ -92,15 +92,19 @@ class CUDAGraphRunner:
         if input_dtype == torch.uint8:  # mid-grey warmup frames: realistic values for autotuning
             self.static_input.fill_(128)
 
-        side = torch.cuda.Stream(device=model.device)
-        side.wait_stream(torch.cuda.current_stream(model.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                model(self.static_input, keep=policy, return_tokens=return_tokens)
-        torch.cuda.current_stream(model.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.static_output: VideoMAEOutput = model(self.static_input, keep=policy, return_tokens=return_tokens)
+        # everything under the model's device: torch.cuda.graph captures on a stream of the current device, and
+        # a replay runs on the current device's stream (a caller's current device may be another GPU)
+        with torch.cuda.device(model.device):
+            side = torch.cuda.Stream(device=model.device)
+            side.wait_stream(torch.cuda.current_stream(model.device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    model(self.static_input, keep=policy, return_tokens=return_tokens)
+            torch.cuda.current_stream(model.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.static_output: VideoMAEOutput = model(self.static_input, keep=policy,
+                                                           return_tokens=return_tokens)
 
     @property
     def pool(self):
@@ -112,10 +116,11 @@ class CUDAGraphRunner:
         asynchronous) or the model's device. Returns VideoMAEOutput for the b clips: embeddings (b, D), logits (b, C)
         or None, tokens (b*k, D) or None (k tokens kept per clip), cu_seqlens int32 (b+1,)."""
         b = check_batch(frames, tuple(self.static_input.shape), self.static_input.dtype)
-        self.static_input[:b].copy_(frames, non_blocking=True)
-        if b < self.batch_size:
-            self.static_input[b:].zero_()  # pad rows: each clip attends only within itself, so they never mix in
-        self.graph.replay()
+        with torch.cuda.device(self.model.device):
+            self.static_input[:b].copy_(frames, non_blocking=True)
+            if b < self.batch_size:
+                self.static_input[b:].zero_()  # pad rows: each clip attends only within itself, never mix in
+            self.graph.replay()
         out, n = self.static_output, self.tokens_per_clip
 
         def take(t, rows):

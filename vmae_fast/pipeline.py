@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, store
-from .device import resolve_device
+from .device import resolve_device, use_device
 from .inputs import discover_inputs, resolve_shard, shard_of
 from .runner import ModelRunner
 
@@ -384,6 +384,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
 
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
+    use_device(dev)  # once, before any CUDA work: kernels, streams, events and graphs of this rank's GPU
+    if decode_device == "cuda" and dev.type == "cuda":
+        decode_device = str(dev)  # NVDEC on this rank's GPU too
     plan = _CorePlan(dev.type, os.cpu_count() or 2, workers, batch_size)
     workers, batch_size = plan.workers, plan.batch_size
     if decode_device != "cpu":  # NVDEC: frames stay on the GPU, so this process decodes (nothing to ship)

@@ -7,6 +7,7 @@ and on CUDA the readback of batch k overlapping the compute of batch k+1.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 
 import torch
@@ -40,12 +41,19 @@ class ModelRunner:
         self.release = release or (lambda clips: None)
         self.cuda = device.type == "cuda"
         shape = (batch_size, num_frames, image_size, image_size, 3)
-        self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
+        with self._on_device():  # pinned memory belongs to the current device's context
+            self.host = [torch.zeros(shape, dtype=torch.uint8, pin_memory=self.cuda)
+                         for _ in range(2 if self.cuda else 1)]
         self.in_flight: collections.deque = collections.deque()
         self.count = 0
         self.compute_s = 0.0
         self.gather_s = 0.0  # of compute_s: copying the clips into the host buffer
         self.padded_rows = 0  # rows computed for padding (wasted work), for the summary
+
+    def _on_device(self):
+        """The model's CUDA device made current for a moment (whatever the caller's current device is): the
+        kernels launch there, and the streams and events below are that device's."""
+        return torch.cuda.device(self.device) if self.cuda else contextlib.nullcontext()
 
     def submit(self, entries: list) -> list:
         """Start a batch of (video_id, generation, clip) entries; returns batches completed meanwhile."""
@@ -61,19 +69,21 @@ class ModelRunner:
             buf[i].copy_(frames)
         self.release(clips)  # the slots go back to the decoders: everything below reads buf
         self.gather_s += time.perf_counter() - t0
-        frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
-        with torch.inference_mode():
-            out = self.model(frames, keep=self.keep)
-        embeddings = out.embeddings[:n].float()
-        logits = out.logits[:n].float() if out.logits is not None else None
-        num_tokens = (out.cu_seqlens[1:n + 1] - out.cu_seqlens[:n]).to(torch.int32)
-        if self.cuda:
-            host = [t.to("cpu", non_blocking=True) if t is not None else None for t in (embeddings, logits, num_tokens)]
-            event = torch.cuda.Event()
-            event.record()
-            self.in_flight.append((entries, *host, event))
-        else:
-            self.in_flight.append((entries, embeddings, logits, num_tokens, None))
+        with self._on_device():
+            frames = buf.to(self.device, non_blocking=True) if self.cuda else buf
+            with torch.inference_mode():
+                out = self.model(frames, keep=self.keep)
+            embeddings = out.embeddings[:n].float()
+            logits = out.logits[:n].float() if out.logits is not None else None
+            num_tokens = (out.cu_seqlens[1:n + 1] - out.cu_seqlens[:n]).to(torch.int32)
+            if self.cuda:
+                host = [t.to("cpu", non_blocking=True) if t is not None else None
+                        for t in (embeddings, logits, num_tokens)]
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self.device))  # the stream the copies were queued on
+                self.in_flight.append((entries, *host, event))
+            else:
+                self.in_flight.append((entries, embeddings, logits, num_tokens, None))
         self.compute_s += time.perf_counter() - t0
         return self.collect(keep_last=1 if self.cuda else 0)
 
