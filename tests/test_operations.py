@@ -127,3 +127,57 @@ def test_local_rank_picks_the_device_and_wraps_with_one_gpu_per_task(monkeypatch
     assert resolve_device("cuda:0", {"LOCAL_RANK": "1"}) == torch.device("cuda", 0)  # --device wins
     with pytest.raises(ValueError, match="cuda:5.*2 CUDA devices"):
         resolve_device("cuda:5", {})
+
+
+# --- 7. CUDA out of memory halves the batch ----------------------------------------------------------------------
+# fp32 on CPU, a clip in batches of different shapes: BLAS sums in another order (tests/test_extract.py, ATOL)
+ATOL = 1e-5
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """The real model, except that a batch of more than `rows` rows fails as the CUDA caching allocator does."""
+
+    def __init__(self, real, rows: int):
+        super().__init__()
+        self.real, self.rows, self.refused = real, rows, []
+        self.config, self.head = real.config, real.head
+
+    def describe(self) -> dict:
+        return self.real.describe()
+
+    def forward(self, frames, keep=None):
+        if frames.shape[0] > self.rows:
+            self.refused.append(frames.shape[0])
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB "
+                                              "total capacity; 78.9 GiB already allocated)")
+        return self.real(frames, keep=keep)
+
+
+def clip_rows(out) -> list[dict]:
+    return sorted(store.read_clips(out).to_pylist(), key=lambda r: (r["video_id"], r["clip_index"]))
+
+
+def test_cuda_out_of_memory_halves_the_batch_once_per_size_and_goes_on(tmp_path, model, videos):
+    from vmae_fast.cli import format_summary
+
+    options = {"workers": 1, "batch_size": 4, "progress": False}
+    pipeline.extract([videos], tmp_path / "ref", model=model, **options)
+    tight = OutOfMemoryAbove(model, rows=1)
+    summary = pipeline.extract([videos], tmp_path / "out", model=tight, **options)
+    assert tight.refused == [4, 2]  # each size fails once, then the run stays at the size that fits
+    assert summary["oom_halvings"] == [[4, 2], [2, 1]] and summary["videos_ok"] == 3
+    assert "out of GPU memory: batch 4 -> 2 -> 1" in format_summary(summary)
+    ref, got = clip_rows(tmp_path / "ref"), clip_rows(tmp_path / "out")
+    assert [(r["video_id"], r["clip_index"]) for r in got] == [(r["video_id"], r["clip_index"]) for r in ref]
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(a["logits"], b["logits"], atol=ATOL, rtol=0)
+
+
+def test_cuda_out_of_memory_with_one_clip_is_the_users_one_line_error(tmp_path, model, videos):
+    from vmae_fast.faults import GPUOutOfMemory
+
+    with pytest.raises(GPUOutOfMemory, match=r"one clip per batch.*--dtype.*--keep") as e:
+        pipeline.extract([videos], tmp_path / "out", model=OutOfMemoryAbove(model, rows=0), workers=1,
+                         batch_size=2, progress=False)
+    assert "\n" not in str(e.value)

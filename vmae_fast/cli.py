@@ -157,6 +157,10 @@ def format_summary(summary: dict) -> str:
          + (f", {s['padded_rows']} padding rows in {s['batches']} batches" if s.get("padded_rows") else "")
          + f", keep {s['keep']})"),
     ]
+    if s.get("oom_halvings"):
+        sizes = [s["oom_halvings"][0][0]] + [after for _, after in s["oom_halvings"]]
+        lines.append(f"out of GPU memory: batch {' -> '.join(map(str, sizes))} (next time start with --batch-size "
+                     f"{sizes[-1]})")
     busy = s["compute_s"] + s["wait_s"]
     if s["clips"] and busy > 0:
         if s["wait_s"] > 0.25 * busy:

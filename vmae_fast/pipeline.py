@@ -495,6 +495,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "gather_s": runner.gather_s,
         "batches": runner.count,
         "padded_rows": runner.padded_rows,
+        "oom_halvings": [list(h) for h in runner.oom_halvings],  # CUDA out of memory: [rows, batch size after]
         "wait_s": wait_s,
         "write_s": writer.write_s,
         "decode_s": state.decode_s,
