@@ -181,3 +181,51 @@ def test_cuda_out_of_memory_with_one_clip_is_the_users_one_line_error(tmp_path, 
         pipeline.extract([videos], tmp_path / "out", model=OutOfMemoryAbove(model, rows=0), workers=1,
                          batch_size=2, progress=False)
     assert "\n" not in str(e.value)
+
+
+# --- 6. errors: the user's in one line, our bugs with a traceback ---------------------------------------------------
+def fails_with(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'"),
+                                   KeyError("embedding"), RuntimeError("shapes (3,) and (4,) mismatch"),
+                                   AttributeError("'NoneType' object has no attribute 'clips'")])
+def test_cli_an_unexpected_error_is_a_bug_report_with_its_traceback(tmp_path, monkeypatch, capsys, videos, error):
+    from vmae_fast import cli
+
+    monkeypatch.setattr(pipeline, "resolve_shard", fails_with(error))
+    code = cli.main(["extract", str(videos), "-o", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback (most recent call last)" in err and f"{type(error).__name__}: " in err
+    assert "in fails_with" not in err and "in fail" in err  # the frame that raised is shown
+    assert err.strip().splitlines()[-1].startswith("vmae-fast extract: this is a bug in vmae-fast")
+    assert "please report it" in err
+
+
+def test_cli_the_users_problems_and_the_environments_are_one_line(tmp_path, monkeypatch, capsys, videos, ckpt):
+    from vmae_fast import cli, faults
+
+    (tmp_path / "file").write_text("x")
+    cases = [  # (arguments, injected error or None, exit status, text of the one line)
+        (["-o", str(tmp_path / "file" / "out")], None, 2, "file"),  # unwritable output: under a plain file
+        (["-o", str(tmp_path / "o1")], faults.GPUOutOfMemory("cuda:0 ran out of memory with one clip per batch"), 2,
+         "one clip per batch"),
+        (["-o", str(tmp_path / "o2")], faults.ShardLocked("shard 0 of o2 is being written by pid 7"), 2, "pid 7"),
+        (["-o", str(tmp_path / "o3")], faults.EnvironmentFault("decode worker killed by SIGKILL on v1.mp4"), 75,
+         "SIGKILL on v1.mp4; videos finished before it are committed: rerun the same command to resume"),
+        (["-o", str(tmp_path / "o4")], faults.MissingDependency("decoder backend 'decord' needs decord"), 2,
+         "needs decord"),
+        (["-o", str(tmp_path / "o5")], PermissionError(13, "Permission denied", "/data/out"), 2, "Permission denied"),
+    ]
+    for args, error, status, text in cases:
+        with monkeypatch.context() as m:
+            if error is not None:
+                m.setattr(pipeline, "resolve_shard", fails_with(error))
+            code = cli.main(["extract", str(videos), "--model", str(ckpt), "--workers", "0", "--no-progress", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == status and len(err) == 1 and text in err[0], (args, error, code, err)
