@@ -299,21 +299,24 @@ def test_crash_while_writing_a_part_leaves_a_temp_file_that_the_rerun_removes(tm
     real_replace = os.replace
     calls = {"n": 0}
 
-    def crash_from_fourth_rename(src, dst):
-        calls["n"] += 1
-        if calls["n"] >= 4:  # _run.json, part 0, part 1, then the crash: the part stays under its temp name
-            raise OSError("simulated power loss")
+    def crash_from_third_clips_rename(src, dst):
+        calls["n"] += Path(dst).parent.name == "clips"
+        if calls["n"] >= 3:  # clips parts 0 and 1, then the crash: clips part 2 stays under its temp name (its
+            raise OSError("simulated power loss")  # videos part, renamed just before, is an orphan the rerun removes)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", crash_from_fourth_rename)
+    monkeypatch.setattr(store.os, "replace", crash_from_third_clips_rename)
     with batch_shapes() as shapes:
         with pytest.raises(OSError, match="simulated"):
             extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
         monkeypatch.setattr(store.os, "replace", real_replace)
-        assert len(no_temp_files(tmp_path / "out")) == 1
+        temps = no_temp_files(tmp_path / "out")  # + the videos temp of extract's last-chance flush, also failed
+        assert str(tmp_path / "out" / "clips" / ".part-00000-000002.parquet.tmp") in temps, temps
+        assert len(store.list_parts(tmp_path / "out" / "videos")) == 3  # parts 0, 1 and the orphan 2
         summary = extract([small_videos], tmp_path / "out", model=ckpt, **RUN_OPTIONS)
     assert summary["videos_skipped"] == 2
     assert no_temp_files(tmp_path / "out") == []
+    assert store.list_parts(tmp_path / "out" / "videos") == store.list_parts(tmp_path / "out" / "clips")
     assert_same_rows(sorted_rows(tmp_path / "out"), reference, shapes)
 
 
@@ -450,9 +453,9 @@ def test_schema_metadata_and_read_embeddings_order(tmp_path, small_videos, ckpt,
     ref_out = reference.out
     table = store.read_clips(ref_out)
     assert [(f.name, str(f.type)) for f in table.schema] == [
-        ("video_id", "string"), ("path", "string"), ("clip_index", "int32"), ("start_frame", "int64"),
-        ("end_frame", "int64"), ("start_s", "double"), ("end_s", "double"), ("padded_frames", "int16"),
-        ("num_tokens", "int32"), ("embedding", "fixed_size_list<element: float not null>[64]"),
+        ("video_id", "string"), ("path", "string"), ("clip_index", "int32"), ("crop_index", "int8"),
+        ("start_frame", "int64"), ("end_frame", "int64"), ("start_s", "double"), ("end_s", "double"),
+        ("padded_frames", "int16"), ("num_tokens", "int32"), ("embedding", "fixed_size_list<element: float not null>[64]"),
         ("logits", "fixed_size_list<element: float not null>[5]")]
     kv = {k.decode(): json.loads(v) for k, v in pq.read_schema(next((ref_out / "clips").glob("*.parquet"))).metadata
           .items() if not k.startswith(b"ARROW")}

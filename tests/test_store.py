@@ -37,7 +37,8 @@ def video_rows(video_id: str, n: int, dim: int = 6, num_labels: int = 3, seed: i
 def test_clip_schema_is_exactly_the_design():
     schema = store.clip_schema(768, 400)
     assert [(f.name, str(f.type)) for f in schema] == [
-        ("video_id", "string"), ("path", "string"), ("clip_index", "int32"), ("start_frame", "int64"),
+        ("video_id", "string"), ("path", "string"), ("clip_index", "int32"), ("crop_index", "int8"),
+        ("start_frame", "int64"),
         ("end_frame", "int64"), ("start_s", "double"), ("end_s", "double"), ("padded_frames", "int16"),
         ("num_tokens", "int32"), ("embedding", "fixed_size_list<element: float not null>[768]"),
         ("logits", "fixed_size_list<element: float not null>[400]")]
@@ -178,3 +179,108 @@ def test_part_writer_continues_numbering_and_leaves_no_temp(tmp_path):
 def test_diff_configs_names_nested_changes():
     assert store.diff_configs({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 4}}) == [
         "a.c: 2 -> 3", "a.d: (absent) -> 4"]
+
+
+# --- the video table: one commit with the clips -------------------------------------------------------------------
+def test_each_clips_part_has_its_videos_part_of_the_same_name_with_the_views_aggregation(tmp_path):
+    """Every clips part gets OUT/videos/<same name> holding one row per video of it, in the same order, computed by
+    views.video_columns from the rows added (crop_index absent: every view is the center crop); duration_s the one
+    given, else the span of the views."""
+    from vmae_fast import views
+
+    run = make_run()
+    out = store.prepare_output(tmp_path / "out", run, shard=0, num_shards=1, overwrite=False)
+    writer = store.RunWriter(out, run, 0, part_rows=5, commit_interval_s=1e9)
+    videos = [video_rows(f"v{i}", n, seed=i) for i, n in enumerate([3, 4, 2, 7, 1])]
+    for i, rows in enumerate(videos):
+        writer.add_video(rows, duration_s=None if i == 2 else 10.0 + i)
+    writer.flush()
+    names = [name for name, _, _ in store.list_parts(out / "clips")]
+    assert [name for name, _, _ in store.list_parts(out / "videos")] == names
+    got = views.read_videos(out)
+    assert got.column("video_id").to_pylist() == [f"v{i}" for i in range(5)]
+    for i, (rows, row) in enumerate(zip(videos, got.to_pylist())):
+        z = rows["logits"].astype(np.float64)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        np.testing.assert_allclose(row["probs"], p.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(row["embedding"], rows["embedding"].astype(np.float64).mean(0), rtol=1e-6,
+                                   atol=1e-7)
+        assert row["top_labels"] == [["a", "b", "c"][j] for j in np.argsort(-p.mean(0), kind="stable")]
+        n = len(rows["clip_index"])
+        assert (row["num_views"], row["num_clips"], row["num_crops"]) == (n, n, 1)
+        assert row["duration_s"] == (0.25 * n if i == 2 else 10.0 + i)
+    for name in names:  # a part's videos are exactly the videos of its clips
+        clips = pq.read_table(out / "clips" / name, columns=["video_id"]).column("video_id").unique().to_pylist()
+        assert pq.read_table(out / "videos" / name).column("video_id").to_pylist() == clips
+    assert store.read_clips(out).column("crop_index").to_pylist() == [1] * 17
+
+
+def test_the_clips_rename_is_the_commit_point_and_a_resume_removes_the_orphan(tmp_path, monkeypatch):
+    """A crash between the videos rename and the clips rename leaves a videos part without clips: no reader counts
+    it, the video is not committed, and the next run of that shard removes it and writes that number again."""
+    from vmae_fast import views
+
+    run = make_run()
+    out = store.prepare_output(tmp_path / "out", run, shard=0, num_shards=2, overwrite=False)
+    writer = store.RunWriter(out, run, 0)
+    writer.add_video(video_rows("v0", 2))
+    writer.flush()
+    real = os.replace
+
+    def crash_on_clips(src, dst):
+        if "/clips/" in str(dst):
+            raise KeyboardInterrupt  # killed between the two renames
+        return real(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", crash_on_clips)
+    writer.add_video(video_rows("v1", 3))
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()
+    monkeypatch.setattr(store.os, "replace", real)
+    assert [n for n, _, _ in store.list_parts(out / "videos")] == ["part-00000-000000.parquet",
+                                                                   "part-00000-000001.parquet"]
+    sibling = out / "videos" / "part-00001-000003.parquet"  # shard 1's, between its own two renames right now
+    sibling.write_bytes(b"shard 1 is writing")
+    assert views.read_videos(out).column("video_id").to_pylist() == ["v0"]
+    assert store.committed_video_ids(out) == {"v0"}
+    store.prepare_output(out, run, shard=0, num_shards=2, overwrite=False)  # the resume
+    assert [n for n, _, _ in store.list_parts(out / "videos")] == ["part-00000-000000.parquet",
+                                                                   "part-00001-000003.parquet"]
+    assert list((out / "clips").glob(".*.tmp")) == []
+    writer = store.RunWriter(out, run, 0)
+    writer.add_video(video_rows("v1", 3))
+    writer.flush()
+    assert views.read_videos(out).column("video_id").to_pylist() == ["v0", "v1"]
+    assert store.read_clips(out).column("video_id").to_pylist() == ["v0"] * 2 + ["v1"] * 3
+
+
+def test_an_output_of_format_1_reads_but_is_not_resumed_into(tmp_path):
+    """Before crop_index and the video table (format vmae_fast.extract/1): read_clips gives crop_index 1 (the
+    center crop every row is), read_videos aggregates the clips, and a run refuses to add to it in one line."""
+    from vmae_fast import views
+
+    old_run = {**make_run(), "format": "vmae_fast.extract/1"}
+    out = tmp_path / "old"
+    (out / "clips").mkdir(parents=True)
+    (out / "_run.json").write_text(json.dumps(old_run))
+    rows = video_rows("v0", 3)
+    schema = pa.schema([f for f in store.schemas_for_run(old_run)[0] if f.name != "crop_index"])
+    cols = {k: rows[k] for k in schema.names if k not in ("embedding", "logits")}
+    cols["embedding"] = store.fixed_size_list(rows["embedding"], "float32")
+    cols["logits"] = store.fixed_size_list(rows["logits"], "float32")
+    pq.write_table(pa.Table.from_pydict(cols, schema=schema), out / "clips" / "part-00000-000000.parquet")
+    table = store.read_clips(out)
+    assert table.column_names[:4] == ["video_id", "path", "clip_index", "crop_index"]
+    assert table.column("crop_index").to_pylist() == [1, 1, 1] and table.schema.field("crop_index").type == pa.int8()
+    assert store.read_clips(out, ["crop_index", "video_id"]).column_names == ["crop_index", "video_id"]
+    assert store.read_clips(out, ["video_id"]).column_names == ["video_id"]
+    meta, emb = store.read_embeddings(out)
+    assert "crop_index" in meta.column_names and emb.shape == (3, 6)
+    assert views.read_videos(out).column("num_views").to_pylist() == [3]
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"format vmae_fast.extract/1.*--overwrite") as e:
+        store.prepare_output(out, make_run(), shard=0, num_shards=1, overwrite=False)
+    assert "\n" not in str(e.value) and snapshot(out) == before
+    store.prepare_output(out, make_run(), shard=0, num_shards=1, overwrite=True)
+    assert store.list_parts(out / "clips") == [] and store.load_run(out)["format"] == store.FORMAT

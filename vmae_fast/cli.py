@@ -1,11 +1,7 @@
 """`vmae-fast` command line: one subcommand per section below; each section owns its arguments and its runner.
 
-Exit status (faults.py): 0 done; 2 the user's problem (bad arguments, missing inputs, a model that cannot load, an
-output that cannot be written, a held shard lock, a missing package, CUDA out of memory at one clip per batch):
-one line; 75 the environment's fault (a decode worker killed by the OOM killer, a file system or network that
-failed for a moment): one line, finished videos are committed, rerun the same command to resume; 1 anything else,
-i.e. our bug: its traceback and a request to report it; 130 Ctrl-C, 143 SIGTERM. VMAE_FAST_DEBUG=1 raises every
-error with its traceback.
+Fatal problems (bad arguments, a model that cannot load, an output that cannot be written) end with a one-line
+message and a non-zero exit; set VMAE_FAST_DEBUG=1 to see the traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
-from .faults import EXIT_BUG, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_TERMINATED, UserError, exit_status
 
 
 # --- info ------------------------------------------------------------------------------------------------------------
@@ -80,6 +74,12 @@ def _add_extract(sub) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--clip-stride-s", type=float, help="sliding clips every X seconds (default: the clip's span)")
     where.add_argument("--clips-per-video", type=int, help="N clips spread uniformly over each video")
+    p.add_argument("--crops", type=int,
+                   help="spatial views per clip: 1 = center crop (default), 3 = start, center and end of the long "
+                        "side after the short-side resize (the VideoMAE papers' multi-view test)")
+    p.add_argument("--views", metavar="CLIPSxCROPS",
+                   help="multi-view testing, e.g. 5x3 (Kinetics) or 2x3 (SSv2): --clips-per-video CLIPS --crops "
+                        "CROPS; each video also gets a row of OUT/videos (mean softmax, top labels)")
     p.add_argument("--keep", default="all", help="tokens each clip keeps: all, tube:0.5, motion:0.5 (default all)")
     p.add_argument("--batch-size", type=int, help="clips per model batch (default: 32 with CUDA, 8 on CPU)")
     p.add_argument("--workers", type=int,
@@ -123,14 +123,15 @@ def _run_extract(args) -> int:
     import threading
 
     def _stop(signum, frame):  # SLURM preemption / `kill`: stop like Ctrl-C, so finished videos get written
-        raise Terminated
+        raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         summary = extract(args.inputs, args.out, model=args.model, clip_frames=args.clip_frames,
                           frame_step=args.frame_step, fps=args.fps, clip_stride_s=args.clip_stride_s,
-                          clips_per_video=args.clips_per_video, keep=args.keep, batch_size=args.batch_size,
+                          clips_per_video=args.clips_per_video, crops=args.crops, views=args.views,
+                          keep=args.keep, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
                           overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
                           progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
@@ -380,51 +381,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmae-fast",
         description="VideoMAE embeddings for video collections: extract to Parquet, index with FAISS, search.",
-        epilog="Exit status: 0 done, 2 a problem to fix (one line), 75 an environment fault (one line; rerun to "
-               "resume), 1 a bug (traceback: please report it), 130/143 interrupted/terminated. VMAE_FAST_DEBUG=1 "
-               "shows every traceback.")
+        epilog="Fatal errors print one line and exit 2; set VMAE_FAST_DEBUG=1 for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_demo):
         add(sub)
     return parser
 
 
-class FatalError(UserError):
+class FatalError(Exception):
     """A problem that ends the command with a one-line message and exit status 2."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: stops like Ctrl-C (finished videos are written on the way out); exit 143."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    name = f"vmae-fast {args.command}"
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-    except Exception as e:
+    except KeyboardInterrupt:
+        print("vmae-fast: interrupted", file=sys.stderr)
+        return 130
+    except (FatalError, ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("VMAE_FAST_DEBUG"):
             raise
-        status = exit_status(e)
-        if status == EXIT_BUG:  # not a problem the user can fix from a one-line message: ours
-            import traceback
-
-            from . import __version__
-
-            traceback.print_exc()
-            print(f"{name}: this is a bug in vmae-fast {__version__} (unexpected {type(e).__name__}): please report "
-                  "it with the command line and the traceback above", file=sys.stderr)
-            return status
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if status == EXIT_ENVIRONMENT:
-            msg += ("; videos finished before it are committed: rerun the same command to resume"
-                    if args.command == "extract" else "; rerun when it has passed")
-        print(f"{name}: error: {msg}", file=sys.stderr)
-        return status
+        print(f"vmae-fast {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

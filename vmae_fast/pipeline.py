@@ -95,13 +95,19 @@ def _has_head(model) -> bool:
 # --- per-video bookkeeping ---------------------------------------------------------------------------------------
 @dataclass
 class _Video:
-    """A video being decoded: its clips' row fields and, once embedded, their results (keyed by clip_index)."""
+    """A video being decoded: its views' row fields and, once embedded, their results, keyed by the row key's
+    (clip_index, crop_index): the views of one clip never overwrite each other."""
 
     task: Any
     generation: int = 0
-    num_clips: int | None = None
-    rows: dict = field(default_factory=dict)  # clip_index -> (start_frame, end_frame, start_s, end_s, padded)
-    results: dict = field(default_factory=dict)  # clip_index -> (embedding (D,), logits (C,) | None, num_tokens)
+    num_clips: int | None = None  # views (clips x crops) the decoder sent, from its DoneEvent
+    duration_s: float | None = None  # the decoder's (DoneEvent.duration_s), for the video row
+    rows: dict = field(default_factory=dict)  # (clip, crop) -> (start_frame, end_frame, start_s, end_s, padded)
+    results: dict = field(default_factory=dict)  # (clip, crop) -> (embedding (D,), logits (C,) | None, num_tokens)
+
+
+def _view_key(clip) -> tuple[int, int]:
+    return (int(clip.clip_index), int(clip.crop_index))
 
 
 # --- cores -----------------------------------------------------------------------------------------------------------
@@ -230,7 +236,7 @@ class _Extraction:
     def on_clips(self, task, clips) -> None:
         video = self.videos.setdefault(task.video_id, _Video(task))
         for clip in clips:
-            video.rows[clip.clip_index] = (clip.start_frame, clip.end_frame, clip.start_s, clip.end_s,
+            video.rows[_view_key(clip)] = (clip.start_frame, clip.end_frame, clip.start_s, clip.end_s,
                                            clip.padded_frames)
             self.queue.append((task.video_id, video.generation, clip))
         while len(self.queue) >= self.runner.batch_size:
@@ -245,12 +251,13 @@ class _Extraction:
             video.results.clear()
         self._drop_queued(task.video_id)
 
-    def on_done(self, task, num_clips: int, decode_s: float, decode_cpu_s: float | None = None) -> None:
+    def on_done(self, task, num_clips: int, decode_s: float, decode_cpu_s: float | None = None,
+                duration_s: float | None = None) -> None:
         self.decode_s += decode_s
         self.decode_cpu_s = None if decode_cpu_s is None or self.decode_cpu_s is None else \
             self.decode_cpu_s + decode_cpu_s
         video = self.videos.setdefault(task.video_id, _Video(task))
-        video.num_clips = num_clips
+        video.num_clips, video.duration_s = num_clips, duration_s
         if len(video.rows) != num_clips:
             self._fail(task, "sample", f"decoder reported {num_clips} clips but sent {len(video.rows)}", 1)
         elif num_clips == 0:
@@ -292,7 +299,7 @@ class _Extraction:
                 video = self.videos.get(video_id)
                 if video is None or video.generation != generation:
                     continue  # the video failed or restarted after this clip was queued
-                video.results[clip.clip_index] = (embeddings[i], None if logits is None else logits[i],
+                video.results[_view_key(clip)] = (embeddings[i], None if logits is None else logits[i],
                                                   int(num_tokens[i]))
                 touched[video_id] = video
             for video in touched.values():
@@ -302,13 +309,14 @@ class _Extraction:
         if video.num_clips is None or len(video.results) < video.num_clips:
             return
         task = video.task
-        order = sorted(video.results)
-        results = [video.results[i] for i in order]
-        rows = [video.rows[i] for i in order]
+        order = sorted(video.results)  # (clip_index, crop_index): a clip's views side by side
+        results = [video.results[key] for key in order]
+        rows = [video.rows[key] for key in order]
         self.writer.add_video({
             "video_id": [task.video_id] * len(order),
             "path": [str(task.path)] * len(order),
-            "clip_index": order,
+            "clip_index": [key[0] for key in order],
+            "crop_index": [key[1] for key in order],
             "start_frame": [r[0] for r in rows],
             "end_frame": [r[1] for r in rows],
             "start_s": [float(r[2]) for r in rows],
@@ -317,7 +325,7 @@ class _Extraction:
             "num_tokens": [r[2] for r in results],
             "embedding": np.stack([r[0] for r in results]),
             "logits": np.stack([r[1] for r in results]) if results[0][1] is not None else None,
-        })
+        }, duration_s=video.duration_s)
         del self.videos[task.video_id]
         self.ok += 1
         self.clips += len(order)
@@ -334,7 +342,8 @@ class _Extraction:
 
 def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None = None,
             frame_step: int | None = None, fps: float | None = None, clip_stride_s: float | None = None,
-            clips_per_video: int | None = None, keep: str | None = "all", batch_size: int | None = None,
+            clips_per_video: int | None = None, crops: int | None = None, views: str | None = None,
+            keep: str | None = "all", batch_size: int | None = None,
             workers: int | None = None, device: str | None = None, dtype: str | None = None,
             shard: str | tuple[int, int] | None = None, overwrite: bool = False, embedding_dtype: str = "float32",
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
@@ -346,6 +355,10 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
     (HF folder, .pth, hub id, "random:<preset>") or an already loaded VideoMAE. Rerunning the same call resumes;
     a different configuration into the same `out` raises ValueError unless overwrite=True.
+    crops: 1 (default, the center crop) or 3 (start, center, end of the long side: the papers' multi-view test);
+    views: "CLIPSxCROPS", e.g. "5x3", shorthand for clips_per_video=5, crops=3 (not with either, nor with
+    clip_stride_s). Every view is a clips row (key video_id, clip_index, crop_index); each video also gets one row
+    of OUT/videos (views.py: mean embedding, mean softmax, top labels), committed with its clips.
     decode_device: "cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec in this process (workers=0;
     frames stay on the GPU, then go through the model's host buffer: the GPU-resident batch is owed a GPU run).
     batch_size / workers: None follows the bottleneck (see _CorePlan: 8 clips and one growing, niced worker on
@@ -363,6 +376,23 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         raise ValueError(f"--embedding-dtype must be one of {store.EMBEDDING_DTYPES}, got {embedding_dtype!r}")
     if frame_step is not None and fps is not None:
         raise ValueError("give --frame-step or --fps, not both")
+    if views is not None:
+        from .views import parse_views
+
+        given = [name for name, value in (("--clips-per-video", clips_per_video), ("--crops", crops),
+                                          ("--clip-stride-s", clip_stride_s)) if value is not None]
+        if given:
+            raise ValueError(f"--views {views} sets --clips-per-video and --crops: give --views or "
+                             f"{' and '.join(given)}, not both")
+        clips_per_video, crops = parse_views(views)
+    if crops is not None:
+        from .video.crop import check_crops
+
+        try:
+            check_crops(crops)
+        except ValueError:
+            raise ValueError(f"--crops must be 1 (the center crop) or 3 (start, center and end of the long side), "
+                             f"got {crops!r}") from None
     if clip_stride_s is not None and clips_per_video is not None:
         raise ValueError("give --clip-stride-s or --clips-per-video, not both")
     if timeout_s is not None and timeout_s <= 0:
@@ -397,7 +427,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     if clip_frames is not None and clip_frames != cfg.num_frames:
         raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} frames")
     sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=frame_step, fps=fps, clip_stride_s=clip_stride_s,
-                        clips_per_video=clips_per_video)
+                        clips_per_video=clips_per_video, crops=1 if crops is None else int(crops))
     run = build_run(net, sampling, keep_spec, torch_dtype, dev, embedding_dtype, (shard_index, num_shards))
     out = store.prepare_output(out, run, shard=shard_index, num_shards=num_shards, overwrite=overwrite)
 
@@ -448,7 +478,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                     if event is None:
                         break
                     if isinstance(event, DoneEvent):
-                        state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s)
+                        state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s,
+                                      event.duration_s)
                     elif isinstance(event, ErrorEvent):
                         state.on_error(event.task, event.stage, event.error, event.attempts)
                     elif isinstance(event, ResetEvent):

@@ -3,12 +3,22 @@
 Layout (DESIGN.md, "Extraction and output"):
 
     OUT/_run.json                          run configuration + its hash, library version
-    OUT/clips/part-<shard>-<seq>.parquet   one row per clip; a video's clips never straddle two files
+    OUT/clips/part-<shard>-<seq>.parquet   one row per view (clip x crop); a video's views never straddle two files
+    OUT/videos/part-<shard>-<seq>.parquet  one row per video of the clips part of the same name (views.py)
     OUT/errors/part-<shard>-<seq>.parquet  one row per failed video
 
 The part files are the commit record: a part is written under a hidden temporary name in the same folder, fsynced
 and renamed, so after a crash a video is either entirely in one visible part or in none. Temporary names start with
 "." and end in ".tmp", which pyarrow, DuckDB and polars globs (`*.parquet`) all skip.
+
+A video's clips and its video row are one commit: the videos part is written and renamed first, then the clips
+part of the same <shard>-<seq>; the clips part's rename is the commit point. A videos part without its clips part
+(a crash between the two renames) is an orphan: readers ignore it (views.video_parts), committed ids come from the
+clips, and the next run of that shard removes it (prepare_output) before writing that <seq> again.
+
+Format 2 (this one) added the clip column crop_index and OUT/videos; outputs of format 1 stay readable (read_clips
+fills crop_index with 1, the center crop they all hold; read_videos aggregates their clips) but are not resumed
+into: a run refuses them unless --overwrite.
 """
 
 from __future__ import annotations
@@ -24,10 +34,13 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "vmae_fast.extract/1"
+from . import views
+
+FORMAT = "vmae_fast.extract/2"
 RUN_FILE = "_run.json"
 CLIPS_DIR = "clips"
 ERRORS_DIR = "errors"
+VIDEOS_DIR = views.VIDEOS_DIR
 EMBEDDING_DTYPES = ("float32", "float16")
 _PART_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 
@@ -96,8 +109,10 @@ def _short(value: Any, limit: int = 60) -> str:
 def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards: int, overwrite: bool) -> Path:
     """Make OUT ready for shard `shard` of `num_shards`; returns OUT as a Path.
 
-    - OUT/_run.json with the same config_hash: resume (nothing is removed except this shard's stray temp files).
-    - A different configuration, or parts without a _run.json: refused with ValueError, nothing touched, unless
+    - OUT/_run.json with the same config_hash: resume (nothing is removed except this shard's stray temp files and
+      its orphan videos parts, see the module docstring).
+    - An output of another FORMAT, a different configuration, or parts without a _run.json: refused with
+      ValueError, nothing touched, unless
       `overwrite`, which removes this shard's parts (shard 0 also the parts of shards >= num_shards), the index
       files and the old _run.json. Shards of one run each clear only their own parts, so `--overwrite` under
       torchrun/SLURM never deletes what a sibling has just written.
@@ -105,7 +120,7 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
     """
     out = Path(out)
     run_path = out / RUN_FILE
-    clips, errors = out / CLIPS_DIR, out / ERRORS_DIR
+    clips, errors, videos = out / CLIPS_DIR, out / ERRORS_DIR, out / VIDEOS_DIR
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output {out} exists and is not a directory")
     existing = None
@@ -115,24 +130,29 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
         except (OSError, ValueError) as e:
             if not overwrite:
                 raise ValueError(f"{run_path} is unreadable ({e}); use --overwrite to start over") from None
-    has_parts = any(list_parts(d) for d in (clips, errors))
+    has_parts = any(list_parts(d) for d in (clips, errors, videos))
     if not overwrite:
         if existing is None and has_parts:
             raise ValueError(f"{out} holds part files but no {RUN_FILE}; use --overwrite or another output directory")
+        if existing is not None and existing.get("format") != run["format"]:
+            raise ValueError(f"{out} was written by another vmae-fast version (format {existing.get('format')}, this "
+                             f"one writes {run['format']}: clips with crop_index and a video table); its rows stay "
+                             "readable, but a run cannot add to it: use --overwrite or another output directory")
         if existing is not None and existing.get("config_hash") != run["config_hash"]:
             changes = diff_configs(existing.get("config", {}), run["config"])
             detail = "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "")
             raise ValueError(f"{out} was written with a different configuration ({detail or 'format changed'}); "
                              "use --overwrite to replace it or choose another output directory")
-    for d in (clips, errors):
+    for d in (clips, errors, videos):
         d.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for d in (clips, errors):
+        for d in (videos, clips, errors):
             for name, part_shard, _ in list_parts(d):
                 if part_shard == shard or (shard == 0 and part_shard >= num_shards):
                     (d / name).unlink(missing_ok=True)
         _remove_index_files(out)
     clean_temp_files(out, shard)
+    remove_orphan_video_parts(out, shard)
     if overwrite or existing is None:
         write_atomic(run_path, (json.dumps(run, indent=2, sort_keys=True, default=str) + "\n").encode(),
                      f".{RUN_FILE}.{shard}.tmp")
@@ -142,7 +162,7 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
 def _remove_index_files(out: Path) -> None:
     """The retrieval index is built from the rows; after --overwrite it would describe rows that no longer exist."""
     for entry in out.iterdir():
-        if entry.name in (RUN_FILE, CLIPS_DIR, ERRORS_DIR):
+        if entry.name in (RUN_FILE, CLIPS_DIR, ERRORS_DIR, VIDEOS_DIR):
             continue
         if entry.name.startswith(("index", "_index")) or entry.suffix in (".faiss", ".index"):
             if entry.is_dir() and not entry.is_symlink():
@@ -154,13 +174,25 @@ def _remove_index_files(out: Path) -> None:
 def clean_temp_files(out: Path, shard: int) -> list[Path]:
     """Remove this shard's temporary files left by a killed run; returns what was removed."""
     removed = []
-    patterns = [(out / CLIPS_DIR, f".part-{shard:05d}-*.tmp"), (out / ERRORS_DIR, f".part-{shard:05d}-*.tmp"),
-                (out, f".{RUN_FILE}.{shard}.tmp")]
+    patterns = [(out / d, f".part-{shard:05d}-*.tmp") for d in (CLIPS_DIR, VIDEOS_DIR, ERRORS_DIR)]
+    patterns.append((out, f".{RUN_FILE}.{shard}.tmp"))
     for directory, pattern in patterns:
         if directory.is_dir():
             for path in directory.glob(pattern):
                 path.unlink(missing_ok=True)
                 removed.append(path)
+    return removed
+
+
+def remove_orphan_video_parts(out: Path, shard: int) -> list[Path]:
+    """Remove this shard's videos parts whose clips part does not exist (a crash between the two renames of a
+    commit, see the module docstring); returns what was removed. Readers ignore such parts anyway."""
+    clips = {name for name, _, _ in list_parts(out / CLIPS_DIR)}
+    removed = []
+    for name, part_shard, _ in list_parts(out / VIDEOS_DIR):
+        if part_shard == shard and name not in clips:
+            (out / VIDEOS_DIR / name).unlink(missing_ok=True)
+            removed.append(out / VIDEOS_DIR / name)
     return removed
 
 
@@ -193,7 +225,8 @@ def committed_video_ids(out: str | os.PathLike) -> set[str]:
 # --- schemas --------------------------------------------------------------------------------------------------------
 def clip_schema(embedding_dim: int, num_labels: int | None, embedding_dtype: str = "float32",
                 metadata: dict[str, str] | None = None):
-    """Arrow schema of clips parts: the DESIGN.md columns; `logits` only when the model has a head."""
+    """Arrow schema of clips parts: the DESIGN.md columns, one row per view (video_id, clip_index, crop_index);
+    `logits` only when the model has a head."""
     import pyarrow as pa
 
     if embedding_dtype not in EMBEDDING_DTYPES:
@@ -202,6 +235,7 @@ def clip_schema(embedding_dim: int, num_labels: int | None, embedding_dtype: str
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
         pa.field("clip_index", pa.int32(), nullable=False),
+        pa.field("crop_index", pa.int8(), nullable=False),  # 0 start, 1 center, 2 end of the long side
         pa.field("start_frame", pa.int64(), nullable=False),
         pa.field("end_frame", pa.int64(), nullable=False),
         pa.field("start_s", pa.float64(), nullable=False),
@@ -258,6 +292,13 @@ def schemas_for_run(run: dict):
             error_schema(metadata))
 
 
+def video_schema_for_run(run: dict):
+    """Schema of the run's videos parts (views.video_schema), metadata included."""
+    config = run["config"]
+    return views.video_schema(int(config["embedding_dim"]), int(config["num_labels"] or 0),
+                              metadata=file_metadata(run))
+
+
 # --- writing --------------------------------------------------------------------------------------------------------
 class PartWriter:
     """Writes numbered parts `part-<shard>-<seq>.parquet` of one folder, each atomically (temp + fsync + rename)."""
@@ -273,10 +314,17 @@ class PartWriter:
     def write(self, columns: dict[str, Any]) -> Path:
         """Write one part from column arrays (names and order of the schema); returns the committed path."""
         import pyarrow as pa
+
+        return self.write_table(pa.Table.from_pydict({name: columns[name] for name in self.schema.names},
+                                                     schema=self.schema))
+
+    def write_table(self, table, seq: int | None = None) -> Path:
+        """Write one part holding `table` (with this writer's schema), as part <seq> (default: the next); returns
+        the committed path. A given seq is how a videos part takes the number of the clips part it belongs to."""
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pydict({name: columns[name] for name in self.schema.names}, schema=self.schema)
-        name = f"part-{self.shard:05d}-{self.next_seq:06d}.parquet"
+        seq = self.next_seq if seq is None else seq
+        name = f"part-{self.shard:05d}-{seq:06d}.parquet"
         tmp = self.directory / f".{name}.tmp"
         with open(tmp, "wb") as f:
             # row groups of 16k rows: readers (ours, DuckDB, polars) decode a whole group at once, and one group of
@@ -286,7 +334,7 @@ class PartWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.directory / name)
         _fsync_dir(self.directory)
-        self.next_seq += 1
+        self.next_seq = max(self.next_seq, seq + 1)
         self.files_written += 1
         return self.directory / name
 
@@ -301,33 +349,46 @@ def fixed_size_list(matrix: np.ndarray, dtype: str):
 
 
 class RunWriter:
-    """Buffers committed videos of one shard and writes them as clips/errors parts.
+    """Buffers committed videos of one shard and writes them as clips (+ videos) / errors parts.
 
     A part is written when the buffered rows reach `part_rows` or about `part_bytes`, when `commit_interval_s` has
-    passed since the last write (bounding the work a crash can lose), and on `flush()`. Whole videos only.
+    passed since the last write (bounding the work a crash can lose), and on `flush()`. Whole videos only. Each
+    video's row of the video table is computed when the video is added (views.video_columns) and committed with its
+    clips: videos part first, then the clips part of the same name, whose rename is the commit point.
     """
 
     def __init__(self, out: Path, run: dict, shard: int, *, part_rows: int = 100_000, part_bytes: int = 256 << 20,
                  commit_interval_s: float = 60.0):
         clip_schema_, error_schema_ = schemas_for_run(run)
         self.clips = PartWriter(out / CLIPS_DIR, shard, clip_schema_)
+        self.videos = PartWriter(out / VIDEOS_DIR, shard, video_schema_for_run(run))
         self.errors = PartWriter(out / ERRORS_DIR, shard, error_schema_)
         self.embedding_dtype = run["config"]["embedding_dtype"]
         self.has_logits = bool(run["config"]["num_labels"])
+        self.embedding_dim, self.num_labels = int(run["config"]["embedding_dim"]), int(run["config"]["num_labels"] or 0)
+        self.id2label = run.get("model", {}).get("id2label")
         self.part_rows, self.part_bytes, self.commit_interval_s = part_rows, part_bytes, commit_interval_s
         self._clip_videos: list[dict] = []  # one dict of column arrays per video
+        self._video_rows: list[dict] = []  # its video-table row (views.video_columns), same order
         self._clip_rows = 0
         self._clip_bytes = 0
         self._error_rows: list[dict] = []
         self._last_write = time.monotonic()
         self.write_s = 0.0
 
-    def add_video(self, rows: dict[str, Any]) -> None:
-        """rows: per-column lists/arrays of one video's clips; `embedding` (n, D) and `logits` (n, C) float32."""
+    def add_video(self, rows: dict[str, Any], duration_s: float | None = None) -> None:
+        """rows: per-column lists/arrays of one video's views (clips x crops) in (clip_index, crop_index) order;
+        `embedding` (n, D) and `logits` (n, C) float32; crop_index may be absent (one center crop: 1).
+        duration_s: seconds of video the clips were sampled from (the decoder's; None: the span of the views)."""
         n = len(rows["clip_index"])
+        if "crop_index" not in rows:
+            rows = {**rows, "crop_index": [1] * n}
+        video = views.video_columns(rows, self.embedding_dim, self.num_labels, self.id2label, duration_s)
         self._clip_videos.append(rows)
+        self._video_rows.append(video)
         self._clip_rows += n
         self._clip_bytes += rows["embedding"].nbytes + (rows["logits"].nbytes if self.has_logits else 0) + 64 * n
+        self._clip_bytes += video["embedding"].nbytes + (video["probs"].nbytes if self.num_labels else 0) + 256
         if self._clip_rows >= self.part_rows or self._clip_bytes >= self.part_bytes:
             self._write_clips()
 
@@ -352,16 +413,24 @@ class RunWriter:
         t0 = time.perf_counter()
         videos = self._clip_videos
         columns: dict[str, Any] = {}
-        for name in ("video_id", "path", "clip_index", "start_frame", "end_frame", "start_s", "end_s",
+        for name in ("video_id", "path", "clip_index", "crop_index", "start_frame", "end_frame", "start_s", "end_s",
                      "padded_frames", "num_tokens"):
             columns[name] = [value for video in videos for value in video[name]]
         columns["embedding"] = fixed_size_list(np.concatenate([v["embedding"] for v in videos]), self.embedding_dtype)
         if self.has_logits:
             columns["logits"] = fixed_size_list(np.concatenate([v["logits"] for v in videos]), "float32")
-        self.clips.write(columns)
-        self._clip_videos, self._clip_rows, self._clip_bytes = [], 0, 0
+        # one commit: the videos part under the clips part's number, then the clips part (the commit point)
+        seq = self.clips.next_seq  # an orphan videos part of this number (a crash) is simply replaced
+        self.videos.write_table(views.columns_table(self._video_rows, self.videos.schema), seq)
+        self.clips.write_table(self._clips_table(columns), seq)
+        self._clip_videos, self._video_rows, self._clip_rows, self._clip_bytes = [], [], 0, 0
         self._last_write = time.monotonic()
         self.write_s += time.perf_counter() - t0
+
+    def _clips_table(self, columns: dict[str, Any]):
+        import pyarrow as pa
+
+        return pa.Table.from_pydict({name: columns[name] for name in self.clips.schema.names}, schema=self.clips.schema)
 
     def _write_errors(self) -> None:
         if not self._error_rows:
@@ -381,6 +450,32 @@ def _read_parts(directory: Path, columns: list[str] | None = None):
     return [pq.read_table(directory / name, columns=columns) for name, _, _ in list_parts(directory)]
 
 
+def read_clip_part(path: str | os.PathLike, columns: list[str] | None = None):
+    """One clips part as a pyarrow Table; a part of format 1 (no crop_index: every row is the center crop) gets
+    crop_index = 1 after clip_index, so old and new outputs read alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if "crop_index" in names:
+        return pq.read_table(path, columns=columns)
+    wanted = None if columns is None else [c for c in columns if c != "crop_index"]
+    table = pq.read_table(path, columns=wanted)
+    if columns is not None and "crop_index" not in columns:
+        return table
+    ones = pa.array(np.ones(table.num_rows, np.int8), pa.int8())
+    field = pa.field("crop_index", pa.int8(), nullable=False)
+    if columns is not None:
+        at = columns.index("crop_index")
+    else:
+        at = table.column_names.index("clip_index") + 1 if "clip_index" in table.column_names else 0
+    return table.add_column(at, field, ones)
+
+
+def _read_clip_parts(out: Path, columns: list[str] | None = None):
+    return [read_clip_part(out / CLIPS_DIR / name, columns) for name, _, _ in list_parts(out / CLIPS_DIR)]
+
+
 def _empty(schema, columns: list[str] | None = None):
     import pyarrow as pa
 
@@ -392,11 +487,12 @@ def _empty(schema, columns: list[str] | None = None):
 def read_clips(out: str | os.PathLike, columns: list[str] | None = None):
     """All committed clip rows of OUT as one pyarrow Table, parts in (shard, seq) order; temp files ignored.
 
-    With no parts yet, an empty table with the run's schema. `columns` selects a subset.
+    With no parts yet, an empty table with the run's schema. `columns` selects a subset. Rows are views: key
+    (video_id, clip_index, crop_index); parts of format 1 (before crops) read with crop_index 1.
     """
     import pyarrow as pa
 
-    tables = _read_parts(Path(out) / CLIPS_DIR, columns)
+    tables = _read_clip_parts(Path(out), columns)
     if not tables:
         return _empty(schemas_for_run(load_run(out))[0], columns)
     return pa.concat_tables(tables)
@@ -417,10 +513,8 @@ def read_embeddings(out: str | os.PathLike):
     import pyarrow as pa
 
     out = Path(out)
-    import pyarrow.parquet as pq
-
     names = [name for name, _, _ in list_parts(out / CLIPS_DIR)]
-    tables = [pq.read_table(out / CLIPS_DIR / name) for name in names]
+    tables = [read_clip_part(out / CLIPS_DIR / name) for name in names]
     if not tables:
         schema = schemas_for_run(load_run(out))[0]
         meta = _empty(schema, [n for n in schema.names if n != "embedding"])

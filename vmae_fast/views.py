@@ -203,19 +203,38 @@ class VideoAccumulator:
     def table(self, id2label: dict | None = None, top: int = TOP, durations: dict[str, float] | None = None,
               metadata: dict[str, str] | None = None):
         """The video rows as a pyarrow Table with video_schema (and `metadata` as its key-value metadata)."""
-        import pyarrow as pa
-
         schema = video_schema(self.dim, self.num_labels, top, metadata)
-        cols = self.columns(id2label, top, durations)
-        arrays = {}
-        for f in schema:
-            value = cols[f.name]
-            if isinstance(value, np.ndarray) and value.ndim == 2:
-                flat = pa.array(np.ascontiguousarray(value).reshape(-1), pa.float32())
-                arrays[f.name] = pa.FixedSizeListArray.from_arrays(flat, type=f.type)
-            else:
-                arrays[f.name] = pa.array(value, f.type)
-        return pa.Table.from_pydict(arrays, schema=schema)
+        return columns_table(self.columns(id2label, top, durations), schema)
+
+
+def video_columns(rows: dict[str, Any], embedding_dim: int, num_labels: int, id2label: dict | None = None,
+                  duration_s: float | None = None, top: int = TOP) -> dict[str, Any]:
+    """The video row (columns of one row, video_schema order) of one video's clip rows as extract commits them:
+    rows holds the clips-table columns (video_id, path, clip_index, crop_index, start_s, end_s lists; embedding
+    (n, D), logits (n, C) arrays). duration_s: the decoder's (None: the span of the views)."""
+    acc = VideoAccumulator(embedding_dim, num_labels)
+    acc.add(rows["video_id"], rows["embedding"], rows.get("logits") if num_labels else None,
+            **{k: rows[k] for k in ("path", "clip_index", "crop_index", "start_s", "end_s") if k in rows})
+    durations = None if duration_s is None else {v: float(duration_s) for v in acc.order}
+    return acc.columns(id2label, top, durations)
+
+
+def columns_table(columns: dict[str, Any] | list[dict[str, Any]], schema):
+    """A pyarrow Table of video rows with `schema` from column arrays (VideoAccumulator.columns / video_columns),
+    or from a list of them concatenated in order (one dict per video, as the store buffers them)."""
+    import pyarrow as pa
+
+    parts = [columns] if isinstance(columns, dict) else list(columns)
+    arrays = {}
+    for f in schema:
+        values = [part[f.name] for part in parts]
+        if values and isinstance(values[0], np.ndarray) and values[0].ndim == 2:
+            matrix = np.concatenate(values) if len(values) > 1 else values[0]
+            flat = pa.array(np.ascontiguousarray(matrix, np.float32).reshape(-1), pa.float32())
+            arrays[f.name] = pa.FixedSizeListArray.from_arrays(flat, type=f.type)
+        else:
+            arrays[f.name] = pa.array([x for value in values for x in value], f.type)
+    return pa.Table.from_pydict(arrays, schema=schema)
 
 
 def aggregate_video(embeddings: np.ndarray, logits: np.ndarray | None = None, id2label: dict | None = None,
