@@ -181,3 +181,90 @@ def test_cuda_out_of_memory_with_one_clip_is_the_users_one_line_error(tmp_path, 
         pipeline.extract([videos], tmp_path / "out", model=OutOfMemoryAbove(model, rows=0), workers=1,
                          batch_size=2, progress=False)
     assert "\n" not in str(e.value)
+
+
+# --- 6. errors: the user's in one line, our bugs with a traceback ---------------------------------------------------
+def fails_with(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'"),
+                                   KeyError("embedding"), RuntimeError("shapes (3,) and (4,) mismatch"),
+                                   AttributeError("'NoneType' object has no attribute 'clips'")])
+def test_cli_an_unexpected_error_is_a_bug_report_with_its_traceback(tmp_path, monkeypatch, capsys, videos, error):
+    from vmae_fast import cli
+
+    monkeypatch.setattr(pipeline, "resolve_shard", fails_with(error))
+    code = cli.main(["extract", str(videos), "-o", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback (most recent call last)" in err and f"{type(error).__name__}: " in err
+    assert "in fails_with" not in err and "in fail" in err  # the frame that raised is shown
+    assert err.strip().splitlines()[-1].startswith("vmae-fast extract: this is a bug in vmae-fast")
+    assert "please report it" in err
+
+
+def test_cli_the_users_problems_and_the_environments_are_one_line(tmp_path, monkeypatch, capsys, videos, ckpt):
+    from vmae_fast import cli, faults
+
+    (tmp_path / "file").write_text("x")
+    cases = [  # (arguments, injected error or None, exit status, text of the one line)
+        (["-o", str(tmp_path / "file" / "out")], None, 2, "file"),  # unwritable output: under a plain file
+        (["-o", str(tmp_path / "o1")], faults.GPUOutOfMemory("cuda:0 ran out of memory with one clip per batch"), 2,
+         "one clip per batch"),
+        (["-o", str(tmp_path / "o2")], faults.ShardLocked("shard 0 of o2 is being written by pid 7"), 2, "pid 7"),
+        (["-o", str(tmp_path / "o3")], faults.EnvironmentFault("decode worker killed by SIGKILL on v1.mp4"), 75,
+         "SIGKILL on v1.mp4; videos finished before it are committed: rerun the same command to resume"),
+        (["-o", str(tmp_path / "o4")], faults.MissingDependency("decoder backend 'decord' needs decord"), 2,
+         "needs decord"),
+        (["-o", str(tmp_path / "o5")], PermissionError(13, "Permission denied", "/data/out"), 2, "Permission denied"),
+    ]
+    for args, error, status, text in cases:
+        with monkeypatch.context() as m:
+            if error is not None:
+                m.setattr(pipeline, "resolve_shard", fails_with(error))
+            code = cli.main(["extract", str(videos), "--model", str(ckpt), "--workers", "0", "--no-progress", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == status and len(err) == 1 and text in err[0], (args, error, code, err)
+
+
+# --- 5. long files are not hangs -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    """Four hours of a 32x32 gray frame at 30 fps (432k packets, ~6 MB, made in ~3 s): opening it (the demux pass
+    that reads every packet's timestamp) takes ~2 s, far longer than the watchdog's timeout below."""
+    import subprocess
+
+    path = tmp_path_factory.mktemp("long") / "four_hours.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:size=32x32:rate=30", "-t", "14400",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "600", "-bf", "0", str(path)], check=True)
+    return path
+
+
+def test_a_long_file_outlasting_the_timeout_is_decoded_and_a_stalled_one_is_not(long_video, tmp_path):
+    import time
+
+    from tests.pool_faults import decode_with_faults
+    from vmae_fast.video import DecodePool, DoneEvent, ErrorEvent, Sampling, VideoTask
+    from vmae_fast.video.pyav_reader import PyAVReader
+
+    t0 = time.perf_counter()
+    reader = PyAVReader(str(long_video), 32, 1)
+    open_s = time.perf_counter() - t0
+    assert len(reader.timestamps) == 432_000
+    timeout_s = 0.5
+    assert open_s > 3 * timeout_s, open_s  # the open alone outlasts the timeout
+    stalled = tmp_path / "stalled_vmae-test-hang.mp4"  # decodes one clip, then hangs: still killed
+    stalled.symlink_to(long_video)
+    sampling = Sampling(num_frames=4, clips_per_video=2)
+    with DecodePool(1, sampling, 32, timeout_s=timeout_s, max_attempts=1, decode=decode_with_faults) as pool:
+        events = [e for e in pool.run([VideoTask(long_video), VideoTask(stalled)])
+                  if isinstance(e, (DoneEvent, ErrorEvent))]
+        replaced = pool.replaced
+    by_name = {Path(e.task.path).name: e for e in events}
+    assert isinstance(by_name[long_video.name], DoneEvent) and by_name[long_video.name].num_clips == 2, by_name
+    assert isinstance(by_name[stalled.name], ErrorEvent) and "no progress" in by_name[stalled.name].error
+    assert replaced == 1  # the stalled worker, not the one reading a long file

@@ -1,7 +1,11 @@
 """`vmae-fast` command line: one subcommand per section below; each section owns its arguments and its runner.
 
-Fatal problems (bad arguments, a model that cannot load, an output that cannot be written) end with a one-line
-message and a non-zero exit; set VMAE_FAST_DEBUG=1 to see the traceback.
+Exit status (faults.py): 0 done; 2 the user's problem (bad arguments, missing inputs, a model that cannot load, an
+output that cannot be written, a held shard lock, a missing package, CUDA out of memory at one clip per batch):
+one line; 75 the environment's fault (a decode worker killed by the OOM killer, a file system or network that
+failed for a moment): one line, finished videos are committed, rerun the same command to resume; 1 anything else,
+i.e. our bug: its traceback and a request to report it; 130 Ctrl-C, 143 SIGTERM. VMAE_FAST_DEBUG=1 raises every
+error with its traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from .faults import EXIT_BUG, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_TERMINATED, UserError, exit_status
 
 
 # --- info ------------------------------------------------------------------------------------------------------------
@@ -123,7 +129,7 @@ def _run_extract(args) -> int:
     import threading
 
     def _stop(signum, frame):  # SLURM preemption / `kill`: stop like Ctrl-C, so finished videos get written
-        raise KeyboardInterrupt
+        raise Terminated
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
@@ -381,30 +387,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmae-fast",
         description="VideoMAE embeddings for video collections: extract to Parquet, index with FAISS, search.",
-        epilog="Fatal errors print one line and exit 2; set VMAE_FAST_DEBUG=1 for the traceback.")
+        epilog="Exit status: 0 done, 2 a problem to fix (one line), 75 an environment fault (one line; rerun to "
+               "resume), 1 a bug (traceback: please report it), 130/143 interrupted/terminated. VMAE_FAST_DEBUG=1 "
+               "shows every traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_demo):
         add(sub)
     return parser
 
 
-class FatalError(Exception):
+class FatalError(UserError):
     """A problem that ends the command with a one-line message and exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops like Ctrl-C (finished videos are written on the way out); exit 143."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name = f"vmae-fast {args.command}"
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("vmae-fast: interrupted", file=sys.stderr)
-        return 130
-    except (FatalError, ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except Exception as e:
         if os.environ.get("VMAE_FAST_DEBUG"):
             raise
+        status = exit_status(e)
+        if status == EXIT_BUG:  # not a problem the user can fix from a one-line message: ours
+            import traceback
+
+            from . import __version__
+
+            traceback.print_exc()
+            print(f"{name}: this is a bug in vmae-fast {__version__} (unexpected {type(e).__name__}): please report "
+                  "it with the command line and the traceback above", file=sys.stderr)
+            return status
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"vmae-fast {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        if status == EXIT_ENVIRONMENT:
+            msg += ("; videos finished before it are committed: rerun the same command to resume"
+                    if args.command == "extract" else "; rerun when it has passed")
+        print(f"{name}: error: {msg}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

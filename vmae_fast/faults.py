@@ -13,7 +13,7 @@
   batch of one clip that does not fit in GPU memory): UserError, printed by the CLI as one line.
 
 CLI exit status: 0 done (every input processed or recorded as an error), 1 our bug (traceback + a request to
-report it), 2 the user's problem (one line), 75 an environment fault (one line; rerun to resume; 75 is
+report it), 2 the user's problem (one line; also a missing dependency), 75 an environment fault (one line; rerun to resume; 75 is
 sysexits' EX_TEMPFAIL, which job schedulers may requeue on), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
 Other modules (decoders, URL streams) raise EnvironmentFault for what they know to be transient, or let the
@@ -65,6 +65,11 @@ class EnvironmentFault(RuntimeError):
         return (type(self), (self.message,))
 
 
+class MissingDependency(EnvironmentFault):
+    """A package or device the run needs is not there (a decoder library, torchcodec, the CUDA device): the user
+    installs or chooses another; exit 2, not 75 (rerunning alone does not help)."""
+
+
 class WorkerBug(RuntimeError):
     """An unexpected exception inside a decode worker: our bug. The message holds the worker's traceback."""
 
@@ -101,3 +106,16 @@ def classify(exc: BaseException) -> str:
         return VIDEO
     return BUG
 
+
+
+def exit_status(exc: BaseException) -> int:
+    """The CLI's exit status for an exception that ended a command (see the module docstring)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, MissingDependency):
+        return EXIT_USER
+    if isinstance(exc, EnvironmentFault) or (isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS):
+        return EXIT_ENVIRONMENT
+    if isinstance(exc, (UserError, ValueError, OSError, ImportError)):
+        return EXIT_USER
+    return EXIT_BUG

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..faults import MissingDependency
 from .crop import CROP_INDICES
 from .errors import VideoError
 from .pyav_reader import PyAVReader
@@ -74,8 +75,8 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int, device:
 
 
 def check_device(device: str, backend: str) -> None:
-    """ValueError for a malformed device or a backend that cannot decode there; RuntimeError (an environment fault)
-    when the device or torchcodec is missing."""
+    """ValueError for a malformed device or a backend that cannot decode there; faults.MissingDependency (an
+    environment fault, a RuntimeError) when the device or torchcodec is missing."""
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or
                                            (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"decode device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -87,19 +88,20 @@ def check_device(device: str, backend: str) -> None:
 
     why = status()
     if why:
-        raise RuntimeError(f"decoding on {device} needs torchcodec built for this torch and CUDA, which does not "
+        raise MissingDependency(f"decoding on {device} needs torchcodec built for this torch and CUDA, which does not "
                            f"load here: {why}")
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(f"decoding on {device}: torch sees no CUDA device here (torch {torch.__version__})")
+        raise MissingDependency(f"decoding on {device}: torch sees no CUDA device here (torch {torch.__version__})")
     index = int(device[5:]) if ":" in device else 0
     if index >= torch.cuda.device_count():
-        raise RuntimeError(f"decoding on {device}: there are only {torch.cuda.device_count()} CUDA devices")
+        raise MissingDependency(f"decoding on {device}: there are only {torch.cuda.device_count()} CUDA devices")
 
 
 def require_backend(backend: str) -> None:
-    """Raise RuntimeError (an environment fault, never a video's error) when the backend's library is missing."""
+    """Raise faults.MissingDependency (an environment fault, never a video's error) when the backend's library is
+    missing."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     try:
@@ -107,14 +109,14 @@ def require_backend(backend: str) -> None:
         if backend == "decord":
             __import__("decord")
     except ImportError as e:
-        raise RuntimeError(f"decoder backend {backend!r} needs a package that does not import here "
+        raise MissingDependency(f"decoder backend {backend!r} needs a package that does not import here "
                            f"({one_line(e)}); install it or choose another --decode-backend") from None
     if backend == "torchcodec":
         from .torchcodec_reader import status
 
         why = status()
         if why:
-            raise RuntimeError(f"decoder backend 'torchcodec' does not load here: {why}")
+            raise MissingDependency(f"decoder backend 'torchcodec' does not load here: {why}")
 
 
 def one_line(e: BaseException) -> str:

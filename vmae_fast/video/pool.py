@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import progress as heartbeat
 from .decode import BACKENDS, decode_clips, one_line
 from .errors import VideoError
 from .sampling import Clip, Sampling, VideoTask
@@ -122,15 +123,17 @@ def _clip_fields(clip: Clip) -> tuple:
             clip.frame_indices, clip.crop_index)
 
 
-def _worker_main(inbox, outbox, ack, progress, ring, sampling, image_size, threads, decode, nice):
+def _worker_main(inbox, outbox, ack, progress, beats, ring, sampling, image_size, threads, decode, nice):
     """Worker process: take ("task", seq, task, backend) and ("slots", [k, ...]) from inbox; put (kind, seq, ...)
     messages on outbox; decode into the slots granted to it.
 
     ack (shared int) is set to seq before decoding starts: unlike a message it cannot be lost if the decoder kills
     the process a moment later, so the parent knows whether the task had begun. progress counts clips sent (the
-    parent's heartbeat and its count of clips still in the pipe).
+    parent's heartbeat and its count of clips still in the pipe); beats counts the decoder's own work (packets
+    read while opening and decoding, video.progress), so a long open is not taken for a hang.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the workers
+    heartbeat.attach(beats)
     _die_with_parent()
     if nice:
         os.nice(nice)
@@ -247,10 +250,11 @@ class _Worker:
         self.from_worker, outbox = ctx.Pipe(duplex=False)
         self.ack = ctx.RawValue("q", 0)  # seq of the job the worker has begun (see _worker_main)
         self.progress = ctx.RawValue("q", 0)  # clips sent by this worker
+        self.beats = ctx.RawValue("q", 0)  # packets its decoder read (video.progress.tick)
         self.process = ctx.Process(
             target=_worker_main, name="vmae-decode",
-            args=(inbox, outbox, self.ack, self.progress, pool._ring, pool.sampling, pool.image_size, pool.threads,
-                  pool.decode, pool.nice),
+            args=(inbox, outbox, self.ack, self.progress, self.beats, pool._ring, pool.sampling, pool.image_size,
+                  pool.threads, pool.decode, pool.nice),
             daemon=True)
         self.process.start()
         # the parent keeps only its ends: a worker's death then ends a read with EOFError instead of a hang
@@ -262,6 +266,7 @@ class _Worker:
         self.ack_seen = False
         self.last_progress = time.monotonic()
         self.seen_progress = 0
+        self.seen_beats = 0
 
     @property
     def started(self) -> bool:
@@ -298,8 +303,8 @@ class DecodePool:
 
     Each task ends with exactly one DoneEvent or ErrorEvent; videos interleave, a video's clips come in order.
     `workers` may be raised while run() is being iterated (from any thread): new workers start at its next turn.
-    timeout_s: a worker holding a task that sends nothing and decodes no clip for timeout_s seconds (while it has a
-    free slot to decode into, i.e. is not waiting for the consumer) is killed. A worker that hangs, segfaults,
+    timeout_s: a worker holding a task that sends nothing, decodes no clip and reads no packet (video.progress) for
+    timeout_s seconds (while it has a free slot to decode into, i.e. is not waiting for the consumer) is killed. A worker that hangs, segfaults,
     aborts or exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of
     backend="auto" use PyAV, since decord is what usually crashes. The ErrorEvent of a crash or hang has stage
     "open" when no clip had been sent, else "decode". A worker lost before it took its task (killed while idle)
@@ -560,7 +565,7 @@ class DecodePool:
                         return
                     continue
                 wait([w.from_worker for w in busy] + [w.process.sentinel for w in busy] + [self._wake[0]],
-                     timeout=0.5)
+                     timeout=min(0.5, self.timeout_s / 2))  # the watchdog looks at least twice per timeout
                 self._drain_wake()
                 for i, w in enumerate(self._pool):
                     if w.job is None:
@@ -578,8 +583,10 @@ class DecodePool:
                         now = time.monotonic()
                         if w.started and not w.ack_seen:  # the hang clock starts when the task is taken
                             w.ack_seen, w.last_progress = True, now
-                        if w.progress.value != w.seen_progress or not w.credits:  # working, or waiting for slots
-                            w.seen_progress, w.last_progress = w.progress.value, now
+                        beats = w.beats.value
+                        if w.progress.value != w.seen_progress or beats != w.seen_beats or not w.credits:
+                            # a clip sent, a packet read (a long file's open), or waiting for the consumer's slots
+                            w.seen_progress, w.seen_beats, w.last_progress = w.progress.value, beats, now
                         elif now - w.last_progress > self.timeout_s + (0 if w.started else _STARTUP_GRACE_S):
                             failure = f"no progress for {self.timeout_s:g} s (decoder hung); worker killed"
                     if failure is None:

@@ -19,6 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from . import progress
 from .crop import center_square, decode_size, upright, views
 from .errors import VideoError
 
@@ -144,6 +145,7 @@ class PyAVReader:
             pts, keys, last_duration = [], [], 0
             try:
                 for packet in container.demux(stream):
+                    progress.tick()  # a long file's index pass is work, not a hang (pool.py's watchdog)
                     if packet.size == 0:
                         continue
                     pts.append(packet.pts if packet.pts is not None else packet.dts)
@@ -249,6 +251,7 @@ class PyAVReader:
                         seeked, pos, damaged = True, key - 1, False
                     jump = False
                     for packet in container.demux(stream):
+                        progress.tick()
                         if skip_ok and packet.pts is not None:
                             j = self._pts_to_index.get(packet.pts)
                             codec.skip_frame = "DEFAULT" if j is None or j in wanted else "NONREF"
