@@ -25,6 +25,7 @@ from . import __version__, store
 from .device import resolve_device, use_device
 from .inputs import discover_inputs, resolve_shard, shard_of
 from .runner import ModelRunner
+from .shard_lock import ShardLock
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
@@ -429,7 +430,12 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=frame_step, fps=fps, clip_stride_s=clip_stride_s,
                         clips_per_video=clips_per_video, crops=1 if crops is None else int(crops))
     run = build_run(net, sampling, keep_spec, torch_dtype, dev, embedding_dtype, (shard_index, num_shards))
-    out = store.prepare_output(out, run, shard=shard_index, num_shards=num_shards, overwrite=overwrite)
+    lock = ShardLock(out, shard_index).acquire()  # one writer per shard, before anything in OUT is touched
+    try:
+        out = store.prepare_output(out, run, shard=shard_index, num_shards=num_shards, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
 
     done = set() if overwrite else store.committed_video_ids(out)
     mine = [t for t in found.tasks if shard_of(t.video_id, num_shards) == shard_index]
@@ -498,6 +504,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
             writer.flush()
         raise
     finally:
+        lock.release()
         torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
