@@ -1,19 +1,44 @@
-"""Where the videos come from: INPUT arguments -> VideoTasks (folders, list files, single files), and the shard a
-video belongs to (--shard, torchrun RANK/WORLD_SIZE, SLURM)."""
+"""Where the videos come from: INPUT arguments -> this shard's VideoTasks, as a stream; the shard a video belongs
+to (--shard, torchrun RANK/WORLD_SIZE, SLURM).
+
+Discovery reads its inputs in batches and keeps only its own shard's entries: list files (.txt in chunks of lines,
+.csv with pyarrow's streaming reader, .parquet by record batches of the needed columns) and folder walks
+(os.scandir, one folder at a time) are hashed a batch at a time (shards_of), so a process holds one batch plus its
+own tasks, and its first video can be decoded while the rest of a 100M-entry list is still being read. Entries of
+other shards are never turned into tasks, their paths never made absolute or checked.
+
+Duplicates: a video_id hashes to one shard, so the process that owns an id sees every entry that names it; each
+process checks its own ids (16-byte keys in sorted runs, committed.KeySet: 24 bytes an entry) and none of the
+others'. Together the shards check every id; one process alone (--shard i/n) checks 1/n of them. A duplicate is
+met where it is read: the run stops there with a ValueError naming the id and both places (videos committed before
+it stay committed).
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import os
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .remote import is_url, url_video_id
+
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
+BATCH_ROWS = 65536  # list entries read (and hashed) at a time
+WALK_BATCH = 4096  # folder entries hashed at a time
+PROGRESS_EVERY_S = 1.0
+PRIME_ENTRIES = 1 << 18  # entries read before extract() writes anything: their errors cost no partial run
+_COLUMNS = ("path", "video_id", "start_s", "end_s")  # other columns of a list (labels, notes) are ignored
+# a path written like this is not its own video_id: Path() would rewrite it (or it is a URL); others are
+_REWRITTEN = r"^\s|\s$|^~|//|(^|/)\.(/|$)|/$|^\.$"
+_ROW_BITS = 40  # entry codes: source index << 40 | row (for the duplicate message)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
@@ -29,33 +54,12 @@ def _video_id(path: str) -> str:
     return Path(path).as_posix().removeprefix("./")
 
 
-def _walk(root: Path, extensions: set[str], inputs: Inputs) -> list[tuple[str, str]]:
-    """(path, video_id) of the videos under `root`, recursively; unreadable folders become error rows."""
-    found: list[tuple[str, str]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def onerror(e: OSError) -> None:
-        rel = os.path.relpath(e.filename, root) if e.filename else "."
-        inputs.errors.append({"path": os.path.abspath(e.filename or root), "video_id": _video_id(rel), "stage": "discover",
-                                  "error": f"{type(e).__name__}: {e.strerror or e}", "attempts": 1})
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
-        try:  # a symlinked folder can lead back up the tree: visit every real folder once
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirnames[:] = []
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
-        # a folder named like a video (x.mp4/) is an entry the user expects to see: it becomes an error row
-        named_like_videos = [d for d in dirnames if os.path.splitext(d)[1].lower() in extensions]
-        dirnames[:] = sorted(d for d in dirnames if d not in named_like_videos)
-        for name in sorted(filenames + named_like_videos):
-            if os.path.splitext(name)[1].lower() in extensions:
-                path = os.path.join(dirpath, name)
-                found.append((path, _video_id(os.path.relpath(path, root))))
-    return sorted(found, key=lambda item: item[1])
+def _derived_id(raw: str) -> str:
+    """video_id of a list entry without one: the path as written (normalized), or a URL's path."""
+    raw = raw.strip()
+    if is_url(raw):
+        return url_video_id(raw)
+    return _video_id(str(Path(os.path.expanduser(raw))))
 
 
 def _optional_float(value: Any, where: str, column: str) -> float | None:
@@ -69,94 +73,432 @@ def _optional_float(value: Any, where: str, column: str) -> float | None:
         raise ValueError(f"{where}: {column} must be a number of seconds, got {value!r}") from None
 
 
-def _read_list_file(path: Path) -> list[dict]:
-    """Rows {path, video_id?, start_s?, end_s?} of a .txt / .csv / .parquet list file, with their line numbers."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                rows.append({"path": line, "_where": f"{path}:{number}"})
-        return rows
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            records = list(reader)
-        first_line = 2  # line 1 is the header
-    else:
-        import pyarrow.parquet as pq
+@dataclass
+class _Batch:
+    """Entries read together: their ids, their rows (line / record numbers, for messages) and the columns the
+    tasks are made of (a list or a pyarrow array: only this shard's entries are ever read out of them)."""
 
-        table = pq.read_table(path)
-        columns = table.column_names
-        records = table.to_pylist()
-        first_line = 0
-    if "path" not in columns:
-        raise ValueError(f"list file {path} needs a 'path' column, found columns {list(columns)}")
-    rows = []  # columns other than these four (labels, notes) are allowed and ignored
-    for number, record in enumerate(records, first_line):
-        where = f"{path}:{number}" if suffix == ".csv" else f"{path} row {number}"
-        row = {"path": record["path"], "_where": where}
-        if row["path"] is None or not str(row["path"]).strip():
-            raise ValueError(f"{where}: empty path")
-        if record.get("video_id") not in (None, ""):
-            row["video_id"] = str(record["video_id"])
-        for column in ("start_s", "end_s"):
-            row[column] = _optional_float(record.get(column), where, column)
-        start, end = row["start_s"], row["end_s"]
-        if start is not None and start < 0:
-            raise ValueError(f"{where}: start_s must be >= 0, got {start}")
-        if start is not None and end is not None and end <= start:
-            raise ValueError(f"{where}: end_s must be greater than start_s, got start_s={start} end_s={end}")
-        rows.append(row)
-    return rows
+    ids: list[str]
+    rows: np.ndarray  # int64
+    paths: Any  # the path as written (lists) or absolute (folders)
+    starts: Any = None  # start_s / end_s column of a list, None when it has none
+    ends: Any = None
+
+
+class _Source:
+    """One INPUT argument; batches() yields _Batch; where(row, video_id) says where an entry came from."""
+
+    errors: list[dict]
+
+    def __init__(self, raw: str):
+        self.raw = raw
+        self.errors = []
+
+    def batches(self) -> Iterator[_Batch]:
+        raise NotImplementedError
+
+    def where(self, row: int, video_id: str) -> str:
+        return self.raw
+
+    def fields(self, batch: _Batch, own: np.ndarray) -> tuple[list[str], list, list]:
+        """(task paths, start_s, end_s) of the entries `own` of a batch, checked."""
+        return [batch.paths[i] for i in own], [None] * len(own), [None] * len(own)
+
+
+class _Single(_Source):
+    """A video file, or a URL, named on the command line: video_id = its file name (a URL: its path)."""
+
+    def batches(self) -> Iterator[_Batch]:
+        url = is_url(self.raw)
+        video_id = url_video_id(self.raw) if url else Path(self.raw).name
+        yield _Batch([video_id], np.zeros(1, np.int64), [self.raw if url else os.path.abspath(self.raw)])
+
+
+class _Folder(_Source):
+    """Every entry with a video extension under a folder, recursively (symlinked folders followed, each real
+    folder once), one folder listing at a time, names in sorted order; video_id = path relative to the folder."""
+
+    def __init__(self, raw: str, extensions: set[str]):
+        super().__init__(raw)
+        self.extensions = extensions
+
+    def where(self, row: int, video_id: str) -> str:
+        return f"{self.raw}/{video_id}"
+
+    def _listing(self, directory: str, rel: str, seen: set) -> list[tuple[str, bool]] | None:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink leading back up the tree
+                return None
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                return sorted((e.name, e.is_dir()) for e in it)
+        except OSError as e:
+            self.errors.append({"path": os.path.abspath(e.filename or directory), "video_id": _video_id(rel or "."),
+                                "stage": "discover", "error": f"{type(e).__name__}: {e.strerror or e}",
+                                "attempts": 1})
+            return None
+
+    def batches(self) -> Iterator[_Batch]:
+        root = os.path.abspath(self.raw)
+        seen: set[tuple[int, int]] = set()
+        ids: list[str] = []
+        paths: list[str] = []
+        first = self._listing(root, "", seen)
+        stack = [(root, "", iter(first or []))]
+        while stack:
+            directory, rel, entries = stack[-1]
+            item = next(entries, None)
+            if item is None:
+                stack.pop()
+                continue
+            name, is_dir = item
+            entry_rel = f"{rel}/{name}" if rel else name
+            # a folder named like a video (x.mp4/) is an entry the user expects to see: it becomes an error row
+            if os.path.splitext(name)[1].lower() in self.extensions:
+                ids.append(entry_rel)
+                paths.append(os.path.join(directory, name))
+                if len(ids) >= WALK_BATCH:
+                    yield _Batch(ids, np.zeros(len(ids), np.int64), paths)
+                    ids, paths = [], []
+            elif is_dir:
+                listing = self._listing(os.path.join(directory, name), entry_rel, seen)
+                if listing:
+                    stack.append((os.path.join(directory, name), entry_rel, iter(listing)))
+        if ids:
+            yield _Batch(ids, np.zeros(len(ids), np.int64), paths)
+
+
+class _ListFile(_Source):
+    """A .txt (one path a line, # comments), .csv or .parquet (columns path and optional video_id, start_s, end_s)
+    list; relative paths are relative to the list's folder, video_id defaults to the path as written (a URL: its
+    path). The header is read when the source is made (a missing `path` column is an error before any work)."""
+
+    def __init__(self, raw: str):
+        super().__init__(raw)
+        self.path = Path(raw)
+        self.suffix = self.path.suffix.lower()
+        self.columns: list[str] = []
+        if self.suffix == ".csv":
+            with open(self.path, newline="", encoding="utf-8") as f:
+                self.columns = next(csv.reader(f), [])
+        elif self.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            self.columns = list(pq.ParquetFile(self.path).schema_arrow.names)
+        if self.suffix != ".txt" and "path" not in self.columns:
+            raise ValueError(f"list file {self.path} needs a 'path' column, found columns {self.columns}")
+
+    def where(self, row: int, video_id: str) -> str:
+        return f"{self.path} row {row}" if self.suffix == ".parquet" else f"{self.path}:{row}"
+
+    def _task_path(self, written: str) -> str:
+        written = written.strip()
+        if is_url(written):
+            return written
+        entry = Path(os.path.expanduser(written))
+        return os.path.abspath(entry if entry.is_absolute() else self.path.parent / entry)
+
+    def fields(self, batch: _Batch, own: np.ndarray) -> tuple[list[str], list, list]:
+        """Only this shard's entries are checked here: an empty path or a bad start_s/end_s of another shard's
+        entry is reported by the process that owns its video_id."""
+        import pyarrow as pa
+
+        take = pa.array(own, pa.int64())
+        rows = batch.rows[own]
+        written = batch.paths.take(take).to_pylist()
+        for i, path in enumerate(written):
+            if path is None or not str(path).strip():
+                raise ValueError(f"{self.where(int(rows[i]), '')}: empty path")
+        starts = self._seconds(batch.starts.take(take), "start_s", rows) if batch.starts is not None else None
+        ends = self._seconds(batch.ends.take(take), "end_s", rows) if batch.ends is not None else None
+        for i in range(len(own)):
+            start = None if starts is None or np.isnan(starts[i]) else float(starts[i])
+            end = None if ends is None or np.isnan(ends[i]) else float(ends[i])
+            if start is not None and start < 0:
+                raise ValueError(f"{self.where(int(rows[i]), '')}: start_s must be >= 0, got {start}")
+            if start is not None and end is not None and end <= start:
+                raise ValueError(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
+                                 f"start_s={start} end_s={end}")
+        none = [None] * len(own)
+        return ([self._task_path(p) for p in written],
+                none if starts is None else [None if np.isnan(v) else float(v) for v in starts],
+                none if ends is None else [None if np.isnan(v) else float(v) for v in ends])
+
+    def batches(self) -> Iterator[_Batch]:
+        if self.suffix == ".txt":
+            yield from self._txt()
+            return
+        import pyarrow as pa
+
+        present = [c for c in _COLUMNS if c in self.columns]
+        if self.suffix == ".csv":
+            from pyarrow import csv as pacsv
+
+            reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=8 << 20),
+                                    convert_options=pacsv.ConvertOptions(
+                                        include_columns=present, column_types={c: pa.string() for c in present},
+                                        strings_can_be_null=False, quoted_strings_can_be_null=False))
+            first = 2  # line 1 is the header
+        else:
+            import pyarrow.parquet as pq
+
+            reader = pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS, columns=present)
+            first = 0
+        row = first
+        try:
+            for record_batch in reader:
+                n = record_batch.num_rows
+                if n:
+                    yield self._batch(record_batch, np.arange(row, row + n, dtype=np.int64))
+                row += n
+        except pa.ArrowInvalid as e:
+            raise ValueError(f"list file {self.path} cannot be read near entry {row}: {e}") from None
+
+    def _txt(self) -> Iterator[_Batch]:
+        import pyarrow as pa
+
+        lines: list[str] = []
+        rows: list[int] = []
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    lines.append(line)
+                    rows.append(number)
+                    if len(lines) >= BATCH_ROWS:
+                        yield self._entries(pa.array(lines, pa.string()), None, np.asarray(rows, np.int64))
+                        lines, rows = [], []
+        if lines:
+            yield self._entries(pa.array(lines, pa.string()), None, np.asarray(rows, np.int64))
+
+    def _batch(self, record_batch, rows: np.ndarray) -> _Batch:
+        import pyarrow as pa
+
+        names = record_batch.schema.names
+        paths = record_batch.column(names.index("path")).cast(pa.string())
+        given = record_batch.column(names.index("video_id")).cast(pa.string()) if "video_id" in names else None
+        batch = self._entries(paths, given, rows)
+        if "start_s" in names:
+            batch.starts = record_batch.column(names.index("start_s"))
+        if "end_s" in names:
+            batch.ends = record_batch.column(names.index("end_s"))
+        return batch
+
+    def _entries(self, paths, given, rows: np.ndarray) -> _Batch:
+        """ids of a batch: the video_id column where it has a value, else the path as written (the few paths
+        that Path() would rewrite, and URLs, are derived one by one)."""
+        import pyarrow.compute as pc
+
+        if given is not None and given.null_count == 0 and pc.min(pc.utf8_length(given)).as_py() > 0:
+            return _Batch(given.to_pylist(), rows, paths)  # every entry names its video_id
+        derive = pc.or_(pc.match_substring_regex(paths, _REWRITTEN), pc.match_substring(paths, "://"))
+        if given is not None:
+            has_id = pc.fill_null(pc.not_equal(given, ""), False)
+            ids = pc.if_else(has_id, given, paths).to_pylist()
+            derive = pc.and_(derive, pc.invert(has_id))
+        else:
+            ids = paths.to_pylist()
+        derive = pc.fill_null(derive, False).to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(derive):
+            ids[i] = _derived_id(ids[i] if given is None else paths[int(i)].as_py())
+        for i in np.flatnonzero(pc.is_null(paths).to_numpy(zero_copy_only=False)):
+            if ids[i] is None:  # no path and no id: its own shard cannot be known
+                raise ValueError(f"{self.where(int(rows[i]), '')}: empty path")
+        return _Batch(ids, rows, paths)
+
+    def _seconds(self, column, name: str, rows: np.ndarray) -> np.ndarray:
+        """float64 seconds of a start_s/end_s column, NaN where empty; a value that is not a number is an error
+        naming its line."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = column
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            trimmed = pc.utf8_trim_whitespace(column)
+            values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+        try:
+            return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out = np.empty(len(column))
+            for i, value in enumerate(column.to_pylist()):  # the slow way, to name the bad line
+                seconds = _optional_float(value, self.where(int(rows[i]), ""), name)
+                out[i] = np.nan if seconds is None else seconds
+            return out
+
+
+class Discovery:
+    """The VideoTasks of one shard of `inputs`, produced while the inputs are read (iterate it once).
+
+    inputs: video files or URLs, folders (recursive) and list files (.txt/.csv/.parquet); see _Folder, _ListFile.
+    shard: (index, count). skip: a committed.KeySet of ids already done (counted in `skipped`, not yielded).
+    progress: called as progress(discovery) about once a second while reading, and at the end.
+    Made eagerly: a missing INPUT (FileNotFoundError), no INPUT, a list without a `path` column (ValueError) raise
+    here. While iterating: a video_id named twice in this shard, an empty path or a bad start_s/end_s raise
+    ValueError naming the entry (prime() meets those of the first entries before the run writes anything).
+    Counters: entries (read, every shard), mine (this shard's), skipped, finished (inputs all read), seconds;
+    take_errors(): this shard's discovery error rows (unreadable folders), for whoever writes them.
+    """
+
+    def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], shard: tuple[int, int] = (0, 1), *,
+                 skip=None, progress: Callable[[Discovery], None] | None = None):
+        from .video import VIDEO_EXTENSIONS
+
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        if not inputs:
+            raise ValueError("no INPUT given: pass video files, folders or list files")
+        self.index, self.num_shards = shard
+        self.skip, self.progress = skip, progress
+        extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in VIDEO_EXTENSIONS}
+        self._sources: list[_Source] = []
+        for raw in inputs:
+            raw = os.fspath(raw)
+            if is_url(raw):
+                self._sources.append(_Single(raw))
+                continue
+            if not os.path.lexists(raw):
+                raise FileNotFoundError(f"input {raw!r} does not exist")
+            if os.path.isdir(raw):
+                self._sources.append(_Folder(raw, extensions))
+            elif Path(raw).suffix.lower() in LIST_EXTENSIONS:
+                self._sources.append(_ListFile(raw))
+            else:
+                self._sources.append(_Single(raw))
+        self.entries = self.mine = self.skipped = 0
+        self.finished = False
+        self.error_count = 0  # error rows handed out by take_errors()
+        self.seconds = 0.0  # spent reading, hashing and checking (not waiting for the consumer)
+        self._errors: deque[dict] = deque()
+        self._buffer: deque = deque()  # batches read by prime(), not yet iterated
+        self._gen = None
+        self._seen = None
+        self._iterated = False
+
+    def prime(self, entries: int = PRIME_ENTRIES) -> None:
+        """Read ahead until `entries` entries are read or the inputs end, holding this shard's tasks among them:
+        an input whose errors (duplicates, bad rows) all lie in its first `entries` entries raises here, before the
+        caller writes anything. extract() primes before it prepares the output."""
+        while not self.finished and self.entries < entries:
+            item = next(self._reader(), None)
+            if item is None:
+                break
+            self._buffer.append(item)
+
+    def __iter__(self) -> Iterator:
+        if self._iterated:
+            raise RuntimeError("a Discovery is iterated once")
+        self._iterated = True
+        reader = self._reader()
+        while True:
+            item = self._buffer.popleft() if self._buffer else next(reader, None)
+            if item is None:
+                break
+            tasks, keys = item
+            if self.skip is not None and len(tasks):
+                done = self.skip.lookup(keys)[0]
+                self.skipped += int(done.sum())
+                tasks = [task for task, d in zip(tasks, done) if not d]
+            yield from tasks
+        if self.progress is not None:
+            self.progress(self)
+
+    def take_errors(self) -> list[dict]:
+        """This shard's discovery error rows met so far (unreadable folders), minus the committed ones; each once."""
+        from .committed import id_keys
+
+        taken = []
+        while self._errors:
+            error = self._errors.popleft()
+            if self.skip is not None and self.skip.lookup(id_keys([error["video_id"]]))[0][0]:
+                continue
+            taken.append(error)
+        self.error_count += len(taken)
+        return taken
+
+    def _reader(self) -> Iterator[tuple[list, np.ndarray]]:
+        """The one generator that reads the inputs: (this shard's tasks, their id keys) per batch."""
+        if self._gen is None:
+            self._gen = self._read()
+        return self._gen
+
+    def _read(self) -> Iterator[tuple[list, np.ndarray]]:
+        from .committed import KeySet, id_keys
+        from .video import VideoTask
+
+        self._seen = KeySet()
+        last_report = time.monotonic()
+        for s, source in enumerate(self._sources):
+            t0 = time.perf_counter()
+            for batch in source.batches():
+                self._take_errors(source)
+                own = self._own(batch.ids)
+                self.entries += len(batch.ids)
+                if len(own):
+                    keys = id_keys([batch.ids[i] for i in own])
+                    self._check_repeats(s, source, batch, own, keys)
+                    self._seen.add(keys, (s << _ROW_BITS) | batch.rows[own])
+                    self.mine += len(own)
+                    paths, starts, ends = source.fields(batch, own)
+                    tasks = [VideoTask(path=path, video_id=batch.ids[int(i)], start_s=start, end_s=end)
+                             for i, path, start, end in zip(own, paths, starts, ends)]
+                    self.seconds += time.perf_counter() - t0
+                    yield tasks, keys
+                    t0 = time.perf_counter()
+                if self.progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                    self.progress(self)
+                    last_report = time.monotonic()
+            self._take_errors(source)
+            self.seconds += time.perf_counter() - t0
+        self.finished = True
+
+    def _own(self, ids: list[str]) -> np.ndarray:
+        if self.num_shards == 1:
+            return np.arange(len(ids))
+        return np.flatnonzero(shards_of(ids, self.num_shards) == self.index)
+
+    def _check_repeats(self, s: int, source: _Source, batch: _Batch, own: np.ndarray, keys: np.ndarray) -> None:
+        repeat = self._seen.first_repeat(keys)
+        if repeat is None:
+            return
+        j, code, earlier = repeat
+        video_id = batch.ids[int(own[j])]
+        if code is not None:
+            first = self._sources[code >> _ROW_BITS].where(code & ((1 << _ROW_BITS) - 1), video_id)
+        else:
+            first = source.where(int(batch.rows[own[earlier]]), video_id)
+        raise ValueError(f"video_id {video_id!r} appears twice ({first} and "
+                         f"{source.where(int(batch.rows[own[j]]), video_id)}); "
+                         "give distinct video_id values in a list file or pass each folder once")
+
+    def _take_errors(self, source: _Source) -> None:
+        while source.errors:
+            error = source.errors.pop(0)
+            if self.num_shards == 1 or shard_of(error["video_id"], self.num_shards) == self.index:
+                self._errors.append(error)
+
+
+def iter_tasks(inputs: str | os.PathLike | Sequence[str | os.PathLike], shard: tuple[int, int] = (0, 1),
+               **options) -> Iterator:
+    """The VideoTasks of one shard, streamed: iter(Discovery(inputs, shard, **options))."""
+    return iter(Discovery(inputs, shard, **options))
 
 
 def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
-    """Turn INPUT arguments into VideoTasks.
+    """Every VideoTask of `inputs` in one list (no shard), plus the discovery error rows; see Discovery.
 
     - a directory: every file (or entry) with a video extension in any case, recursively; video_id = path relative
       to that directory (POSIX separators).
     - a list file (.txt one path a line, .csv/.parquet with `path` and optional `video_id`, `start_s`, `end_s`);
-      relative paths are relative to the list file's folder; video_id defaults to the path as written.
-    - any other file: one video; video_id = its file name.
+      relative paths are relative to the list file's folder; video_id defaults to the path as written (a URL: its
+      path).
+    - an http(s):// or fsspec URL, or any other file: one video; video_id = its file name (a URL: its path).
     A missing INPUT is fatal (FileNotFoundError); a video_id named twice is fatal (ValueError naming it); entries that
     cannot be read (a bad file, a dangling link, a folder named .mp4) become error rows when they are decoded.
     """
-    from .video import VIDEO_EXTENSIONS, VideoTask
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in VIDEO_EXTENSIONS}
-    result = Inputs(tasks=[])
-    origin: dict[str, str] = {}  # video_id -> where it came from, for the duplicate message
-
-    def add(path: str, video_id: str, where: str, start_s: float | None = None, end_s: float | None = None) -> None:
-        if video_id in origin:
-            raise ValueError(f"video_id {video_id!r} appears twice ({origin[video_id]} and {where}); "
-                             "give distinct video_id values in a list file or pass each folder once")
-        origin[video_id] = where
-        result.tasks.append(VideoTask(path=os.path.abspath(path), video_id=video_id, start_s=start_s, end_s=end_s))
-
-    if not inputs:
-        raise ValueError("no INPUT given: pass video files, folders or list files")
-    for raw in inputs:
-        path = Path(raw)
-        if not os.path.lexists(path):
-            raise FileNotFoundError(f"input {str(raw)!r} does not exist")
-        if path.is_dir():
-            for video_path, video_id in _walk(path, extensions, result):
-                add(video_path, video_id, f"{raw}/{video_id}")
-        elif path.suffix.lower() in LIST_EXTENSIONS:
-            for row in _read_list_file(path):
-                entry = Path(os.path.expanduser(str(row["path"]).strip()))
-                video_path = entry if entry.is_absolute() else path.parent / entry
-                video_id = row.get("video_id") or _video_id(str(entry))
-                add(str(video_path), video_id, row["_where"], row.get("start_s"), row.get("end_s"))
-        else:
-            add(str(path), path.name, str(raw))
-    return result
+    discovery = Discovery(inputs)
+    tasks = list(discovery)
+    return Inputs(tasks=tasks, errors=discovery.take_errors())
 
 
 # --- shards -------------------------------------------------------------------------------------------
@@ -187,3 +529,12 @@ def resolve_shard(shard: str | tuple[int, int] | None, environ: dict | None = No
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard index must be in [0, {count}) with at least one shard, got {index}/{count}")
     return index, count, source
+
+
+def shards_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
+    """shard_of for a batch of ids (int64 array): the same blake2b digests, turned into numbers all at once."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    blake2b = hashlib.blake2b
+    digests = np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=8).digest() for v in ids]), ">u8")
+    return (digests % np.uint64(num_shards)).astype(np.int64)

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from . import __version__, store
+from .committed import committed_ids
 from .device import resolve_device, use_device
-from .inputs import discover_inputs, resolve_shard, shard_of
+from .inputs import Discovery, resolve_shard
 from .runner import ModelRunner
 from .shard_lock import ShardLock
 
@@ -157,6 +158,18 @@ class _CorePlan:
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
+def _discovery_progress(bar, desc: str, discovery: Discovery) -> None:
+    """Discovery's progress on the bar (called from the decode thread): entries read while listing, then the
+    bar's total (this shard's videos to do) once the inputs are read."""
+    if discovery.finished:
+        bar.total = discovery.mine - discovery.skipped + discovery.error_count
+        bar.set_description(desc, refresh=False)
+    else:
+        bar.set_description(f"{desc} (listing: {discovery.entries:,} read, {discovery.mine:,} this shard's)",
+                            refresh=False)
+    bar.refresh()
+
+
 class _Prefetch:
     """Iterates DecodePool.run in a background thread and hands its events over through a bounded queue.
 
@@ -405,7 +418,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     require_backend(decode_backend)  # a missing decoder library ends the run in one line, never an error row a video
     check_device(decode_device, decode_backend)  # NVDEC: torchcodec and the GPU must be there
     shard_index, num_shards, shard_source = resolve_shard(shard)
-    found = discover_inputs(inputs)
+    discovery = Discovery(inputs, (shard_index, num_shards))  # read while the run goes: see inputs.py
+    discovery.prime()  # errors among the first entries (all of a short list) stop the run before it writes
 
     if isinstance(model, torch.nn.Module):
         dev = next(model.parameters()).device
@@ -437,11 +451,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         lock.release()
         raise
 
-    done = set() if overwrite else store.committed_video_ids(out)
-    mine = [t for t in found.tasks if shard_of(t.video_id, num_shards) == shard_index]
-    todo = [t for t in mine if t.video_id not in done]
-    discovery_errors = [e for e in found.errors
-                        if shard_of(e["video_id"], num_shards) == shard_index and e["video_id"] not in done]
+    if not overwrite:  # this shard's committed ids (clips or errors), compact: committed.py
+        discovery.skip = committed_ids(out, shard_index, num_shards)
 
     writer = store.RunWriter(out, run, shard_index, part_rows=part_rows, commit_interval_s=commit_interval_s)
     runner = ModelRunner(net, batch_size, keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
@@ -451,13 +462,18 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo) + len(discovery_errors), unit="video", file=sys.stderr, dynamic_ncols=True,
-                   desc=f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract")
+        desc = f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract"
+        bar = tqdm(total=None, unit="video", file=sys.stderr, dynamic_ncols=True, desc=desc)
+        discovery.progress = functools.partial(_discovery_progress, bar, desc)  # the total is known at its end
     state = _Extraction(runner, writer, bar)
-    for error in discovery_errors:
-        state.writer.add_error(**error)
-        state.failed += 1
-        state.progress()
+
+    def record_discovery_errors() -> None:  # unreadable folders of this shard, met during the walk
+        for error in discovery.take_errors():
+            state.writer.add_error(**error)
+            state.failed += 1
+            state.progress()
+
+    first_clip_s = None
     threads = torch.get_num_threads()
     if plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(plan.model_threads)
@@ -474,7 +490,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
             runner.release = pool.release
             # the ring bounds the decoded clips in memory; the queue only hands events over (+ non-clip events)
-            prefetch = _Prefetch(pool, todo, max_events=pool.slots + 16 if workers else pool.max_pending_clips)
+            prefetch = _Prefetch(pool, discovery, max_events=pool.slots + 16 if workers else pool.max_pending_clips)
             events = iter(prefetch)
             try:
                 while True:
@@ -491,11 +507,15 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                     elif isinstance(event, ResetEvent):
                         state.on_reset(event.task)
                     else:
+                        if first_clip_s is None:
+                            first_clip_s = time.perf_counter() - t_start
                         state.on_clips(event.task, event.clips)
                         plan.update(pool, runner.count, wait_s, runner.compute_s)
+                    record_discovery_errors()
                     writer.maybe_flush()
             finally:
                 prefetch.stop(timeout_s=timeout_s + 5)  # a hung decoder is killed after timeout_s at the latest
+        record_discovery_errors()
         state.finish()
     except BaseException:
         # keep what is complete: those videos need not be redone after Ctrl-C or a decoder crash; the original
@@ -521,11 +541,13 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "workers": pool.workers if workers else 0,
         "model_threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "batch_size": batch_size,
-        "videos": len(mine) + len(discovery_errors),
+        "videos": discovery.mine + discovery.error_count,
         "videos_ok": state.ok,
         "videos_failed": state.failed,
-        "videos_skipped": len(mine) - len(todo),
-        "videos_other_shards": len(found.tasks) - len(mine),
+        "videos_skipped": discovery.skipped,
+        "videos_other_shards": discovery.entries - discovery.mine,
+        "discovery_s": discovery.seconds,  # reading the inputs, hashing and checking (while the run went on)
+        "first_clip_s": first_clip_s,  # start of extract() to the first decoded clip
         "clips": state.clips,
         "video_seconds": state.video_seconds,
         "wall_s": wall,
