@@ -111,7 +111,28 @@ def _add_extract(sub) -> None:
     p.add_argument("--part-rows", type=int, default=100_000, help="rows per Parquet part file (default %(default)s)")
     p.add_argument("--commit-interval-s", type=float, default=60.0,
                    help="write finished videos at least this often, bounding work lost to a crash (default %(default)s)")
+    ray = p.add_argument_group("Ray engine (--engine ray; pip install \"vmae-fast[ray]\")")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process and its decode workers (static --shard); ray: a Ray Data job, one "
+                          "actor per GPU pulling groups of videos (default %(default)s)")
+    ray.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    ray.add_argument("--ray-actors", help="actors N, or MIN-MAX to autoscale (default: one per GPU; CPU-only: "
+                                          "one per --ray-cpus-per-actor CPUs)")
+    ray.add_argument("--ray-cpus-per-actor", type=float,
+                     help="CPUs each actor decodes with (default: a GPU node's CPUs / its GPUs; CPU-only: a node's)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, help="default 1 with GPUs, else 0; 0.5: two actors a GPU")
+    ray.add_argument("--ray-group-videos", type=int,
+                     help="videos per group, the unit of balancing and of redo after a lost actor (default 32)")
     p.set_defaults(run=_run_extract)
+
+
+def _engine_args(args) -> dict:
+    if args.engine == "local":
+        return {}
+    options = {"actors": args.ray_actors, "cpus_per_actor": args.ray_cpus_per_actor,
+               "gpus_per_actor": args.ray_gpus_per_actor, "group_videos": args.ray_group_videos}
+    return {"engine": args.engine, "ray_address": args.ray_address,
+            "ray_options": {key: value for key, value in options.items() if value is not None}}
 
 
 def _run_extract(args) -> int:
@@ -143,11 +164,15 @@ def _run_extract(args) -> int:
                           progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
                           decode_device=args.decode_device,
                           part_rows=args.part_rows,
-                          commit_interval_s=args.commit_interval_s)
+                          commit_interval_s=args.commit_interval_s, **_engine_args(args))
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
+    if summary.get("engine") == "ray":
+        from .ray_engine import format_actors
+
+        print(format_actors(summary))
     return 0
 
 

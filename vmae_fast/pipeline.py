@@ -363,7 +363,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
             decode_backend: str = "auto", decode_device: str = "cpu", part_rows: int = 100_000,
             commit_interval_s: float = 60.0,
-            decode_options: dict | None = None) -> dict:
+            decode_options: dict | None = None, engine: str = "local", ray_address: str | None = None,
+            ray_options: dict | None = None) -> dict:
     """Embed every clip of `inputs` into the Parquet dataset `out`; returns the run summary (see format_summary).
 
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
@@ -380,7 +381,13 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode, nice); by
     default the pool may hold two model batches of decoded clips, so decoders keep working while the model
     computes.
+    engine: "local" (this process and its decode workers) or "ray" (ray_engine.extract_ray: a Ray Data job on
+    the cluster at ray_address, actors per ray_options; same output).
     """
+    if engine != "local" or ray_address is not None or ray_options is not None:  # Ray Data: ray_engine.py
+        from .ray_engine import extract_ray
+
+        return extract_ray(**locals())
     from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling
 
     t_start = time.perf_counter()

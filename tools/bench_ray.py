@@ -1,0 +1,195 @@
+"""Ray engine benchmark: what Ray costs at one node. `extract --engine ray` vs the local engine, same videos, same model.
+
+Each side runs in a fresh process (sides alternating, round by round) on the same generated H.264 videos with the
+same HF-format weights (ViT-S at 112 px, 8 frames by default: model-bound on a CPU). The Ray side starts a local
+cluster with every core (`ray.init(num_cpus=cores)`): one actor with every CPU, the local engine's core plan inside
+it. Reported per side: clips/s end to end (Ray: cluster start included) and over extract() alone (Ray: the job
+on a running cluster), and the time split.
+
+--decode: the other way to decode near an actor, measured: the clips of the same videos through a DecodePool in
+the process (shared-memory slots, what the actor does) vs Ray CPU tasks on the node, one per video, returning
+its frames through the object store; clips/s with every core decoding.
+
+    python tools/bench_ray.py --rounds 2 --decode --json bench/results/ray-overhead-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+
+
+def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
+    """One measurement in this (fresh) process: kind 'local' or 'ray'."""
+    t0 = time.perf_counter()
+    started = t0
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    if kind == "ray":
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        started = time.perf_counter()
+        options.update(engine="ray")
+    import vmae_fast
+
+    with tempfile.TemporaryDirectory(prefix="vmae_bench_ray_") as out:
+        summary = vmae_fast.extract([videos], out, model=str(model), progress=False, **options)
+    end = time.perf_counter()
+    keys = ("clips", "videos_ok", "compute_s", "wait_s", "write_s", "decode_cpu_s", "workers", "batch_size")
+    row = {"side": kind, "total_s": end - t0, "extract_s": end - started, **{k: summary.get(k) for k in keys}}
+    row["clips_per_s_total"] = row["clips"] / row["total_s"]
+    row["clips_per_s_extract"] = row["clips"] / row["extract_s"]
+    if kind == "ray":
+        row["actors"] = summary["actors"]
+        ray.shutdown()
+    return row
+
+
+def decode_side(videos: Path, image_size: int, num_frames: int) -> list[dict]:
+    """Decode + deliver every clip: DecodePool in this process vs Ray tasks on the node (both with every core)."""
+    import numpy as np
+    import ray
+
+    from vmae_fast.video import DecodePool, DoneEvent, Sampling, VideoTask, decode_clips
+
+    cores = os.cpu_count() or 2
+    sampling = Sampling(num_frames=num_frames)
+    tasks = [VideoTask(str(p), p.name) for p in sorted(videos.glob("*.mp4"))]
+    rows = []
+    t0 = time.perf_counter()
+    clips = 0
+    with DecodePool(cores, sampling, image_size, threads=1, zero_copy=True) as pool:
+        for event in pool.run(tasks):
+            if isinstance(event, DoneEvent):
+                clips += event.num_clips
+            elif hasattr(event, "clips"):
+                pool.release(event.clips)
+    rows.append({"decode": "DecodePool", "workers": cores, "clips": clips, "seconds": time.perf_counter() - t0})
+
+    ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+
+    @ray.remote(num_cpus=1)
+    def decode_video(task):
+        return np.stack([c.frames for c in decode_clips(task, sampling, image_size, threads=1)])
+
+    ray.get([decode_video.remote(tasks[0])] * cores)  # workers started and warm, as an actor's pool would be
+    t0 = time.perf_counter()
+    clips = 0
+    for ref in [decode_video.remote(t) for t in tasks]:
+        frames = ray.get(ref)  # zero-copy view of the object store (same node)
+        clips += len(frames)
+        del frames
+    rows.append({"decode": "ray tasks", "workers": cores, "clips": clips, "seconds": time.perf_counter() - t0})
+    ray.shutdown()
+    for row in rows:
+        row["clips_per_s"] = row["clips"] / row["seconds"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--videos", type=int, default=12, help="sample videos (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=8, help="length of each (default %(default)s)")
+    p.add_argument("--size", default="640x360")
+    p.add_argument("--model", default="random:small", help="load_model source, saved once in HF format")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the engines' own")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side is kept")
+    p.add_argument("--decode", action="store_true", help="also: DecodePool vs Ray tasks for decoding")
+    p.add_argument("--videos-dir", type=Path, default=Path(tempfile.gettempdir()) / "vmae_bench_videos")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--side", choices=("local", "ray", "decode"), help=argparse.SUPPRESS)  # one fresh-process side
+    p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.side == "decode":
+        print(json.dumps(decode_side(args.dir, args.image_size, args.num_frames)))
+        return 0
+    if args.side:
+        print(json.dumps(side(args.side, args.dir, args.model_dir, args.batch_size)))
+        return 0
+
+    import torch
+    from bench_env import environment, git_commit
+    from bench_pipeline import make_videos, video_facts
+
+    from vmae_fast.checkpoint import load_model, save_hf
+
+    width, height = (int(x) for x in args.size.split("x"))
+    directory = args.videos_dir / f"ray_{width}x{height}_{args.seconds:g}s_{args.videos}"
+    paths = make_videos(directory, args.videos, args.seconds, width, height, 30)
+    for stale in set(directory.iterdir()) - set(paths):
+        stale.unlink()
+    frames, seconds = video_facts(paths)
+    work = Path(tempfile.mkdtemp(prefix="vmae_bench_ray_model_"))
+    # fc_norm eps 1e-5: what an HF checkpoint holds (save_hf refuses another)
+    overrides = {"image_size": args.image_size, "num_frames": args.num_frames, "fc_norm_eps": 1e-5}
+    model_dir = save_hf(load_model(args.model, device="cpu", config=overrides), work / "model")
+
+    def run(kind: str) -> dict:
+        cmd = [sys.executable, __file__, "--side", kind, "--dir", str(directory), "--model-dir", str(model_dir),
+               "--image-size", str(args.image_size), "--num-frames", str(args.num_frames)]
+        if args.batch_size:
+            cmd += ["--batch-size", str(args.batch_size)]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    rows = []
+    for r in range(args.rounds):
+        for kind in ("local", "ray"):
+            row = {"round": r, **run(kind)}
+            rows.append(row)
+            print(f"round {r} {kind:5s}: {row['clips']} clips, {row['clips_per_s_total']:.2f} clips/s end to end "
+                  f"({row['total_s']:.1f} s), {row['clips_per_s_extract']:.2f} clips/s in extract "
+                  f"({row['extract_s']:.1f} s); model {row['compute_s']:.1f} s, waiting {row['wait_s']:.1f} s",
+                  flush=True)
+    best = {kind: max((r for r in rows if r["side"] == kind), key=lambda r: r["clips_per_s_extract"])
+            for kind in ("local", "ray")}
+    result = {
+        "bench": "ray_overhead",
+        "environment": {**environment(torch.device("cpu"), git_commit()), "ray": _version("ray"),
+                        "cores": os.cpu_count()},
+        "videos": len(paths), "frames": frames, "video_seconds": seconds, "size": args.size,
+        "model": args.model, "image_size": args.image_size, "num_frames": args.num_frames, "rounds": rows,
+        "best": best,
+        "ray_over_local_extract": best["ray"]["clips_per_s_extract"] / best["local"]["clips_per_s_extract"],
+        "ray_over_local_total": best["ray"]["clips_per_s_total"] / best["local"]["clips_per_s_total"],
+    }
+    print(f"Ray / local (best of {args.rounds}): {result['ray_over_local_extract']:.3f}x in extract, "
+          f"{result['ray_over_local_total']:.3f}x with the cluster start")
+    if args.decode:
+        result["decode"] = json.loads(subprocess.run(
+            [sys.executable, __file__, "--side", "decode", "--dir", str(directory), "--image-size",
+             str(args.image_size), "--num-frames", str(args.num_frames)],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        for row in result["decode"]:
+            print(f"decode via {row['decode']:10s}: {row['clips']} clips, {row['clips_per_s']:.1f} clips/s "
+                  f"({row['workers']} workers)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
