@@ -1,13 +1,16 @@
 """Decode functions that misbehave, for DecodePool and extract fault tests (DecodePool(..., decode=...)).
 
 decode_with_faults decodes like decode_clips, but a task whose file name contains one of MARKERS misbehaves right
-after its first clip was sent: the worker segfaults, aborts, hangs or exits. With "-once" in the name only the
-first attempt misbehaves (a `<file>.attempted` marker beside the video remembers it across worker processes).
+after its first clip was sent: the worker segfaults, aborts, hangs or exits (the video's faults: a decoder that
+crashes on a bad file), is killed by SIGKILL as the OOM killer does, or raises what a missing library, a full
+memory, a stale network file handle or a bug in our code raises. With "-once" in the name only the first attempt
+misbehaves (a `<file>.attempted` marker beside the video remembers it across worker processes).
 Workers import these functions by name, so they live in a module, not in a test.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -15,7 +18,8 @@ from pathlib import Path
 
 from vmae_fast.video import decode_clips
 
-MARKERS = ("vmae-test-segfault", "vmae-test-abort", "vmae-test-hang", "vmae-test-exit")
+MARKERS = ("vmae-test-segfault", "vmae-test-abort", "vmae-test-hang", "vmae-test-exit", "vmae-test-sigkill",
+           "vmae-test-importerror", "vmae-test-memoryerror", "vmae-test-estale", "vmae-test-typeerror")
 
 
 def _first_attempt(path: str) -> bool:
@@ -27,6 +31,16 @@ def _first_attempt(path: str) -> bool:
 
 
 def _misbehave(marker: str) -> None:
+    if marker.endswith("importerror"):
+        raise ImportError("No module named 'av'")
+    if marker.endswith("memoryerror"):
+        raise MemoryError
+    if marker.endswith("estale"):
+        raise OSError(errno.ESTALE, "Stale file handle")
+    if marker.endswith("typeerror"):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+    if marker.endswith("sigkill"):
+        os.kill(os.getpid(), signal.SIGKILL)
     if marker.endswith("segfault"):
         os.kill(os.getpid(), signal.SIGSEGV)
     elif marker.endswith("abort"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..faults import MissingDependency
+from ..faults import BUG, ENVIRONMENT, EnvironmentFault, MissingDependency, classify
 from .crop import CROP_INDICES
 from .errors import VideoError
 from .pyav_reader import PyAVReader
@@ -38,6 +38,9 @@ def check_path(path: str) -> None:
     if p.is_symlink() and not p.exists():
         raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
     if not p.exists():
+        if not p.parent.is_dir():  # the folder is gone too: a network mount that dropped, not this video's fault
+            raise EnvironmentFault(f"{path} is gone with its folder {p.parent} (a network mount that dropped?); if "
+                                   "the path is wrong, fix the input list")
         raise VideoError("open", f"file not found: {path}")
     if p.is_dir():
         raise VideoError("open", f"is a directory, not a video file: {path}")
@@ -180,7 +183,10 @@ def decode_clips(
             return
         except VideoError:
             raise
-        except Exception as e:  # noqa: BLE001 - any decoder failure is this video's error (or a fallback)
+        except Exception as e:  # a decoder's failure is this video's error (or a fallback)
+            kind = classify(e)
+            if kind == ENVIRONMENT or (kind == BUG and reader.name == "pyav"):
+                raise  # memory, a network file system, or our bug (PyAV's errors are typed): the run's problem
             if reader.name == "decord":  # decord failed mid-way: go on with PyAV
                 reader, fallback = fallback or PyAVReader(path, image_size, threads), None
                 continue

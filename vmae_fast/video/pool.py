@@ -24,12 +24,14 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..faults import BUG, VIDEO, EnvironmentFault, WorkerBug, classify
 from . import progress as heartbeat
 from .decode import BACKENDS, decode_clips, one_line
 from .errors import VideoError
@@ -86,10 +88,10 @@ DecodeFn = Callable[..., Iterator[Clip]]
 
 
 def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=None, cpu_clock=None) -> Iterator[tuple]:
-    """Decode one task as messages; never raises for a bad video.
+    """Decode one task as messages; never raises.
 
-    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend, cpu_s, duration_s) or ("error", stage,
-    text).
+    ("clip", Clip) for every clip, then ("done", num_clips, decode_s, backend, cpu_s, duration_s), ("error", stage,
+    text) for the video's own fault, or ("fault", faults.ENVIRONMENT | faults.BUG, text, traceback) for the rest.
     decode_s counts time inside the decoder only, not time spent by whoever consumes the messages; cpu_s: the
     cpu_clock() seconds over the same spans (None without a clock).
     """
@@ -113,8 +115,12 @@ def _task_messages(decode, task, sampling, image_size, backend, threads, alloc=N
                info.get("duration_s"))
     except VideoError as e:
         yield ("error", e.stage, e.message)
-    except Exception as e:  # noqa: BLE001 - any failure of one video becomes its error record, never the run's
-        yield ("error", "decode", one_line(e))
+    except Exception as e:  # noqa: BLE001 - classified (faults.py): the video's fault is its error record, the
+        kind = classify(e)  # environment's or our bug's ("fault") is the run's: retried, then raised
+        if kind == VIDEO:
+            yield ("error", "decode", one_line(e))
+        else:
+            yield ("fault", kind, one_line(e), traceback.format_exc())
 
 
 def _clip_fields(clip: Clip) -> tuple:
@@ -439,13 +445,35 @@ class DecodePool:
 
     def _run_inline(self, tasks):
         for task in tasks:
-            for m in _task_messages(self.decode, task, self.sampling, self.image_size, self.backend, self.threads):
-                if m[0] == "clip":
-                    yield ClipsEvent(task, [m[1]])
-                elif m[0] == "done":
-                    yield DoneEvent(task, m[1], m[2], m[3], None, m[5])
-                else:
-                    yield ErrorEvent(task, m[1], m[2], 1)
+            attempt, retry = 1, []
+            while True:
+                for m in _task_messages(self.decode, task, self.sampling, self.image_size, self.backend,
+                                        self.threads):
+                    if m[0] == "clip":
+                        yield ClipsEvent(task, [m[1]])
+                    elif m[0] == "done":
+                        yield DoneEvent(task, m[1], m[2], m[3], None, m[5])
+                    elif m[0] == "fault":
+                        yield from self._fault(task, attempt, self.backend, *m[1:], retries=retry)
+                    else:
+                        yield ErrorEvent(task, m[1], m[2], attempt)
+                if not retry:
+                    break
+                retry.clear()
+                attempt += 1
+
+    def _fault(self, task, attempt: int, backend: str, kind: str, text: str, trace: str, retries):
+        """An environment fault (retried until max_attempts, then EnvironmentFault) or our bug (WorkerBug at once,
+        with the decoder's traceback) while decoding `task`: never the video's error record."""
+        if kind == BUG:
+            raise WorkerBug(f"decoding {task.path} failed in our code ({text}): a bug; the decoder's "
+                            f"traceback:\n{trace.rstrip()}")
+        if attempt < self.max_attempts:
+            yield ResetEvent(task)
+            retries.append((task, attempt + 1, backend))
+            return
+        raise EnvironmentFault(f"{text} while decoding {task.path} (attempt {attempt} of {self.max_attempts}): the "
+                               f"machine's fault, not the video's")
 
     # --- workers and slots ---------------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
@@ -570,15 +598,16 @@ class DecodePool:
                 for i, w in enumerate(self._pool):
                     if w.job is None:
                         continue
-                    yield from self._drain(w)
+                    yield from self._drain(w, retries)
                     if w.job is None:
                         continue
-                    failure = None
+                    failure, killed = None, False
                     if not w.process.is_alive():
-                        yield from self._drain(w)  # messages sent just before it died
+                        yield from self._drain(w, retries)  # messages sent just before it died
                         if w.job is None:
                             continue
                         failure = _describe_exit(w.process.exitcode)
+                        killed = w.process.exitcode == -signal.SIGKILL  # not by us: most likely the OOM killer
                     else:
                         now = time.monotonic()
                         if w.started and not w.ack_seen:  # the hang clock starts when the task is taken
@@ -597,7 +626,7 @@ class DecodePool:
                     if not started:  # died before taking the task (e.g. killed while idle): no attempt spent
                         early_deaths += 1
                         if early_deaths > 10 + 2 * self.workers:
-                            raise RuntimeError(f"decode workers keep dying before starting a task ({failure})")
+                            raise EnvironmentFault(f"decode workers keep dying before starting a task ({failure})")
                         retries.appendleft((task, attempt, backend))
                         continue
                     early_deaths = 0
@@ -605,6 +634,11 @@ class DecodePool:
                     if attempt < self.max_attempts:
                         yield ResetEvent(task)
                         retries.append((task, attempt + 1, "pyav" if backend == "auto" else backend))
+                    elif killed:  # the environment's fault (memory), not the video's: the run stops
+                        raise EnvironmentFault(f"decode worker {failure.removeprefix('decoder process ')} while "
+                                               f"decoding {task.path} (attempt {attempt} of {self.max_attempts}): "
+                                               "most likely the kernel's OOM killer (dmesg says); give the workers "
+                                               "more memory or use fewer --workers")
                     else:
                         yield ErrorEvent(task, stage, failure, attempt)
         finally:
@@ -618,8 +652,9 @@ class DecodePool:
                     self._pool[i] = None
             self._pool = [w for w in self._pool if w is not None]
 
-    def _drain(self, w: _Worker):
-        """Turn every message waiting from w into events (stale ones from an earlier job are dropped)."""
+    def _drain(self, w: _Worker, retries: deque):
+        """Turn every message waiting from w into events (stale ones from an earlier job are dropped); an
+        environment fault is queued in `retries` or raised, a bug raised (_fault)."""
         while w.job is not None:
             try:
                 if not w.from_worker.poll():
@@ -644,6 +679,9 @@ class DecodePool:
             elif kind == "done":
                 w.job = None
                 yield DoneEvent(task, *msg[2:])
+            elif kind == "fault":
+                w.job = None
+                yield from self._fault(task, attempt, job[3], *msg[2:], retries=retries)
             else:
                 w.job = None
                 yield ErrorEvent(task, msg[2], msg[3], attempt)

@@ -19,6 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from ..faults import ENVIRONMENT, EnvironmentFault, classify
 from . import progress
 from .crop import center_square, decode_size, upright, views
 from .errors import VideoError
@@ -42,6 +43,8 @@ def _av_open(path: str, probe_by_decoding: bool = False):
             return av.open(path, metadata_errors="ignore")
         return av.open(path, metadata_errors="ignore", options=_PROBE_WITHOUT_DECODING)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        if classify(e) == ENVIRONMENT:  # EIO, ESTALE, ETIMEDOUT, HTTP 5xx, ...: may pass, not the file's fault
+            raise EnvironmentFault(f"cannot open {path}: {e}") from None
         raise VideoError("open", f"cannot open {path}: {e}") from None
 
 
@@ -152,6 +155,8 @@ class PyAVReader:
                     keys.append(packet.is_keyframe)
                     last_duration = packet.duration or 0
             except av.FFmpegError as e:  # damaged tail: keep the packets read so far, the decoder decides
+                if classify(e) == ENVIRONMENT:  # a read that failed for a moment is no damage
+                    raise EnvironmentFault(f"cannot read packets of {path}: {e}") from None
                 if not pts:
                     raise VideoError("open", f"cannot read packets of {path}: {e}") from None
             rate = stream.average_rate or stream.guessed_rate
