@@ -182,6 +182,7 @@ class _Prefetch:
 
     def __init__(self, pool, tasks, max_events: int):
         self._stop = threading.Event()
+        self._pool = pool
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_events))
         self._thread = threading.Thread(target=self._run, args=(pool, tasks), daemon=True, name="vmae-fast-decode")
         self._thread.start()
@@ -224,8 +225,14 @@ class _Prefetch:
             yield item
 
     def stop(self, timeout_s: float) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        """Stop the thread and wait for it (its pool is closed next: never while the thread still uses it, so a
+        second Ctrl-C waits until this returns)."""
+        with store.deferred_signals():
+            self._stop.set()
+            cancel = getattr(self._pool, "cancel", None)
+            if cancel is not None:  # a pool waiting for slots the consumer holds yields nothing: end its loop
+                cancel()
+            self._thread.join(timeout_s)
 
 
 @dataclass

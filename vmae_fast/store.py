@@ -23,11 +23,14 @@ into: a run refuses them unless --overwrite.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -300,6 +303,29 @@ def video_schema_for_run(run: dict):
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def deferred_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """Run the block with SIGINT/SIGTERM held back: a signal that arrives meanwhile runs its handler (raising
+    KeyboardInterrupt, say) when the block ends. A part's commit (rename, then forgetting its rows) is then never
+    split: split, the flush on the way out would write the same videos again. Python runs signal handlers in the
+    main thread only, so elsewhere (a Ray actor's thread) there is nothing to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums}
+    held = [s for s, handler in previous.items() if callable(handler)]  # SIG_IGN stays ignored; SIG_DFL kills
+    for s in held:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, previous[s])
+        for s in dict.fromkeys(pending):  # once per signal, in arrival order, with the handlers back in place
+            previous[s](s, None)
+
+
 class PartWriter:
     """Writes numbered parts `part-<shard>-<seq>.parquet` of one folder, each atomically (temp + fsync + rename)."""
 
@@ -419,11 +445,14 @@ class RunWriter:
         columns["embedding"] = fixed_size_list(np.concatenate([v["embedding"] for v in videos]), self.embedding_dtype)
         if self.has_logits:
             columns["logits"] = fixed_size_list(np.concatenate([v["logits"] for v in videos]), "float32")
-        # one commit: the videos part under the clips part's number, then the clips part (the commit point)
-        seq = self.clips.next_seq  # an orphan videos part of this number (a crash) is simply replaced
-        self.videos.write_table(views.columns_table(self._video_rows, self.videos.schema), seq)
-        self.clips.write_table(self._clips_table(columns), seq)
-        self._clip_videos, self._video_rows, self._clip_rows, self._clip_bytes = [], [], 0, 0
+        # one commit: the videos part under the clips part's number, then the clips part (the commit point);
+        # the rename and forgetting the rows are one step for Ctrl-C / SIGTERM (deferred_signals)
+        videos_table, clips_table = views.columns_table(self._video_rows, self.videos.schema), self._clips_table(columns)
+        with deferred_signals():
+            seq = self.clips.next_seq  # an orphan videos part of this number (a crash) is simply replaced
+            self.videos.write_table(videos_table, seq)
+            self.clips.write_table(clips_table, seq)
+            self._clip_videos, self._video_rows, self._clip_rows, self._clip_bytes = [], [], 0, 0
         self._last_write = time.monotonic()
         self.write_s += time.perf_counter() - t0
 
@@ -437,8 +466,9 @@ class RunWriter:
             return
         t0 = time.perf_counter()
         rows = self._error_rows
-        self.errors.write({name: [row[name] for row in rows] for name in self.errors.schema.names})
-        self._error_rows = []
+        with deferred_signals():
+            self.errors.write({name: [row[name] for row in rows] for name in self.errors.schema.names})
+            self._error_rows = []
         self._last_write = time.monotonic()
         self.write_s += time.perf_counter() - t0
 

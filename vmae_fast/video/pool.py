@@ -373,6 +373,7 @@ class DecodePool:
         self._held: set[int] = set()  # slots of clips handed to the consumer (zero_copy) and not yet released
         self._wake: tuple[int, int] | None = None  # a pipe release() writes to, so a waiting run() loop looks again
         self.replaced = 0  # workers replaced after a crash or a timeout (for summaries and tests)
+        self._cancelled = False
 
     def __enter__(self) -> DecodePool:  # noqa: PYI034
         return self
@@ -436,8 +437,19 @@ class DecodePool:
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._pool]
 
+    def cancel(self) -> None:
+        """Make a run() being iterated in another thread end at its next turn (within a wake-up), even while it
+        waits for slots its consumer holds: its busy workers are killed as when it is closed early. Thread-safe."""
+        self._cancelled = True
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"x")
+            except OSError:
+                pass
+
     def run(self, tasks: Iterable[VideoTask]) -> Iterator[Event]:
         """Decode every task; yields events as they arrive (tasks are pulled lazily from the iterable)."""
+        self._cancelled = False
         if self.workers == 0:
             yield from self._run_inline(tasks)
         else:
@@ -563,7 +575,7 @@ class DecodePool:
         early_deaths = 0  # consecutive workers lost before they began a task
         exhausted = False
         try:
-            while True:
+            while not self._cancelled:
                 self._grow()  # `workers` may have been raised meanwhile (extract's CPU plan does)
                 for i, w in enumerate(self._pool):  # hand work to idle workers: retries first, then new tasks
                     if w.job is not None:
