@@ -100,6 +100,20 @@ def np_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # --- every view ----------------------------------------------------------------------------------------------------
+def views_of(rows: list[dict], run: Run, cfg) -> np.ndarray:
+    """uint8 (n, T, S, S, 3): the frames of each clips row's view, cut by independent_views from the test's own
+    decode (frame indices from start_frame/end_frame: a fixed step, padding repeats the last sampled frame)."""
+    frames, by_video = [], {}
+    for r in rows:
+        if r["video_id"] not in by_video:
+            by_video[r["video_id"]] = independent_views(run.expected[r["video_id"]], cfg.image_size, 3)
+        real = cfg.num_frames - r["padded_frames"]
+        step = (r["end_frame"] - 1 - r["start_frame"]) // max(real - 1, 1)
+        idx = r["start_frame"] + step * np.minimum(np.arange(cfg.num_frames), real - 1)
+        frames.append(np.stack([by_video[r["video_id"]][i][r["crop_index"]] for i in idx]))
+    return np.stack(frames)
+
+
 def test_every_view_of_a_three_crop_run_is_the_model_on_that_view_decoded_independently(run, model):
     """Each clips row (video_id, clip_index, crop_index) holds what our model gives for that view cut by the test
     from its own decode (start/center/end of the long side after the short-side resize): logits and embedding
@@ -108,17 +122,8 @@ def test_every_view_of_a_three_crop_run_is_the_model_on_that_view_decoded_indepe
     keys = [(r["video_id"], r["clip_index"], r["crop_index"]) for r in rows]
     assert keys == sorted({(v, k, c) for v in run.expected for k in range(num_clips(v)) for c in (0, 1, 2)})
     assert len(rows) == 3 * (1 + 2) * 3
-    size, frames_per_clip = model.config.image_size, model.config.num_frames
-    frames, by_video = [], {}
-    for r in rows:
-        if r["video_id"] not in by_video:
-            by_video[r["video_id"]] = independent_views(run.expected[r["video_id"]], size, 3)
-        real = frames_per_clip - r["padded_frames"]  # sampled frames; padding repeats the last one
-        step = (r["end_frame"] - 1 - r["start_frame"]) // max(real - 1, 1)
-        idx = r["start_frame"] + step * np.minimum(np.arange(frames_per_clip), real - 1)
-        frames.append(np.stack([by_video[r["video_id"]][i][r["crop_index"]] for i in idx]))
     with torch.no_grad():
-        want = model(torch.from_numpy(np.stack(frames)))
+        want = model(torch.from_numpy(views_of(rows, run, model.config)))
     got_emb = np.array([r["embedding"] for r in rows], np.float32)
     got_logits = np.array([r["logits"] for r in rows], np.float32)
     np.testing.assert_allclose(got_emb, want.embeddings.numpy(), atol=ATOL, rtol=0)
@@ -127,6 +132,27 @@ def test_every_view_of_a_three_crop_run_is_the_model_on_that_view_decoded_indepe
     per_clip = got_emb.reshape(-1, 3, got_emb.shape[1])
     assert np.abs(per_clip[:, 0] - per_clip[:, 2]).max(axis=1).min() > 1e-3
     assert pq.read_schema(next((run.out / "clips").glob("part-*.parquet"))).field("crop_index").type == "int8"
+
+
+def test_every_view_of_a_three_crop_run_equals_transformers_on_that_view(run, model, ckpt):
+    """The stored logits and embedding of every view against transformers' VideoMAEForVideoClassification (read
+    from the same checkpoint) on the test's own decode + crop of that view: rel 1e-4 (fp32; the summation-order
+    difference of test_reference.py, measured ~1e-6)."""
+    from tests.hf_checkpoints import load_hf_model
+    from tests.reference_videomae import frames_to_pixel_values
+
+    hf = load_hf_model(ckpt)
+    rows = clip_rows(run.out)
+    cfg = model.config
+    with torch.no_grad():
+        pixel_values = frames_to_pixel_values(torch.from_numpy(views_of(rows, run, cfg)), cfg.image_mean,
+                                              cfg.image_std)
+        logits = hf(pixel_values).logits
+        embedding = hf.fc_norm(hf.videomae(pixel_values).last_hidden_state.mean(1))
+    for name, want in (("logits", logits), ("embedding", embedding)):
+        got = torch.tensor([r[name] for r in rows])
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err <= 1e-4, f"{name}: rel max err {err:.2e}"
 
 
 def test_each_video_row_is_numpys_mean_of_softmax_over_its_clip_rows(run):
