@@ -33,6 +33,7 @@ from vmae_fast import cli, ray_engine, store
 from vmae_fast.pipeline import extract
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray Data's own DataContext fields
 ATOL = 1e-5  # as tests/test_extract.py: the same clip in batches of other shapes / thread counts
 LOCAL = {"workers": 1, "batch_size": 3, "part_rows": 1, "commit_interval_s": 1e-3, "progress": False}
 RAY = {**LOCAL, "engine": "ray", "ray_options": {"actors": 2, "cpus_per_actor": 1, "group_videos": 3}}
@@ -183,7 +184,7 @@ def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path
 
 
 def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(tmp_path, cluster, ckpt, small_videos, reference,
-                                                               monkeypatch):
+                                                               monkeypatch, capsys):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vmae_fast.cli", "extract", str(small_videos), "-o", str(out), "--model", str(ckpt),
            "--workers", "1", "--batch-size", "3", "--part-rows", "1", "--commit-interval-s", "0.001", "--no-progress",
@@ -202,8 +203,15 @@ def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(tmp_path, cluster
     assert json.loads((out / ray_engine.RUN_TOKEN).read_text())["finished"] is False
 
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 2.0)
-    summary = extract([small_videos], out, model=ckpt, **RAY)
-    assert summary["videos_skipped"] == len(committed) and summary["videos_ok"] == 8 - len(committed)
+    capsys.readouterr()
+    rerun = [a if a != "--no-progress" else "--progress" for a in cmd[3:]]  # the same command, in this process
+    assert cli.main(rerun) == 0
+    printed = capsys.readouterr()
+    print(printed.out)
+    assert f"8 videos in shard ray: {8 - len(committed)} ok, 0 errors, {len(committed)} already done" in printed.out
+    assert "ray: " in printed.out and "groups on 2 actors (1 CPU, 0 GPU each)" in printed.out
+    assert printed.out.count("  actor ") >= 1 and "model busy" in printed.out  # the per-actor time split
+    assert f"{8 - len(committed)}/{8 - len(committed)}" in printed.err  # the tqdm bar reached the end
     got = rows_of(out)
     assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)
     assert_same_rows(got, rows_of(reference))

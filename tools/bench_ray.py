@@ -50,11 +50,12 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     row["clips_per_s_extract"] = row["clips"] / row["extract_s"]
     if kind == "ray":
         row["actors"] = summary["actors"]
+        row["ray_timing"] = summary["ray"]
         ray.shutdown()
     return row
 
 
-def decode_side(videos: Path, image_size: int, num_frames: int) -> list[dict]:
+def decode_side(videos: Path, image_size: int, num_frames: int, rounds: int) -> list[dict]:
     """Decode + deliver every clip: DecodePool in this process vs Ray tasks on the node (both with every core)."""
     import numpy as np
     import ray
@@ -65,30 +66,35 @@ def decode_side(videos: Path, image_size: int, num_frames: int) -> list[dict]:
     sampling = Sampling(num_frames=num_frames)
     tasks = [VideoTask(str(p), p.name) for p in sorted(videos.glob("*.mp4"))]
     rows = []
-    t0 = time.perf_counter()
-    clips = 0
-    with DecodePool(cores, sampling, image_size, threads=1, zero_copy=True) as pool:
-        for event in pool.run(tasks):
-            if isinstance(event, DoneEvent):
-                clips += event.num_clips
-            elif hasattr(event, "clips"):
-                pool.release(event.clips)
-    rows.append({"decode": "DecodePool", "workers": cores, "clips": clips, "seconds": time.perf_counter() - t0})
-
     ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
 
     @ray.remote(num_cpus=1)
     def decode_video(task):
         return np.stack([c.frames for c in decode_clips(task, sampling, image_size, threads=1)])
 
-    ray.get([decode_video.remote(tasks[0])] * cores)  # workers started and warm, as an actor's pool would be
-    t0 = time.perf_counter()
-    clips = 0
-    for ref in [decode_video.remote(t) for t in tasks]:
-        frames = ray.get(ref)  # zero-copy view of the object store (same node)
-        clips += len(frames)
-        del frames
-    rows.append({"decode": "ray tasks", "workers": cores, "clips": clips, "seconds": time.perf_counter() - t0})
+    ray.get([decode_video.remote(tasks[0])] * cores)  # Ray's workers started and warm, as an actor's pool is
+    with DecodePool(cores, sampling, image_size, threads=1, zero_copy=True) as pool:
+        for event in pool.run(tasks[:cores]):  # the pool's workers started and warm too
+            if hasattr(event, "clips"):
+                pool.release(event.clips)
+        for repeat in range(rounds):  # alternating
+            t0 = time.perf_counter()
+            clips = 0
+            for event in pool.run(tasks):
+                if isinstance(event, DoneEvent):
+                    clips += event.num_clips
+                elif hasattr(event, "clips"):
+                    pool.release(event.clips)
+            rows.append({"decode": "DecodePool", "round": repeat, "workers": cores, "clips": clips,
+                         "seconds": time.perf_counter() - t0})
+            t0 = time.perf_counter()
+            clips = 0
+            for ref in [decode_video.remote(t) for t in tasks]:
+                frames = ray.get(ref)  # zero-copy view of the object store (same node)
+                clips += len(frames)
+                del frames
+            rows.append({"decode": "ray tasks", "round": repeat, "workers": cores, "clips": clips,
+                         "seconds": time.perf_counter() - t0})
     ray.shutdown()
     for row in rows:
         row["clips_per_s"] = row["clips"] / row["seconds"]
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.side == "decode":
-        print(json.dumps(decode_side(args.dir, args.image_size, args.num_frames)))
+        print(json.dumps(decode_side(args.dir, args.image_size, args.num_frames, args.rounds)))
         return 0
     if args.side:
         print(json.dumps(side(args.side, args.dir, args.model_dir, args.batch_size)))
@@ -152,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"round {r} {kind:5s}: {row['clips']} clips, {row['clips_per_s_total']:.2f} clips/s end to end "
                   f"({row['total_s']:.1f} s), {row['clips_per_s_extract']:.2f} clips/s in extract "
-                  f"({row['extract_s']:.1f} s); model {row['compute_s']:.1f} s, waiting {row['wait_s']:.1f} s",
+                  f"({row['extract_s']:.1f} s); model {row['compute_s']:.1f} s, waiting {row['wait_s']:.1f} s"
+                  + (f"; probe {row['ray_timing']['probe_s']:.1f} s, first report at "
+                     f"{row['ray_timing']['first_report_s']:.1f} s, actor busy "
+                     f"{sum(a['busy_s'] for a in row['actors']):.1f} s" if kind == "ray" else ""),
                   flush=True)
     best = {kind: max((r for r in rows if r["side"] == kind), key=lambda r: r["clips_per_s_extract"])
             for kind in ("local", "ray")}
@@ -171,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode:
         result["decode"] = json.loads(subprocess.run(
             [sys.executable, __file__, "--side", "decode", "--dir", str(directory), "--image-size",
-             str(args.image_size), "--num-frames", str(args.num_frames)],
+             str(args.image_size), "--num-frames", str(args.num_frames), "--rounds", str(args.rounds)],
             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         for row in result["decode"]:
-            print(f"decode via {row['decode']:10s}: {row['clips']} clips, {row['clips_per_s']:.1f} clips/s "
-                  f"({row['workers']} workers)")
+            print(f"round {row['round']} decode via {row['decode']:10s}: {row['clips']} clips, "
+                  f"{row['clips_per_s']:.1f} clips/s ({row['workers']} workers)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

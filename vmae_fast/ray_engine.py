@@ -302,13 +302,13 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
 
 def _next_free_shard(out: Path) -> int:
     """1 + the largest shard number of any part in OUT (0 for an empty one): group numbers start above it."""
-    numbers = [shard for d in (store.CLIPS_DIR, store.ERRORS_DIR, "videos") for _, shard, _ in store.list_parts(out / d)]
+    numbers = [shard for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR) for _, shard, _ in store.list_parts(out / d)]
     return max(numbers, default=-1) + 1
 
 
 def _remove_temp_parts(out: Path) -> None:
     """Temporary part files of earlier runs (no writer of this run exists yet)."""
-    for d in (store.CLIPS_DIR, store.ERRORS_DIR, "videos"):
+    for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR):
         if (out / d).is_dir():
             for path in (out / d).glob(".part-*.tmp"):
                 path.unlink(missing_ok=True)
@@ -377,6 +377,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
     options = {**options, "model": _model_source(model)}
 
     lock = None
+    timing: dict = {"probe_s": None, "first_report_s": None}  # setup costs: the probe task, the first actor report
     started_ray = not ray.is_initialized()
     if started_ray:
         import logging
@@ -386,7 +387,9 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         concurrency, cpus, gpus = _resources(ray, ray_options.get("actors"), ray_options.get("cpus_per_actor"),
                                              ray_options.get("gpus_per_actor"))
         try:
+            t_probe = time.perf_counter()
             run = ray.get(ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(options))
+            timing["probe_s"] = time.perf_counter() - t_probe
         except ray.exceptions.RayTaskError as e:  # the probe's own error (bad model, bad arguments): raise it here
             raise e.cause if isinstance(e.cause, Exception) else e from None
         from .shard_lock import ShardLock
@@ -421,7 +424,9 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
                 bar.update(len(discovery_errors))
         per_actor: dict[str, dict] = {}
         if groups:
-            _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor)
+            t_job = time.perf_counter()
+            _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+            timing["job_s"] = time.perf_counter() - t_job
         if bar is not None:
             bar.close()
         parts, clips, failed = _committed_since(out, base)
@@ -437,7 +442,8 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         if started_ray:
             ray.shutdown()
     return _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor,
-                    concurrency, cpus, gpus, len(groups), time.perf_counter() - t_start)
+                    {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
+                    len(groups), time.perf_counter() - t_start)
 
 
 def _check_options(options: dict) -> None:
@@ -493,7 +499,7 @@ def _finish(out: Path, token: str) -> None:
         store.write_atomic(path, (json.dumps(data) + "\n").encode(), f".{RUN_TOKEN}.tmp")
 
 
-def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor) -> None:
+def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
     """The Ray Data job: groups -> actors; consumes the report rows (progress, per-actor totals)."""
     from ray.data import DataContext
 
@@ -512,8 +518,10 @@ def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, 
         _GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus, num_gpus=gpus,
         fn_constructor_kwargs={"out": str(out), "options": options, "config_hash": run["config_hash"],
                                "token": token, "cores": cores})
-    shown = 0
+    t0 = time.perf_counter()
     for row in ds.iter_rows():
+        if timing["first_report_s"] is None:  # the actors' start: process, imports, model, decode pool, 1 s of work
+            timing["first_report_s"] = time.perf_counter() - t0
         totals = per_actor.setdefault(row["actor"], {"actor": row["actor"], "node": row["node"], "groups": 0})
         for key in ("videos", "videos_ok", "videos_failed", "clips", "skipped", "video_seconds", "compute_s",
                     "gather_s", "batches", "padded_rows", "wait_s", "write_s", "decode_s", "decode_cpu_s", "busy_s"):
@@ -521,9 +529,7 @@ def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, 
         totals["groups"] += int(bool(row["final"]))
         totals["workers"], totals["model_threads"] = int(row["workers"]), int(row["model_threads"])
         if bar is not None:
-            step = min(int(row["videos"]), bar.total - bar.n)
-            shown += step
-            bar.update(step)
+            bar.update(min(int(row["videos"]), bar.total - bar.n))
             clips = sum(a.get("clips", 0) for a in per_actor.values())
             bar.set_postfix(clips=clips, actors=len(per_actor), refresh=False)
 
@@ -532,8 +538,8 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor, concurrency,
-             cpus, gpus, groups, wall) -> dict:
+def _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor, ray_info,
+             groups, wall) -> dict:
     actors = sorted(per_actor.values(), key=lambda a: a["actor"])
 
     def total(key):
@@ -572,7 +578,7 @@ def _summary(out, run, options, found, todo, done, discovery_errors, parts, clip
         "parts_written": None,
         "groups": groups,
         "actors": actors,
-        "ray": {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus},
+        "ray": ray_info,
     }
 
 
