@@ -570,3 +570,41 @@ def test_sigint_and_sigterm_at_random_moments_then_resume_equal_an_uninterrupted
         assert_equal_to(clip_rows(out), six_reference)
         trials.append((signum.name, target, round(delay, 3), twice, proc.returncode, len(at_stop)))
     print("signal trials (signal, parts before, delay, twice, exit, rows at stop):", trials)
+
+
+def test_retry_errors_redoes_failed_videos_and_the_error_rows_they_replace_no_longer_count(tmp_path, model, ckpt,
+                                                                                         videos):
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    from tests.pool_faults import decode_with_faults
+    from vmae_fast import cli
+
+    root = tmp_path / "videos"
+    shutil.copytree(videos, root)
+    (root / "junk.mp4").write_bytes(b"\x00not a video" * 64)  # the video's own fault, for good
+    shutil.copy(videos / "v2.mp4", root / "flaky_vmae-test-abort.mp4")  # its decoder crashes (this run only)
+    out = tmp_path / "out"
+    options = {"workers": 1, "batch_size": 2, "progress": False}
+    first = pipeline.extract([root], out, model=model, decode_options={"decode": decode_with_faults}, **options)
+    assert (first["videos_ok"], first["videos_failed"]) == (3, 2)
+    again = pipeline.extract([root], out, model=model, **options)  # a plain rerun: error rows count as done
+    assert (again["videos_skipped"], again["videos_ok"]) == (5, 0)
+
+    retry = pipeline.extract([root], out, model=model, retry_errors=True, **options)
+    assert (retry["errors_retried"], retry["videos_ok"], retry["videos_failed"], retry["videos_skipped"]) == \
+        (2, 1, 1, 3)
+    errors = store.read_errors(out).to_pylist()
+    assert [e["video_id"] for e in errors] == ["junk.mp4"]  # the newest outcome only: flaky's old row is gone
+    assert "flaky_vmae-test-abort.mp4" in {r["video_id"] for r in store.read_clips(out).to_pylist()}
+    # what Parquet readers see: a dataset of OUT/errors (and an errors/*.parquet glob) has the newest rows only;
+    # the replaced rows are kept, out of the way, under errors/_retried/
+    assert ds.dataset(out / "errors", format="parquet").to_table().column("video_id").to_pylist() == ["junk.mp4"]
+    retired = sorted((out / "errors" / "_retried").rglob("*.parquet"))
+    assert sum(len(ds.dataset(p, format="parquet").to_table()) for p in retired) == 2
+    assert len(store.committed_video_ids(out)) == 5
+
+    code = cli.main(["extract", str(root), "-o", str(out), "--model", str(ckpt), "--workers", "0", "--no-progress",
+                     "--retry-errors"])  # the CLI flag: junk is tried once more and fails once more
+    assert code == 0 and [e["video_id"] for e in store.read_errors(out).to_pylist()] == ["junk.mp4"]

@@ -111,6 +111,11 @@ def _add_extract(sub) -> None:
     p.add_argument("--part-rows", type=int, default=100_000, help="rows per Parquet part file (default %(default)s)")
     p.add_argument("--commit-interval-s", type=float, default=60.0,
                    help="write finished videos at least this often, bounding work lost to a crash (default %(default)s)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="redo the videos that have error rows (the rows are moved to OUT/errors/_retried/; the new "
+                        "outcome replaces them)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take this shard's lock although another host holds it (only when that job is known gone)")
     ray = p.add_argument_group("Ray engine (--engine ray; pip install \"vmae-fast[ray]\")")
     ray.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process and its decode workers (static --shard); ray: a Ray Data job, one "
@@ -164,7 +169,8 @@ def _run_extract(args) -> int:
                           progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
                           decode_device=args.decode_device,
                           part_rows=args.part_rows,
-                          commit_interval_s=args.commit_interval_s, **_engine_args(args))
+                          commit_interval_s=args.commit_interval_s, retry_errors=args.retry_errors,
+                          break_lock=args.break_lock, **_engine_args(args))
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -183,6 +189,7 @@ def format_summary(summary: dict) -> str:
         f"vmae-fast extract: {s['videos']} videos in shard {s['shard']}: {s['videos_ok']} ok, "
         f"{s['videos_failed']} errors, {s['videos_skipped']} already done"
         + (f" ({s['videos_other_shards']} in other shards)" if s["videos_other_shards"] else "")
+        + (f", {s['errors_retried']} error rows retried" if s.get("errors_retried") else "")
         + f"; {s['clips']} clips -> {s['out']}",
         (f"time {s['wall_s']:.1f} s: model {s['compute_s']:.1f} s"
          + (f" on {s['model_threads']} threads" if s.get("model_threads") else "")

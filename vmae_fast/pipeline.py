@@ -370,8 +370,8 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
             timeout_s: float = 120.0, progress: bool | None = None, backend: str = "auto",
             decode_backend: str = "auto", decode_device: str = "cpu", part_rows: int = 100_000,
             commit_interval_s: float = 60.0,
-            decode_options: dict | None = None, engine: str = "local", ray_address: str | None = None,
-            ray_options: dict | None = None) -> dict:
+            decode_options: dict | None = None, retry_errors: bool = False, break_lock: bool = False,
+            engine: str = "local", ray_address: str | None = None, ray_options: dict | None = None) -> dict:
     """Embed every clip of `inputs` into the Parquet dataset `out`; returns the run summary (see format_summary).
 
     inputs: video files, folders (recursive) or list files (.txt/.csv/.parquet). model: a source for load_model
@@ -388,6 +388,12 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     decode_options: extra DecodePool arguments (max_attempts, threads, max_pending_clips, decode, nice); by
     default the pool may hold two model batches of decoded clips, so decoders keep working while the model
     computes.
+    retry_errors: redo the videos with error rows this shard wrote (store.retire_errors moves those rows out of
+    the dataset first; the new outcome replaces them). break_lock: take the shard's lock even when another host
+    holds it (shard_lock.py; a live holder on this host is never overridden).
+    Faults (faults.py): a video's own fault is its error row; an environment fault (EnvironmentFault: a worker
+    killed by the OOM killer, a file system that fails for a moment) or our bug stops the run, finished videos
+    committed first and nothing recorded for the video at fault, so the rerun does it.
     engine: "local" (this process and its decode workers) or "ray" (ray_engine.extract_ray: a Ray Data job on
     the cluster at ray_address, actors per ray_options; same output).
     """
@@ -458,9 +464,10 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
     sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=frame_step, fps=fps, clip_stride_s=clip_stride_s,
                         clips_per_video=clips_per_video, crops=1 if crops is None else int(crops))
     run = build_run(net, sampling, keep_spec, torch_dtype, dev, embedding_dtype, (shard_index, num_shards))
-    lock = ShardLock(out, shard_index).acquire()  # one writer per shard, before anything in OUT is touched
+    lock = ShardLock(out, shard_index, break_lock=break_lock).acquire()  # one writer per shard, before OUT is touched
     try:
         out = store.prepare_output(out, run, shard=shard_index, num_shards=num_shards, overwrite=overwrite)
+        retried = store.retire_errors(out, shard_index) if retry_errors and not overwrite else 0
     except BaseException:
         lock.release()
         raise
@@ -559,6 +566,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "videos_ok": state.ok,
         "videos_failed": state.failed,
         "videos_skipped": discovery.skipped,
+        "errors_retried": retried,  # error rows moved out by --retry-errors (their videos were redone)
         "videos_other_shards": discovery.entries - discovery.mine,
         "discovery_s": discovery.seconds,  # reading the inputs, hashing and checking (while the run went on)
         "first_clip_s": first_clip_s,  # start of extract() to the first decoded clip

@@ -43,6 +43,7 @@ FORMAT = "vmae_fast.extract/2"
 RUN_FILE = "_run.json"
 CLIPS_DIR = "clips"
 ERRORS_DIR = "errors"
+RETIRED_DIR = "_retried"  # under ERRORS_DIR: error rows replaced by --retry-errors (retire_errors)
 VIDEOS_DIR = views.VIDEOS_DIR
 EMBEDDING_DTYPES = ("float32", "float16")
 _PART_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
@@ -210,6 +211,31 @@ def list_parts(directory: str | os.PathLike) -> list[tuple[str, int, int]]:
         if m:
             parts.append((name, int(m.group(1)), int(m.group(2))))
     return sorted(parts, key=lambda p: (p[1], p[2]))
+
+
+def retire_errors(out: str | os.PathLike, shard: int) -> int:
+    """`--retry-errors`: move the error parts this shard wrote out of the dataset, into
+    OUT/errors/_retried/<UTC time>-<pid>-<shard>/, so that their videos count as not done and are redone; returns
+    the rows moved. A video's newest outcome is then the only one readers see: its new clips, or a new error row.
+    Renames only (no part is rewritten), one part at a time under the shard lock: after a crash half-way, a moved
+    part's videos are simply not done yet. Readers skip the moved rows: list_parts and `errors/*.parquet` globs do
+    not descend, pyarrow datasets ignore "_" folders; a recursive glob (errors/**/*.parquet) would see them."""
+    import pyarrow.parquet as pq
+
+    errors = Path(out) / ERRORS_DIR
+    names = [name for name, part_shard, _ in list_parts(errors) if part_shard == shard]
+    if not names:
+        return 0
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = errors / RETIRED_DIR / f"{stamp}-{os.getpid()}-shard{shard:05d}"
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for name in names:
+        rows += pq.read_metadata(errors / name).num_rows
+        os.replace(errors / name, dest / name)
+    _fsync_dir(errors)
+    _fsync_dir(dest)
+    return rows
 
 
 def committed_video_ids(out: str | os.PathLike) -> set[str]:
