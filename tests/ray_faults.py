@@ -44,3 +44,13 @@ def decode_kill_actor(task, sampling, image_size, backend="auto", **options):
         os.kill(actor, signal.SIGKILL)
         time.sleep(60)  # dies with the forkserver (PR_SET_PDEATHSIG)
     yield from decode_clips(task, sampling, image_size, backend, **options)
+
+
+def decode_environment_fault(task, sampling, image_size, backend="auto", **options):
+    """A task whose file name contains "vmae-test-envfault" fails with the environment's fault (faults.py) on every
+    attempt: the run must stop (never an error row for that video); every other task decodes like decode_clips."""
+    if "vmae-test-envfault" in Path(task.path).name:
+        from vmae_fast.faults import EnvironmentFault
+
+        raise EnvironmentFault("test: the shared disk went away")
+    yield from decode_clips(task, sampling, image_size, backend, **options)

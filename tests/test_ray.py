@@ -27,7 +27,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine's tests need the [ray] e
 
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
-from tests.ray_faults import decode_kill_actor
+from tests.ray_faults import decode_environment_fault, decode_kill_actor
 from tests.videos import make_bad_files, make_video, make_video_zoo
 from vmae_fast import cli, ray_engine, store
 from vmae_fast.pipeline import extract
@@ -152,6 +152,13 @@ def test_rows_errors_run_file_and_schema_equal_the_local_engine(tmp_path, cluste
         extract([root], tmp_path / "ray", model=ckpt, frame_step=1, **RAY)
     assert store.read_clips(tmp_path / "ray").num_rows == local["clips"]
 
+    # --retry-errors: every error row is retired and its video redone (the bad files fail again, the same way)
+    retry = extract([root], tmp_path / "ray", model=ckpt, **RAY, **faults, retry_errors=True)
+    assert retry["errors_retried"] == local["videos_failed"] == retry["videos_failed"]
+    assert retry["videos_skipped"] == local["videos_ok"]
+    assert errors_of(tmp_path / "ray") == errors_of(tmp_path / "local")
+    assert_same_rows(rows_of(tmp_path / "ray"), rows_of(tmp_path / "local"))
+
 
 # --- faults ------------------------------------------------------------------------------------------------------------
 def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path, cluster, ckpt, small_videos,
@@ -218,6 +225,18 @@ def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(tmp_path, cluster
     assert no_temp_files(out) == []
 
 
+def test_an_environment_fault_stops_the_run_and_is_no_error_row(tmp_path, cluster, ckpt, small_videos):
+    root = tmp_path / "videos"
+    shutil.copytree(small_videos, root)
+    shutil.copy(small_videos / "clip1.mp4", root / "clip3_vmae-test-envfault.mp4")  # in the first group
+    from vmae_fast.faults import EnvironmentFault
+
+    with pytest.raises(EnvironmentFault, match="shared disk went away"):
+        extract([root], tmp_path / "out", model=ckpt, **RAY, decode_options={"decode": decode_environment_fault})
+    assert "clip3_vmae-test-envfault.mp4" not in store.committed_video_ids(tmp_path / "out")
+    assert store.read_errors(tmp_path / "out").num_rows == 0
+
+
 def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt, reference, monkeypatch):
     """The run token fence, without a cluster: a writer holding an old token refuses to write a part."""
     out = tmp_path / "out"
@@ -247,6 +266,10 @@ def test_arguments_the_ray_engine_refuses_before_it_asks_a_cluster(tmp_path, sma
         extract([small_videos], out, model=ckpt, ray_address="auto")
     with pytest.raises(ValueError, match="unknown ray_options"):
         extract([small_videos], out, model=ckpt, engine="ray", ray_options={"actor": 2})
+    with pytest.raises(ValueError, match="does not support frobnicate"):
+        from vmae_fast.ray_engine import extract_ray
+
+        extract_ray([small_videos], out, model=ckpt, frobnicate=True)
     with pytest.raises(ValueError, match="--frame-step or --fps"):
         extract([small_videos], out, model=ckpt, engine="ray", frame_step=2, fps=4.0)
     code = cli.main(["extract", str(small_videos), "-o", str(out), "--engine", "ray", "--shard", "0/2"])

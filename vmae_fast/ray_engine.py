@@ -353,6 +353,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
     import torch
 
     t_start = time.perf_counter()
+    options.pop("extract_ray", None)  # pipeline.extract passes its locals(): the import of this function too
     ray_options = dict(ray_options or {})
     if shard is not None:
         raise ValueError("--shard splits the work between static processes; --engine ray balances it itself: "
@@ -399,6 +400,10 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=overwrite)
         token = _take_over(out)
         _remove_temp_parts(out)
+        retried = 0
+        if options.pop("retry_errors", False) and not overwrite:  # every error part, whoever wrote it: redone
+            for number in sorted({shard for _, shard, _ in store.list_parts(out / store.ERRORS_DIR)}):
+                retried += store.retire_errors(out, number)
         done = set() if overwrite else store.committed_video_ids(out)
         todo = [t for t in found.tasks if t.video_id not in done]
         discovery_errors = [e for e in found.errors if e["video_id"] not in done]
@@ -425,7 +430,10 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         per_actor: dict[str, dict] = {}
         if groups:
             t_job = time.perf_counter()
-            _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+            try:
+                _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+            except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
+                raise _cause(e) from e
             timing["job_s"] = time.perf_counter() - t_job
         if bar is not None:
             bar.close()
@@ -443,11 +451,19 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
             ray.shutdown()
     return _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
-                    len(groups), time.perf_counter() - t_start)
+                    len(groups), time.perf_counter() - t_start, retried)
+
+
+_HANDLED = {"clip_frames", "frame_step", "fps", "clip_stride_s", "clips_per_video", "crops", "views", "keep",
+            "batch_size", "workers", "device", "dtype", "embedding_dtype", "timeout_s", "backend", "decode_backend",
+            "decode_device", "part_rows", "commit_interval_s", "decode_options", "retry_errors", "break_lock"}
 
 
 def _check_options(options: dict) -> None:
     """The local engine's argument checks that must fail here, before a cluster is asked for anything."""
+    ignored = sorted(k for k, v in options.items() if k not in _HANDLED and v not in (None, False))
+    if ignored:  # an option of the local engine this one does not know: refused, never silently dropped
+        raise ValueError(f"--engine ray does not support {', '.join(ignored)} yet; run it with --engine local")
     batch_size = options.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -466,6 +482,19 @@ def _check_options(options: dict) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {options[name]}")
     if options.get("workers") is not None and options["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {options['workers']}")
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The first exception in `error`'s chain that is not Ray's (RayTaskError.cause, __cause__), else `error`."""
+    seen = error
+    for _ in range(16):
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None:
+            break
+        seen = inner
+        if not type(seen).__module__.startswith("ray"):
+            return seen
+    return error
 
 
 def _model_source(model: Any) -> str:
@@ -539,7 +568,7 @@ def _plain(value):
 
 
 def _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor, ray_info,
-             groups, wall) -> dict:
+             groups, wall, retried) -> dict:
     actors = sorted(per_actor.values(), key=lambda a: a["actor"])
 
     def total(key):
@@ -576,6 +605,7 @@ def _summary(out, run, options, found, todo, done, discovery_errors, parts, clip
         "decode_cpu_s": total("decode_cpu_s"),
         "clips_per_s": clips / wall if wall > 0 else 0.0,
         "parts_written": None,
+        "errors_retried": retried,
         "groups": groups,
         "actors": actors,
         "ray": ray_info,
