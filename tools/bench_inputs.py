@@ -151,24 +151,27 @@ def run_child(mode: str, list_path: Path, num_shards: int, out: Path) -> dict:
 
 
 def make_committed(out: Path, rows: int, num_shards: int) -> Path:
-    """An output whose clips parts hold `rows` committed rows (4 clips per video, 64 parts of all shards)."""
+    """An output whose clips parts hold `rows` committed rows (4 clips per video) as `num_shards` shards write
+    them: part-<s>-<seq> holds shard s's videos (two parts per shard)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from vmae_fast.inputs import shards_of
 
     clips = out / "clips"
     if (out / "_done").exists():
         return out
     clips.mkdir(parents=True, exist_ok=True)
-    videos = rows // 4
-    parts = 64
-    for p in range(parts):
-        lo, hi = p * videos // parts, (p + 1) * videos // parts
-        ids = np.repeat(np.array([f"videos/{i // 1000:06d}/{i:09d}.mp4" for i in range(lo, hi)], dtype=object), 4)
-        table = pa.table({"video_id": pa.array(ids, pa.string()), "clip_index": pa.array(np.tile(np.arange(4),
-                                                                                                 hi - lo), pa.int32())})
-        pq.write_table(table, clips / f"part-{p % num_shards:05d}-{p // num_shards:06d}.parquet",
-                       use_dictionary=["video_id"], row_group_size=16384)
+    ids = np.array([f"videos/{i // 1000:06d}/{i:09d}.mp4" for i in range(rows // 4)], dtype=object)
+    shards = shards_of(list(ids), num_shards)
+    for s in range(num_shards):
+        mine = ids[shards == s]
+        for seq, half in enumerate(np.array_split(mine, 2)):
+            table = pa.table({"video_id": pa.array(np.repeat(half, 4), pa.string()),
+                              "clip_index": pa.array(np.tile(np.arange(4), len(half)), pa.int32())})
+            pq.write_table(table, clips / f"part-{s:05d}-{seq:06d}.parquet", use_dictionary=["video_id"],
+                           row_group_size=16384)
     (out / "errors").mkdir(exist_ok=True)
     (out / "_done").write_text("")
     return out

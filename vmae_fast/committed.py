@@ -1,13 +1,13 @@
 """Compact sets of video_ids: what a shard has committed (resume), and what it has already seen (duplicates).
 
-A video_id is held as its 16-byte key (blake2b-128 of the UTF-8 id) in sorted numpy runs, 16 bytes an id instead
+A video_id is held as its 16-byte key (blake2b-128 of the UTF-8 id, two uint64) in sorted numpy runs, 16 bytes an id instead
 of the ~100 a Python set of strings costs, and looked up a batch at a time with searchsorted. Two distinct ids
 share a key with probability ~n^2 / 2^129 (1e-23 for 100M ids): the keys stand for the ids.
 
-committed_ids(out, shard, num_shards) reads the `video_id` column of every committed part (clips, and errors
-unless include_errors=False: `--retry-errors` redoes those) and keeps the ids of one shard. Parts are not trusted
-to hold one shard's ids only (a rerun with another shard count writes ids of many shards under one part number),
-so every part is read; each part's ids are taken from its dictionary pages (unique per row group) and hashed once.
+committed_ids(out, shard, num_shards) gives the ids of one shard committed in a clips part, or an errors part
+unless include_errors=False (`--retry-errors` redoes those). A part's name gives the shard that wrote it, but not
+under which shard count (a rerun may use another), so a part's first ids are checked before it is skipped or
+taken whole; parts that mix shards are read whole and hashed (ids from the dictionary pages, once per row group).
 """
 
 from __future__ import annotations
@@ -19,17 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-KEY = np.dtype("S16")
-_EMPTY = np.zeros(0, KEY)
+SAMPLE = 64  # ids of a part checked to tell whether it holds one shard's ids (committed_ids)
+_EMPTY = np.zeros((0, 2), np.uint64)
 
 
 def id_keys(ids: Sequence[str]) -> np.ndarray:
-    """The 16-byte keys (numpy S16) of `ids`, in order."""
+    """The 16-byte keys of `ids`, in order: a (n, 2) uint64 array (the digest's two halves)."""
     if not ids:
         return _EMPTY
     blake2b = hashlib.blake2b
     return np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=16, person=b"vmae-id").digest()
-                                   for v in ids]), KEY)
+                                   for v in ids]), np.uint64).reshape(-1, 2)
+
+
+def _order(keys: np.ndarray) -> np.ndarray:
+    """Sorting order of (n, 2) keys by (first, second) half: by the first half alone (fast), unless two keys share
+    it (rare for distinct ids: one pair in 2^64; always for repeated ids), then by both."""
+    order = np.argsort(keys[:, 0], kind="stable")
+    first = keys[order, 0]
+    if len(first) > 1 and (first[1:] == first[:-1]).any():
+        order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return order
 
 
 class KeySet:
@@ -57,33 +67,43 @@ class KeySet:
         found = np.zeros(len(keys), bool)
         codes = np.full(len(keys), -1, np.int64)
         for run, run_codes in self._runs:
-            pos = np.searchsorted(run, keys)
-            pos_ok = np.minimum(pos, len(run) - 1)
-            hit = (pos < len(run)) & (run[pos_ok] == keys) & ~found
+            first = run[:, 0]
+            pos = np.searchsorted(first, keys[:, 0])
+            at = np.minimum(pos, len(run) - 1)
+            same_first = (pos < len(run)) & (first[at] == keys[:, 0])
+            hit = same_first & (run[at, 1] == keys[:, 1])
+            for i in np.flatnonzero(same_first & ~hit):  # first halves tie: look along the tie (rare)
+                j = int(pos[i]) + 1
+                while j < len(run) and first[j] == keys[i, 0]:
+                    if run[j, 1] == keys[i, 1]:
+                        hit[i], at[i] = True, j
+                        break
+                    j += 1
+            hit &= ~found
             found |= hit
-            codes[hit] = run_codes[pos_ok[hit]]
+            codes[hit] = run_codes[at[hit]]
         return found, codes
 
     def add(self, keys: np.ndarray, codes: np.ndarray | None = None, *, unique: bool = True) -> None:
         """Add keys (with their codes; default -1). unique=True: the caller checked that none is present and that
         they are distinct (see first_repeat); unique=False: repeats are dropped (the first code is kept)."""
-        keys = np.asarray(keys, KEY)
         codes = np.full(len(keys), -1, np.int64) if codes is None else np.asarray(codes, np.int64)
         if not len(keys):
             return
         if not unique:
             present, _ = self.lookup(keys)
             keys, codes = keys[~present], codes[~present]
-            keys, first = np.unique(keys, return_index=True)
-            codes = codes[first]
-        else:
-            order = np.argsort(keys, kind="stable")
-            keys, codes = keys[order], codes[order]
+        order = _order(keys)
+        keys, codes = keys[order], codes[order]
+        if not unique and len(keys) > 1:
+            new = np.ones(len(keys), bool)
+            new[1:] = (keys[1:] != keys[:-1]).any(axis=1)  # sorted stably: the first of equal keys is kept
+            keys, codes = keys[new], codes[new]
         self._runs.append((keys, codes))
         while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
             (k1, c1), (k2, c2) = self._runs.pop(), self._runs.pop()
             k, c = np.concatenate([k2, k1]), np.concatenate([c2, c1])
-            order = np.argsort(k, kind="stable")  # two sorted runs: the stable sort merges them
+            order = _order(k)
             self._runs.append((k[order], c[order]))
 
     def first_repeat(self, keys: np.ndarray) -> tuple[int, int | None, int | None] | None:
@@ -92,15 +112,21 @@ class KeySet:
         every key is new."""
         present, codes = self.lookup(keys)
         i_set = int(np.argmax(present)) if present.any() else len(keys)
-        _, first_pos, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        firsts = first_pos[inverse.reshape(-1)]  # position of each key's first occurrence in the batch
-        repeats = np.flatnonzero(firsts != np.arange(len(keys)))
-        i_batch = int(repeats[0]) if len(repeats) else len(keys)
+        i_batch, j_batch = len(keys), None
+        order = _order(keys)
+        ordered = keys[order]
+        if len(keys) > 1 and (ordered[1:] == ordered[:-1]).all(axis=1).any():  # a repeat: find the first (rare)
+            first_at: dict[tuple[int, int], int] = {}
+            for i, (a, b) in enumerate(keys.tolist()):
+                if (a, b) in first_at:
+                    i_batch, j_batch = i, first_at[(a, b)]
+                    break
+                first_at[(a, b)] = i
         if i_set == i_batch == len(keys):
             return None
         if i_set <= i_batch:
             return i_set, int(codes[i_set]), None
-        return i_batch, None, int(firsts[i_batch])
+        return i_batch, None, j_batch
 
 
 def _part_ids(path: Path) -> list[str]:
@@ -116,21 +142,52 @@ def _part_ids(path: Path) -> list[str]:
     return pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
 
 
+def _holds_one_shard(path: Path, part_shard: int, num_shards: int) -> bool:
+    """True when the first SAMPLE distinct ids of a part all belong to the shard its name gives: it was written by
+    that shard of this shard count (a part written under another count mixes shards, and SAMPLE of its ids land in
+    one shard with probability <= 2^-64; a part of shard s of k*n holds ids of shard s % n only, and its name
+    says s >= n unless s % n == s). False: the part is read whole and filtered."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .inputs import shards_of
+
+    if part_shard >= num_shards:
+        return False
+    f = pq.ParquetFile(path, read_dictionary=["video_id"])
+    if f.metadata.num_row_groups == 0:
+        return False
+    column = f.read_row_group(0, columns=["video_id"]).column("video_id")
+    chunk = column.chunk(0) if column.num_chunks else None
+    if chunk is None:
+        return False
+    values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else pc.unique(chunk)
+    ids = values.slice(0, SAMPLE).cast(pa.string()).to_pylist()
+    return len(ids) == SAMPLE and bool((shards_of(ids, num_shards) == part_shard).all())
+
+
 def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *,
                   include_errors: bool = True) -> KeySet:
     """The video_ids of shard `shard` of `num_shards` committed in OUT: in a clips part, or in an errors part unless
-    include_errors=False. A KeySet: `video_id in s`, s.lookup(id_keys(batch)), len(s)."""
+    include_errors=False. A KeySet: `video_id in s`, s.lookup(id_keys(batch)), len(s).
+
+    A part whose sampled ids show it holds one other shard's ids is skipped after reading its first row group; a
+    part of this shard is taken whole; any other part (another shard count, the Ray engine's group parts) is read
+    whole and its ids hashed to keep this shard's: resuming costs about this shard's share of OUT."""
     from .inputs import shards_of
     from .store import CLIPS_DIR, ERRORS_DIR, list_parts
 
     out = Path(out)
     folders = [out / CLIPS_DIR] + ([out / ERRORS_DIR] if include_errors else [])
-    found = KeySet()
+    keys = []
     for folder in folders:
-        for name, _, _ in list_parts(folder):
+        for name, part_shard, _ in list_parts(folder):
+            one_shard = num_shards > 1 and _holds_one_shard(folder / name, part_shard, num_shards)
+            if one_shard and part_shard != shard:
+                continue
             ids = _part_ids(folder / name)
-            if num_shards > 1:
+            if num_shards > 1 and not one_shard:
                 ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
-            found.add(id_keys(ids), unique=False)
-    return found
-
+            keys.append(id_keys(ids))
+    return KeySet(np.concatenate(keys) if keys else None)  # one sort (a video is in one part: no repeats)

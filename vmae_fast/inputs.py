@@ -243,7 +243,7 @@ class _ListFile(_Source):
         else:
             import pyarrow.parquet as pq
 
-            reader = pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS, columns=present)
+            reader = pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=present)
             first = 0
         row = first
         try:

@@ -215,9 +215,12 @@ class RemoteVideo:
     retried from the last byte received; see the module doc for what counts as whose fault.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = TIMEOUT_S, attempts: int = ATTEMPTS,
-                 backoff_s: float = BACKOFF_S, tmp_dir: str | None = None):
-        self.url, self.attempts, self.backoff_s = url, attempts, backoff_s
+    def __init__(self, url: str, *, timeout_s: float | None = None, attempts: int | None = None,
+                 backoff_s: float | None = None, tmp_dir: str | None = None):
+        timeout_s = TIMEOUT_S if timeout_s is None else timeout_s  # the module's values at call time
+        self.url = url
+        self.attempts = ATTEMPTS if attempts is None else attempts
+        self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         scheme = url_scheme(url)
         self._source = _HTTPSource(url, timeout_s) if scheme in ("http", "https") else _FsspecSource(url, timeout_s)
         self._lock = threading.Lock()
@@ -230,7 +233,9 @@ class RemoteVideo:
         self._cache.truncate(self.size)  # sparse: only fetched blocks take disk space
         self._have = bytearray((self.size + BLOCK - 1) // BLOCK)  # 1: block fully cached
         self._partial: dict[int, int] = {}  # block -> bytes already cached from its start (an interrupted fetch)
-        self.on_bytes = None  # callable(n) after every n bytes received (a decode worker's heartbeat)
+        from .video.progress import tick
+
+        self.on_bytes = tick  # called with every chunk's size: a decode worker's heartbeat (video/progress.py)
 
     def __enter__(self) -> Self:
         return self

@@ -49,12 +49,14 @@ def check_path(path: str) -> None:
 
 
 
-def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu"):
+def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu", remote=None):
     """(reader, fallback) for `backend`: "auto" is DEFAULT_BACKEND on the CPU and torchcodec on CUDA; "decord"
     falls back to PyAV for files decord cannot open (fallback: the PyAV reader to continue with if decord fails
-    mid-way)."""
+    mid-way). remote: the RemoteVideo of a URL (PyAV streams it; decord and torchcodec get its local copy)."""
     check_path(path)
-    pyav = PyAVReader(path, image_size, threads)  # header + packet index: uniform "open" errors, timestamps
+    pyav = PyAVReader(path, image_size, threads, remote)  # header + packet index: uniform "open" errors, timestamps
+    if remote is not None and (backend in ("decord", "torchcodec") or device != "cpu"):
+        path = remote.local_path()  # these take a path only: the whole file, fetched once
     if backend == "torchcodec" or device != "cpu":
         from .torchcodec_reader import TorchCodecReader
 
@@ -164,7 +166,20 @@ def decode_clips(
     require_backend(backend)
     info = {} if info is None else info
     path = os.fspath(task.path)
-    reader, fallback = _open_reader(path, image_size, backend, threads, device)
+    remote = None
+    if "://" in path:
+        from ..remote import RemoteVideo, is_url
+
+        remote = RemoteVideo(path) if is_url(path) else None  # one cache for every pass over the URL's bytes
+    try:
+        yield from _decode(task, path, sampling, image_size, backend, threads, at_s, info, alloc, device, remote)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _decode(task, path, sampling, image_size, backend, threads, at_s, info, alloc, device, remote):
+    reader, fallback = _open_reader(path, image_size, backend, threads, device, remote)
     crops = sampling.crops
     done = 0  # clips (views) yielded so far
     while True:
@@ -181,14 +196,14 @@ def decode_clips(
                 info["frames_decoded"] = getattr(reader, "frames_decoded", None)
                 yield clip
             return
-        except VideoError:
+        except (VideoError, EnvironmentFault):  # a URL's network failure is not the video's (remote.py)
             raise
         except Exception as e:  # a decoder's failure is this video's error (or a fallback)
             kind = classify(e)
             if kind == ENVIRONMENT or (kind == BUG and reader.name == "pyav"):
                 raise  # memory, a network file system, or our bug (PyAV's errors are typed): the run's problem
             if reader.name == "decord":  # decord failed mid-way: go on with PyAV
-                reader, fallback = fallback or PyAVReader(path, image_size, threads), None
+                reader, fallback = fallback or PyAVReader(path, image_size, threads, remote), None
                 continue
             raise VideoError("decode", f"{reader.name} failed on {path}: {one_line(e)}") from None
 

@@ -35,13 +35,15 @@ _SKIP_NONREF = True  # skip_frame=NONREF for unwanted frames
 _CROP_BEFORE_SCALE = True  # scale only the center square (else: scale the whole frame, then crop)
 
 
-def _av_open(path: str, probe_by_decoding: bool = False):
+def _av_open(path: str, probe_by_decoding: bool = False, remote=None):
+    """remote: a remote.RemoteVideo to read `path` (a URL) through: every open reads its one local cache."""
     import av
 
+    source = path if remote is None else remote.open()
     try:
         if probe_by_decoding:
-            return av.open(path, metadata_errors="ignore")
-        return av.open(path, metadata_errors="ignore", options=_PROBE_WITHOUT_DECODING)
+            return av.open(source, metadata_errors="ignore")
+        return av.open(source, metadata_errors="ignore", options=_PROBE_WITHOUT_DECODING)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         if classify(e) == ENVIRONMENT:  # EIO, ESTALE, ETIMEDOUT, HTTP 5xx, ...: may pass, not the file's fault
             raise EnvironmentFault(f"cannot open {path}: {e}") from None
@@ -121,11 +123,11 @@ class PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, image_size: int, threads: int = 0):
+    def __init__(self, path: str, image_size: int, threads: int = 0, remote=None):
         import av
 
-        self.path, self.image_size, self.threads = path, image_size, threads
-        container = _av_open(path)
+        self.path, self.image_size, self.threads, self.remote = path, image_size, threads, remote
+        container = _av_open(path, remote=remote)
         try:
             if not container.streams.video:
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -134,7 +136,7 @@ class PyAVReader:
             if not (stream.codec_context.width and stream.codec_context.height):
                 # the headers do not say: let FFmpeg find out by decoding (slower open, same result)
                 container.close()
-                container = _av_open(path, probe_by_decoding=True)
+                container = _av_open(path, probe_by_decoding=True, remote=remote)
                 stream = container.streams.video[0]
             self.stream_index = stream.index
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
@@ -205,7 +207,7 @@ class PyAVReader:
         return int(self.keyframe_indices[k]) if k >= 0 else 0
 
     def _open_stream(self, threads: int | None = None):
-        container = _av_open(self.path)
+        container = _av_open(self.path, remote=self.remote)
         stream = container.streams[self.stream_index]
         stream.thread_type = "AUTO"  # frame + slice threads
         stream.codec_context.thread_count = self.threads if threads is None else threads
