@@ -30,6 +30,7 @@ sys.path.insert(0, str(TOOLS))
 
 def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     """One measurement in this (fresh) process: kind 'local' or 'ray'."""
+    load_before = os.getloadavg()[0]  # the machine must be otherwise idle for a figure to mean anything
     t0 = time.perf_counter()
     started = t0
     options = {} if batch_size is None else {"batch_size": batch_size}
@@ -46,6 +47,7 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     end = time.perf_counter()
     keys = ("clips", "videos_ok", "compute_s", "wait_s", "write_s", "decode_cpu_s", "workers", "batch_size")
     row = {"side": kind, "total_s": end - t0, "extract_s": end - started, **{k: summary.get(k) for k in keys}}
+    row["load_1min"] = [load_before, os.getloadavg()[0]]
     row["clips_per_s_total"] = row["clips"] / row["total_s"]
     row["clips_per_s_extract"] = row["clips"] / row["extract_s"]
     if kind == "ray":
