@@ -243,7 +243,7 @@ def test_cli_the_users_problems_and_the_environments_are_one_line(tmp_path, monk
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory) -> Path:
     """Four hours of a 32x32 gray frame at 30 fps (432k packets, ~6 MB, made in ~3 s): opening it (the demux pass
-    that reads every packet's timestamp) takes ~2 s, far longer than the watchdog's timeout below."""
+    that reads every packet's timestamp) takes 2-6 s, longer than the watchdog's timeout below."""
 
     path = tmp_path_factory.mktemp("long") / "four_hours.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:size=32x32:rate=30", "-t", "14400",
@@ -261,8 +261,8 @@ def test_a_long_file_outlasting_the_timeout_is_decoded_and_a_stalled_one_is_not(
     reader = PyAVReader(str(long_video), 32, 1)
     open_s = time.perf_counter() - t0
     assert len(reader.timestamps) == 432_000
-    timeout_s = 0.5
-    assert open_s > 3 * timeout_s, open_s  # the open alone outlasts the timeout
+    # a quarter of the open's time (slower under load, like everything the worker does between two ticks)
+    timeout_s = max(0.5, open_s / 4)
     stalled = tmp_path / "stalled_vmae-test-hang.mp4"  # decodes one clip, then hangs: still killed
     stalled.symlink_to(long_video)
     sampling = Sampling(num_frames=4, clips_per_video=2)
@@ -561,7 +561,8 @@ def test_sigint_and_sigterm_at_random_moments_then_resume_equal_an_uninterrupted
                 proc.send_signal(signum)
             time.sleep(0.005)
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (0, 130, 143), err[-2000:]
+        # -signum: the second signal came after the run had ended and the CLI had put the default handler back
+        assert proc.returncode in (0, 130, 143) or (twice and proc.returncode == -signum), err[-2000:]
         at_stop = clip_rows(out) if (out / "_run.json").exists() else []
         assert len(set(keys_of(at_stop))) == len(at_stop)  # never a duplicate, even at the stop
         from vmae_fast import cli

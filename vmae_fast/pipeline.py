@@ -252,6 +252,8 @@ class _Extraction:
         self.decode_cpu_s: float | None = 0.0  # None once a video was decoded in-process (no separate CPU clock)
         self.video_seconds = 0.0
         self.started = time.perf_counter()
+        self.wait_s = 0.0  # waiting for the next decode event (feed)
+        self.first_clip_at: float | None = None  # perf_counter() of the first decoded clip
 
     # events from the DecodePool
     def on_clips(self, task, clips) -> None:
@@ -361,6 +363,49 @@ class _Extraction:
                                  refresh=False)
 
 
+def feed(state: _Extraction, pool, tasks, *, timeout_s: float, plan: _CorePlan | None = None):
+    """The per-shard loop, the unit every engine runs: decode `tasks` (an iterable of VideoTasks) in `pool` (a
+    DecodePool, workers running ahead in a _Prefetch thread) and hand each event to `state`: clips to the batching
+    runner, a finished video to its writer (committed whole), a failed one as its error row. A generator that
+    yields each event once handled, so that the caller writes (writer.maybe_flush), reports or records discovery
+    errors between events; plan, if given, may add decode workers. state.wait_s counts the time spent waiting for
+    events. Closing it early (an exception, Ctrl-C) stops the decoders within a second; state.finish() after it
+    runs the last batch and writes what is buffered.
+
+        with DecodePool(...) as pool:
+            runner.release = pool.release
+            for _ in feed(state, pool, tasks, timeout_s=timeout_s):
+                writer.maybe_flush()
+        state.finish()
+    """
+    from .video import DoneEvent, ErrorEvent, ResetEvent
+
+    prefetch = _Prefetch(pool, tasks, max_events=pool.slots + 16 if pool.workers else pool.max_pending_clips)
+    events = iter(prefetch)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            event = next(events, None)
+            state.wait_s += time.perf_counter() - t0
+            if event is None:
+                return
+            if isinstance(event, DoneEvent):
+                state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s, event.duration_s)
+            elif isinstance(event, ErrorEvent):
+                state.on_error(event.task, event.stage, event.error, event.attempts)
+            elif isinstance(event, ResetEvent):
+                state.on_reset(event.task)
+            else:
+                if state.first_clip_at is None:
+                    state.first_clip_at = time.perf_counter()
+                state.on_clips(event.task, event.clips)
+                if plan is not None:
+                    plan.update(pool, state.runner.count, state.wait_s, state.runner.compute_s)
+            yield event
+    finally:
+        prefetch.stop(timeout_s=timeout_s + 5)  # a hung decoder is killed after timeout_s at the latest
+
+
 def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None = None,
             frame_step: int | None = None, fps: float | None = None, clip_stride_s: float | None = None,
             clips_per_video: int | None = None, crops: int | None = None, views: str | None = None,
@@ -401,7 +446,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         from .ray_engine import extract_ray
 
         return extract_ray(**locals())
-    from .video import DecodePool, DoneEvent, ErrorEvent, ResetEvent, Sampling
+    from .video import DecodePool, Sampling
 
     t_start = time.perf_counter()
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -465,40 +510,38 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
                         clips_per_video=clips_per_video, crops=1 if crops is None else int(crops))
     run = build_run(net, sampling, keep_spec, torch_dtype, dev, embedding_dtype, (shard_index, num_shards))
     lock = ShardLock(out, shard_index, break_lock=break_lock).acquire()  # one writer per shard, before OUT is touched
-    try:
+    try:  # from here on the lock is released whatever happens (the run's finally below, or this except)
         out = store.prepare_output(out, run, shard=shard_index, num_shards=num_shards, overwrite=overwrite)
         retried = store.retire_errors(out, shard_index) if retry_errors and not overwrite else 0
+
+        if not overwrite:  # this shard's committed ids (clips or errors), compact: committed.py
+            discovery.skip = committed_ids(out, shard_index, num_shards)
+
+        writer = store.RunWriter(out, run, shard_index, part_rows=part_rows, commit_interval_s=commit_interval_s)
+        runner = ModelRunner(net, batch_size, keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            desc = f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract"
+            bar = tqdm(total=None, unit="video", file=sys.stderr, dynamic_ncols=True, desc=desc)
+            discovery.progress = functools.partial(_discovery_progress, bar, desc)  # the total is known at its end
+        state = _Extraction(runner, writer, bar)
+
+        def record_discovery_errors() -> None:  # unreadable folders of this shard, met during the walk
+            for error in discovery.take_errors():
+                state.writer.add_error(**error)
+                state.failed += 1
+                state.progress()
+
+        threads = torch.get_num_threads()
+        if plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(plan.model_threads)
     except BaseException:
         lock.release()
         raise
-
-    if not overwrite:  # this shard's committed ids (clips or errors), compact: committed.py
-        discovery.skip = committed_ids(out, shard_index, num_shards)
-
-    writer = store.RunWriter(out, run, shard_index, part_rows=part_rows, commit_interval_s=commit_interval_s)
-    runner = ModelRunner(net, batch_size, keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        desc = f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract"
-        bar = tqdm(total=None, unit="video", file=sys.stderr, dynamic_ncols=True, desc=desc)
-        discovery.progress = functools.partial(_discovery_progress, bar, desc)  # the total is known at its end
-    state = _Extraction(runner, writer, bar)
-
-    def record_discovery_errors() -> None:  # unreadable folders of this shard, met during the walk
-        for error in discovery.take_errors():
-            state.writer.add_error(**error)
-            state.failed += 1
-            state.progress()
-
-    first_clip_s = None
-    threads = torch.get_num_threads()
-    if plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(plan.model_threads)
-    wait_s = 0.0
     try:
         pool_options = {"timeout_s": timeout_s, "backend": decode_backend,
                         "max_pending_clips": max(2 * batch_size, 4 * max(plan.max_workers, 1)), **plan.pool_options}
@@ -511,31 +554,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
             runner.release = pool.release
             # the ring bounds the decoded clips in memory; the queue only hands events over (+ non-clip events)
-            prefetch = _Prefetch(pool, discovery, max_events=pool.slots + 16 if workers else pool.max_pending_clips)
-            events = iter(prefetch)
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    event = next(events, None)
-                    wait_s += time.perf_counter() - t0
-                    if event is None:
-                        break
-                    if isinstance(event, DoneEvent):
-                        state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s,
-                                      event.duration_s)
-                    elif isinstance(event, ErrorEvent):
-                        state.on_error(event.task, event.stage, event.error, event.attempts)
-                    elif isinstance(event, ResetEvent):
-                        state.on_reset(event.task)
-                    else:
-                        if first_clip_s is None:
-                            first_clip_s = time.perf_counter() - t_start
-                        state.on_clips(event.task, event.clips)
-                        plan.update(pool, runner.count, wait_s, runner.compute_s)
-                    record_discovery_errors()
-                    writer.maybe_flush()
-            finally:
-                prefetch.stop(timeout_s=timeout_s + 5)  # a hung decoder is killed after timeout_s at the latest
+            for _ in feed(state, pool, discovery, timeout_s=timeout_s, plan=plan):
+                record_discovery_errors()
+                writer.maybe_flush()
         record_discovery_errors()
         state.finish()
     except BaseException:
@@ -569,7 +590,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "errors_retried": retried,  # error rows moved out by --retry-errors (their videos were redone)
         "videos_other_shards": discovery.entries - discovery.mine,
         "discovery_s": discovery.seconds,  # reading the inputs, hashing and checking (while the run went on)
-        "first_clip_s": first_clip_s,  # start of extract() to the first decoded clip
+        "first_clip_s": None if state.first_clip_at is None else state.first_clip_at - t_start,  # from the start
         "clips": state.clips,
         "video_seconds": state.video_seconds,
         "wall_s": wall,
@@ -578,7 +599,7 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         "batches": runner.count,
         "padded_rows": runner.padded_rows,
         "oom_halvings": [list(h) for h in runner.oom_halvings],  # CUDA out of memory: [rows, batch size after]
-        "wait_s": wait_s,
+        "wait_s": state.wait_s,
         "write_s": writer.write_s,
         "decode_s": state.decode_s,
         "decode_cpu_s": state.decode_cpu_s if workers else None,

@@ -174,6 +174,7 @@ class PyAVReader:
             self.reorder_depth = 0  # unknown: the decoder keeps its own guess
         else:
             self.reorder_depth = reorder_depth(np.asarray(pts, dtype=np.int64))
+        progress.tick()  # the index of a long file takes a while too (~0.1 s per 100k packets, 3 steps)
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         self.pts = np.asarray(pts, dtype=np.int64)[order]
         self.keyframe_indices = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
@@ -181,7 +182,9 @@ class PyAVReader:
         # puts an mkv's first frame at 0.021 s when AAC priming starts its audio early, PyAV's at 0).
         self.timestamps = (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
         self.last_duration = float(last_duration * self.time_base) if last_duration else None
+        progress.tick()
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
+        progress.tick()
         self.decode_size = decode_size(self.display_width, self.height, image_size)
         self.rotation_k = 0  # display rotation in quarter turns (np.rot90), read from the first decoded frame
         self.frames_decoded = 0  # frames the decoder produced (the rest of those passed were skipped or seeked over)
