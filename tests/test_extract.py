@@ -4,7 +4,7 @@ Covers the mixed good/bad folder, resume after SIGKILL of the whole process grou
 changes, --overwrite, list files, schema/metadata, embed_video_at and the CLI's one-line errors.
 
 Rows of two runs are compared with assert_same_rows: bit-identical for clips that ran in batches of the same shape
-in both runs, within ATOL otherwise (a short batch runs with fewer rows, see extract.batch_rows).
+in both runs, within ATOL otherwise (a short batch runs with fewer rows, see runner.batch_rows).
 """
 
 from __future__ import annotations

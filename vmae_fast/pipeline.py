@@ -2,8 +2,10 @@
 
 Decoding runs in DecodePool worker processes that run ahead of the model; the main thread packs clips from many
 videos into model batches (runner.py) and keeps a video's embeddings until the video is complete, then hands the
-whole video to the store (a video is committed whole or not at all; see store.py). Input discovery, shards and the
-device are in inputs.py; the summary's human lines in cli.py. `vmae_fast.extract(...)` is `extract` here.
+whole video to the store (a video is committed whole or not at all; see store.py). feed() is that per-shard loop,
+the unit an engine runs (ray_engine.py too). Input discovery and shards are in inputs.py, the device in device.py,
+the fault rules in faults.py, the shard lock in shard_lock.py, the summary's human lines in cli.py.
+`vmae_fast.extract(...)` is `extract` here.
 """
 
 from __future__ import annotations
