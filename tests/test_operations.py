@@ -609,3 +609,19 @@ def test_retry_errors_redoes_failed_videos_and_the_error_rows_they_replace_no_lo
     code = cli.main(["extract", str(root), "-o", str(out), "--model", str(ckpt), "--workers", "0", "--no-progress",
                      "--retry-errors"])  # the CLI flag: junk is tried once more and fails once more
     assert code == 0 and [e["video_id"] for e in store.read_errors(out).to_pylist()] == ["junk.mp4"]
+
+
+def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos):
+    from vmae_fast import cli
+
+    out = tmp_path / "out"
+    (out / "_locks").mkdir(parents=True)
+    (out / "_locks" / "shard-00000.lock").write_text(json.dumps(
+        {"host": "gpu-node-3", "boot_id": "b", "pid": 77, "pid_start": "5", "started_utc": "2026-12-01T08:00:00Z",
+         "token": "t", "command": "vmae-fast extract ..."}))
+    args = ["extract", str(videos), "-o", str(out), "--model", str(ckpt), "--workers", "0", "--no-progress"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpu-node-3" in err[0] and "--break-lock" in err[0]
+    assert cli.main([*args, "--break-lock"]) == 0
+    assert len(store.read_clips(out)) == 4 and not (out / "_locks" / "shard-00000.lock").exists()
