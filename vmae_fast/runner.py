@@ -34,7 +34,8 @@ class ModelRunner:
     floating-point close otherwise (see README, "Resume"). The clips' frames (shared-memory slot views from the
     DecodePool) are gathered into a host buffer, then handed back with `release` at once: the buffer is what the
     model reads. On CUDA: two pinned host buffers, non-blocking H2D, and results copied back non-blocking with an
-    event, so collecting batch k (the one before the newest) does not wait for batch k+1.
+    event, so collecting batch k (the one before the newest) does not wait for batch k+1; all of it on `device`,
+    whatever the caller's current CUDA device. CUDA out of memory halves batch_size and goes on (submit).
     """
 
     def __init__(self, model, batch_size: int, keep, device: torch.device, num_frames: int, image_size: int,
