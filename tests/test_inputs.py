@@ -20,7 +20,7 @@ import pytest
 from vmae_fast import inputs as inputs_module
 from vmae_fast import store
 from vmae_fast.committed import KeySet, committed_ids, id_keys
-from vmae_fast.inputs import Discovery, discover_inputs, shard_of, shards_of
+from vmae_fast.inputs import Discovery, discover_inputs, shard_of, shards_of, split_list
 
 
 def old_shard_of(video_id: str, num_shards: int) -> int:  # the function every existing output was sharded with
@@ -177,3 +177,17 @@ def test_committed_ids_equal_the_brute_force_for_any_shard_count(tmp_path):
             assert not any(v in got for v in everything - want)
             without = committed_ids(out, s, n, include_errors=False)
             assert len(without) == len({v for v in want if v not in ids[2000:2100]})
+
+
+def test_split_list_gives_each_shard_exactly_its_entries(tmp_path, small_batches):
+    paths = write_lists(tmp_path, 40)
+    whole = list(Discovery(tmp_path / "l.csv"))
+    parts = split_list(tmp_path / "l.csv", 3, tmp_path / "lists")
+    for i, part in enumerate(parts):
+        own = list(Discovery(part, (i, 3)))
+        assert own == [t for t in whole if old_shard_of(t.video_id, 3) == i]  # same ids, paths, time ranges
+        assert len(own) == pq.read_metadata(part).num_rows  # nothing of another shard in it
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == len(paths)
+    (tmp_path / "dup.txt").write_text("a.mp4\nb.mp4\na.mp4\n")
+    with pytest.raises(ValueError, match="'a.mp4' appears twice"):
+        split_list(tmp_path / "dup.txt", 2, tmp_path / "dup")

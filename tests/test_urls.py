@@ -254,3 +254,17 @@ def test_the_cache_file_is_removed_and_reads_are_bounded(videos, quick):
         assert Path(video.cache_path).exists()
         video.close()
         assert not Path(video.cache_path).exists()
+
+
+def test_extract_stops_on_a_server_that_stays_down_and_the_rerun_does_the_video(tmp_path, videos, ckpt, quick):
+    """The network's fault is the environment's: no error row, the run stops (EnvironmentFault), and the same
+    command after the server is back does the video. (Workers re-import remote.py: they retry 5 times, 0.5-4 s.)"""
+    with serve(videos) as (server, base):
+        server.faults["/v/clip1.mp4"] = {"status": 503}
+        urls = [f"{base}/v/clip1.mp4"]
+        with pytest.raises(EnvironmentFault, match="HTTP 503"):
+            extract(urls, tmp_path / "out", model=ckpt, workers=0, progress=False, decode_options={"max_attempts": 1})
+        assert store.read_errors(tmp_path / "out").num_rows == 0  # not the video's error
+        del server.faults["/v/clip1.mp4"]
+        summary = extract(urls, tmp_path / "out", model=ckpt, workers=0, progress=False)
+    assert (summary["videos_ok"], summary["videos_failed"]) == (1, 0)

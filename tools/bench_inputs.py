@@ -131,8 +131,12 @@ def _child(mode: str, list_path: str, num_shards: int, out: str) -> dict:
         t0 = time.perf_counter()
         from vmae_fast import store
 
-        if hasattr(store, "committed_ids"):
-            done = store.committed_ids(out, 0, num_shards)
+        try:  # the compact per-shard set (issue 15)
+            from vmae_fast.committed import committed_ids
+        except ImportError:
+            committed_ids = None
+        if committed_ids is not None:
+            done = committed_ids(out, 0, num_shards)
         else:
             done = {v for v in store.committed_video_ids(out) if inputs.shard_of(v, num_shards) == 0}
         result["seconds"] = time.perf_counter() - t0
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-shards", type=int, default=64)
     p.add_argument("--modes", default="discover,extract", help="discover,extract (default %(default)s)")
     p.add_argument("--committed", type=int, default=0, help="also time the resume set at this many committed rows")
+    p.add_argument("--resume-shards", default=None, help="shard counts of the resume measurement, comma separated "
+                                                          "(default: --num-shards); 1 = one shard owns every id")
     p.add_argument("--work", type=Path, default=Path("/tmp/vmae_bench_inputs"))
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -212,17 +218,18 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("base", "full")}), flush=True)
     if args.committed:
-        out = make_committed(work / f"committed-{args.committed}", args.committed, args.num_shards)
         empty = work / "committed-0"
         (empty / "clips").mkdir(parents=True, exist_ok=True)
         (empty / "errors").mkdir(parents=True, exist_ok=True)
-        base = run_child("resume", video, args.num_shards, empty)
-        full = run_child("resume", video, args.num_shards, out)
-        row = {"committed_rows": args.committed, "mode": "resume", "num_shards": args.num_shards, "base": base,
-               "full": full, "extra_s": full["seconds"] - base["seconds"],
-               "extra_peak_mb": full["maxrss_mb"] - base["maxrss_mb"], "shard_ids": full["ids"]}
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("base", "full")}), flush=True)
+        for n in [int(x) for x in (args.resume_shards or str(args.num_shards)).split(",")]:
+            out = make_committed(work / f"committed-{args.committed}-s{n}", args.committed, n)
+            base = run_child("resume", video, n, empty)
+            full = run_child("resume", video, n, out)
+            row = {"committed_rows": args.committed, "mode": "resume", "num_shards": n, "base": base, "full": full,
+                   "extra_s": full["seconds"] - base["seconds"],
+                   "extra_peak_mb": full["maxrss_mb"] - base["maxrss_mb"], "shard_ids": full["ids"]}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("base", "full")}), flush=True)
     result = {"benchmark": "bench_inputs", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
               "env": environment(torch.device("cpu")), "rows": rows}
     if args.json:

@@ -327,6 +327,23 @@ class _ListFile(_Source):
             return out
 
 
+def _check_repeats(seen, sources: list[_Source], s: int, batch: _Batch, own: np.ndarray, keys: np.ndarray) -> None:
+    """ValueError naming the first id of batch[own] (from sources[s]) already in `seen` or repeated in the batch,
+    with both places."""
+    repeat = seen.first_repeat(keys)
+    if repeat is None:
+        return
+    j, code, earlier = repeat
+    video_id = batch.ids[int(own[j])]
+    if code is not None:
+        first = sources[code >> _ROW_BITS].where(code & ((1 << _ROW_BITS) - 1), video_id)
+    else:
+        first = sources[s].where(int(batch.rows[own[earlier]]), video_id)
+    raise ValueError(f"video_id {video_id!r} appears twice ({first} and "
+                     f"{sources[s].where(int(batch.rows[own[j]]), video_id)}); "
+                     "give distinct video_id values in a list file or pass each folder once")
+
+
 class Discovery:
     """The VideoTasks of one shard of `inputs`, produced while the inputs are read (iterate it once).
 
@@ -434,17 +451,18 @@ class Discovery:
                 self._take_errors(source)
                 own = self._own(batch.ids)
                 self.entries += len(batch.ids)
+                tasks, keys = [], None
                 if len(own):
                     keys = id_keys([batch.ids[i] for i in own])
-                    self._check_repeats(s, source, batch, own, keys)
+                    _check_repeats(self._seen, self._sources, s, batch, own, keys)
                     self._seen.add(keys, (s << _ROW_BITS) | batch.rows[own])
                     self.mine += len(own)
                     paths, starts, ends = source.fields(batch, own)
                     tasks = [VideoTask(path=path, video_id=batch.ids[int(i)], start_s=start, end_s=end)
                              for i, path, start, end in zip(own, paths, starts, ends)]
-                    self.seconds += time.perf_counter() - t0
-                    yield tasks, keys
-                    t0 = time.perf_counter()
+                self.seconds += time.perf_counter() - t0
+                yield tasks, keys  # every batch, own entries or not: prime() stops where it should
+                t0 = time.perf_counter()
                 if self.progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
                     self.progress(self)
                     last_report = time.monotonic()
@@ -456,20 +474,6 @@ class Discovery:
         if self.num_shards == 1:
             return np.arange(len(ids))
         return np.flatnonzero(shards_of(ids, self.num_shards) == self.index)
-
-    def _check_repeats(self, s: int, source: _Source, batch: _Batch, own: np.ndarray, keys: np.ndarray) -> None:
-        repeat = self._seen.first_repeat(keys)
-        if repeat is None:
-            return
-        j, code, earlier = repeat
-        video_id = batch.ids[int(own[j])]
-        if code is not None:
-            first = self._sources[code >> _ROW_BITS].where(code & ((1 << _ROW_BITS) - 1), video_id)
-        else:
-            first = source.where(int(batch.rows[own[earlier]]), video_id)
-        raise ValueError(f"video_id {video_id!r} appears twice ({first} and "
-                         f"{source.where(int(batch.rows[own[j]]), video_id)}); "
-                         "give distinct video_id values in a list file or pass each folder once")
 
     def _take_errors(self, source: _Source) -> None:
         while source.errors:
@@ -538,3 +542,42 @@ def shards_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
     blake2b = hashlib.blake2b
     digests = np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=8).digest() for v in ids]), ">u8")
     return (digests % np.uint64(num_shards)).astype(np.int64)
+
+
+def split_list(source: str | os.PathLike, num_shards: int, out_dir: str | os.PathLike) -> list[Path]:
+    """Split a list file (.txt/.csv/.parquet) into one Parquet list per shard, by the hash extract() shards with:
+    out_dir/shard-<i>-of-<n>.parquet holds exactly the entries of shard i (columns path, absolute or the URL,
+    video_id, start_s, end_s), read a batch at a time. Run `extract out_dir/shard-<i>-of-<n>.parquet --shard i/n`
+    per shard: each process then reads only its own entries. Returns the paths written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    lst = _ListFile(os.fspath(source))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("start_s", pa.float64()),
+                        ("end_s", pa.float64())])
+    paths = [out_dir / f"shard-{i:05d}-of-{num_shards:05d}.parquet" for i in range(num_shards)]
+    writers = [pq.ParquetWriter(p, schema) for p in paths]
+    from .committed import KeySet, id_keys
+
+    seen = KeySet()
+    try:
+        for batch in lst.batches():
+            shards = shards_of(batch.ids, num_shards)
+            everything = np.arange(len(batch.ids))
+            keys = id_keys(batch.ids)
+            _check_repeats(seen, [lst], 0, batch, everything, keys)
+            seen.add(keys, batch.rows)
+            for i in np.unique(shards):
+                own = np.flatnonzero(shards == i)
+                written, starts, ends = lst.fields(batch, own)
+                writers[int(i)].write_table(pa.table({"path": written, "video_id": [batch.ids[j] for j in own],
+                                                      "start_s": starts, "end_s": ends}, schema=schema))
+    finally:
+        for w in writers:
+            w.close()
+    return paths
+
