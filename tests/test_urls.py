@@ -268,3 +268,20 @@ def test_extract_stops_on_a_server_that_stays_down_and_the_rerun_does_the_video(
         del server.faults["/v/clip1.mp4"]
         summary = extract(urls, tmp_path / "out", model=ckpt, workers=0, progress=False)
     assert (summary["videos_ok"], summary["videos_failed"]) == (1, 0)
+
+
+def test_fsspec_urls_read_through_their_filesystem(videos):
+    fsspec = pytest.importorskip("fsspec")  # in the test extra
+    path = videos / "v" / "clip2.mp4"
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/v/clip2.mp4", path.read_bytes())
+    want = _clips(VideoTask(str(path), "x"))
+    got = _clips(VideoTask("memory://bucket/v/clip2.mp4", "x"))
+    assert [c.start_frame for c in got] == [c.start_frame for c in want]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.frames, b.frames)
+    assert url_video_id("memory://bucket/v/clip2.mp4") == "bucket/v/clip2.mp4"
+    with pytest.raises(VideoError, match="FileNotFoundError"):
+        RemoteVideo("memory://bucket/none.mp4")
+    with pytest.raises(EnvironmentFault, match="nosuchproto"):  # no backend for the protocol: the machine lacks it
+        RemoteVideo("nosuchproto://bucket/x.mp4")
