@@ -54,3 +54,10 @@ def decode_environment_fault(task, sampling, image_size, backend="auto", **optio
 
         raise EnvironmentFault("test: the shared disk went away")
     yield from decode_clips(task, sampling, image_size, backend, **options)
+
+
+def decode_slow(task, sampling, image_size, backend="auto", **options):
+    """A task whose file name contains "vmae-test-slow" waits 6 s before decoding (a long video, as it were)."""
+    if "vmae-test-slow" in Path(task.path).name:
+        time.sleep(6)
+    yield from decode_clips(task, sampling, image_size, backend, **options)

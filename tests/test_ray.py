@@ -27,7 +27,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine's tests need the [ray] e
 
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
-from tests.ray_faults import decode_environment_fault, decode_kill_actor
+from tests.ray_faults import decode_environment_fault, decode_kill_actor, decode_slow
 from tests.videos import make_bad_files, make_video, make_video_zoo
 from vmae_fast import cli, ray_engine, store
 from vmae_fast.pipeline import extract
@@ -223,6 +223,21 @@ def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(tmp_path, cluster
     assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)
     assert_same_rows(got, rows_of(reference))
     assert no_temp_files(out) == []
+
+
+def test_reports_reach_the_driver_while_a_group_runs(tmp_path, cluster, ckpt, small_videos):
+    """Progress is not held back to the end of a group (Ray Data gathers a task's small outputs into one block
+    unless told otherwise): the first group ends with a video that takes 6 s; its earlier videos' reports reach the
+    driver before that video is done (a report travels when the actor makes the next one, see _run_groups)."""
+    root = tmp_path / "videos"
+    shutil.copytree(small_videos, root)
+    shutil.copy(small_videos / "clip1.mp4", root / "clip3_vmae-test-slow.mp4")  # sorts after clip1, clip2
+    options = {**RAY, "ray_options": {**RAY["ray_options"], "report_every_s": 0.0}}
+    summary = extract([root], tmp_path / "out", model=ckpt, **options, decode_options={"decode": decode_slow})
+    timing = summary["ray"]
+    print(timing)
+    assert summary["videos_ok"] == 9 and timing["reports"] > summary["groups"]
+    assert timing["report_lead_max_s"] > 4.0  # held to the group's end it would be ~0
 
 
 def test_an_environment_fault_stops_the_run_and_is_no_error_row(tmp_path, cluster, ckpt, small_videos):

@@ -178,6 +178,7 @@ class _GroupWorker:
         self.actor = f"{context.get_node_id()[:8]}/{os.getpid()}"
         self.node = ray.util.get_node_ip_address()
         self.wait_s = self.decode_s = self.decode_cpu_s = 0.0
+        self.report_every_s = float(options.get("report_every_s", REPORT_EVERY_S))
 
     def __call__(self, batch: dict):
         from .video import VideoTask
@@ -218,7 +219,7 @@ class _GroupWorker:
                         state.on_clips(event.task, event.clips)
                         self.plan.update(pool, self.runner.count, self.wait_s, self.runner.compute_s)
                     self.writer.maybe_flush()
-                    if time.monotonic() - last >= REPORT_EVERY_S:
+                    if time.monotonic() - last >= self.report_every_s:
                         now = self._totals(state, counter)
                         yield self._report(group, now, mark, False, time.perf_counter() - t0)
                         mark, last, t0 = now, time.monotonic(), time.perf_counter()
@@ -241,7 +242,8 @@ class _GroupWorker:
     def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> dict:
         """One row (a batch of one): what changed since the last report."""
         row = {key: [now[key] - mark[key]] for key in now}
-        row.update(group=[group], final=[final], busy_s=[busy_s], skipped=[skipped], actor=[self.actor],
+        row.update(group=[group], final=[final], busy_s=[busy_s], skipped=[skipped], made=[time.time()],
+                   actor=[self.actor],
                    node=[self.node], workers=[self.pool.workers],
                    model_threads=[_torch_threads() if self.runner.device.type == "cpu" else 0])
         return row
@@ -343,7 +345,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
     ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per GPU, or on a CPU-only cluster
     one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its GPUs; CPU-only: a node's
     CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU), group_videos (default
-    GROUP_VIDEOS).
+    GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S).
     Other keyword arguments are the local engine's (batch_size and workers are per actor).
     """
     if engine != "ray":
@@ -363,7 +365,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
                          "sees, a hub id, random:<preset>), not a loaded module")
     if options.get("decode_device", "cpu") != "cpu":
         raise ValueError("--engine ray decodes on the CPUs of each actor's node (--decode-device cpu)")
-    unknown = set(ray_options) - {"actors", "cpus_per_actor", "gpus_per_actor", "group_videos"}
+    unknown = set(ray_options) - {"actors", "cpus_per_actor", "gpus_per_actor", "group_videos", "report_every_s"}
     if unknown:
         raise ValueError(f"unknown ray_options {sorted(unknown)}")
     group_videos = int(ray_options.get("group_videos", GROUP_VIDEOS))
@@ -376,6 +378,8 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
     require_backend(options.get("decode_backend", "auto"))
     found = discover_inputs(inputs)
     options = {**options, "model": _model_source(model)}
+    if "report_every_s" in ray_options:
+        options["report_every_s"] = float(ray_options["report_every_s"])
 
     lock = None
     timing: dict = {"probe_s": None, "first_report_s": None}  # setup costs: the probe task, the first actor report
@@ -456,7 +460,8 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
 
 _HANDLED = {"clip_frames", "frame_step", "fps", "clip_stride_s", "clips_per_video", "crops", "views", "keep",
             "batch_size", "workers", "device", "dtype", "embedding_dtype", "timeout_s", "backend", "decode_backend",
-            "decode_device", "part_rows", "commit_interval_s", "decode_options", "retry_errors", "break_lock"}
+            "decode_device", "part_rows", "commit_interval_s", "decode_options", "retry_errors", "break_lock",
+            "report_every_s"}
 
 
 def _check_options(options: dict) -> None:
@@ -533,8 +538,22 @@ def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, 
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    # every report row its own block, so the driver gets it while the group runs: Ray Data would otherwise gather
+    # a task's small outputs into one block until the task (the group) ends. A row still reaches the driver only
+    # when the actor makes its next one (Ray Data hands a generator's output on at its next step): progress lags
+    # by about one report interval, longer while one video holds up its actor. Restored after the job.
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False, "target_max_block_size": 1}
+    saved = {key: getattr(ctx, key) for key in settings}
+    for key, value in settings.items():
+        setattr(ctx, key, value)
+    try:
+        _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)
+
+
+def _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
     cores = max(1, int(cpus))
     if isinstance(concurrency, tuple):
         compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1],
@@ -548,9 +567,17 @@ def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, 
         fn_constructor_kwargs={"out": str(out), "options": options, "config_hash": run["config_hash"],
                                "token": token, "cores": cores})
     t0 = time.perf_counter()
+    first_seen: dict[int, float] = {}
     for row in ds.iter_rows():
         if timing["first_report_s"] is None:  # the actors' start: process, imports, model, decode pool, 1 s of work
             timing["first_report_s"] = time.perf_counter() - t0
+        timing["reports"] = timing.get("reports", 0) + 1
+        # how late a report arrives (clocks of other nodes may differ: a diagnostic, exact on one node)
+        timing["report_lag_max_s"] = max(timing.get("report_lag_max_s", 0.0), time.time() - float(row["made"]))
+        first_seen.setdefault(int(row["group"]), time.perf_counter())
+        if row["final"]:  # how long before its end a group's first report came: > 0 when progress streams
+            lead = time.perf_counter() - first_seen[int(row["group"])]
+            timing["report_lead_max_s"] = max(timing.get("report_lead_max_s", 0.0), lead)
         totals = per_actor.setdefault(row["actor"], {"actor": row["actor"], "node": row["node"], "groups": 0})
         for key in ("videos", "videos_ok", "videos_failed", "clips", "skipped", "video_seconds", "compute_s",
                     "gather_s", "batches", "padded_rows", "wait_s", "write_s", "decode_s", "decode_cpu_s", "busy_s"):
