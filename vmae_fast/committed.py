@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +28,20 @@ def id_keys(ids: Sequence[str]) -> np.ndarray:
     if not ids:
         return _EMPTY
     blake2b = hashlib.blake2b
-    return np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=16, person=b"vmae-id").digest()
+    return np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=16).digest()
                                    for v in ids]), np.uint64).reshape(-1, 2)
 
 
 def _order(keys: np.ndarray) -> np.ndarray:
-    """Sorting order of (n, 2) keys by (first, second) half: by the first half alone (fast), unless two keys share
-    it (rare for distinct ids: one pair in 2^64; always for repeated ids), then by both."""
+    """Stable sorting order of (n, 2) keys by (first, second) half: by the first half (one fast argsort), then the
+    keys that share a first half (repeated ids; distinct ids only once in 2^64) re-sorted among themselves."""
     order = np.argsort(keys[:, 0], kind="stable")
     first = keys[order, 0]
-    if len(first) > 1 and (first[1:] == first[:-1]).any():
-        order = np.lexsort((keys[:, 1], keys[:, 0]))
+    tied = np.flatnonzero(first[1:] == first[:-1])
+    if len(tied):
+        at = np.unique(np.concatenate([tied, tied + 1]))  # the positions of every tie group, contiguous blocks
+        members = order[at]
+        order[at] = members[np.lexsort((keys[members, 1], keys[members, 0]))]
     return order
 
 
@@ -129,17 +132,20 @@ class KeySet:
         return i_batch, None, j_batch
 
 
-def _part_ids(path: Path) -> list[str]:
-    """Distinct video_ids of one part, from the dictionaries of its row groups when it is dictionary-encoded."""
+def _row_group_ids(path: Path) -> Iterator[list[str]]:
+    """Distinct video_ids of each row group of a part (from its dictionary when the column is dictionary-encoded),
+    one row group at a time: memory holds one group's ids (a video's clips may span two groups: repeats are
+    dropped later)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    column = pq.read_table(path, columns=["video_id"], read_dictionary=["video_id"]).column("video_id")
-    pieces = [chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk for chunk in column.chunks]
-    if not pieces:
-        return []
-    return pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
+    f = pq.ParquetFile(path, read_dictionary=["video_id"])
+    for g in range(f.metadata.num_row_groups):
+        column = f.read_row_group(g, columns=["video_id"]).column("video_id")
+        pieces = [chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk for chunk in column.chunks]
+        if pieces:
+            yield pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
 
 
 def _holds_one_shard(path: Path, part_shard: int, num_shards: int) -> bool:
@@ -186,8 +192,8 @@ def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *
             one_shard = num_shards > 1 and _holds_one_shard(folder / name, part_shard, num_shards)
             if one_shard and part_shard != shard:
                 continue
-            ids = _part_ids(folder / name)
-            if num_shards > 1 and not one_shard:
-                ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
-            keys.append(id_keys(ids))
-    return KeySet(np.concatenate(keys) if keys else None)  # one sort (a video is in one part: no repeats)
+            for ids in _row_group_ids(folder / name):
+                if num_shards > 1 and not one_shard:
+                    ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
+                keys.append(id_keys(ids))
+    return KeySet(np.concatenate(keys) if keys else None)  # one sort; repeats (row-group boundaries) dropped
