@@ -191,3 +191,13 @@ def test_split_list_gives_each_shard_exactly_its_entries(tmp_path, small_batches
     (tmp_path / "dup.txt").write_text("a.mp4\nb.mp4\na.mp4\n")
     with pytest.raises(ValueError, match="'a.mp4' appears twice"):
         split_list(tmp_path / "dup.txt", 2, tmp_path / "dup")
+
+
+def test_progress_reports_while_a_long_list_is_read(tmp_path, small_batches, monkeypatch):
+    monkeypatch.setattr(inputs_module, "PROGRESS_EVERY_S", 0.0)
+    write_lists(tmp_path, 40)
+    seen = []
+    discovery = Discovery(tmp_path / "l.parquet", (1, 4), progress=lambda d: seen.append((d.entries, d.finished)))
+    tasks = list(discovery)
+    assert [e for e, done in seen if not done] == [7, 14, 21, 28, 35, 40]  # after every batch while listing
+    assert seen[-1] == (40, True) and len(tasks) == discovery.mine - discovery.skipped

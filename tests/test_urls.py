@@ -285,3 +285,13 @@ def test_fsspec_urls_read_through_their_filesystem(videos):
         RemoteVideo("memory://bucket/none.mp4")
     with pytest.raises(EnvironmentFault, match="nosuchproto"):  # no backend for the protocol: the machine lacks it
         RemoteVideo("nosuchproto://bucket/x.mp4")
+
+
+def test_cli_takes_a_url_argument(tmp_path, videos, ckpt, quick, capsys):
+    from vmae_fast import cli
+
+    with serve(videos) as (_, base):
+        code = cli.main(["extract", f"{base}/v/clip0.mp4", "-o", str(tmp_path / "out"), "--model", str(ckpt),
+                         "--workers", "0", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert set(store.read_clips(tmp_path / "out").column("video_id").to_pylist()) == {"v/clip0.mp4"}
