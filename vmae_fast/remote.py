@@ -278,13 +278,16 @@ class RemoteVideo:
 
     def _fill(self, first: int, last: int) -> None:
         """Make blocks first..last (inclusive) local, fetching runs of missing blocks READ_AHEAD at a time."""
+        if not self._source.ranges:  # the server sends whole bodies: take the rest of this one, not 4 MiB a body
+            last = len(self._have) - 1
+        ahead = READ_AHEAD if self._source.ranges else len(self._have)
         b = first
         while b <= last:
             if self._have[b]:
                 b += 1
                 continue
             stop = b
-            while stop + 1 <= last and stop + 1 - b < READ_AHEAD and not self._have[stop + 1]:
+            while stop + 1 <= last and stop + 1 - b < ahead and not self._have[stop + 1]:
                 stop += 1
             self._fetch(b, stop)
             b = stop + 1
