@@ -37,10 +37,10 @@ def decode_kill_actor(task, sampling, image_size, backend="auto", **options):
     if "vmae-test-killactor" in Path(task.path).name and _first_attempt(task.path):
         after = json.loads(Path(task.path + ".after").read_text())
         deadline = time.monotonic() + 60
-        while not _committed(Path(after["clips_dir"]), after["video_id"]) and time.monotonic() < deadline:
+        while not (waited := _committed(Path(after["clips_dir"]), after["video_id"])) and time.monotonic() < deadline:
             time.sleep(0.05)
         actor = _parent_of(os.getppid())  # the forkserver's parent
-        Path(task.path + ".killed").write_text(str(actor))
+        Path(task.path + ".killed").write_text(json.dumps({"actor": actor, "after_committed": waited}))
         os.kill(actor, signal.SIGKILL)
         time.sleep(60)  # dies with the forkserver (PR_SET_PDEATHSIG)
     yield from decode_clips(task, sampling, image_size, backend, **options)

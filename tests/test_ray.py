@@ -175,13 +175,15 @@ def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path
     summary = extract([root], out, model=ckpt, **{**RAY, "batch_size": 1},
                       decode_options={"decode": decode_kill_actor})
     print(ray_engine.format_actors(summary))
-    assert Path(str(killer) + ".killed").exists()  # the actor was SIGKILLed mid-group
+    killed = json.loads(Path(str(killer) + ".killed").read_text())  # the actor was SIGKILLed mid-group,
+    assert killed["after_committed"]  # after its attempt had committed sub/clip6 (so the retry must skip it)
     assert summary["videos_ok"] == expected["videos_ok"] == 9 and summary["clips"] == expected["clips"]
     got = rows_of(out)
     assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)  # no row twice
     assert_same_rows(got, rows_of(tmp_path / "local"))
-    # the retry of the killed group kept what the dead attempt committed (sub/clip6 at least) and wrote on after it
-    assert sum(a["skipped"] for a in summary["actors"]) >= 1
+    # the retry of the killed group kept what the dead attempt committed (sub/clip6 at least: once, above) and
+    # wrote on after it. (Its reports may not all reach the driver: Ray drops a retried task's outputs at the
+    # indices its dead attempt had already produced; the summary's counts come from the parts.)
     parts = group_parts(out)
     killed_group = {shard for name, shard, _ in store.list_parts(out / "clips")
                     if "zz_vmae-test-killactor.mp4" in pq.read_table(out / "clips" / name).column("video_id").to_pylist()}

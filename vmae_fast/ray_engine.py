@@ -187,8 +187,7 @@ class _GroupWorker:
             yield from self._group(int(group), [VideoTask(**t) for t in json.loads(str(tasks))])
 
     def _group(self, group: int, tasks: list):
-        from .pipeline import _Extraction, _Prefetch
-        from .video import DoneEvent, ErrorEvent, ResetEvent
+        from .pipeline import _Extraction, feed
 
         t0 = time.perf_counter()
         done = self.writer.claim(group)
@@ -197,36 +196,16 @@ class _GroupWorker:
         state = _Extraction(self.runner, self.writer, counter)
         mark = self._totals(state, counter)
         last = time.monotonic()
-        if todo:
-            pool = self.pool
-            prefetch = _Prefetch(pool, todo, max_events=pool.slots + 16 if pool.workers else pool.max_pending_clips)
-            events = iter(prefetch)
-            try:
-                while True:
-                    t1 = time.perf_counter()
-                    event = next(events, None)
-                    self.wait_s += time.perf_counter() - t1
-                    if event is None:
-                        break
-                    if isinstance(event, DoneEvent):
-                        state.on_done(event.task, event.num_clips, event.decode_s, event.decode_cpu_s,
-                                      event.duration_s)
-                    elif isinstance(event, ErrorEvent):
-                        state.on_error(event.task, event.stage, event.error, event.attempts)
-                    elif isinstance(event, ResetEvent):
-                        state.on_reset(event.task)
-                    else:
-                        state.on_clips(event.task, event.clips)
-                        self.plan.update(pool, self.runner.count, self.wait_s, self.runner.compute_s)
-                    self.writer.maybe_flush()
-                    if time.monotonic() - last >= self.report_every_s:
-                        now = self._totals(state, counter)
-                        yield self._report(group, now, mark, False, time.perf_counter() - t0)
-                        mark, last, t0 = now, time.monotonic(), time.perf_counter()
-            finally:
-                prefetch.stop(timeout_s=self.timeout_s + 5)
+        if todo:  # the local engine's per-shard loop (pipeline.feed), with a report now and then
+            for _ in feed(state, self.pool, todo, timeout_s=self.timeout_s, plan=self.plan):
+                self.writer.maybe_flush()
+                if time.monotonic() - last >= self.report_every_s:
+                    now = self._totals(state, counter)
+                    yield self._report(group, now, mark, False, time.perf_counter() - t0)
+                    mark, last, t0 = now, time.monotonic(), time.perf_counter()
         state.finish()  # writes what is buffered: the group is committed when this returns
         final = self._totals(state, counter)
+        self.wait_s += state.wait_s
         self.decode_s += state.decode_s
         self.decode_cpu_s += state.decode_cpu_s or 0.0
         yield self._report(group, final, mark, True, time.perf_counter() - t0, skipped=len(tasks) - len(todo))
@@ -235,7 +214,7 @@ class _GroupWorker:
         r = self.runner
         return {"videos": counter.n, "videos_ok": state.ok, "videos_failed": state.failed, "clips": state.clips,
                 "video_seconds": state.video_seconds, "compute_s": r.compute_s, "gather_s": r.gather_s,
-                "batches": r.count, "padded_rows": r.padded_rows, "wait_s": self.wait_s,
+                "batches": r.count, "padded_rows": r.padded_rows, "wait_s": self.wait_s + state.wait_s,
                 "write_s": self.writer.write_s, "decode_s": self.decode_s + state.decode_s,
                 "decode_cpu_s": self.decode_cpu_s + (state.decode_cpu_s or 0.0)}
 
@@ -439,9 +418,10 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
             except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
                 raise _cause(e) from e
             timing["job_s"] = time.perf_counter() - t_job
-        if bar is not None:
-            bar.close()
         parts, clips, failed = _committed_since(out, base)
+        if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
+            bar.update(max(0, len(parts) - bar.n))
+            bar.close()
         wanted = {t.video_id for t in todo} | {e["video_id"] for e in discovery_errors}
         missing, twice = wanted - set(parts), sorted(v for v, n in parts.items() if n > 1)
         if missing or twice:  # cannot happen with correct retries; never report a lost or doubled video as done
@@ -566,6 +546,10 @@ def _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar
         _GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus, num_gpus=gpus,
         fn_constructor_kwargs={"out": str(out), "options": options, "config_hash": run["config_hash"],
                                "token": token, "cores": cores})
+    # Report rows are progress and timings only, never the record: after an actor died, some reports of its
+    # retried group were observed not to arrive (the retry's final row with it; consistent with Ray deduplicating
+    # a retried streaming task's outputs by index, the dead attempt's having come first). Counts in the summary
+    # come from the committed parts.
     t0 = time.perf_counter()
     first_seen: dict[int, float] = {}
     for row in ds.iter_rows():
