@@ -31,7 +31,7 @@ import vmae_fast.pipeline as extract_module
 import vmae_fast.runner as runner_module
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
-from tests.videos import make_bad_files, make_video, make_video_zoo
+from tests.videos import make_bad_files, make_small_videos, make_video_zoo
 from vmae_fast import cli, store
 from vmae_fast.checkpoint import load_model
 from vmae_fast.cli import format_summary
@@ -59,11 +59,7 @@ def model(ckpt):
 
 @pytest.fixture(scope="module")
 def small_videos(tmp_path_factory) -> Path:
-    """Eight short H.264 videos (1-4 clips each at the tiny model's sampling) in a nested folder."""
-    d = tmp_path_factory.mktemp("small")
-    for i in range(8):
-        make_video(d / ("sub" if i % 3 == 0 else "") / f"clip{i}.mp4", frames=14 + 9 * i)
-    return d
+    return make_small_videos(tmp_path_factory.mktemp("small"))
 
 
 def sorted_rows(out) -> list[dict]:

@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine's tests need the [ray] e
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
 from tests.ray_faults import decode_environment_fault, decode_kill_actor, decode_slow
-from tests.videos import make_bad_files, make_video, make_video_zoo
+from tests.videos import make_bad_files, make_small_videos, make_video_zoo
 from vmae_fast import cli, ray_engine, store
 from vmae_fast.pipeline import extract
 
@@ -55,10 +55,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_videos(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("small")
-    for i in range(8):
-        make_video(d / ("sub" if i % 3 == 0 else "") / f"clip{i}.mp4", frames=14 + 9 * i)
-    return d
+    return make_small_videos(tmp_path_factory.mktemp("small"))
 
 
 @pytest.fixture(scope="module")

@@ -388,3 +388,10 @@ def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]
             else:
                 out.append([img[y : y + image_size] for y in offsets])
     return out
+
+
+def make_small_videos(directory: Path) -> Path:
+    """Eight short H.264 videos (1-4 clips each at the tiny model's sampling), three of them in `sub/`."""
+    for i in range(8):
+        make_video(directory / ("sub" if i % 3 == 0 else "") / f"clip{i}.mp4", frames=14 + 9 * i)
+    return directory
