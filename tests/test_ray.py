@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-ray = pytest.importorskip("ray", reason="the Ray engine's tests need the [ray] extra (CI installs it)")
+ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (the test extra installs it)")
 
 from tests.hf_checkpoints import make_checkpoint
 from tests.pool_faults import decode_with_faults
@@ -214,10 +215,16 @@ def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(tmp_path, cluster
     assert cli.main(rerun) == 0
     printed = capsys.readouterr()
     print(printed.out)
-    assert f"8 videos in shard ray: {8 - len(committed)} ok, 0 errors, {len(committed)} already done" in printed.out
+    # the dead driver's actors may finish a part write already under way after the kill (the rerun waits for it,
+    # ZOMBIE_GRACE_S): at least what was committed at the kill is done, the rest is redone, and nothing twice
+    done = store.committed_video_ids(out)
+    match = re.search(r"8 videos in shard ray: (\d+) ok, 0 errors, (\d+) already done", printed.out)
+    assert match, printed.out
+    ok, skipped = int(match[1]), int(match[2])
+    assert ok + skipped == 8 and len(done) == 8 and skipped >= len(committed), (ok, skipped, len(committed))
     assert "ray: " in printed.out and "groups on 2 actors (1 CPU, 0 GPU each)" in printed.out
     assert printed.out.count("  actor ") >= 1 and "model busy" in printed.out  # the per-actor time split
-    assert f"{8 - len(committed)}/{8 - len(committed)}" in printed.err  # the tqdm bar reached the end
+    assert f"{ok}/{ok}" in printed.err  # the tqdm bar reached the end
     got = rows_of(out)
     assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)
     assert_same_rows(got, rows_of(reference))
