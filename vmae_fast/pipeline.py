@@ -159,6 +159,22 @@ class _CorePlan:
         self._mark = (batches, wait_s, compute_s)
 
 
+
+def decode_pool_options(plan: _CorePlan, workers: int, *, timeout_s: float, backend: str,
+                        decode_options: dict | None = None, decode=None) -> dict:
+    """DecodePool arguments for a run with this plan: the pool may hold two model batches of decoded clips (so
+    decoders keep working while the model computes); with workers, frames stay in the pool's shared slots until
+    the runner has gathered them. decode_options (the caller's extra arguments) win over the defaults."""
+    options = {"timeout_s": timeout_s, "backend": backend,
+               "max_pending_clips": max(2 * plan.batch_size, 4 * max(plan.max_workers, 1)), **plan.pool_options}
+    if decode is not None:
+        options["decode"] = decode
+    options.update(decode_options or {})
+    if workers > 0:
+        options.setdefault("zero_copy", True)
+        options.setdefault("slots", options["max_pending_clips"] + plan.batch_size)
+    return options
+
 # --- the run --------------------------------------------------------------------------------------------------------
 def _discovery_progress(bar, desc: str, discovery: Discovery) -> None:
     """Discovery's progress on the bar (called from the decode thread): entries read while listing, then the
@@ -545,14 +561,9 @@ def extract(inputs, out, model: Any = "random:small", *, clip_frames: int | None
         lock.release()
         raise
     try:
-        pool_options = {"timeout_s": timeout_s, "backend": decode_backend,
-                        "max_pending_clips": max(2 * batch_size, 4 * max(plan.max_workers, 1)), **plan.pool_options}
-        if decode_device != "cpu":
-            pool_options["decode"] = functools.partial(decode_clips, device=decode_device)
-        pool_options.update(decode_options or {})
-        if workers > 0:  # frames stay in the pool's shared slots until the runner has gathered them
-            pool_options.setdefault("zero_copy", True)
-            pool_options.setdefault("slots", pool_options["max_pending_clips"] + batch_size)
+        decode = functools.partial(decode_clips, device=decode_device) if decode_device != "cpu" else None
+        pool_options = decode_pool_options(plan, workers, timeout_s=timeout_s, backend=decode_backend,
+                                           decode_options=decode_options, decode=decode)
         with DecodePool(workers, sampling, int(cfg.image_size), **pool_options) as pool:
             runner.release = pool.release
             # the ring bounds the decoded clips in memory; the queue only hands events over (+ non-clip events)

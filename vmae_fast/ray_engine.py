@@ -144,7 +144,7 @@ class _GroupWorker:
     def __init__(self, out: str, options: dict, config_hash: str, token: str, cores: int):
         import torch
 
-        from .pipeline import _CorePlan
+        from .pipeline import _CorePlan, decode_pool_options
         from .runner import ModelRunner
         from .video import DecodePool
 
@@ -162,15 +162,11 @@ class _GroupWorker:
                                   int(cfg.image_size))
         self.writer = _Fenced(Path(out), run, token, part_rows=options.get("part_rows", 100_000),
                               commit_interval_s=options.get("commit_interval_s", 60.0))
-        batch_size, workers = self.plan.batch_size, self.plan.workers
         self.timeout_s = options.get("timeout_s", 120.0)
-        pool_options = {"timeout_s": self.timeout_s, "backend": options.get("decode_backend", "auto"),
-                        "max_pending_clips": max(2 * batch_size, 4 * max(self.plan.max_workers, 1)),
-                        **self.plan.pool_options, **(options.get("decode_options") or {})}
-        if workers > 0:
-            pool_options.setdefault("zero_copy", True)
-            pool_options.setdefault("slots", pool_options["max_pending_clips"] + batch_size)
-        self.pool = DecodePool(workers, self.sampling, int(cfg.image_size), **pool_options)
+        pool_options = decode_pool_options(self.plan, self.plan.workers, timeout_s=self.timeout_s,
+                                           backend=options.get("decode_backend", "auto"),
+                                           decode_options=options.get("decode_options"))
+        self.pool = DecodePool(self.plan.workers, self.sampling, int(cfg.image_size), **pool_options)
         self.runner.release = self.pool.release
         import ray
 
@@ -387,8 +383,11 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         if options.pop("retry_errors", False) and not overwrite:  # every error part, whoever wrote it: redone
             for number in sorted({shard for _, shard, _ in store.list_parts(out / store.ERRORS_DIR)}):
                 retried += store.retire_errors(out, number)
-        done = set() if overwrite else store.committed_video_ids(out)
-        todo = [t for t in found.tasks if t.video_id not in done]
+        from .committed import KeySet, committed_ids, id_keys
+
+        done = KeySet() if overwrite else committed_ids(out)  # compact, as the local engine's resume set
+        skip, _ = done.lookup(id_keys([t.video_id for t in found.tasks]))
+        todo = [t for t, skipped in zip(found.tasks, skip) if not skipped]
         discovery_errors = [e for e in found.errors if e["video_id"] not in done]
         base = _next_free_shard(out)
         groups = [{"group": base + 1 + i,
@@ -433,7 +432,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
             lock.release()
         if started_ray:
             ray.shutdown()
-    return _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor,
+    return _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
                     len(groups), time.perf_counter() - t_start, retried)
 
@@ -578,7 +577,7 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _summary(out, run, options, found, todo, done, discovery_errors, parts, clips, failed, per_actor, ray_info,
+def _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor, ray_info,
              groups, wall, retried) -> dict:
     actors = sorted(per_actor.values(), key=lambda a: a["actor"])
 
@@ -601,7 +600,7 @@ def _summary(out, run, options, found, todo, done, discovery_errors, parts, clip
         "videos": len(found.tasks) + len(found.errors),
         "videos_ok": len(parts) - len(failed),
         "videos_failed": len(failed),
-        "videos_skipped": len(done & ({t.video_id for t in found.tasks} | {e["video_id"] for e in found.errors})),
+        "videos_skipped": len(found.tasks) - len(todo) + len(found.errors) - len(discovery_errors),
         "videos_other_shards": 0,
         "clips": clips,
         "video_seconds": total("video_seconds"),
