@@ -363,12 +363,15 @@ class PartWriter:
         self.next_seq = max(seqs, default=-1) + 1
         self.files_written = 0
 
-    def write(self, columns: dict[str, Any]) -> Path:
-        """Write one part from column arrays (names and order of the schema); returns the committed path."""
+    def table(self, columns: dict[str, Any]):
+        """A pyarrow Table with this writer's schema from column arrays (the schema's names; extra keys ignored)."""
         import pyarrow as pa
 
-        return self.write_table(pa.Table.from_pydict({name: columns[name] for name in self.schema.names},
-                                                     schema=self.schema))
+        return pa.Table.from_pydict({name: columns[name] for name in self.schema.names}, schema=self.schema)
+
+    def write(self, columns: dict[str, Any]) -> Path:
+        """Write one part from column arrays (names and order of the schema); returns the committed path."""
+        return self.write_table(self.table(columns))
 
     def write_table(self, table, seq: int | None = None) -> Path:
         """Write one part holding `table` (with this writer's schema), as part <seq> (default: the next); returns
@@ -473,7 +476,7 @@ class RunWriter:
             columns["logits"] = fixed_size_list(np.concatenate([v["logits"] for v in videos]), "float32")
         # one commit: the videos part under the clips part's number, then the clips part (the commit point);
         # the rename and forgetting the rows are one step for Ctrl-C / SIGTERM (deferred_signals)
-        videos_table, clips_table = views.columns_table(self._video_rows, self.videos.schema), self._clips_table(columns)
+        videos_table, clips_table = views.columns_table(self._video_rows, self.videos.schema), self.clips.table(columns)
         with deferred_signals():
             seq = self.clips.next_seq  # an orphan videos part of this number (a crash) is simply replaced
             self.videos.write_table(videos_table, seq)
@@ -481,11 +484,6 @@ class RunWriter:
             self._clip_videos, self._video_rows, self._clip_rows, self._clip_bytes = [], [], 0, 0
         self._last_write = time.monotonic()
         self.write_s += time.perf_counter() - t0
-
-    def _clips_table(self, columns: dict[str, Any]):
-        import pyarrow as pa
-
-        return pa.Table.from_pydict({name: columns[name] for name in self.clips.schema.names}, schema=self.clips.schema)
 
     def _write_errors(self) -> None:
         if not self._error_rows:
