@@ -23,6 +23,8 @@ import time
 from typing import Self
 from urllib.parse import urljoin, urlsplit
 
+from .faults import EnvironmentFault
+
 BLOCK = 1 << 20  # bytes per cache block
 READ_AHEAD = 4  # blocks fetched at most per request (bounded read-ahead: 4 MiB in memory at a time)
 TIMEOUT_S = 30.0  # connect / between-bytes timeout of one request
@@ -49,12 +51,6 @@ def url_video_id(url: str) -> str:
     if url_scheme(url) not in ("http", "https"):
         path = f"{parts.netloc}/{path}" if parts.netloc else path
     return path or url
-
-
-def _environment_fault(message: str):
-    from .faults import EnvironmentFault
-
-    return EnvironmentFault(message)
 
 
 def _video_error(message: str):
@@ -182,13 +178,13 @@ class _FsspecSource:
         try:
             import fsspec
         except ImportError as e:
-            raise _environment_fault(f"reading {url} needs fsspec (pip install fsspec and its {url_scheme(url)} "
+            raise EnvironmentFault(f"reading {url} needs fsspec (pip install fsspec and its {url_scheme(url)} "
                                      f"backend): {e}") from None
         self.url = url
         try:
             self.fs, self.path = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:  # no backend for the protocol: the environment lacks a package
-            raise _environment_fault(f"cannot read {url}: {e}") from None
+            raise EnvironmentFault(f"cannot read {url}: {e}") from None
 
     def close(self) -> None:
         pass
@@ -269,7 +265,7 @@ class RemoteVideo:
                 raise
             except (OSError, TimeoutError) as e:  # socket errors, timeouts, dropped connections, HTTP 5xx
                 if attempt == self.attempts:
-                    raise _environment_fault(f"{what} of {self.url} failed {attempt} times, last: "
+                    raise EnvironmentFault(f"{what} of {self.url} failed {attempt} times, last: "
                                              f"{type(e).__name__}: {e}") from None
                 self.retries += 1
                 time.sleep(delay)
