@@ -3,15 +3,21 @@
 Where the Triton kernels run is decided here, once, before anything imports triton (triton.jit picks the interpreter
 when a kernel is decorated): plain `pytest` on a machine with a CUDA GPU runs the compiled kernels on CUDA
 (TRITON_INTERPRET=0); without one, the Triton interpreter runs them on CPU tensors (TRITON_INTERPRET=1). An explicit
-TRITON_INTERPRET in the environment wins. tests/kernel_checks.py derives DEVICE from the same decision
-(tests/kernel_target.py).
+TRITON_INTERPRET in the environment wins. tests/helpers/kernel_checks.py derives DEVICE from the same decision
+(tests/helpers/kernel_target.py).
+
+The fixtures here are shared by the tests of every package (a module may define its own of the same name):
+zoo and bad (the test-video corpus), ckpt, model and videos (a tiny classification checkpoint, its model, three
+short videos: what a test needs to run extract end to end).
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from kernel_target import kernel_target
+
+from tests.helpers.kernel_target import kernel_target
 
 _DEVICE, _INTERPRET = kernel_target(torch.cuda.is_available(), os.environ.get("TRITON_INTERPRET"))
 os.environ["TRITON_INTERPRET"] = _INTERPRET
@@ -25,15 +31,42 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
-    """Good test videos, one per awkward case: {name: (path, Expected)} (tests/videos.py)."""
-    from tests.videos import make_video_zoo
+    """Good test videos, one per awkward case: {name: (path, Expected)} (tests/helpers/videos.py)."""
+    from tests.helpers.videos import make_video_zoo
 
     return make_video_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 @pytest.fixture(scope="session")
 def bad(tmp_path_factory):
-    """Files that must each end as one error: {name: path} (tests/videos.py)."""
-    from tests.videos import make_bad_files
+    """Files that must each end as one error: {name: path} (tests/helpers/videos.py)."""
+    from tests.helpers.videos import make_bad_files
 
     return make_bad_files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny random classification checkpoint: an HF folder, 32 px, 4 frames, 5 labels (helpers/hf_checkpoints.py)."""
+    from tests.helpers.hf_checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    """The tiny checkpoint loaded on the CPU."""
+    from vmae_fast.checkpoint import load_model
+
+    return load_model(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Three short H.264 videos: 1, 1 and 2 clips at the tiny model's sampling."""
+    from tests.helpers.videos import make_video
+
+    d = tmp_path_factory.mktemp("videos")
+    for i, frames in enumerate((14, 23, 32)):
+        make_video(d / f"v{i}.mp4", frames=frames)
+    return d

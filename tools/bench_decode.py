@@ -162,7 +162,7 @@ def crop_scaler_costs(path: str, image_size: int, rounds: int, frames: int = 60)
     with av.open(path) as c:
         stream = c.streams.video[0]
         stream.codec_context.thread_count = 1
-        decoded = [f for _, f in zip(range(frames), c.decode(stream))]
+        decoded = [f for _, f in zip(range(frames), c.decode(stream), strict=True)]
     f0, s = decoded[0], image_size
     w, h = f0.width, f0.height
     dw, dh = decode_size(w, h, s)
@@ -187,11 +187,14 @@ def crop_scaler_costs(path: str, image_size: int, rounds: int, frames: int = 60)
 
     def cut_whole(frame):
         img = run(whole, frame)
-        return [img[:, x : x + s].copy() if dw >= dh else img[x : x + s].copy() for x in crop_offsets(max(dw, dh), s, 3)]
+        offsets = crop_offsets(max(dw, dh), s, 3)
+        return [img[:, x : x + s].copy() if dw >= dh else img[x : x + s].copy() for x in offsets]
 
-    ways = {"whole frame scaled once, 3 crops cut": cut_whole,
-            "3 squares scaled": lambda frame: [run(g, frame) for g in squares],
-            "center square only (1 crop)": lambda frame: run(squares[1], frame)}
+    ways = {
+        "whole frame scaled once, 3 crops cut": cut_whole,
+        "3 squares scaled": lambda frame: [run(g, frame) for g in squares],
+        "center square only (1 crop)": lambda frame: run(squares[1], frame),
+    }
     best = {name: float("inf") for name in ways}
     for _ in range(rounds):
         for name, way in ways.items():
@@ -199,9 +202,13 @@ def crop_scaler_costs(path: str, image_size: int, rounds: int, frames: int = 60)
             for frame in decoded:
                 way(frame)
             best[name] = min(best[name], (time.perf_counter() - t0) / len(decoded) * 1e3)
-    return {"frames": len(decoded), "size": [w, h], "decode_size": [dw, dh],
-            "ms_per_frame": {k: round(v, 4) for k, v in best.items()},
-            "three_squares_over_whole": round(best["3 squares scaled"] / best["whole frame scaled once, 3 crops cut"], 3)}
+    return {
+        "frames": len(decoded),
+        "size": [w, h],
+        "decode_size": [dw, dh],
+        "ms_per_frame": {k: round(v, 4) for k, v in best.items()},
+        "three_squares_over_whole": round(best["3 squares scaled"] / best["whole frame scaled once, 3 crops cut"], 3),
+    }
 
 
 # --- facts about a file -------------------------------------------------------------------------------------------
@@ -213,9 +220,16 @@ def video_facts(path: str) -> dict:
     types: dict[str, int] = {}
     with av.open(path) as c:
         s = c.streams.video[0]
-        facts = {"path": path, "width": s.codec_context.width, "height": s.codec_context.height,
-                 "fps": float(s.average_rate), "codec": s.codec_context.name, "profile": s.codec_context.profile,
-                 "bit_rate": c.bit_rate, "has_b_frames": s.codec_context.has_b_frames}
+        facts = {
+            "path": path,
+            "width": s.codec_context.width,
+            "height": s.codec_context.height,
+            "fps": float(s.average_rate),
+            "codec": s.codec_context.name,
+            "profile": s.codec_context.profile,
+            "bit_rate": c.bit_rate,
+            "has_b_frames": s.codec_context.has_b_frames,
+        }
         for frame in c.decode(s):
             kind = av.video.frame.PictureType(frame.pict_type).name
             types[kind] = types.get(kind, 0) + 1
@@ -244,13 +258,14 @@ def corpus_check(backends: list[str], rounds: int) -> dict:
     out = {}
     for backend in backends:
         failures, seconds = {}, []
-        for r in range(rounds):
+        for _ in range(rounds):
             t0 = time.perf_counter()
             for name, (path, exp) in zoo.items():
                 try:
                     info: dict = {}
-                    check_clips(list(decode_clips(VideoTask(path), sampling, 32, backend, threads=1, info=info)),
-                                exp, sampling)
+                    check_clips(
+                        list(decode_clips(VideoTask(path), sampling, 32, backend, threads=1, info=info)), exp, sampling
+                    )
                 except (AssertionError, VideoError, RuntimeError) as e:
                     failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
             for name, path in bad.items():
@@ -261,10 +276,17 @@ def corpus_check(backends: list[str], rounds: int) -> dict:
                     if e.stage != BAD_STAGES[name]:
                         failures[name] = f"stage {e.stage}, expected {BAD_STAGES[name]}"
             seconds.append(time.perf_counter() - t0)
-        out[backend] = {"files": len(zoo) + len(bad), "failures": failures, "passes_all": not failures,
-                        "seconds": round(statistics.median(seconds), 3)}
-        print(f"corpus {backend:10s} {len(zoo) + len(bad) - len(failures):2d}/{len(zoo) + len(bad)} pass, "
-              f"{out[backend]['seconds']:.2f} s" + (f"  failures: {failures}" if failures else ""), flush=True)
+        out[backend] = {
+            "files": len(zoo) + len(bad),
+            "failures": failures,
+            "passes_all": not failures,
+            "seconds": round(statistics.median(seconds), 3),
+        }
+        print(
+            f"corpus {backend:10s} {len(zoo) + len(bad) - len(failures):2d}/{len(zoo) + len(bad)} pass, "
+            f"{out[backend]['seconds']:.2f} s" + (f"  failures: {failures}" if failures else ""),
+            flush=True,
+        )
     return out
 
 
@@ -280,8 +302,12 @@ def machine_facts() -> dict:
                 break
     except OSError:
         pass
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "av": av.__version__,
-                "ffmpeg (PyAV)": str(getattr(av, "ffmpeg_version_info", None))}
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "av": av.__version__,
+        "ffmpeg (PyAV)": str(getattr(av, "ffmpeg_version_info", None)),
+    }
     try:
         import decord
 
@@ -294,13 +320,28 @@ def machine_facts() -> dict:
         versions["torchcodec"] = getattr(torchcodec, "__version__", "?")
     except Exception:  # noqa: BLE001
         versions["torchcodec"] = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                            text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "vmae_fast/video", "tools/bench_decode.py"],
-                           check=False, capture_output=True, text=True,
-                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions, "commit": commit,
-            "uncommitted_video_changes": bool(dirty), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "vmae_fast/video", "tools/bench_decode.py"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+        "commit": commit,
+        "uncommitted_video_changes": bool(dirty),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def main(argv=None) -> int:
@@ -315,15 +356,27 @@ def main(argv=None) -> int:
     ap.add_argument("--core", type=int, help="pin the process to this CPU (default: the last one allowed)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only the cases matching one")
     ap.add_argument("--backends", default="auto,decord", help="decode_clips backends to measure (default %(default)s)")
-    ap.add_argument("--ablation", action="store_true",
-                    help="also decode_clips (PyAV) with each shortcut switched off, one at a time")
-    ap.add_argument("--crops", action="store_true",
-                    help="also decode_clips (PyAV) with three crops per clip, and the per-frame cost of the ways to "
-                         "cut three crops")
-    ap.add_argument("--decode-device", default="cpu",
-                    help="also measure torchcodec and decode_clips decoding on this CUDA device (NVDEC)")
-    ap.add_argument("--corpus", action="store_true",
-                    help="also run every backend over the test corpus (tests/videos.py): pass/fail and time")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also decode_clips (PyAV) with each shortcut switched off, one at a time",
+    )
+    ap.add_argument(
+        "--crops",
+        action="store_true",
+        help="also decode_clips (PyAV) with three crops per clip, and the per-frame cost of the ways to "
+        "cut three crops",
+    )
+    ap.add_argument(
+        "--decode-device",
+        default="cpu",
+        help="also measure torchcodec and decode_clips decoding on this CUDA device (NVDEC)",
+    )
+    ap.add_argument(
+        "--corpus",
+        action="store_true",
+        help="also run every backend over the test corpus (tests/videos.py): pass/fail and time",
+    )
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -346,9 +399,18 @@ def main(argv=None) -> int:
 
     tc_status = torchcodec_status()
     filters = [f for f in args.only.split(",") if f]
-    report = {"tool": "tools/bench_decode.py", "label": args.label, **machine_facts(), "pinned_to_core": core,
-              "decoder_threads": 1, "rounds": args.rounds, "image_size": args.image_size,
-              "sampling": sampling.to_dict(), "torchcodec": tc_status or "loaded", "videos": []}
+    report = {
+        "tool": "tools/bench_decode.py",
+        "label": args.label,
+        **machine_facts(),
+        "pinned_to_core": core,
+        "decoder_threads": 1,
+        "rounds": args.rounds,
+        "image_size": args.image_size,
+        "sampling": sampling.to_dict(),
+        "torchcodec": tc_status or "loaded",
+        "videos": [],
+    }
     if tc_status:
         print(f"torchcodec: not measured, it does not load here ({tc_status})")
     plans = {}
@@ -374,8 +436,9 @@ def main(argv=None) -> int:
             cases[f"ours {backend}"] = lambda p=path, b=backend: run_ours(p, sampling, args.image_size, b)
         if args.ablation:
             for label, (knob, value) in ABLATIONS.items():
-                cases[f"ours pyav, {label}"] = (lambda p=path, k=knob, v=value:
-                                                run_ours_without(p, sampling, args.image_size, k, v))
+                cases[f"ours pyav, {label}"] = lambda p=path, k=knob, v=value: run_ours_without(
+                    p, sampling, args.image_size, k, v
+                )
         if args.crops:
             three = Sampling(**{**sampling.to_dict(), "crops": 3})
             cases["ours pyav, 3 crops"] = lambda p=path, t=three: run_ours(p, t, args.image_size, "pyav")
@@ -383,12 +446,19 @@ def main(argv=None) -> int:
         facts = video_facts(path)
         if args.crops:
             facts["crop_scalers"] = crop_scaler_costs(path, args.image_size, args.rounds)
-        facts.update(clips=len(clips), clip_frames=int(sum(len(c) for c in clips)),
-                     source_frames_spanned=int(clips[-1].max()) + 1, decode_size=list(size))
+        facts.update(
+            clips=len(clips),
+            clip_frames=int(sum(len(c) for c in clips)),
+            source_frames_spanned=int(clips[-1].max()) + 1,
+            decode_size=list(size),
+        )
         plans[path] = (cases, facts, {k: [] for k in cases}, {k: [] for k in cases})
-        print(f"{Path(path).name}: {facts['width']}x{facts['height']} {facts['bit_rate'] / 1e6:.1f} Mbit/s, "
-              f"{facts['frames']} frames {facts['pict_types']}, non-reference {facts['nonref_fraction']:.0%}, "
-              f"{len(clips)} clips", flush=True)
+        print(
+            f"{Path(path).name}: {facts['width']}x{facts['height']} {facts['bit_rate'] / 1e6:.1f} Mbit/s, "
+            f"{facts['frames']} frames {facts['pict_types']}, non-reference {facts['nonref_fraction']:.0%}, "
+            f"{len(clips)} clips",
+            flush=True,
+        )
     for r in range(args.rounds):
         for path, (cases, facts, times, cpu) in plans.items():
             names = list(cases) if r % 2 == 0 else list(reversed(cases))  # alternate the order too
@@ -403,23 +473,29 @@ def main(argv=None) -> int:
         rows = {}
         for name in cases:
             med = statistics.median(times[name])
-            rows[name] = {"seconds": [round(t, 4) for t in times[name]],
-                          "cpu_seconds": [round(t, 4) for t in cpu[name]],
-                          "clips_per_s": round(facts["clips"] / med, 3),
-                          "clips_per_s_best": round(facts["clips"] / min(times[name]), 3),
-                          "clips_per_cpu_s": round(facts["clips"] / statistics.median(cpu[name]), 3)}
+            rows[name] = {
+                "seconds": [round(t, 4) for t in times[name]],
+                "cpu_seconds": [round(t, 4) for t in cpu[name]],
+                "clips_per_s": round(facts["clips"] / med, 3),
+                "clips_per_s_best": round(facts["clips"] / min(times[name]), 3),
+                "clips_per_cpu_s": round(facts["clips"] / statistics.median(cpu[name]), 3),
+            }
         decord_best = max((v["clips_per_s"] for k, v in rows.items() if k.startswith("decord")), default=None)
-        for name, row in rows.items():
+        for row in rows.values():
             if decord_best:
                 row["vs_best_decord"] = round(row["clips_per_s"] / decord_best, 3)
         facts["cases"] = rows
         report["videos"].append(facts)
-        print(f"\n{Path(path).name} ({facts['width']}x{facts['height']}, {facts['clips']} clips of "
-              f"{args.num_frames}x{args.image_size}, step {args.frame_step}, 1 thread on core {core})")
+        print(
+            f"\n{Path(path).name} ({facts['width']}x{facts['height']}, {facts['clips']} clips of "
+            f"{args.num_frames}x{args.image_size}, step {args.frame_step}, 1 thread on core {core})"
+        )
         print(f"  {'case':44s} {'clips/s':>9s} {'best':>9s} {'/cpu-s':>9s} {'x best decord':>14s}")
         for name, row in rows.items():
-            print(f"  {name:44s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
-                  f"{row['clips_per_cpu_s']:9.2f} {row.get('vs_best_decord', float('nan')):14.2f}")
+            print(
+                f"  {name:44s} {row['clips_per_s']:9.2f} {row['clips_per_s_best']:9.2f} "
+                f"{row['clips_per_cpu_s']:9.2f} {row.get('vs_best_decord', float('nan')):14.2f}"
+            )
         for name, ms in facts.get("crop_scalers", {}).get("ms_per_frame", {}).items():
             print(f"  per frame: {name:40s} {ms:7.3f} ms")
     if args.corpus:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import subprocess
@@ -20,23 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def import_vmae_fast():
-    """vmae_fast from the installed package, or from this checkout when it is not installed (a bare GPU machine):
-    kernels/ is then mapped to vmae_fast.kernels the way pyproject.toml's package-dir does."""
+    """vmae_fast from the installed package, or from this checkout when it is not installed (a bare GPU machine)."""
     try:
-        importlib.import_module("vmae_fast.kernels")
+        importlib.import_module("vmae_fast")
     except ModuleNotFoundError:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        sys.modules.pop("vmae_fast", None)
-        import vmae_fast
-
-        spec = importlib.util.spec_from_file_location("vmae_fast.kernels", ROOT / "kernels" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "kernels")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["vmae_fast.kernels"] = module
-        spec.loader.exec_module(module)
-        vmae_fast.kernels = module
-    for name in ("vmae_fast.tokens", "vmae_fast.checkpoint"):  # used as attributes by the tools
+    for name in ("vmae_fast.kernels", "vmae_fast.tokens", "vmae_fast.checkpoint"):  # used as attributes by the tools
         importlib.import_module(name)
     return importlib.import_module("vmae_fast")
 

@@ -28,10 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-import index_data
-
-from vmae_fast.index import Index
+from tests.helpers import index_data  # noqa: E402 - after the path: the synthetic data shapes of the tests
+from vmae_fast.retrieval import Index  # noqa: E402
 
 
 def bench(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, kind: str, k: int, target: float,

@@ -51,7 +51,7 @@ def make_list(path: Path, n: int, num_shards: int, video: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vmae_fast.inputs import shard_of
+    from vmae_fast.ids import shard_of
 
     ids: list[str] = []
     own_at = {round(k * n / OWN) for k in range(OWN)}  # where the shard's own entries go
@@ -79,7 +79,7 @@ def own_list(path: Path, big: Path) -> Path:
     """The OWN shard-0 entries of `big`, listed alone."""
     import pyarrow.parquet as pq
 
-    from vmae_fast.inputs import shard_of
+    from vmae_fast.ids import shard_of
 
     if not path.exists():
         table = pq.read_table(big)
@@ -94,30 +94,15 @@ def own_list(path: Path, big: Path) -> Path:
 def _child(mode: str, list_path: str, num_shards: int, out: str) -> dict:
     t_start = time.perf_counter()
     import vmae_fast
-    from vmae_fast import inputs
+    from vmae_fast import extraction
 
     result: dict = {"mode": mode}
     if mode == "discover":
         t0 = time.perf_counter()
-        if hasattr(inputs, "iter_tasks"):  # streaming discovery (issue 15)
-            mine = list(inputs.iter_tasks([list_path], shard=(0, num_shards)))
-        else:  # the code before: the whole list, then the shard's filter
-            found = inputs.discover_inputs([list_path])
-            mine = [t for t in found.tasks if inputs.shard_of(t.video_id, num_shards) == 0]
+        mine = list(extraction.iter_tasks([list_path], shard=(0, num_shards)))
         result["seconds"] = time.perf_counter() - t0
         result["tasks"] = len(mine)
     elif mode == "extract":
-        from vmae_fast import pipeline
-
-        first: list[float] = []
-        real = pipeline._Extraction.on_clips
-
-        def on_clips(self, task, clips):  # the first clip event: startup is over
-            if not first:
-                first.append(time.perf_counter())
-            return real(self, task, clips)
-
-        pipeline._Extraction.on_clips = on_clips
         model = vmae_fast.load_model("random:small", device="cpu", config={
             "image_size": 32, "num_frames": 4, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
             "intermediate_size": 128})
@@ -125,20 +110,13 @@ def _child(mode: str, list_path: str, num_shards: int, out: str) -> dict:
         summary = vmae_fast.extract([list_path], out, model=model, shard=(0, num_shards), workers=1, batch_size=4,
                                     progress=False, overwrite=True)
         result["seconds"] = time.perf_counter() - t0
-        result["first_clip_s"] = first[0] - t0 if first else None
+        result["first_clip_s"] = summary["first_clip_s"]  # from the start of extract to the first decoded clip
         result["videos_ok"] = summary["videos_ok"]
     else:  # resume: the committed ids of shard 0 in `out`
         t0 = time.perf_counter()
-        from vmae_fast import store
+        from vmae_fast.store import committed_ids
 
-        try:  # the compact per-shard set (issue 15)
-            from vmae_fast.committed import committed_ids
-        except ImportError:
-            committed_ids = None
-        if committed_ids is not None:
-            done = committed_ids(out, 0, num_shards)
-        else:
-            done = {v for v in store.committed_video_ids(out) if inputs.shard_of(v, num_shards) == 0}
+        done = committed_ids(out, 0, num_shards)
         result["seconds"] = time.perf_counter() - t0
         result["ids"] = len(done)
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -161,7 +139,7 @@ def make_committed(out: Path, rows: int, num_shards: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vmae_fast.inputs import shards_of
+    from vmae_fast.ids import shards_of
 
     clips = out / "clips"
     if (out / "_done").exists():

@@ -9,7 +9,8 @@ Ops and baselines: varlen_attention vs SDPA with the flash, cuDNN and efficient 
 batched (B, H, n, d)) and a per-segment SDPA loop (ragged lengths); layer_norm vs F.layer_norm (also with the
 residual add); mean_pool_layernorm vs torch's segment mean (index_add) + LayerNorm; patch_embed (uint8 frames) vs
 normalize + conv3d (all tokens) and normalize + unfold + gather + GEMM (all and half the tokens: equal work), plus
-our kernel with its runs padded to a power of two (the layout it replaced). Units: TFLOP/s for attention (4 n^2 d h summed over segments) and patch embedding
+our kernel with its runs padded to a power of two (the layout it replaced). Units: TFLOP/s for attention (4 n^2 d h
+summed over segments) and patch embedding
 (2 N_kept K D), GB/s for everything (bytes each input read once + each output written once).
 GPU timings: triton.testing.do_bench (median, 20th/80th percentiles), after a first call timed apart (compile /
 autotune). CPU timings: a wall-clock timer with providers alternating call by call, so a shared machine disturbs

@@ -164,12 +164,12 @@ class Setup:
 
 def model_flops(config, kept_per_clip: list[int]) -> float:
     """Forward FLOPs (2 per multiply-add) of the encoder over each clip's kept tokens: patch embedding GEMM, per block
-    qkv (3 D^2), attention (QK^T and PV: 4 n^2 D), output projection (D^2) and MLP (2 D I); norms, GELU and the
+    qkv (3 D^2), attention (QK^T and PV: 4 n^2 D), output projection (D^2) and MLP (2 D M); norms, GELU and the
     pooled head are left out (< 1 %)."""
-    D, L, I, P = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.patch_dim
+    D, L, M, P = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.patch_dim
     total = 0.0
     for n in kept_per_clip:
-        total += 2 * n * P * D + L * (2 * n * 3 * D * D + 4 * n * n * D + 2 * n * D * D + 4 * n * D * I)
+        total += 2 * n * P * D + L * (2 * n * 3 * D * D + 4 * n * n * D + 2 * n * D * D + 4 * n * D * M)
     return total
 
 
@@ -271,7 +271,7 @@ def provider_weights(setup: Setup, provider: str) -> int:
 def reference_for(setup: Setup, provider: str, spec: str | None) -> str:
     """Which fp32 run a row's cosine is taken against: transformers SDPA fp32 for transformers' own rows and for
     vmae_fast keeping all tokens where transformers is a valid reference; vmae_fast fp32 with the same keep policy
-    otherwise (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6, tests/test_model*.py;
+    otherwise (transformers cannot drop tokens per clip; vmae_fast fp32 matches it to ~1e-6, tests/model/test_model*.py;
     transformers 5.6-5.17 or none installed)."""
     if setup.hf32 is not None and (not provider.startswith("vmae_fast") or (spec is None and setup.reference_ok)):
         return "transformers-fp32"
@@ -471,7 +471,7 @@ def plot(rows: list[dict], path: Path) -> Path | None:
         return None
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         series: dict[str, list] = {}
         for r in rows:
             if r["model"] == model and r.get("clips_per_s"):
@@ -556,8 +556,10 @@ def main(argv=None) -> list[dict]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
         png = plot(rows, args.plot or args.out.with_suffix(".png"))
-        print(f"merged {len(rows)} rows from {len(args.merge)} files into {args.out}" + (f", plot {png}" if png else ""),
-              file=sys.stderr)
+        print(
+            f"merged {len(rows)} rows from {len(args.merge)} files into {args.out}" + (f", plot {png}" if png else ""),
+            file=sys.stderr,
+        )
         return rows
     vmae_fast = import_vmae_fast()
 
@@ -571,12 +573,18 @@ def main(argv=None) -> list[dict]:
     out = args.out or ROOT / "bench" / "results" / f"model_{device.type}_{stamp}.json"
     rows = json.loads(out.read_text()) if args.append and out.exists() else []
     if not transformers_available():
-        print("note: transformers is not installed: vmae_fast rows only (cosine vs vmae_fast fp32); "
-              "pip install 'vmae-fast[bench]' for the baselines", file=sys.stderr)
+        print(
+            "note: transformers is not installed: vmae_fast rows only (cosine vs vmae_fast fp32); "
+            "pip install 'vmae-fast[bench]' for the baselines",
+            file=sys.stderr,
+        )
         args.providers = [p for p in args.providers if p.startswith("vmae_fast")]
     elif not transformers_reference_ok():
-        print(f"note: transformers {env['transformers']} drops VideoMAE's q/v biases: a speed baseline only; "
-              f"vmae_fast's cosine is taken against vmae_fast fp32", file=sys.stderr)
+        print(
+            f"note: transformers {env['transformers']} drops VideoMAE's q/v biases: a speed baseline only; "
+            f"vmae_fast's cosine is taken against vmae_fast fp32",
+            file=sys.stderr,
+        )
     skipped = [p for p in ("vmae_fast-cudagraph",) if p in args.providers and device.type != "cuda"]
     if skipped:
         print(f"note: {skipped} need CUDA; not run on {device}", file=sys.stderr)

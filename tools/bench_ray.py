@@ -1,4 +1,5 @@
-"""Ray engine benchmark: what Ray costs at one node. `extract --engine ray` vs the local engine, same videos, same model.
+"""Ray engine benchmark: what Ray costs at one node. `extract --engine ray` vs the local engine, same videos, same
+model.
 
 Each side runs in a fresh process (sides alternating, round by round) on the same generated H.264 videos with the
 same HF-format weights (ViT-S at 112 px, 8 frames by default: model-bound on a CPU). The Ray side starts a local

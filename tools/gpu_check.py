@@ -70,12 +70,23 @@ STAGES = (
 )
 BY_NAME = {s.name: s for s in STAGES}
 FILES = ("rows.jsonl", "summary.md", "log.txt")
-KERNEL_TESTS = ["tests/test_varlen_attention.py", "tests/test_patch_embed.py", "tests/test_layer_norm.py",
-                "tests/test_mean_pool_layernorm.py", "tests/test_kernel_inputs.py", "tests/test_model_triton.py",
-                "tests/test_cuda_graphs.py", "tests/test_tokens.py"]
+KERNEL_TESTS = [
+    "tests/kernels/test_varlen_attention.py",
+    "tests/kernels/test_patch_embed.py",
+    "tests/kernels/test_layer_norm.py",
+    "tests/kernels/test_mean_pool_layernorm.py",
+    "tests/kernels/test_dispatch.py",
+    "tests/model/test_model_backends.py",
+    "tests/model/test_cuda_graphs.py",
+    "tests/model/test_tokens.py",
+]
 # --dry-run: a handful of quick ones (the interpreter is slow), still through the same plugin and row format
-DRY_KERNEL_TESTS = ["tests/test_kernel_inputs.py", "tests/test_layer_norm.py", "-k",
-                    "kernel_target or use_triton or wrap_triton or (matches_reference and float32 and 100)"]
+DRY_KERNEL_TESTS = [
+    "tests/kernels/test_dispatch.py",
+    "tests/kernels/test_layer_norm.py",
+    "-k",
+    "kernel_target or use_triton or wrap_triton or (matches_reference and float32 and 100)",
+]
 
 
 def slug(text: str) -> str:
@@ -115,13 +126,22 @@ def stage_env(ctx: Context) -> None:
     row = {"kind": "env", "argv": sys.argv, "torch_cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        row.update(capability=list(torch.cuda.get_device_capability(0)), sm_count=props.multi_processor_count,
-                   memory_gib=round(props.total_memory / 2**30, 1),
-                   cudnn=torch.backends.cudnn.version(), flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
-                   cudnn_sdp=torch.backends.cuda.cudnn_sdp_enabled())
+        row.update(
+            capability=list(torch.cuda.get_device_capability(0)),
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+            cudnn_sdp=torch.backends.cuda.cudnn_sdp_enabled(),
+        )
     if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         row["nvidia_smi"] = out.stdout.strip() or out.stderr.strip()
     else:
         ctx.skip("nvidia-smi", "not on PATH")
@@ -148,19 +168,35 @@ def stage_kernel_tests(ctx: Context) -> None:
     except ImportError:
         workers = []
     args = DRY_KERNEL_TESTS if ctx.dry_run else KERNEL_TESTS
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOOLS), os.environ.get("PYTHONPATH", "")]),
-           "TRITON_INTERPRET": "1" if ctx.dry_run else "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TOOLS), os.environ.get("PYTHONPATH", "")]),
+        "TRITON_INTERPRET": "1" if ctx.dry_run else "0",
+    }
     # the plugin appends one row per test to rows.jsonl as it finishes: a run stopped by the budget keeps them
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "gpu_check_plugin", "--gpu-check-rows",
-           str(ctx.dir / "rows.jsonl"), "-p", "no:cacheprovider", *workers, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "gpu_check_plugin",
+        "--gpu-check-rows",
+        str(ctx.dir / "rows.jsonl"),
+        "-p",
+        "no:cacheprovider",
+        *workers,
+        *args,
+    ]
     print(" ".join(cmd), flush=True)
     returncode = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
     counts: dict[str, int] = {}
     for r in read_rows(ctx.dir):
         if r.get("kind") == "test":
             counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-    ctx.write([{"kind": "test-summary", "counts": counts, "pytest_returncode": returncode, "tests": args,
-                "workers": workers}])
+    ctx.write(
+        [{"kind": "test-summary", "counts": counts, "pytest_returncode": returncode, "tests": args, "workers": workers}]
+    )
     if returncode not in (0, 5):
         raise SystemExit(f"kernel tests: pytest exited {returncode} ({counts})")
 
@@ -201,8 +237,16 @@ def stage_patch_embed(ctx: Context) -> None:
         ctx.write(rows)
     rows = []
     if ctx.dry_run:
-        bk.bench_model_share(rows, {}, ctx.device, dtype, reps, "small", 1,
-                             config={"num_hidden_layers": 1, "image_size": 32, "num_frames": 2})
+        bk.bench_model_share(
+            rows,
+            {},
+            ctx.device,
+            dtype,
+            reps,
+            "small",
+            1,
+            config={"num_hidden_layers": 1, "image_size": 32, "num_frames": 2},
+        )
     else:
         bk.bench_model_share(rows, {}, ctx.device, dtype, reps, "base", 32)
     ctx.write(rows)
@@ -220,8 +264,15 @@ def _bench_model(ctx: Context, argv: list[str]) -> None:
             ctx.skip(provider, "transformers not installed")
         args.providers = [p for p in args.providers if p.startswith("vmae_fast")]
     elif not bm.transformers_reference_ok():
-        ctx.write([{"kind": "note", "note": "transformers drops VideoMAE's q/v biases here (5.6-5.17): a speed "
-                                            "baseline only; vmae_fast's cosine is against vmae_fast fp32"}])
+        ctx.write(
+            [
+                {
+                    "kind": "note",
+                    "note": "transformers drops VideoMAE's q/v biases here (5.6-5.17): a speed "
+                    "baseline only; vmae_fast's cosine is against vmae_fast fp32",
+                }
+            ]
+        )
     if not args.providers:
         return
     dtype = bm.DTYPES[args.dtype]
@@ -239,23 +290,62 @@ def _bench_model(ctx: Context, argv: list[str]) -> None:
 
 def model_argv(ctx: Context, *extra: str) -> list[str]:
     if ctx.dry_run:
-        return ["--models", "tiny", "--dtype", "fp32", "--device", "cpu", "--rounds", "2", "--min-time-ms", "5",
-                "--max-iters", "3", "--keep-going", *extra]
-    return ["--models", "base", "--dtype", "bf16", "--device", "cuda", "--rounds", "5", "--min-time-ms", "150",
-            "--keep-going", *extra]
+        return [
+            "--models",
+            "tiny",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--rounds",
+            "2",
+            "--min-time-ms",
+            "5",
+            "--max-iters",
+            "3",
+            "--keep-going",
+            *extra,
+        ]
+    return [
+        "--models",
+        "base",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cuda",
+        "--rounds",
+        "5",
+        "--min-time-ms",
+        "150",
+        "--keep-going",
+        *extra,
+    ]
 
 
 def stage_model(ctx: Context) -> None:
     batches = "2" if ctx.dry_run else "32,64"
-    _bench_model(ctx, model_argv(ctx, "--batches", batches, "--keeps", "1.0,0.5", "--providers",
-                                 "vmae_fast,transformers-sdpa"))
+    _bench_model(
+        ctx, model_argv(ctx, "--batches", batches, "--keeps", "1.0,0.5", "--providers", "vmae_fast,transformers-sdpa")
+    )
 
 
 def stage_cudagraph(ctx: Context) -> None:
     if ctx.device.type != "cuda":
         ctx.skip("vmae_fast-cudagraph", "CUDA graphs need a GPU (the eager batch-1 rows still run)")
-    _bench_model(ctx, model_argv(ctx, "--batches", "1", "--graph-batches", "1", "--keeps", "1.0,0.5",
-                                 "--providers", "vmae_fast,vmae_fast-cudagraph,transformers-sdpa"))
+    _bench_model(
+        ctx,
+        model_argv(
+            ctx,
+            "--batches",
+            "1",
+            "--graph-batches",
+            "1",
+            "--keeps",
+            "1.0,0.5",
+            "--providers",
+            "vmae_fast,vmae_fast-cudagraph,transformers-sdpa",
+        ),
+    )
 
 
 def stage_profile(ctx: Context) -> None:
@@ -263,37 +353,72 @@ def stage_profile(ctx: Context) -> None:
 
     torch = ctx.torch
     if ctx.dry_run:
-        model = ctx.vmae_fast.load_model("random:small", device="cpu", config={"num_hidden_layers": 2,
-                                                                              "image_size": 32, "num_frames": 4})
+        model = ctx.vmae_fast.load_model(
+            "random:small", device="cpu", config={"num_hidden_layers": 2, "image_size": 32, "num_frames": 4}
+        )
         batch = 2
     else:
         model = ctx.vmae_fast.load_model("random:base", device="cuda", dtype=torch.bfloat16)
         batch = 32
     c = model.config
-    frames = torch.randint(0, 256, (batch, c.num_frames, c.image_size, c.image_size, 3), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0)).to(ctx.device)
+    frames = torch.randint(
+        0,
+        256,
+        (batch, c.num_frames, c.image_size, c.image_size, 3),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0),
+    ).to(ctx.device)
     for keep in (None, "tube:0.5"):
         rows = bm.profile_forward(model, frames, keep=keep, steps=2 if ctx.dry_run else 5)
         shape = {"preset": "small-tiny" if ctx.dry_run else "base", "batch": batch, "keep": keep or "all"}
-        ctx.write([{"kind": "profile", "dtype": str(model.dtype).removeprefix("torch."), "shape": shape, **r}
-                   for r in rows])
+        ctx.write(
+            [{"kind": "profile", "dtype": str(model.dtype).removeprefix("torch."), "shape": shape, **r} for r in rows]
+        )
         for r in rows:
             print(f"keep={keep or 'all'} {r['category']:<34} {100 * r['share']:6.1f} %  {r['ms_per_forward']:.3f} ms")
 
 
 def stage_compile(ctx: Context) -> None:
     if ctx.dry_run:  # inductor takes minutes on CPU: dynamo with the eager backend exercises the same path
-        argv = model_argv(ctx, "--batches", "2", "--keeps", "1.0", "--providers", "vmae_fast,torch-compile",
-                          "--compile-backend", "eager")
+        argv = model_argv(
+            ctx,
+            "--batches",
+            "2",
+            "--keeps",
+            "1.0",
+            "--providers",
+            "vmae_fast,torch-compile",
+            "--compile-backend",
+            "eager",
+        )
     else:
-        argv = model_argv(ctx, "--batches", "32,64", "--keeps", "1.0", "--providers", "vmae_fast,torch-compile",
-                          "--compile-mode", "max-autotune", "--rounds", "3")
+        argv = model_argv(
+            ctx,
+            "--batches",
+            "32,64",
+            "--keeps",
+            "1.0",
+            "--providers",
+            "vmae_fast,torch-compile",
+            "--compile-mode",
+            "max-autotune",
+            "--rounds",
+            "3",
+        )
     _bench_model(ctx, argv)
 
 
-STAGE_FUNCTIONS = {"env": stage_env, "kernel-tests": stage_kernel_tests, "attention": stage_attention,
-                   "norms": stage_norms, "patch-embed": stage_patch_embed, "model": stage_model,
-                   "cudagraph": stage_cudagraph, "profile": stage_profile, "compile": stage_compile}
+STAGE_FUNCTIONS = {
+    "env": stage_env,
+    "kernel-tests": stage_kernel_tests,
+    "attention": stage_attention,
+    "norms": stage_norms,
+    "patch-embed": stage_patch_embed,
+    "model": stage_model,
+    "cudagraph": stage_cudagraph,
+    "profile": stage_profile,
+    "compile": stage_compile,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,8 +431,7 @@ def run_child(cmd: list[str], timeout_s: float, log_path: Path, env: dict | None
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}  (budget {timeout_s:.0f} s)\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=env)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
@@ -364,15 +488,31 @@ def measured_targets(rows: list[dict]) -> dict[str, float | None]:
         return max(values) if values else None
 
     def vmae(stage, batch, keep):
-        return lambda r: (r.get("stage") == stage and r.get("provider") == "vmae_fast" and r.get("batch") == batch
-                          and r.get("keep") == keep)
+        return lambda r: (
+            r.get("stage") == stage
+            and r.get("provider") == "vmae_fast"
+            and r.get("batch") == batch
+            and r.get("keep") == keep
+        )
 
-    cosines = [r["cosine_vs_fp32"] for r in rows if str(r.get("provider", "")).startswith("vmae_fast")
-               and r.get("dtype") == "bfloat16" and r.get("cosine_vs_fp32") is not None]
+    cosines = [
+        r["cosine_vs_fp32"]
+        for r in rows
+        if str(r.get("provider", "")).startswith("vmae_fast")
+        and r.get("dtype") == "bfloat16"
+        and r.get("cosine_vs_fp32") is not None
+    ]
     return {
-        TARGETS[0][0]: pick(lambda r: r.get("op") == "varlen_attention" and r.get("provider") == "triton"
-                            and r.get("dtype") == "bfloat16" and r.get("shape", {}).get("d") == 64
-                            and r.get("shape", {}).get("layout") == "equal", "tflops"),
+        TARGETS[0][0]: pick(
+            lambda r: (
+                r.get("op") == "varlen_attention"
+                and r.get("provider") == "triton"
+                and r.get("dtype") == "bfloat16"
+                and r.get("shape", {}).get("d") == 64
+                and r.get("shape", {}).get("layout") == "equal"
+            ),
+            "tflops",
+        ),
         TARGETS[1][0]: pick(vmae("model", 64, 1.0), "clips_per_s"),
         TARGETS[2][0]: pick(vmae("model", 64, 1.0), "speedup_vs_sdpa"),
         TARGETS[3][0]: pick(vmae("compile", 64, 1.0), "speedup_vs_compile"),
@@ -383,10 +523,12 @@ def measured_targets(rows: list[dict]) -> dict[str, float | None]:
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
     """Markdown table: columns are (header, key or key.subkey)."""
+
     def get(row, key):
         for part in key.split("."):
             row = row.get(part) if isinstance(row, dict) else None
         return row
+
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(get(r, k)) for _, k in columns) + " |" for r in rows]
     return lines
@@ -399,17 +541,28 @@ def summarize(directory: Path, statuses: list[dict]) -> str:
     for r in rows:
         by_stage.setdefault(r.get("stage", "?"), []).append(r)
     env = next((r for r in rows if r.get("kind") == "env"), rows[0] if rows else {})
-    versions = (f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, transformers "
-                f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}")
-    versions = (f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, transformers "
-                f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}")
+    versions = (
+        f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, transformers "
+        f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}"
+    )
+    versions = (
+        f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, transformers "
+        f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}"
+    )
     out = [f"# GPU check: {env.get('device', '?')}", "", versions, f"driver: {env.get('nvidia_smi', '-')}", ""]
     if env.get("device_type") == "cpu":
-        out += [("**Dry run on CPU: tiny sizes, the Triton interpreter; the figures test the code path and mean "
-                "nothing about speed.**"), ""]
+        out += [
+            (
+                "**Dry run on CPU: tiny sizes, the Triton interpreter; the figures test the code path and mean "
+                "nothing about speed.**"
+            ),
+            "",
+        ]
     out += ["## Stages", ""]
-    out += _table(statuses, [("stage", "stage"), ("status", "status"), ("seconds", "seconds"),
-                             ("budget s", "budget_s"), ("rows", "rows")])
+    out += _table(
+        statuses,
+        [("stage", "stage"), ("status", "status"), ("seconds", "seconds"), ("budget s", "budget_s"), ("rows", "rows")],
+    )
     for r in rows:
         if r.get("kind") == "skipped":
             out.append(f"- {r['stage']}: skipped {r['what']}: {r['reason']}")
@@ -425,34 +578,71 @@ def summarize(directory: Path, statuses: list[dict]) -> str:
         counts: dict[str, int] = {}
         for t in tests:
             counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
-        collected = max((r["count"] for r in by_stage.get("kernel-tests", []) if r.get("kind") == "collected"),
-                        default=None)
+        collected = max(
+            (r["count"] for r in by_stage.get("kernel-tests", []) if r.get("kind") == "collected"), default=None
+        )
         not_reached = f", not reached {collected - len(tests)}" if collected and collected > len(tests) else ""
-        out += ["", "## Kernel tests (compiled)", "",
-                (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no test finished")
-                + (f" of {collected} collected" if collected else "") + not_reached]
+        out += [
+            "",
+            "## Kernel tests (compiled)",
+            "",
+            (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no test finished")
+            + (f" of {collected} collected" if collected else "")
+            + not_reached,
+        ]
         out += [f"- FAILED {t['test']}: {t.get('error', '')}" for t in tests if t["outcome"].startswith("failed")][:30]
     measured = [r for r in rows if "ms" in r and r.get("stage") in ("attention", "norms", "patch-embed")]
     if measured:
         out += ["", "## Kernels", ""]
-        out += _table(measured, [("op", "op"), ("dtype", "dtype"), ("shape", "shape"), ("provider", "provider"),
-                                 ("ms", "ms"), ("TFLOP/s", "tflops"), ("GB/s", "gbps"),
-                                 ("max diff", "max_abs_diff"), ("share of model", "share_of_model")])
+        out += _table(
+            measured,
+            [
+                ("op", "op"),
+                ("dtype", "dtype"),
+                ("shape", "shape"),
+                ("provider", "provider"),
+                ("ms", "ms"),
+                ("TFLOP/s", "tflops"),
+                ("GB/s", "gbps"),
+                ("max diff", "max_abs_diff"),
+                ("share of model", "share_of_model"),
+            ],
+        )
     models = [r for r in rows if r.get("stage") in ("model", "cudagraph", "compile") and "provider" in r]
     if models:
-        out += ["", "## Model (speed-ups only at equal work; kept-token rows: vs all tokens of the same provider)",
-                ""]
-        out += _table(models, [("stage", "stage"), ("batch", "batch"), ("keep", "keep"), ("provider", "provider"),
-                               ("clips/s", "clips_per_s"), ("ms", "ms_per_batch"), ("x SDPA", "speedup_vs_sdpa"),
-                               ("x compile", "speedup_vs_compile"), ("x all tokens", "speedup_vs_all_tokens"),
-                               ("cos vs fp32", "cosine_vs_fp32"), ("ref", "cosine_reference"),
-                               ("first call s", "first_call_s"), ("bit-equal", "bit_equal_to_eager"),
-                               ("error", "error")])
+        out += ["", "## Model (speed-ups only at equal work; kept-token rows: vs all tokens of the same provider)", ""]
+        out += _table(
+            models,
+            [
+                ("stage", "stage"),
+                ("batch", "batch"),
+                ("keep", "keep"),
+                ("provider", "provider"),
+                ("clips/s", "clips_per_s"),
+                ("ms", "ms_per_batch"),
+                ("x SDPA", "speedup_vs_sdpa"),
+                ("x compile", "speedup_vs_compile"),
+                ("x all tokens", "speedup_vs_all_tokens"),
+                ("cos vs fp32", "cosine_vs_fp32"),
+                ("ref", "cosine_reference"),
+                ("first call s", "first_call_s"),
+                ("bit-equal", "bit_equal_to_eager"),
+                ("error", "error"),
+            ],
+        )
     profile = [r for r in rows if r.get("kind") == "profile"]
     if profile:
         out += ["", "## Where model time goes (torch profiler)", ""]
-        out += _table(profile, [("keep", "shape.keep"), ("category", "category"), ("share", "share"),
-                                ("ms/forward", "ms_per_forward"), ("top", "top")])
+        out += _table(
+            profile,
+            [
+                ("keep", "shape.keep"),
+                ("category", "category"),
+                ("share", "share"),
+                ("ms/forward", "ms_per_forward"),
+                ("top", "top"),
+            ],
+        )
     return "\n".join(out) + "\n"
 
 
@@ -466,12 +656,14 @@ def default_dir(dry_run: bool) -> Path:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, the same stages (CI)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<device>-<date>)")
-    p.add_argument("--copy-to", type=Path, default=None, help="also copy rows.jsonl, summary.md, log.txt here "
-                                                               "after every stage")
+    p.add_argument(
+        "--copy-to", type=Path, default=None, help="also copy rows.jsonl, summary.md, log.txt here after every stage"
+    )
     p.add_argument("--only", default=None, help="comma-separated stages (default: all, in order)")
     p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS", help="override a budget")
     p.add_argument("--total-s", type=float, default=540.0, help="no stage starts after this many seconds")
@@ -479,8 +671,9 @@ def parse_args(argv=None):
     p.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = [s.name for s in STAGES] if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BY_NAME] + ([args.stage] if args.stage and args.stage not in BY_NAME
-                                                         else [])
+    unknown = [n for n in names if n not in BY_NAME] + (
+        [args.stage] if args.stage and args.stage not in BY_NAME else []
+    )
     if unknown:
         p.error(f"unknown stage(s) {unknown}; stages: {', '.join(BY_NAME)}")
     budgets = {}
@@ -522,13 +715,23 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             status, code = run_child(cmd, min(budget, left), directory / "log.txt", env)
             seconds = time.monotonic() - t0
-        statuses.append({"stage": name, "status": status, "returncode": code, "seconds": round(seconds, 1),
-                         "budget_s": budget, "rows": len(read_rows(directory)) - before})
+        statuses.append(
+            {
+                "stage": name,
+                "status": status,
+                "returncode": code,
+                "seconds": round(seconds, 1),
+                "budget_s": budget,
+                "rows": len(read_rows(directory)) - before,
+            }
+        )
         with open(directory / "rows.jsonl", "a") as f:
             f.write(json.dumps({"stage": name, "kind": "status", **statuses[-1]}) + "\n")
         (directory / "summary.md").write_text(summarize(directory, statuses))
-        print(f"  {name:<13} {status:<8} {seconds:6.1f} s (budget {budget:.0f} s), {statuses[-1]['rows']} rows",
-              flush=True)
+        print(
+            f"  {name:<13} {status:<8} {seconds:6.1f} s (budget {budget:.0f} s), {statuses[-1]['rows']} rows",
+            flush=True,
+        )
         if args.copy_to is not None:
             args.copy_to.mkdir(parents=True, exist_ok=True)
             for file in FILES:

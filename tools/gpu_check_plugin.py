@@ -1,6 +1,6 @@
 """pytest plugin of tools/gpu_check.py: one JSON row per test outcome ({"stage": "kernel-tests", "kind": "test",
 "test", "outcome", "seconds", ...}), appended to gpu_check's rows.jsonl as each test finishes, so a run stopped by
-its time budget still says what passed, failed or never ran. Also maps kernels/ to vmae_fast.kernels when the package
+its time budget still says what passed, failed or never ran. Also imports vmae_fast from this checkout when the package
 is not installed (a bare checkout on a GPU machine).
 
     python -m pytest -p gpu_check_plugin --gpu-check-rows rows.jsonl tests/...   # with tools/ on PYTHONPATH
@@ -21,7 +21,7 @@ _CONFIG: dict = {}
 
 def pytest_configure(config):
     _CONFIG["config"] = config
-    # after conftest.py decided TRITON_INTERPRET: the mapping below may import triton
+    # after conftest.py decided TRITON_INTERPRET: importing the kernels imports triton
     from bench_env import import_vmae_fast
 
     import_vmae_fast()

@@ -61,7 +61,12 @@ def checker(t: float, w: int, h: int) -> np.ndarray:
 def plasma(t: float, w: int, h: int) -> np.ndarray:
     """A smooth colour plasma (sums of moving sinusoids)."""
     x, y = _grid(w, h)
-    v = np.sin(9 * x + t) + np.sin(7 * y - 1.3 * t) + np.sin(6 * (x + y) + 0.7 * t) + np.sin(11 * np.hypot(x - .5, y - .5) - 2 * t)
+    v = (
+        np.sin(9 * x + t)
+        + np.sin(7 * y - 1.3 * t)
+        + np.sin(6 * (x + y) + 0.7 * t)
+        + np.sin(11 * np.hypot(x - 0.5, y - 0.5) - 2 * t)
+    )
     return 127.5 + 120 * np.stack([np.sin(v), np.sin(v + 2.0), np.cos(1.5 * v)], -1)
 
 
@@ -114,8 +119,14 @@ def main() -> None:
     for name, (scene, offset, size, brightness, crf) in SAMPLES.items():
         path = out / f"{name}.mp4"
         write_video(path, scene, offset, size, brightness, crf)
-        info[name + ".mp4"] = {"scene": scene.__name__, "time_offset_s": offset, "size": list(size),
-                               "brightness": brightness, "crf": crf, "bytes": path.stat().st_size}
+        info[name + ".mp4"] = {
+            "scene": scene.__name__,
+            "time_offset_s": offset,
+            "size": list(size),
+            "brightness": brightness,
+            "crf": crf,
+            "bytes": path.stat().st_size,
+        }
         print(f"{path}: {path.stat().st_size / 1e3:.0f} kB")
     # the near-duplicate pairs the demo points at
     info["_near_duplicates"] = [["orbit_red.mp4", "orbit_red_copy.mp4"], ["plasma.mp4", "plasma_small.mp4"]]

@@ -6,7 +6,7 @@
 # the interpreter. torch 2.11 from PyPI is the ~5 GB CUDA build; it runs on CPU.
 #
 #   bash tools/test_floor.sh                      # VENV=.venv-floor PYTHON=python3.12 by default
-#   VENV=/work/venv-t211 bash tools/test_floor.sh tests/test_patch_embed.py    # reuse a venv, pick tests
+#   VENV=/work/venv-t211 bash tools/test_floor.sh tests/kernels/test_patch_embed.py    # reuse a venv, pick tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-floor}
@@ -23,9 +23,9 @@ fi
 print(f'Python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, ' \
       f'transformers {transformers.__version__}; vmae_fast.kernels from {k.__file__}')"
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_varlen_attention.py tests/test_patch_embed.py tests/test_layer_norm.py \
-        tests/test_mean_pool_layernorm.py tests/test_kernel_inputs.py tests/test_model_triton.py \
-        tests/test_cuda_graphs.py tests/test_tokens.py tests/test_checkpoint.py tests/test_model.py \
-        tests/test_bench_kernels.py tests/test_bench_model.py tests/test_gpu_check.py
+    set -- tests/kernels/test_varlen_attention.py tests/kernels/test_patch_embed.py tests/kernels/test_layer_norm.py \
+        tests/kernels/test_mean_pool_layernorm.py tests/kernels/test_dispatch.py tests/model/test_model_backends.py \
+        tests/model/test_cuda_graphs.py tests/model/test_tokens.py tests/model/test_checkpoint.py tests/model/test_model.py \
+        tests/tools/test_bench_kernels.py tests/tools/test_bench_model.py tests/tools/test_gpu_check.py
 fi
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning "$@"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEConfig
-from .model import BACKENDS, VideoMAE
+from .model import KERNEL_BACKENDS, VideoMAE, sincos_table
 
 # Our parameter name -> the checkpoint key(s) it is built from, per layout ("{}" = block index). A tuple is
 # concatenated along dim 0 (the fused qkv); None in a tuple is a zero block (the key projection has no bias).
@@ -98,8 +98,8 @@ def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str 
     device: None = CUDA when available, else CPU. dtype: None = bf16 on CUDA, fp32 on CPU (or "fp16"/"bf16"/"fp32"/a
     torch dtype). config: a VideoMAEConfig used as is, or a dict of fields overriding the inferred ones (e.g.
     {"num_attention_heads": 16} for an original checkpoint whose head count differs from its preset)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                            else "cpu")
     dtype = resolve_dtype(dtype, device)
@@ -364,8 +364,6 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config:
 
 def _check_sincos_pos_embed(pos_embed: torch.Tensor, config: VideoMAEConfig) -> None:
     """A stored `pos_embed` must be the fixed sin/cos table we rebuild; learnable positions are not supported."""
-    from .model import sincos_table
-
     table = sincos_table(config.num_tokens, config.hidden_size)
     if tuple(pos_embed.shape[-2:]) != tuple(table.shape):
         raise ValueError(f"pos_embed has shape {tuple(pos_embed.shape)} but the config gives {config.num_tokens} "
@@ -457,7 +455,8 @@ def hf_state_dict(config: VideoMAEConfig, state_dict: Mapping[str, torch.Tensor]
         if name == "patch_embed.weight":  # ours is the Conv3d weight flattened: (D, C*ts*P*P)
             c = config
             tensor = tensor.reshape(c.hidden_size, c.num_channels, c.tubelet_size, c.patch_size, c.patch_size)
-        parts = zip(targets, tensor.chunk(len(targets))) if isinstance(targets, tuple) else [(targets, tensor)]
+        fused = isinstance(targets, tuple)
+        parts = zip(targets, tensor.chunk(len(targets)), strict=True) if fused else [(targets, tensor)]
         for target, part in parts:
             if target is None:  # the key projection's bias: not a parameter in VideoMAE
                 continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from .faults import EXIT_BUG, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_TERMINATED, UserError, exit_status
 
@@ -92,7 +93,8 @@ def _add_extract(sub) -> None:
                    help="decoding processes (default: CPU cores - 1, at most 16, with CUDA; on CPU one, more while "
                         "the model waits for clips)")
     p.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cuda:LOCAL_RANK when available, else cpu)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="model precision (default: bf16 on CUDA, fp32 CPU)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
+                   help="model precision (default: bf16 on CUDA, fp32 CPU)")
     p.add_argument("--shard", help="process only shard i of n (i/n); default from torchrun or SLURM variables")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
     p.add_argument("--embedding-dtype", choices=("float32", "float16"), default="float32",
@@ -110,7 +112,8 @@ def _add_extract(sub) -> None:
                         "(default %(default)s)")
     p.add_argument("--part-rows", type=int, default=100_000, help="rows per Parquet part file (default %(default)s)")
     p.add_argument("--commit-interval-s", type=float, default=60.0,
-                   help="write finished videos at least this often, bounding work lost to a crash (default %(default)s)")
+                   help="write finished videos at least this often, bounding work lost to a crash "
+                        "(default %(default)s)")
     p.add_argument("--retry-errors", action="store_true",
                    help="redo the videos that have error rows (the rows are moved to OUT/errors/_retried/; the new "
                         "outcome replaces them)")
@@ -141,7 +144,7 @@ def _engine_args(args) -> dict:
 
 
 def _run_extract(args) -> int:
-    from .pipeline import extract
+    from .extraction import extract
 
     for name in ("batch_size", "part_rows", "clip_frames", "frame_step", "clips_per_video"):
         value = getattr(args, name)
@@ -176,7 +179,7 @@ def _run_extract(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     if summary.get("engine") == "ray":
-        from .ray_engine import format_actors
+        from .extraction.ray_engine import format_actors
 
         print(format_actors(summary))
     return 0
@@ -219,6 +222,17 @@ def format_summary(summary: dict) -> str:
 
 
 # --- labels ----------------------------------------------------------------------------------------------------------
+def format_labels(rows: list[dict[str, Any]]) -> str:
+    """Human lines: the video, its views and duration, then one line per label with its probability."""
+    lines = []
+    for row in rows:
+        views = (f"{row['num_views']} views ({row['num_clips']} clips x {row['num_crops']} crops)"
+                 if row.get("num_crops", 1) > 1 else f"{row['num_views']} clips")
+        lines.append(f"{row['video_id']}  {views}, {row['duration_s']:.1f} s")
+        lines += [f"  {100 * item['prob']:6.2f}%  {item['label']}" for item in row["labels"]]
+    return "\n".join(lines)
+
+
 def _add_labels(sub) -> None:
     p = sub.add_parser("labels", help="print each video's most probable labels (softmax averaged over its views)",
                        description="Print the top labels of every video of OUT with their probabilities: the mean "
@@ -233,7 +247,9 @@ def _add_labels(sub) -> None:
 def _run_labels(args) -> int:
     import json
 
-    from .views import format_labels, has_video_table, iter_videos, run_labels, video_labels
+    from .store.layout import has_video_table
+    from .store.reader import iter_videos, run_labels
+    from .store.videos import video_labels
 
     if args.top < 1:
         raise FatalError(f"--top must be a positive integer, got {args.top}")
@@ -302,7 +318,7 @@ _INDEX_PARAMS = {"nlist": ("ivf", "ivfpq", "opq"), "m": ("ivfpq", "opq"), "nprob
 
 
 def _run_index(args) -> int:
-    from .index import Index
+    from .retrieval.index import Index
 
     if args.batch_size < 1:
         raise FatalError(f"--batch-size must be a positive integer, got {args.batch_size}")
@@ -364,8 +380,8 @@ def _add_search(sub) -> None:
 def _run_search(args) -> int:
     import json
 
-    from .index import Index
-    from .search import format_results, run_query
+    from .retrieval.index import Index
+    from .retrieval.search import format_results, run_query
 
     if args.k < 1:
         raise FatalError(f"-k must be a positive integer, got {args.k}")
@@ -378,11 +394,11 @@ def _run_search(args) -> int:
     results = run_query(index, args.out, video=args.video, at_s=args.at, clip=args.clip, vector=args.vector,
                         k=args.k, device=args.device)
     if args.show:
-        from .contact_sheet import draw_results
+        from .retrieval.contact_sheet import draw_results
 
         draw_results(args.out, results, args.show)
     if args.html:
-        from .results_page import write_page
+        from .retrieval.results_page import write_page
 
         write_page(args.out, results, args.html, index=index, media_root=args.media_root)
     if args.json:

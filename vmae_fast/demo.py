@@ -73,9 +73,9 @@ def run_demo(model: str | None = None, out: str | os.PathLike = "vmae-fast-demo"
              workers: int | None = None) -> int:
     """Extract the samples (all but the query video) into `out`, index them, search with the query video, print
     the ranked matches and write OUT/results.png. Returns the exit status (0)."""
-    from .index import Index
-    from .pipeline import extract
-    from .search import format_results, run_query
+    from .extraction import extract
+    from .retrieval.index import Index
+    from .retrieval.search import format_results, run_query
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -126,7 +126,7 @@ def run_demo(model: str | None = None, out: str | os.PathLike = "vmae-fast-demo"
               + (" (random weights: no promise)" if not real else ""))
     png = out / "results.png"
     try:
-        from .contact_sheet import draw_results
+        from .retrieval.contact_sheet import draw_results
 
         draw_results(out, results, png)
         print(f"contact sheet (query frames, then each match's frames with its score): {png}")

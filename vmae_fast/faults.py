@@ -13,8 +13,9 @@
   batch of one clip that does not fit in GPU memory): UserError, printed by the CLI as one line.
 
 CLI exit status: 0 done (every input processed or recorded as an error), 1 our bug (traceback + a request to
-report it), 2 the user's problem (one line; also a missing dependency), 75 an environment fault (one line; rerun to resume; 75 is
-sysexits' EX_TEMPFAIL, which job schedulers may requeue on), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+report it), 2 the user's problem (one line; also a missing dependency), 75 an environment fault (one line; rerun to
+resume; 75 is sysexits' EX_TEMPFAIL, which job schedulers may requeue on), 130 interrupted (SIGINT), 143 terminated
+(SIGTERM).
 
 Other modules (decoders, URL streams) raise EnvironmentFault for what they know to be transient, or let the
 original exception through: classify() knows OSError errnos, PyAV/decord errors and the builtins.
@@ -81,6 +82,26 @@ class WorkerBug(RuntimeError):
         return (type(self), (self.message,))
 
 
+STAGES = ("open", "decode", "sample")  # where a VideoError happened
+
+
+class VideoError(Exception):
+    """A video that cannot become clips. stage: "open" (file/container/stream), "decode" (frames), "sample" (plan)."""
+
+    def __init__(self, stage: str, message: str):
+        if stage not in STAGES:
+            raise ValueError(f"VideoError stage must be one of {STAGES}, got {stage!r}")
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return (VideoError, (self.stage, self.message))
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.message}"
+
+
 def _from_decoder(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
     return module == "av" or module.startswith(("av.", "decord"))
@@ -88,8 +109,6 @@ def _from_decoder(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> str:
     """VIDEO, ENVIRONMENT or BUG for an exception raised while a video was opened or decoded."""
-    from .video.errors import VideoError  # here, not at import: video/ imports this module
-
     if isinstance(exc, EnvironmentFault):
         return ENVIRONMENT
     if isinstance(exc, VideoError):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import VideoMAEConfig
 from .kernels import layer_norm, mean_pool_layernorm, patch_embed, varlen_attention
-from .kernels._dispatch import BACKENDS
+from .kernels._dispatch import KERNEL_BACKENDS
 from .kernels.patch_embed import prepare_weight
 from .tokens import KeepAll, KeepPolicy, pack, parse_keep
 
@@ -99,8 +99,8 @@ class VideoMAE(nn.Module):
 
     def __init__(self, config: VideoMAEConfig, backend: str = "auto"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
         self.config, self.backend = config, backend
         D = config.hidden_size
         # the Conv3d patch embedding as a GEMM: weight (D, C*ts*P*P) in the Conv3d's (C, t, y, x) order

@@ -11,13 +11,13 @@ workers.
     shm.py                 ClipRing: the shared-memory clip slots workers decode into
 """
 
-from .decode import BACKENDS, DEFAULT_BACKEND, VIDEO_EXTENSIONS, check_device, decode_clips
-from .errors import STAGES, VideoError
+from ..faults import STAGES, VideoError
+from .decode import DECODE_BACKENDS, DEFAULT_DECODE_BACKEND, VIDEO_EXTENSIONS, check_device, decode_clips
 from .pool import ClipsEvent, DecodePool, DoneEvent, ErrorEvent, Event, ResetEvent
 from .sampling import DEFAULT_SAMPLE_FPS, Clip, ClipPlan, Sampling, VideoTask, plan_clips
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_SAMPLE_FPS", "STAGES", "VIDEO_EXTENSIONS", "Clip", "ClipPlan", "ClipsEvent",
-    "DecodePool", "DoneEvent", "ErrorEvent", "Event", "ResetEvent", "Sampling", "VideoError", "VideoTask",
+    "DECODE_BACKENDS", "DEFAULT_DECODE_BACKEND", "DEFAULT_SAMPLE_FPS", "STAGES", "VIDEO_EXTENSIONS", "Clip", "ClipPlan",
+    "ClipsEvent", "DecodePool", "DoneEvent", "ErrorEvent", "Event", "ResetEvent", "Sampling", "VideoError", "VideoTask",
     "check_device", "decode_clips", "plan_clips",
 ]

@@ -3,9 +3,9 @@
 Frames are decoded in one sequential pass per video (sorted indices; frames shared by overlapping clips decoded
 once); each backend yields the upright views of each frame (crop.py: short side resized to image_size, then the
 center crop, or with Sampling.crops=3 the start, center and end crops of the long side, all cut from one decoded
-frame), timed by their presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per core, passes the
-hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with device="cuda"). All of
-them follow the same frame plan: sampling.plan_clips over the PyAV packet index.
+frame), timed by their presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per
+core, passes the hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with
+device="cuda"). All of them follow the same frame plan: sampling.plan_clips over the PyAV packet index.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..faults import BUG, ENVIRONMENT, EnvironmentFault, MissingDependency, classify
+from ..faults import BUG, ENVIRONMENT, EnvironmentFault, MissingDependency, VideoError, classify
 from .crop import CROP_INDICES
-from .errors import VideoError
 from .pyav_reader import PyAVReader
 from .sampling import Clip, ClipPlan, Sampling, VideoTask, duration_s, plan_clips
 
@@ -27,8 +26,9 @@ VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
     ".3gp", ".ogv", ".asf", ".vob",
 }
-BACKENDS = ("auto", "pyav", "decord", "torchcodec")
-DEFAULT_BACKEND = "pyav"  # what "auto" means on the CPU: 1.5-1.9x decord per core on H.264 with B-frames (README)
+DECODE_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+# what "auto" means on the CPU: 1.5-1.9x decord per core on H.264 with B-frames (docs, "Which decoder")
+DEFAULT_DECODE_BACKEND = "pyav"
 
 
 def check_path(path: str) -> None:
@@ -50,7 +50,7 @@ def check_path(path: str) -> None:
 
 
 def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu", remote=None):
-    """(reader, fallback) for `backend`: "auto" is DEFAULT_BACKEND on the CPU and torchcodec on CUDA; "decord"
+    """(reader, fallback) for `backend`: "auto" is DEFAULT_DECODE_BACKEND on the CPU and torchcodec on CUDA; "decord"
     falls back to PyAV for files decord cannot open (fallback: the PyAV reader to continue with if decord fails
     mid-way). remote: the RemoteVideo of a URL (PyAV streams it; decord and torchcodec get its local copy)."""
     check_path(path)
@@ -107,8 +107,8 @@ def check_device(device: str, backend: str) -> None:
 def require_backend(backend: str) -> None:
     """Raise faults.MissingDependency (an environment fault, never a video's error) when the backend's library is
     missing."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in DECODE_BACKENDS:
+        raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
     try:
         __import__("av")  # every backend reads the packet index with PyAV
         if backend == "decord":
@@ -143,7 +143,7 @@ def decode_clips(
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in clip order, the views of a clip in crop order (see Sampling, Clip).
 
-    backend: "auto" (= DEFAULT_BACKEND, PyAV), "pyav", or "decord" (decord, PyAV for the files it cannot open or
+    backend: "auto" (= DEFAULT_DECODE_BACKEND, PyAV), "pyav", or "decord" (decord, PyAV for the files it cannot open or
     decode and for gray or rotated ones, which it gets wrong).
     threads: decoder threads (0: the backend's default, all cores). at_s: only the clip whose [start_s, end_s)
     covers this time, or the nearest clip when at_s falls between clips (all its views). info: if given,
@@ -168,7 +168,7 @@ def decode_clips(
     path = os.fspath(task.path)
     remote = None
     if "://" in path:
-        from ..remote import RemoteVideo, is_url
+        from .remote import RemoteVideo, is_url
 
         remote = RemoteVideo(path) if is_url(path) else None  # one cache for every pass over the URL's bytes
     try:

@@ -44,5 +44,5 @@ class DecordReader:
         for lo in range(0, len(indices), self.batch):
             chunk = indices[lo : lo + self.batch]
             batch = self.reader.get_batch(chunk.tolist()).asnumpy()
-            for idx, frame in zip(chunk.tolist(), batch):
+            for idx, frame in zip(chunk.tolist(), batch, strict=True):
                 yield idx, views(frame, self.image_size, crops)

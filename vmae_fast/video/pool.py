@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..faults import BUG, VIDEO, EnvironmentFault, WorkerBug, classify
+from ..faults import BUG, VIDEO, EnvironmentFault, VideoError, WorkerBug, classify
 from . import progress as heartbeat
-from .decode import BACKENDS, decode_clips, one_line
-from .errors import VideoError
+from .decode import DECODE_BACKENDS, decode_clips, one_line
 from .sampling import Clip, Sampling, VideoTask
 from .shm import ClipRing
 
@@ -310,7 +309,8 @@ class DecodePool:
     Each task ends with exactly one DoneEvent or ErrorEvent; videos interleave, a video's clips come in order.
     `workers` may be raised while run() is being iterated (from any thread): new workers start at its next turn.
     timeout_s: a worker holding a task that sends nothing, decodes no clip and reads no packet (video.progress) for
-    timeout_s seconds (while it has a free slot to decode into, i.e. is not waiting for the consumer) is killed. A worker that hangs, segfaults,
+    timeout_s seconds (while it has a free slot to decode into, i.e. is not waiting for the consumer) is killed. A
+    worker that hangs, segfaults,
     aborts or exits is replaced and the task retried (ResetEvent first) until max_attempts; retries of
     backend="auto" use PyAV, since decord is what usually crashes. The ErrorEvent of a crash or hang has stage
     "open" when no clip had been sent, else "decode". A worker lost before it took its task (killed while idle)
@@ -335,8 +335,8 @@ class DecodePool:
                  slots: int | None = None, nice: int = 0):
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in DECODE_BACKENDS:
+            raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if not isinstance(max_attempts, int) or max_attempts < 1:

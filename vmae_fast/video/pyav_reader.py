@@ -19,10 +19,9 @@ from itertools import pairwise
 
 import numpy as np
 
-from ..faults import ENVIRONMENT, EnvironmentFault, classify
+from ..faults import ENVIRONMENT, EnvironmentFault, VideoError, classify
 from . import progress
 from .crop import center_square, decode_size, upright, views
-from .errors import VideoError
 
 # PyAV seeks over a gap between wanted frames only when the keyframe it lands on is more than this many frames
 # ahead: decoding a few frames (non-reference ones skipped) is cheaper than flushing a frame-threaded decoder.

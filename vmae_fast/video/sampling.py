@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..faults import VideoError
 from .crop import check_crops
-from .errors import VideoError
 
 DEFAULT_SAMPLE_FPS = 7.5  # default frame spacing: about 1/7.5 s, i.e. frame step 4 at 30 fps
 
@@ -97,8 +97,7 @@ class Clip:
     (padding repeats the last sampled frame). start_frame: first source frame; end_frame: last sampled source frame
     + 1 (exclusive). start_s: PTS of the first frame; end_s: PTS of the last sampled frame + that frame's duration
     (next PTS - its PTS; for the last frame of a file, its duration in the container, else the median frame
-    interval), so
-    [start_s, end_s) is the time the clip covers. padded_frames: slots filled by repeating the last frame.
+    interval), so [start_s, end_s) is the time the clip covers. padded_frames: slots filled by repeating the last frame.
     crop_index: which spatial view (crop.CROP_INDICES: 0 start, 1 center, 2 end of the long side); the clips of one
     clip_index share everything but frames and crop_index.
     """

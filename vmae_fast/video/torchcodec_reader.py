@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..faults import VideoError
 from .crop import center_square, crop_offsets, decode_size
-from .errors import VideoError
 
 _BATCH = 32  # frames per get_frames_at call
 

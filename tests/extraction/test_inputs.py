@@ -1,0 +1,204 @@
+"""Streaming discovery (vmae_fast/inputs.py) and the compact committed-id sets (vmae_fast/committed.py).
+
+The shard of every id is the blake2b of before (outputs written by earlier versions keep their shards); lists are
+read a batch at a time and only this shard's entries become tasks; duplicates are named with both places even
+across batches; a long list yields its first task before it is read to the end; the resume set equals the brute
+force over every part, also for parts written under another shard count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vmae_fast import store
+from vmae_fast.extraction import inputs as inputs_module
+from vmae_fast.extraction.inputs import Discovery, discover_inputs, split_list
+from vmae_fast.ids import KeySet, id_keys, shard_of, shards_of
+from vmae_fast.store import committed_ids
+
+
+def old_shard_of(video_id: str, num_shards: int) -> int:  # the function every existing output was sharded with
+    return int.from_bytes(hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest(), "big") % num_shards
+
+
+def test_shards_of_a_batch_are_the_shards_of_before():
+    rng = random.Random(1)
+    ids = [f"{rng.random()}/vidéo-{i}.mp4" for i in range(3000)] + ["", "a", "日本/x.mp4"]
+    for n in (1, 2, 3, 8, 64, 1000, 2**31 - 1):
+        assert shards_of(ids, n).tolist() == [old_shard_of(v, n) for v in ids]
+        assert [shard_of(v, n) for v in ids[:50]] == [old_shard_of(v, n) for v in ids[:50]]
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(inputs_module, "BATCH_ROWS", 7)
+    monkeypatch.setattr(inputs_module, "WALK_BATCH", 3)
+
+
+def write_lists(d, n: int):
+    """The same n entries as .txt, .csv and .parquet (relative paths, a ./ prefix, an URL, time ranges in csv)."""
+    paths = [f"sub/v{i}.mp4" if i % 5 else f"./sub/v{i}.mp4" for i in range(n)]
+    paths[3] = "https://example.com/videos/v3.mp4?sig=1"
+    (d / "l.txt").write_text("# list\n" + "\n".join(paths) + "\n\n")
+    (d / "l.csv").write_text("path,start_s,end_s,label\n" + "".join(f"{p},{i % 3},,x\n" for i, p in enumerate(paths)))
+    pq.write_table(pa.table({"path": paths, "note": ["n"] * n}), d / "l.parquet", row_group_size=5)
+    return paths
+
+
+def test_every_format_streams_the_same_tasks_and_shards_partition_them(tmp_path, small_batches):
+    paths = write_lists(tmp_path, 40)
+    expected_ids = [p.removeprefix("./") for p in paths]
+    expected_ids[3] = "videos/v3.mp4"
+    for name in ("l.txt", "l.csv", "l.parquet"):
+        tasks = list(Discovery(tmp_path / name))
+        assert [t.video_id for t in tasks] == expected_ids, name
+        assert tasks[3].path == paths[3]  # a URL is never made a local path
+        assert tasks[1].path == str(tmp_path / "sub" / "v1.mp4")
+        if name == "l.csv":
+            assert [t.start_s for t in tasks[:4]] == [0.0, 1.0, 2.0, 0.0] and tasks[0].end_s is None
+        shards = [list(Discovery(tmp_path / name, (i, 3))) for i in range(3)]
+        got = sorted(t.video_id for part in shards for t in part)
+        assert got == sorted(expected_ids)  # disjoint and complete
+        for i, part in enumerate(shards):
+            assert all(old_shard_of(t.video_id, 3) == i for t in part)
+
+
+def test_a_long_list_yields_its_first_task_before_it_is_read(tmp_path, small_batches):
+    write_lists(tmp_path, 200)
+    discovery = Discovery(tmp_path / "l.parquet")
+    tasks = iter(discovery)
+    assert next(tasks).video_id == "sub/v0.mp4"
+    assert discovery.entries == 7 and not discovery.finished  # one batch read
+    assert len(list(tasks)) == 199 and discovery.finished and discovery.entries == 200
+    with pytest.raises(RuntimeError, match="iterated once"):
+        iter(discovery).__next__()
+
+
+def test_duplicates_across_batches_name_both_places(tmp_path, small_batches):
+    rows = [f"v{i}.mp4,id{i}" for i in range(30)] + ["other.mp4,id4"]
+    (tmp_path / "d.csv").write_text("path,video_id\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"video_id 'id4' appears twice \(.*d.csv:6 and .*d.csv:32\)"):
+        list(Discovery(tmp_path / "d.csv"))
+    (tmp_path / "same_batch.txt").write_text("a.mp4\nb.mp4\na.mp4\n")
+    with pytest.raises(ValueError, match=r"'a.mp4' appears twice \(.*same_batch.txt:1 and .*same_batch.txt:3\)"):
+        list(Discovery(tmp_path / "same_batch.txt"))
+    # the shard that owns the id finds it; the others never look at it
+    owner = old_shard_of("id4", 4)
+    for i in range(4):
+        if i == owner:
+            with pytest.raises(ValueError, match="appears twice"):
+                list(Discovery(tmp_path / "d.csv", (i, 4)))
+        else:
+            assert len(list(Discovery(tmp_path / "d.csv", (i, 4)))) > 0
+
+
+def test_prime_meets_the_errors_of_a_short_list_before_iteration(tmp_path):
+    (tmp_path / "bad.csv").write_text("path,start_s\na.mp4,1\nb.mp4,abc\n")
+    discovery = Discovery(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match=r"bad.csv:3: start_s must be a number of seconds, got 'abc'"):
+        discovery.prime()
+    pq.write_table(pa.table({"path": ["a.mp4"], "start_s": [-1.0]}), tmp_path / "neg.parquet")
+    with pytest.raises(ValueError, match=r"neg.parquet row 0: start_s must be >= 0, got -1.0"):
+        Discovery(tmp_path / "neg.parquet").prime()
+    pq.write_table(pa.table({"path": ["a.mp4", None]}), tmp_path / "null.parquet")
+    with pytest.raises(ValueError, match=r"null.parquet row 1: empty path"):
+        Discovery(tmp_path / "null.parquet").prime()
+    (tmp_path / "np.csv").write_text("file\nx.mp4\n")
+    with pytest.raises(ValueError, match="needs a 'path' column"):
+        Discovery(tmp_path / "np.csv")  # the header is read when the Discovery is made
+
+
+def test_folder_walk_streams_with_symlink_loops_and_skip(tmp_path, small_batches):
+    root = tmp_path / "videos"
+    for rel in ("a/1.mp4", "a/b/2.MKV", "c.mp4", "d/e/3.webm", "note.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "folder.mp4").mkdir()  # named like a video: an entry (its error comes at decode)
+    os.symlink(root, root / "a" / "loop")  # leads back up: visited once
+    ids = [t.video_id for t in Discovery(root)]
+    assert ids == ["a/1.mp4", "a/b/2.MKV", "c.mp4", "d/e/3.webm", "folder.mp4"]
+    assert [t.video_id for t in discover_inputs(root).tasks] == ids
+    discovery = Discovery(root, skip=KeySet(id_keys(["c.mp4", "a/1.mp4"])))
+    assert [t.video_id for t in discovery] == ["a/b/2.MKV", "d/e/3.webm", "folder.mp4"]
+    assert (discovery.mine, discovery.skipped, discovery.entries) == (5, 2, 5)
+
+
+def test_keyset_equals_a_python_set():
+    rng = random.Random(7)
+    ks, ref = KeySet(), {}
+    for b in range(30):
+        new = [v for v in dict.fromkeys(f"id{rng.randrange(4000)}" for _ in range(rng.randrange(1, 200)))
+               if v not in ref]
+        keys = id_keys(new)
+        assert ks.first_repeat(keys) is None
+        ks.add(keys, np.arange(len(new)) + 1000 * b)
+        ref.update({v: j + 1000 * b for j, v in enumerate(new)})
+    query = [f"id{i}" for i in range(5000)]
+    found, codes = ks.lookup(id_keys(query))
+    assert found.tolist() == [v in ref for v in query]
+    assert all(codes[i] == ref[v] for i, v in enumerate(query) if v in ref)
+    old = next(iter(ref))
+    assert ks.first_repeat(id_keys(["fresh", old])) == (1, ref[old], None)
+    assert ks.first_repeat(id_keys(["x", "y", "x"])) == (2, None, 0)
+    tie = KeySet(np.array([[5, 1], [5, 2], [3, 9]], np.uint64))  # two keys sharing their first half
+    assert tie.lookup(np.array([[5, 2], [5, 3], [3, 9]], np.uint64))[0].tolist() == [True, False, True]
+    assert len(ks) == len(ref) and ks.nbytes == 24 * len(ref)
+
+
+def _part(folder, shard: int, seq: int, ids: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"video_id": pa.array(ids, pa.string()), "path": ids}),
+                   folder / f"part-{shard:05d}-{seq:06d}.parquet", use_dictionary=["video_id"], row_group_size=50)
+
+
+def test_committed_ids_equal_the_brute_force_for_any_shard_count(tmp_path):
+    out = tmp_path / "out"
+    ids = [f"videos/{i:05d}.mp4" for i in range(2400)]
+    by_shard = {s: [v for v in ids[:1600] if old_shard_of(v, 4) == s] for s in range(4)}
+    for s, mine in by_shard.items():  # written by 4 shards, two parts each
+        _part(out / "clips", s, 0, mine[: len(mine) // 2])
+        _part(out / "clips", s, 1, mine[len(mine) // 2:])
+    _part(out / "clips", 1, 2, ids[1600:2000])  # a rerun with another shard count wrote this part: mixed ids
+    _part(out / "errors", 0, 0, ids[2000:2100])
+    everything = store.committed_video_ids(out)
+    assert len(everything) == 2100
+    for n in (1, 3, 4, 7):
+        for s in range(n):
+            got = committed_ids(out, s, n)
+            want = {v for v in everything if old_shard_of(v, n) == s}
+            assert len(got) == len(want), (n, s)
+            assert all(v in got for v in want)
+            assert not any(v in got for v in everything - want)
+            without = committed_ids(out, s, n, include_errors=False)
+            assert len(without) == len({v for v in want if v not in ids[2000:2100]})
+
+
+def test_split_list_gives_each_shard_exactly_its_entries(tmp_path, small_batches):
+    paths = write_lists(tmp_path, 40)
+    whole = list(Discovery(tmp_path / "l.csv"))
+    parts = split_list(tmp_path / "l.csv", 3, tmp_path / "lists")
+    for i, part in enumerate(parts):
+        own = list(Discovery(part, (i, 3)))
+        assert own == [t for t in whole if old_shard_of(t.video_id, 3) == i]  # same ids, paths, time ranges
+        assert len(own) == pq.read_metadata(part).num_rows  # nothing of another shard in it
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == len(paths)
+    (tmp_path / "dup.txt").write_text("a.mp4\nb.mp4\na.mp4\n")
+    with pytest.raises(ValueError, match="'a.mp4' appears twice"):
+        split_list(tmp_path / "dup.txt", 2, tmp_path / "dup")
+
+
+def test_progress_reports_while_a_long_list_is_read(tmp_path, small_batches, monkeypatch):
+    monkeypatch.setattr(inputs_module, "PROGRESS_EVERY_S", 0.0)
+    write_lists(tmp_path, 40)
+    seen = []
+    discovery = Discovery(tmp_path / "l.parquet", (1, 4), progress=lambda d: seen.append((d.entries, d.finished)))
+    tasks = list(discovery)
+    assert [e for e, done in seen if not done] == [7, 14, 21, 28, 35, 40]  # after every batch while listing
+    assert seen[-1] == (40, True) and len(tasks) == discovery.mine - discovery.skipped

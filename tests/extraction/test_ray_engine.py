@@ -1,0 +1,327 @@
+"""`extract --engine ray` on a real local Ray cluster (CPU actors), against the local engine.
+
+One module-scoped cluster (`ray.init(num_cpus=2)`): two actors of one CPU each, groups of a few videos, the tiny
+random checkpoint of test_extract. The local engine's run is the reference: the same keys and columns, embeddings
+and logits within ATOL (the actors run their model on one thread, the local engine on every core, and batches
+differ: see test_extract.ATOL), the same error rows, the same _run.json configuration and part schema.
+Faults: an actor SIGKILLed mid-group (its group's committed videos are kept, the rest redone, no row twice) and a
+driver SIGKILLed mid-run (the rerun completes exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers.hf_checkpoints import make_checkpoint
+from tests.helpers.pool_faults import decode_with_faults
+from tests.helpers.ray_faults import decode_environment_fault, decode_kill_actor, decode_slow
+from tests.helpers.videos import make_bad_files, make_small_videos, make_video_zoo
+from vmae_fast import cli, store
+from vmae_fast.extraction import extract, ray_engine  # imports ray only when a Ray run starts
+
+ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (the test extra installs it)")
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray Data's own DataContext fields
+ATOL = 1e-5  # as tests/extraction/test_extract.py: the same clip in batches of other shapes / thread counts
+LOCAL = {"workers": 1, "batch_size": 3, "part_rows": 1, "commit_interval_s": 1e-3, "progress": False}
+RAY = {**LOCAL, "engine": "ray", "ray_options": {"actors": 2, "cpus_per_actor": 1, "group_videos": 3}}
+KEY = ("video_id", "clip_index", "crop_index")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+             logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory) -> Path:
+    return make_small_videos(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_videos, ckpt) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    assert extract([small_videos], out, model=ckpt, **LOCAL)["videos_ok"] == 8
+    return out
+
+
+def rows_of(out) -> list[dict]:
+    rows = store.read_clips(out).to_pylist()
+    return sorted(rows, key=lambda r: tuple(r.get(k, 1) for k in KEY))
+
+
+def errors_of(out) -> list[dict]:
+    return sorted(store.read_errors(out).to_pylist(), key=lambda r: r["video_id"])
+
+
+def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
+    """Same keys in the same order, every column equal, embeddings and logits within ATOL."""
+    assert [tuple(r.get(k) for k in KEY) for r in got] == [tuple(r.get(k) for k in KEY) for r in expected]
+    numeric = ("embedding", "logits")
+    for row, ref in zip(got, expected, strict=True):
+        assert {k: v for k, v in row.items() if k not in numeric} == {k: v for k, v in ref.items() if k not in numeric}
+        for column in numeric:
+            np.testing.assert_allclose(row[column], ref[column], atol=ATOL, rtol=0, err_msg=str(row["video_id"]))
+
+
+def no_temp_files(out: Path) -> list[str]:
+    return [str(p) for p in Path(out).rglob("*") if p.name.endswith(".tmp")]
+
+
+def group_parts(out: Path) -> dict[int, list[int]]:
+    """Clips parts by their number (the group): the seqs of each."""
+    parts: dict[int, list[int]] = {}
+    for _, shard, seq in store.list_parts(out / "clips"):
+        parts.setdefault(shard, []).append(seq)
+    return parts
+
+
+# --- the same output ---------------------------------------------------------------------------------------------
+def test_rows_errors_run_file_and_schema_equal_the_local_engine(tmp_path, cluster, ckpt):
+    root = tmp_path / "videos"
+    zoo = make_video_zoo(root)
+    make_bad_files(root / "bad")
+    shutil.copy(zoo["h264_bframes"][0], root / "retry_vmae-test-segfault-once.mp4")  # crashes on its first attempt
+    shutil.copy(zoo["short"][0], root / "crash_vmae-test-abort.mp4")  # crashes on every attempt: one error row
+    faults = {"decode_options": {"decode": decode_with_faults}}
+    local = extract([root], tmp_path / "local", model=ckpt, **LOCAL, **faults)
+    (root / "retry_vmae-test-segfault-once.mp4.attempted").unlink()  # the Ray run's first attempt crashes too
+    summary = extract([root], tmp_path / "ray", model=ckpt, **RAY, **faults)
+    print(cli.format_summary(summary))
+    print(ray_engine.format_actors(summary))
+
+    for key in ("videos", "videos_ok", "videos_failed", "clips"):
+        assert summary[key] == local[key], key
+    assert local["videos_failed"] >= 7 and local["videos_ok"] >= 10
+    assert_same_rows(rows_of(tmp_path / "ray"), rows_of(tmp_path / "local"))
+    assert errors_of(tmp_path / "ray") == errors_of(tmp_path / "local")  # stage, message, attempts, path
+    assert not (root / "retry_vmae-test-segfault-once.mp4.attempted").exists() or \
+        any(r["video_id"] == "retry_vmae-test-segfault-once.mp4" for r in rows_of(tmp_path / "ray"))
+
+    run_local, run_ray = store.load_run(tmp_path / "local"), store.load_run(tmp_path / "ray")
+    assert run_ray["config_hash"] == run_local["config_hash"] and run_ray["config"] == run_local["config"]
+    assert {k: v for k, v in run_ray.items() if k != "created_utc"} == \
+        {k: v for k, v in run_local.items() if k != "created_utc"}
+    for folder in ("clips", "errors"):
+        local_part = store.list_parts(tmp_path / "local" / folder)[0][0]
+        ray_part = store.list_parts(tmp_path / "ray" / folder)[0][0]
+        assert pq.read_schema(tmp_path / "ray" / folder / ray_part) == \
+            pq.read_schema(tmp_path / "local" / folder / local_part)  # with the metadata
+    if (tmp_path / "local" / "videos").is_dir():  # the video table (issue 12): one row per video, the same
+        from vmae_fast.store import read_videos
+
+        def videos(out):
+            return sorted(read_videos(out).to_pylist(), key=lambda r: r["video_id"])
+
+        got, want = videos(tmp_path / "ray"), videos(tmp_path / "local")
+        assert [r["video_id"] for r in got] == [r["video_id"] for r in want]
+        np.testing.assert_allclose([r["embedding"] for r in got], [r["embedding"] for r in want], atol=ATOL, rtol=0)
+    # a group's parts are numbered from 0 under the group's number, above the driver's own (discovery errors)
+    assert all(seqs == list(range(len(seqs))) for seqs in group_parts(tmp_path / "ray").values())
+    assert no_temp_files(tmp_path / "ray") == []
+    assert json.loads((tmp_path / "ray" / ray_engine.RUN_TOKEN).read_text())["finished"] is True
+
+    # rerun: everything is committed, with either engine; a different configuration is refused
+    again = extract([root], tmp_path / "ray", model=ckpt, **RAY, **faults)
+    assert (again["videos_skipped"], again["clips"], again["groups"]) == (summary["videos"], 0, 0)
+    assert extract([root], tmp_path / "ray", model=ckpt, **LOCAL, **faults)["videos_skipped"] == summary["videos"]
+    with pytest.raises(ValueError, match="different configuration.*frame_step"):
+        extract([root], tmp_path / "ray", model=ckpt, frame_step=1, **RAY)
+    assert store.read_clips(tmp_path / "ray").num_rows == local["clips"]
+
+    # --retry-errors: every error row is retired and its video redone (the bad files fail again, the same way)
+    retry = extract([root], tmp_path / "ray", model=ckpt, **RAY, **faults, retry_errors=True)
+    assert retry["errors_retried"] == local["videos_failed"] == retry["videos_failed"]
+    assert retry["videos_skipped"] == local["videos_ok"]
+    assert errors_of(tmp_path / "ray") == errors_of(tmp_path / "local")
+    assert_same_rows(rows_of(tmp_path / "ray"), rows_of(tmp_path / "local"))
+
+
+# --- faults -----------------------------------------------------------------------------------------------------------
+def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path, cluster, ckpt, small_videos,
+                                                                          reference):
+    root = tmp_path / "videos"
+    shutil.copytree(small_videos, root)
+    # the last video of the last group (ids sort: clip1 clip2 clip4 clip5 clip7 sub/clip0 sub/clip3 sub/clip6 zz...):
+    # its decoder waits until sub/clip6 (same group) is committed, then SIGKILLs the actor
+    killer = root / "zz_vmae-test-killactor.mp4"
+    shutil.copy(small_videos / "clip5.mp4", killer)
+    out = tmp_path / "out"
+    Path(str(killer) + ".after").write_text(json.dumps({"clips_dir": str(out / "clips"), "video_id": "sub/clip6.mp4"}))
+    expected = extract([root], tmp_path / "local", model=ckpt, **LOCAL)
+    summary = extract([root], out, model=ckpt, **{**RAY, "batch_size": 1},
+                      decode_options={"decode": decode_kill_actor})
+    print(ray_engine.format_actors(summary))
+    killed = json.loads(Path(str(killer) + ".killed").read_text())  # the actor was SIGKILLed mid-group,
+    assert killed["after_committed"]  # after its attempt had committed sub/clip6 (so the retry must skip it)
+    assert summary["videos_ok"] == expected["videos_ok"] == 9 and summary["clips"] == expected["clips"]
+    got = rows_of(out)
+    assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)  # no row twice
+    assert_same_rows(got, rows_of(tmp_path / "local"))
+    # the retry of the killed group kept what the dead attempt committed (sub/clip6 at least: once, above) and
+    # wrote on after it. (Its reports may not all reach the driver: Ray drops a retried task's outputs at the
+    # indices its dead attempt had already produced; the summary's counts come from the parts.)
+    parts = group_parts(out)
+    killed_group = {shard for name, shard, _ in store.list_parts(out / "clips")
+                    if "zz_vmae-test-killactor.mp4"
+                    in pq.read_table(out / "clips" / name).column("video_id").to_pylist()}
+    (group,) = killed_group
+    assert len(parts[group]) >= 2 and parts[group] == list(range(len(parts[group])))
+    assert no_temp_files(out) == []
+
+
+def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(
+    tmp_path, cluster, ckpt, small_videos, reference, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vmae_fast.cli",
+        "extract",
+        str(small_videos),
+        "-o",
+        str(out),
+        "--model",
+        str(ckpt),
+        "--workers",
+        "1",
+        "--batch-size",
+        "3",
+        "--part-rows",
+        "1",
+        "--commit-interval-s",
+        "0.001",
+        "--no-progress",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--ray-actors",
+        "2",
+        "--ray-cpus-per-actor",
+        "1",
+        "--ray-group-videos",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not store.list_parts(out / "clips"):
+        time.sleep(0.003)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone: Ray reaps its actors
+    proc.wait()
+    committed = store.committed_video_ids(out)
+    print(f"driver killed with {len(committed)} of 8 videos committed")
+    assert 0 < len(committed) < 8, proc.stderr.read().decode()[-2000:]
+    assert json.loads((out / ray_engine.RUN_TOKEN).read_text())["finished"] is False
+
+    monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 2.0)
+    capsys.readouterr()
+    rerun = [a if a != "--no-progress" else "--progress" for a in cmd[3:]]  # the same command, in this process
+    assert cli.main(rerun) == 0
+    printed = capsys.readouterr()
+    print(printed.out)
+    # the dead driver's actors may finish a part write already under way after the kill (the rerun waits for it,
+    # ZOMBIE_GRACE_S): at least what was committed at the kill is done, the rest is redone, and nothing twice
+    done = store.committed_video_ids(out)
+    match = re.search(r"8 videos in shard ray: (\d+) ok, 0 errors, (\d+) already done", printed.out)
+    assert match, printed.out
+    ok, skipped = int(match[1]), int(match[2])
+    assert ok + skipped == 8 and len(done) == 8 and skipped >= len(committed), (ok, skipped, len(committed))
+    assert "ray: " in printed.out and "groups on 2 actors (1 CPU, 0 GPU each)" in printed.out
+    assert printed.out.count("  actor ") >= 1 and "model busy" in printed.out  # the per-actor time split
+    assert f"{ok}/{ok}" in printed.err  # the tqdm bar reached the end
+    got = rows_of(out)
+    assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)
+    assert_same_rows(got, rows_of(reference))
+    assert no_temp_files(out) == []
+
+
+def test_reports_reach_the_driver_while_a_group_runs(tmp_path, cluster, ckpt, small_videos):
+    """Progress is not held back to the end of a group (Ray Data gathers a task's small outputs into one block
+    unless told otherwise): the first group ends with a video that takes 6 s; its earlier videos' reports reach the
+    driver before that video is done (a report travels when the actor makes the next one, see _run_groups)."""
+    root = tmp_path / "videos"
+    shutil.copytree(small_videos, root)
+    shutil.copy(small_videos / "clip1.mp4", root / "clip3_vmae-test-slow.mp4")  # sorts after clip1, clip2
+    options = {**RAY, "ray_options": {**RAY["ray_options"], "report_every_s": 0.0}}
+    summary = extract([root], tmp_path / "out", model=ckpt, **options, decode_options={"decode": decode_slow})
+    timing = summary["ray"]
+    print(timing)
+    assert summary["videos_ok"] == 9 and timing["reports"] > summary["groups"]
+    assert timing["report_lead_max_s"] > 4.0  # held to the group's end it would be ~0
+
+
+def test_an_environment_fault_stops_the_run_and_is_no_error_row(tmp_path, cluster, ckpt, small_videos):
+    root = tmp_path / "videos"
+    shutil.copytree(small_videos, root)
+    shutil.copy(small_videos / "clip1.mp4", root / "clip3_vmae-test-envfault.mp4")  # in the first group
+    from vmae_fast.faults import EnvironmentFault
+
+    with pytest.raises(EnvironmentFault, match="shared disk went away"):
+        extract([root], tmp_path / "out", model=ckpt, **RAY, decode_options={"decode": decode_environment_fault})
+    assert "clip3_vmae-test-envfault.mp4" not in store.committed_video_ids(tmp_path / "out")
+    assert store.read_errors(tmp_path / "out").num_rows == 0
+
+
+def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt, reference, monkeypatch):
+    """The run token fence, without a cluster: a writer holding an old token refuses to write a part."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
+    writer = ray_engine._Fenced(out, store.load_run(out), ray_engine._take_over(out))
+    assert writer.claim(99) == set()
+    writer.add_error("/x.mp4", "x.mp4", "open", "test", 1)
+    ray_engine._take_over(out)  # a new driver
+    with pytest.raises(RuntimeError, match="belongs to another run"):
+        writer.flush()
+    assert not (out / "errors" / "part-00099-000000.parquet").exists()
+
+
+# --- arguments -----------------------------------------------------------------------------------------------------
+def test_arguments_the_ray_engine_refuses_before_it_asks_a_cluster(tmp_path, small_videos, ckpt, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--shard"):
+        extract([small_videos], out, model=ckpt, engine="ray", shard="0/2")
+    with pytest.raises(TypeError, match="loads the model on every actor"):
+        from vmae_fast.checkpoint import load_model
+
+        extract([small_videos], out, model=load_model(ckpt), engine="ray")
+    with pytest.raises(ValueError, match="--engine must be local or ray"):
+        extract([small_videos], out, model=ckpt, engine="spark")
+    with pytest.raises(ValueError, match="for engine='ray'"):
+        extract([small_videos], out, model=ckpt, ray_address="auto")
+    with pytest.raises(ValueError, match="unknown ray_options"):
+        extract([small_videos], out, model=ckpt, engine="ray", ray_options={"actor": 2})
+    with pytest.raises(ValueError, match="does not support frobnicate"):
+        from vmae_fast.extraction.ray_engine import extract_ray
+
+        extract_ray([small_videos], out, model=ckpt, frobnicate=True)
+    with pytest.raises(ValueError, match="--frame-step or --fps"):
+        extract([small_videos], out, model=ckpt, engine="ray", frame_step=2, fps=4.0)
+    code = cli.main(["extract", str(small_videos), "-o", str(out), "--engine", "ray", "--shard", "0/2"])
+    assert code == 2 and "error: --shard splits the work" in capsys.readouterr().err
+    assert not out.exists()

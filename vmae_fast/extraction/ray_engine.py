@@ -1,0 +1,618 @@
+"""`vmae-fast extract --engine ray`: the local engine's extraction on a Ray cluster, through Ray Data.
+
+The driver (this process) discovers the inputs, skips what OUT already holds, cuts the rest into groups of
+`group_videos` videos and feeds them to `ray.data.from_items(groups).map_batches(_GroupWorker, concurrency=n)`.
+A _GroupWorker is one GPU's worth of work (num_gpus=1; num_cpus=C on a CPU-only cluster): a Ray actor that owns
+the model, a DecodePool on its own node and a RunWriter, and runs each group exactly as the local engine runs a
+shard (core.Extraction: a video is all its clips or one error row; a bad video is an error row, never a
+failed Ray task). Frames never leave the actor's node: only group descriptions go out and small report rows
+(counts, timings) come back, which drive the tqdm bar and the per-actor time split of the summary.
+
+Part names: a group has a number (`group`), unique to this output: the driver numbers its groups above every
+shard number OUT holds (`base + 1 ...`; the driver's own discovery errors use `base`), and the group's parts are
+`part-<group>-<seq>` with seq counting from 0. Ray Data restarts a killed actor and retries its unfinished groups
+(actor max_restarts, max_task_retries); a retried group looks for the parts its dead attempt committed
+(`part-<group>-000000`, `-000001`, ... until the first missing: an attempt commits them in order), skips the videos
+they hold and writes on from the first missing number (removing that number's temporary file and orphan videos
+part). So two actors never write the same name, and a retried group never writes a video twice; no listing of the
+whole output per group. A dead driver's rerun gets new group numbers (the old ones are taken).
+
+A run token (`OUT/_ray_run.json`) fences off the actors of a dead driver: the driver writes a fresh token, every
+part write first checks it, so an actor Ray has not yet reaped stops at its next write instead of duplicating a
+video the rerun redoes. After a driver that did not finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what
+is committed (covering a write that passed the check just before the token changed).
+
+Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported inside the functions here only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from .. import store
+from ..checkpoint import resolve_dtype
+from ..ids import KeySet, id_keys
+from ..store import ShardLock, committed_ids
+from ..video import DecodePool, Sampling, VideoTask
+from ..video.decode import require_backend
+from .core import CorePlan, Extraction, decode_pool_options, feed
+from .devices import resolve_device
+from .inputs import discover_inputs
+from .runner import ModelRunner
+from .spec import build_run, load_run_model, parse_keep_spec, parse_views
+
+RUN_TOKEN = "_ray_run.json"
+GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a lost actor
+ZOMBIE_GRACE_S = 10.0  # after a driver that did not finish: let its actors' last part writes land or stop
+REPORT_EVERY_S = 1.0  # an actor reports (progress, timings) at most this often, and at the end of each group
+
+
+def _part_name(shard: int, seq: int) -> str:
+    return f"part-{shard:05d}-{seq:06d}.parquet"  # store.PartWriter's naming
+
+
+def _require_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ValueError("--engine ray needs Ray Data: pip install \"vmae-fast[ray]\" (or \"ray[data]\")") from None
+    return ray
+
+
+# --- what each actor (and the probe) loads -----------------------------------------------------------------------
+def _load(options: dict):
+    """(model, Sampling, run dict, keep policy, device) for the extract options, as the local engine builds them."""
+    dev = resolve_device(options.get("device"))
+    dtype = resolve_dtype(options.get("dtype"), dev)
+    keep_policy, keep_spec = parse_keep_spec(options.get("keep", "all"))
+    net = load_run_model(options["model"], dev, dtype, options.get("backend", "auto"))
+    cfg = net.config
+    clip_frames = options.get("clip_frames")
+    if clip_frames is not None and clip_frames != cfg.num_frames:
+        raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} frames")
+    clips_per_video, crops = options.get("clips_per_video"), options.get("crops")
+    if options.get("views") is not None:  # the local engine has refused --views beside either already
+        clips_per_video, crops = parse_views(options["views"])
+    sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=options.get("frame_step"), fps=options.get("fps"),
+                        clip_stride_s=options.get("clip_stride_s"), clips_per_video=clips_per_video,
+                        crops=1 if crops is None else int(crops))
+    run = build_run(net, sampling, keep_spec, dtype, dev, options.get("embedding_dtype", "float32"), (0, 1))
+    return net, sampling, run, keep_policy, dev
+
+
+def _probe(options: dict) -> dict:
+    """Runs as a Ray task with an actor's resources: the run dict (_run.json) as the actors will build it."""
+    return _load(options)[2]
+
+
+class _Fenced(store.RunWriter):
+    """A RunWriter whose every part write first checks that OUT's run token is still this driver's."""
+
+    def __init__(self, out: Path, run: dict, token: str, **kw):
+        super().__init__(out, run, 0, **kw)
+        self.token_path, self.token = out / RUN_TOKEN, token
+
+    def _check(self) -> None:
+        try:
+            current = json.loads(self.token_path.read_text()).get("token")
+        except (OSError, ValueError):
+            current = None
+        if current != self.token:
+            raise RuntimeError(f"{self.token_path} belongs to another run now (a newer driver took over "
+                               f"{self.token_path.parent}); "
+                               "this actor stops without writing")
+
+    def _write_clips(self) -> None:
+        if self._clip_videos:
+            self._check()
+        super()._write_clips()
+
+    def _write_errors(self) -> None:
+        if self._error_rows:
+            self._check()
+        super()._write_errors()
+
+    def claim(self, group: int) -> set[str]:
+        """Point every part writer at `group` after the parts an earlier attempt committed; returns their videos."""
+        done: set[str] = set()
+        for writer in (self.clips, self.errors):
+            seq = 0
+            while (writer.directory / _part_name(group, seq)).exists():
+                table = pq.read_table(writer.directory / _part_name(group, seq), columns=["video_id"])
+                done.update(table.column("video_id").unique().to_pylist())
+                seq += 1
+            writer.shard, writer.next_seq = group, seq
+            (writer.directory / f".{_part_name(group, seq)}.tmp").unlink(missing_ok=True)
+        videos = getattr(self, "videos", None)  # the video table: its part shares the clips part's number
+        if isinstance(videos, store.PartWriter):
+            videos.shard, videos.next_seq = group, self.clips.next_seq
+            for name in (_part_name(group, self.clips.next_seq), f".{_part_name(group, self.clips.next_seq)}.tmp"):
+                (videos.directory / name).unlink(missing_ok=True)  # orphan of a commit that died half-way
+        return done
+
+
+class _GroupWorker:
+    """The Ray Data actor: one model, one DecodePool and one part writer; __call__ runs groups of videos."""
+
+    def __init__(self, out: str, options: dict, config_hash: str, token: str, cores: int):
+        self.options = options
+        net, self.sampling, run, keep_policy, dev = _load(options)
+        if run["config_hash"] != config_hash:
+            diff = "; ".join(store.diff_configs(store.load_run(out)["config"], run["config"])[:3])
+            raise RuntimeError(f"this node builds another configuration than the driver's ({diff or 'hash differs'}): "
+                               "install the same vmae-fast and model files on every node")
+        cfg = net.config
+        self.plan = CorePlan(dev.type, cores, options.get("workers"), options.get("batch_size"))
+        if self.plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(self.plan.model_threads)
+        self.runner = ModelRunner(net, self.plan.batch_size, keep_policy, dev, int(cfg.num_frames),
+                                  int(cfg.image_size))
+        self.writer = _Fenced(Path(out), run, token, part_rows=options.get("part_rows", 100_000),
+                              commit_interval_s=options.get("commit_interval_s", 60.0))
+        self.timeout_s = options.get("timeout_s", 120.0)
+        pool_options = decode_pool_options(self.plan, self.plan.workers, timeout_s=self.timeout_s,
+                                           backend=options.get("decode_backend", "auto"),
+                                           decode_options=options.get("decode_options"))
+        self.pool = DecodePool(self.plan.workers, self.sampling, int(cfg.image_size), **pool_options)
+        self.runner.release = self.pool.release
+        import ray
+
+        context = ray.get_runtime_context()
+        self.actor = f"{context.get_node_id()[:8]}/{os.getpid()}"
+        self.node = ray.util.get_node_ip_address()
+        self.wait_s = self.decode_s = self.decode_cpu_s = 0.0
+        self.report_every_s = float(options.get("report_every_s", REPORT_EVERY_S))
+
+    def __call__(self, batch: dict):
+        for group, tasks in zip(batch["group"], batch["tasks"], strict=True):
+            yield from self._group(int(group), [VideoTask(**t) for t in json.loads(str(tasks))])
+
+    def _group(self, group: int, tasks: list):
+        t0 = time.perf_counter()
+        done = self.writer.claim(group)
+        todo = [t for t in tasks if t.video_id not in done]
+        counter = _Counter()
+        state = Extraction(self.runner, self.writer, counter)
+        mark = self._totals(state, counter)
+        last = time.monotonic()
+        if todo:  # the local engine's per-shard loop (core.feed), with a report now and then
+            for _ in feed(state, self.pool, todo, timeout_s=self.timeout_s, plan=self.plan):
+                self.writer.maybe_flush()
+                if time.monotonic() - last >= self.report_every_s:
+                    now = self._totals(state, counter)
+                    yield self._report(group, now, mark, False, time.perf_counter() - t0)
+                    mark, last, t0 = now, time.monotonic(), time.perf_counter()
+        state.finish()  # writes what is buffered: the group is committed when this returns
+        final = self._totals(state, counter)
+        self.wait_s += state.wait_s
+        self.decode_s += state.decode_s
+        self.decode_cpu_s += state.decode_cpu_s or 0.0
+        yield self._report(group, final, mark, True, time.perf_counter() - t0, skipped=len(tasks) - len(todo))
+
+    def _totals(self, state, counter) -> dict:
+        r = self.runner
+        return {"videos": counter.n, "videos_ok": state.ok, "videos_failed": state.failed, "clips": state.clips,
+                "video_seconds": state.video_seconds, "compute_s": r.compute_s, "gather_s": r.gather_s,
+                "batches": r.count, "padded_rows": r.padded_rows, "wait_s": self.wait_s + state.wait_s,
+                "write_s": self.writer.write_s, "decode_s": self.decode_s + state.decode_s,
+                "decode_cpu_s": self.decode_cpu_s + (state.decode_cpu_s or 0.0)}
+
+    def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> dict:
+        """One row (a batch of one): what changed since the last report."""
+        row = {key: [now[key] - mark[key]] for key in now}
+        row.update(group=[group], final=[final], busy_s=[busy_s], skipped=[skipped], made=[time.time()],
+                   actor=[self.actor],
+                   node=[self.node], workers=[self.pool.workers],
+                   model_threads=[_torch_threads() if self.runner.device.type == "cpu" else 0])
+        return row
+
+    def __del__(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+
+
+class _Counter:
+    """Stands in for Extraction's tqdm bar: counts finished videos (ok or error) for the reports."""
+
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def set_postfix(self, **_) -> None:
+        pass
+
+
+def _torch_threads() -> int:
+    return torch.get_num_threads()
+
+
+# --- the driver ------------------------------------------------------------------------------------------------------
+def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float, float]:
+    """(concurrency for map_batches, CPUs per actor, GPUs per actor) from the cluster and the options."""
+    total = ray.cluster_resources()
+    gpus = float(total.get("GPU", 0))
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus else 0.0
+    if gpus_per_actor < 0 or (gpus_per_actor > 0 and not gpus):
+        raise ValueError(f"--ray-gpus-per-actor {gpus_per_actor}: the cluster has {gpus:g} GPUs")
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if cpus_per_actor is None:
+        if gpus_per_actor:  # the CPUs of the poorest GPU node, shared by its actors
+            per_node = [r.get("CPU", 0) / (r["GPU"] / gpus_per_actor) for r in nodes if r.get("GPU")]
+            cpus_per_actor = max(1.0, math.floor(min(per_node, default=1.0)))
+        else:  # CPU-only: one actor per node, with every core of the smallest node (as the local engine's plan)
+            cpus_per_actor = max(1.0, min((r.get("CPU", 1) for r in nodes if r.get("CPU")), default=1.0))
+    if cpus_per_actor <= 0:
+        raise ValueError(f"--ray-cpus-per-actor must be positive, got {cpus_per_actor}")
+    if actors is None:
+        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(total.get("CPU", 1) // cpus_per_actor)
+        actors = max(1, actors)
+    elif isinstance(actors, str):
+        low, _, high = actors.partition("-")
+        actors = (int(low), int(high)) if high else int(low)
+    bad = actors < 1 if isinstance(actors, int) else not 1 <= actors[0] <= actors[1]
+    if bad:
+        raise ValueError(f"--ray-actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {actors!r}")
+    return actors, float(cpus_per_actor), float(gpus_per_actor)
+
+
+def _next_free_shard(out: Path) -> int:
+    """1 + the largest shard number of any part in OUT (0 for an empty one): group numbers start above it."""
+    numbers = [shard for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR)
+               for _, shard, _ in store.list_parts(out / d)]
+    return max(numbers, default=-1) + 1
+
+
+def _remove_temp_parts(out: Path) -> None:
+    """Temporary part files of earlier runs (no writer of this run exists yet)."""
+    for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR):
+        if (out / d).is_dir():
+            for path in (out / d).glob(".part-*.tmp"):
+                path.unlink(missing_ok=True)
+
+
+def _committed_since(out: Path, base: int) -> tuple[Counter, int, set[str]]:
+    """(parts per video_id, clip rows, failed video ids) over the parts numbered >= base (this run's)."""
+    parts: Counter = Counter()
+    rows = 0
+    failed: set[str] = set()
+    for d in (store.CLIPS_DIR, store.ERRORS_DIR):
+        for name, shard, _ in store.list_parts(out / d):
+            if shard < base:
+                continue
+            ids = pq.read_table(out / d / name, columns=["video_id"]).column("video_id")
+            parts.update(ids.unique().to_pylist())
+            if d == store.CLIPS_DIR:
+                rows += len(ids)
+            else:
+                failed.update(ids.to_pylist())
+    return parts, rows, failed
+
+
+def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray", ray_address: str | None = None,
+                ray_options: dict | None = None, shard=None, overwrite: bool = False, progress: bool | None = None,
+                **options) -> dict:
+    """`extract(..., engine="ray")`: the same rows in `out` (shared storage every node sees), computed by Ray actors.
+
+    ray_address: the cluster (None: RAY_ADDRESS, else a local one started here; "auto": the running one).
+    ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per GPU, or on a CPU-only cluster
+    one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its GPUs; CPU-only: a node's
+    CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU), group_videos (default
+    GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S).
+    Other keyword arguments are the local engine's (batch_size and workers are per actor).
+    """
+    if engine != "ray":
+        raise ValueError(f"--engine must be local or ray, got {engine!r}" if engine != "local" else
+                         "ray_address and ray_options are for engine='ray'")
+    ray = _require_ray()
+
+    t_start = time.perf_counter()
+    ray_options = dict(ray_options or {})
+    if shard is not None:
+        raise ValueError("--shard splits the work between static processes; --engine ray balances it itself: "
+                         "give one of them")
+    if isinstance(model, torch.nn.Module):
+        raise TypeError("--engine ray loads the model on every actor: pass its source (a folder or file every node "
+                         "sees, a hub id, random:<preset>), not a loaded module")
+    if options.get("decode_device", "cpu") != "cpu":
+        raise ValueError("--engine ray decodes on the CPUs of each actor's node (--decode-device cpu)")
+    unknown = set(ray_options) - {"actors", "cpus_per_actor", "gpus_per_actor", "group_videos", "report_every_s"}
+    if unknown:
+        raise ValueError(f"unknown ray_options {sorted(unknown)}")
+    group_videos = int(ray_options.get("group_videos", GROUP_VIDEOS))
+    if group_videos < 1:
+        raise ValueError(f"--ray-group-videos must be a positive integer, got {group_videos}")
+    _check_options(options)
+    require_backend(options.get("decode_backend", "auto"))
+    found = discover_inputs(inputs)
+    options = {**options, "model": _model_source(model)}
+    if "report_every_s" in ray_options:
+        options["report_every_s"] = float(ray_options["report_every_s"])
+
+    lock = None
+    timing: dict = {"probe_s": None, "first_report_s": None}  # setup costs: the probe task, the first actor report
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=ray_address, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        concurrency, cpus, gpus = _resources(ray, ray_options.get("actors"), ray_options.get("cpus_per_actor"),
+                                             ray_options.get("gpus_per_actor"))
+        try:
+            t_probe = time.perf_counter()
+            run = ray.get(ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(options))
+            timing["probe_s"] = time.perf_counter() - t_probe
+        except ray.exceptions.RayTaskError as e:  # the probe's own error (bad model, bad arguments): raise it here
+            raise e.cause if isinstance(e.cause, Exception) else e from None
+        # shard 0's lock: what prepare_output(shard=0) acts for; a second driver, or a local shard 0, is refused
+        lock = ShardLock(out, 0, break_lock=bool(options.pop("break_lock", False))).acquire()
+        out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=overwrite)
+        token = _take_over(out)
+        _remove_temp_parts(out)
+        retried = 0
+        if options.pop("retry_errors", False) and not overwrite:  # every error part, whoever wrote it: redone
+            for number in sorted({shard for _, shard, _ in store.list_parts(out / store.ERRORS_DIR)}):
+                retried += store.retire_errors(out, number)
+        done = KeySet() if overwrite else committed_ids(out)  # compact, as the local engine's resume set
+        skip, _ = done.lookup(id_keys([t.video_id for t in found.tasks]))
+        todo = [t for t, skipped in zip(found.tasks, skip, strict=True) if not skipped]
+        discovery_errors = [e for e in found.errors if e["video_id"] not in done]
+        base = _next_free_shard(out)
+        groups = [{"group": base + 1 + i,
+                   "tasks": json.dumps([{"path": str(t.path), "video_id": t.video_id, "start_s": t.start_s,
+                                         "end_s": t.end_s} for t in todo[k:k + group_videos]])}
+                  for i, k in enumerate(range(0, len(todo), group_videos))]
+        bar = None
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            bar = tqdm(total=len(todo) + len(discovery_errors), unit="video", file=sys.stderr, dynamic_ncols=True,
+                       desc="extract (ray)")
+        if discovery_errors:  # the driver's own part: shard number `base`
+            writer = store.RunWriter(out, run, base)
+            for error in discovery_errors:
+                writer.add_error(**error)
+            writer.flush()
+            if bar is not None:
+                bar.update(len(discovery_errors))
+        per_actor: dict[str, dict] = {}
+        if groups:
+            t_job = time.perf_counter()
+            try:
+                _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+            except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
+                raise _cause(e) from e
+            timing["job_s"] = time.perf_counter() - t_job
+        parts, clips, failed = _committed_since(out, base)
+        if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
+            bar.update(max(0, len(parts) - bar.n))
+            bar.close()
+        wanted = {t.video_id for t in todo} | {e["video_id"] for e in discovery_errors}
+        missing, twice = wanted - set(parts), sorted(v for v, n in parts.items() if n > 1)
+        if missing or twice:  # cannot happen with correct retries; never report a lost or doubled video as done
+            raise RuntimeError(f"ray run ended with {len(missing)} videos missing (e.g. {sorted(missing)[:3]}) and "
+                               f"{len(twice)} in two parts (e.g. {twice[:3]}); rerun to redo the missing ones")
+        _finish(out, token)
+    finally:
+        if lock is not None:
+            lock.release()
+        if started_ray:
+            ray.shutdown()
+    return _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor,
+                    {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
+                    len(groups), time.perf_counter() - t_start, retried)
+
+
+_HANDLED = {"clip_frames", "frame_step", "fps", "clip_stride_s", "clips_per_video", "crops", "views", "keep",
+            "batch_size", "workers", "device", "dtype", "embedding_dtype", "timeout_s", "backend", "decode_backend",
+            "decode_device", "part_rows", "commit_interval_s", "decode_options", "retry_errors", "break_lock",
+            "report_every_s"}
+
+
+def _check_options(options: dict) -> None:
+    """The local engine's argument checks that must fail here, before a cluster is asked for anything."""
+    ignored = sorted(k for k, v in options.items() if k not in _HANDLED and v not in (None, False))
+    if ignored:  # an option of the local engine this one does not know: refused, never silently dropped
+        raise ValueError(f"--engine ray does not support {', '.join(ignored)} yet; run it with --engine local")
+    batch_size = options.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if options.get("embedding_dtype", "float32") not in store.EMBEDDING_DTYPES:
+        raise ValueError(f"--embedding-dtype must be one of {store.EMBEDDING_DTYPES}, "
+                         f"got {options['embedding_dtype']!r}")
+    pairs = [("frame_step", "fps"), ("clip_stride_s", "clips_per_video"), ("views", "clips_per_video"),
+             ("views", "crops"), ("views", "clip_stride_s")]
+    for a, b in pairs:
+        if options.get(a) is not None and options.get(b) is not None:
+            raise ValueError(f"give --{a.replace('_', '-')} or --{b.replace('_', '-')}, not both")
+    if options.get("crops") not in (None, 1, 3):
+        raise ValueError(f"--crops must be 1 (the center crop) or 3 (start, center and end of the long side), "
+                         f"got {options['crops']!r}")
+    for name in ("timeout_s", "commit_interval_s"):
+        if options.get(name) is not None and not options[name] > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {options[name]}")
+    if options.get("workers") is not None and options["workers"] < 0:
+        raise ValueError(f"--workers must be >= 0, got {options['workers']}")
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The first exception in `error`'s chain that is not Ray's (RayTaskError.cause, __cause__), else `error`."""
+    seen = error
+    for _ in range(16):
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None:
+            break
+        seen = inner
+        if not type(seen).__module__.startswith("ray"):
+            return seen
+    return error
+
+
+def _model_source(model: Any) -> str:
+    source = str(model)
+    if os.path.exists(os.path.expanduser(source)):  # every node must find it: shared storage, absolute path
+        source = os.path.abspath(os.path.expanduser(source))
+    return source
+
+
+def _take_over(out: Path) -> str:
+    """Write a fresh run token; after a driver that did not finish, give its actors ZOMBIE_GRACE_S to stop."""
+    path = out / RUN_TOKEN
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    token = uuid.uuid4().hex
+    store.write_atomic(path, (json.dumps({"token": token, "finished": False,
+                                          "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) +
+                              "\n").encode(), f".{RUN_TOKEN}.tmp")
+    if previous is not None and not previous.get("finished"):
+        time.sleep(ZOMBIE_GRACE_S)
+    return token
+
+
+def _finish(out: Path, token: str) -> None:
+    path = out / RUN_TOKEN
+    data = json.loads(path.read_text())
+    if data.get("token") == token:
+        data["finished"] = True
+        store.write_atomic(path, (json.dumps(data) + "\n").encode(), f".{RUN_TOKEN}.tmp")
+
+
+def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
+    """The Ray Data job: groups -> actors; consumes the report rows (progress, per-actor totals)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # every report row its own block, so the driver gets it while the group runs: Ray Data would otherwise gather
+    # a task's small outputs into one block until the task (the group) ends. A row still reaches the driver only
+    # when the actor makes its next one (Ray Data hands a generator's output on at its next step): progress lags
+    # by about one report interval, longer while one video holds up its actor. Restored after the job.
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False, "target_max_block_size": 1}
+    saved = {key: getattr(ctx, key) for key in settings}
+    for key, value in settings.items():
+        setattr(ctx, key, value)
+    try:
+        _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)
+
+
+def _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
+    cores = max(1, int(cpus))
+    if isinstance(concurrency, tuple):
+        compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1],
+                                             max_tasks_in_flight_per_actor=2)
+    else:
+        compute = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=2)
+    # actors are restarted and their groups retried without limit (Ray Data's defaults for actor pools): a
+    # group's retry skips what its dead attempt committed (see the module docstring)
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups)).map_batches(
+        _GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus, num_gpus=gpus,
+        fn_constructor_kwargs={"out": str(out), "options": options, "config_hash": run["config_hash"],
+                               "token": token, "cores": cores})
+    # Report rows are progress and timings only, never the record: after an actor died, some reports of its
+    # retried group were observed not to arrive (the retry's final row with it; consistent with Ray deduplicating
+    # a retried streaming task's outputs by index, the dead attempt's having come first). Counts in the summary
+    # come from the committed parts.
+    t0 = time.perf_counter()
+    first_seen: dict[int, float] = {}
+    for row in ds.iter_rows():
+        if timing["first_report_s"] is None:  # the actors' start: process, imports, model, decode pool, 1 s of work
+            timing["first_report_s"] = time.perf_counter() - t0
+        timing["reports"] = timing.get("reports", 0) + 1
+        # how late a report arrives (clocks of other nodes may differ: a diagnostic, exact on one node)
+        timing["report_lag_max_s"] = max(timing.get("report_lag_max_s", 0.0), time.time() - float(row["made"]))
+        first_seen.setdefault(int(row["group"]), time.perf_counter())
+        if row["final"]:  # how long before its end a group's first report came: > 0 when progress streams
+            lead = time.perf_counter() - first_seen[int(row["group"])]
+            timing["report_lead_max_s"] = max(timing.get("report_lead_max_s", 0.0), lead)
+        totals = per_actor.setdefault(row["actor"], {"actor": row["actor"], "node": row["node"], "groups": 0})
+        for key in ("videos", "videos_ok", "videos_failed", "clips", "skipped", "video_seconds", "compute_s",
+                    "gather_s", "batches", "padded_rows", "wait_s", "write_s", "decode_s", "decode_cpu_s", "busy_s"):
+            totals[key] = totals.get(key, 0) + _plain(row[key])
+        totals["groups"] += int(bool(row["final"]))
+        totals["workers"], totals["model_threads"] = int(row["workers"]), int(row["model_threads"])
+        if bar is not None:
+            bar.update(min(int(row["videos"]), bar.total - bar.n))
+            clips = sum(a.get("clips", 0) for a in per_actor.values())
+            bar.set_postfix(clips=clips, actors=len(per_actor), refresh=False)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor, ray_info,
+             groups, wall, retried) -> dict:
+    actors = sorted(per_actor.values(), key=lambda a: a["actor"])
+
+    def total(key):
+        return sum(a.get(key, 0) for a in actors)
+
+    config = run["config"]
+    return {
+        "engine": "ray",
+        "out": str(out),
+        "shard": "ray",
+        "shard_source": "ray",
+        "model": run["model"].get("source"),
+        "device": run["device"],
+        "dtype": config["dtype"],
+        "keep": config["keep"],
+        "workers": total("workers"),
+        "model_threads": None,
+        "batch_size": options.get("batch_size"),
+        "videos": len(found.tasks) + len(found.errors),
+        "videos_ok": len(parts) - len(failed),
+        "videos_failed": len(failed),
+        "videos_skipped": len(found.tasks) - len(todo) + len(found.errors) - len(discovery_errors),
+        "videos_other_shards": 0,
+        "clips": clips,
+        "video_seconds": total("video_seconds"),
+        "wall_s": wall,
+        "compute_s": total("compute_s"),
+        "gather_s": total("gather_s"),
+        "batches": total("batches"),
+        "padded_rows": total("padded_rows"),
+        "wait_s": total("wait_s"),
+        "write_s": total("write_s"),
+        "decode_s": total("decode_s"),
+        "decode_cpu_s": total("decode_cpu_s"),
+        "clips_per_s": clips / wall if wall > 0 else 0.0,
+        "parts_written": None,
+        "errors_retried": retried,
+        "groups": groups,
+        "actors": actors,
+        "ray": ray_info,
+    }
+
+
+def format_actors(summary: dict) -> str:
+    """The per-actor lines of a Ray run's summary: where each actor's time went."""
+    lines = [(f"ray: {summary['groups']} groups on {len(summary['actors'])} actors "
+              f"({summary['ray']['cpus_per_actor']:g} CPU, {summary['ray']['gpus_per_actor']:g} GPU each)")]
+    for a in summary["actors"]:
+        busy = a.get("compute_s", 0) + a.get("wait_s", 0)
+        lines.append(f"  actor {a['actor']} on {a['node']}: {a['groups']} groups, {a.get('videos', 0)} videos, "
+                     f"{a.get('clips', 0)} clips in {a.get('busy_s', 0):.1f} s: model {a.get('compute_s', 0):.1f} s, "
+                     f"waiting for clips {a.get('wait_s', 0):.1f} s, writing {a.get('write_s', 0):.1f} s, decoding "
+                     f"{a.get('decode_cpu_s', 0):.1f} s CPU ({a.get('workers', 0)} workers)"
+                     + (f"; model busy {100 * a['compute_s'] / busy:.0f}%" if busy > 0 else ""))
+    return "\n".join(lines)

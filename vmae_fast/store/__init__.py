@@ -1,0 +1,43 @@
+"""The extract output (OUT): its layout, schemas, writers, readers, the resume set and the shard lock.
+
+For people reading results: read_clips, read_embeddings, read_errors, read_videos, load_run.
+For engines writing them: prepare_output, RunWriter, ShardLock, committed_ids, retire_errors (layout.py owns every
+name and path of OUT; nothing else spells them).
+
+    layout.py     OUT's names, listing, _run.json, temporary names, the atomic write, --overwrite / --retry-errors
+    schemas.py    Arrow schemas of the clips, videos and errors parts, and their key-value metadata
+    videos.py     the per-video aggregation maths (mean embedding, mean softmax, top labels)
+    writer.py     PartWriter, RunWriter: whole videos, parts written atomically, signals held during a commit
+    reader.py     read_clips, read_embeddings, read_errors, read_videos
+    committed.py  the resume set: the ids of a shard OUT holds, compact
+    lock.py       ShardLock: one writer per shard
+"""
+
+from .committed import committed_ids, committed_video_ids
+from .layout import (
+    CLIPS_DIR,
+    ERRORS_DIR,
+    FORMAT,
+    RUN_FILE,
+    VIDEOS_DIR,
+    config_hash,
+    diff_configs,
+    list_parts,
+    load_run,
+    prepare_output,
+    retire_errors,
+    write_atomic,
+)
+from .lock import ShardLock
+from .reader import read_clip_part, read_clips, read_embeddings, read_errors, read_videos
+from .schemas import EMBEDDING_DTYPES, clip_schema, error_schema, file_metadata, schemas_for_run, video_schema
+from .videos import VideoAccumulator, aggregate_video, video_labels
+from .writer import PartWriter, RunWriter, deferred_signals, fixed_size_list
+
+__all__ = [
+    "CLIPS_DIR", "EMBEDDING_DTYPES", "ERRORS_DIR", "FORMAT", "RUN_FILE", "VIDEOS_DIR", "PartWriter", "RunWriter",
+    "ShardLock", "VideoAccumulator", "aggregate_video", "clip_schema", "committed_ids", "committed_video_ids",
+    "config_hash", "deferred_signals", "diff_configs", "error_schema", "file_metadata", "fixed_size_list",
+    "list_parts", "load_run", "prepare_output", "read_clip_part", "read_clips", "read_embeddings", "read_errors",
+    "read_videos", "retire_errors", "schemas_for_run", "video_labels", "video_schema", "write_atomic",
+]
