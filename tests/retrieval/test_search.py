@@ -57,6 +57,65 @@ def test_video_query_ranks_its_own_clips_first(out, capsys):
         [(m["video_id"], round(m["score"], 4)) for m in matches]
 
 
+@pytest.fixture(scope="module")
+def three_crop_out(tmp_path_factory):
+    """Two sample videos (320x240: landscape, so the start, center and end views differ) extracted with --crops 3 by
+    the tiny random checkpoint, and their clip index (one row per clip: the center view)."""
+    from vmae_fast.extraction import extract
+
+    root = tmp_path_factory.mktemp("search3")
+    model = write_random_checkpoint(root / "model", **TINY)
+    out = root / "out"
+    summary = extract([str(sample_dir() / v) for v in VIDEOS[:2]], out, model=str(model), crops=3, workers=0,
+                      progress=False)
+    assert summary["videos_ok"] == 2, summary
+    assert cli.main(["index", str(out)]) == 0
+    return out
+
+
+def stored_view(out, video_id: str, clip_index: int, crop_index: int) -> np.ndarray:
+    from vmae_fast.store import read_clips
+
+    rows = [r for r in read_clips(out, columns=["video_id", "clip_index", "crop_index", "embedding"]).to_pylist()
+            if (r["video_id"], r["clip_index"], r["crop_index"]) == (video_id, clip_index, crop_index)]
+    assert len(rows) == 1, rows
+    return np.array(rows[0]["embedding"], dtype=np.float32)
+
+
+def test_video_query_on_a_three_crop_output_is_the_center_view(three_crop_out, capsys):
+    """The clip index of a --crops 3 output holds the center view (crop_index 1): a --video query embeds that view
+    (it embedded the start view, crop 0, before) and says so in its record."""
+    (result,) = search_json(capsys, three_crop_out, "--video", sample_dir() / "orbit_red.mp4", "--at", 1.2, "-k", 3)
+    query, top = result["query"], result["matches"][0]
+    assert query["crop_index"] == 1 and query["start_s"] <= 1.2 <= query["end_s"]
+    assert (top["video_id"], top["clip_index"], top["crop_index"]) == ("orbit_red.mp4", query["clip_index"], 1)
+    # the same frames through the same model as the stored row: cosine 1 up to fp32 noise (batch of 1 vs 8)
+    assert top["score"] == pytest.approx(1.0, abs=1e-4)
+    start, center = (stored_view(three_crop_out, "orbit_red.mp4", query["clip_index"], c) for c in (0, 1))
+    cosine = float(start @ center / np.linalg.norm(start) / np.linalg.norm(center))
+    assert cosine < 0.999, f"the start and center views embed alike (cosine {cosine:.5f}): this test cannot fail"
+
+
+@pytest.mark.parametrize("crop_index", [0, 1, 2])
+def test_embed_video_at_gives_the_stored_row_of_each_view(three_crop_out, crop_index):
+    from vmae_fast.retrieval import embed_video_at
+
+    embedding, clip = embed_video_at(three_crop_out, sample_dir() / "bars_scroll.mp4", 2.0, crop_index=crop_index)
+    assert clip.crop_index == crop_index and clip.start_s <= 2.0 <= clip.end_s
+    expected = stored_view(three_crop_out, "bars_scroll.mp4", clip.clip_index, crop_index)
+    # fp32 on CPU, batch of 1 vs the run's batch: BLAS sums in another order (<= 7e-7 measured, tests/extraction)
+    np.testing.assert_allclose(embedding, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("crop_index, where", [(3, "three_crop_out"), (True, "three_crop_out"), (0, "out")])
+def test_embed_video_at_refuses_a_view_the_run_does_not_hold(crop_index, where, request):
+    from vmae_fast.retrieval import embed_video_at
+
+    out = request.getfixturevalue(where)
+    with pytest.raises(ValueError, match=r"crop_index must be one of \[.*\] for .* got " + repr(crop_index)):
+        embed_video_at(out, sample_dir() / "orbit_red.mp4", 1.0, crop_index=crop_index)
+
+
 def test_clip_query_prints_a_ranked_table(out, capsys):
     code, stdout, _ = run(capsys, "search", out, "--clip", "bars_scroll.mp4:2", "-k", 3)
     assert code == 0

@@ -17,22 +17,30 @@ from ..checkpoint import resolve_dtype
 from ..extraction.devices import resolve_device
 from ..extraction.spec import load_run_model, parse_keep_spec
 from ..video import Sampling, VideoError, VideoTask, decode_clips
+from ..video.crop import CROP_INDICES
 from .index import Index, clip_vector
 
 # --- one clip, embedded as a run did ----------------------------------------------------------------------------------
 _MODEL_CACHE: dict = {}
 
 
-def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float, device: str | None = None):
+def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float, device: str | None = None,
+                   crop_index: int = 1):
     """Embed the clip of `path` covering time `at_s` exactly as the run in `out` did; returns (np.float32 (D,), Clip).
 
-    The clip grid is the run's sampling, so the result matches the stored row of that clip (up to the device's
-    numerics when `device` differs from the run's). When at_s falls between clips, the nearest clip is taken.
+    The clip grid and the views are the run's sampling, so the result matches the stored row (video_id, clip_index,
+    crop_index) of that clip (up to the device's numerics when `device` differs from the run's). When at_s falls
+    between clips, the nearest clip is taken. crop_index: which spatial view (0 start, 1 center, 2 end of the long
+    side); default 1, the center, the view a run of one crop holds and the clip-level index holds for three crops.
     """
     if at_s is None or at_s < 0:
         raise ValueError(f"at_s must be a time >= 0 in seconds, got {at_s!r}")
     run = store.load_run(out)
     config = run["config"]
+    sampling = Sampling(**config["sampling"])
+    if isinstance(crop_index, bool) or crop_index not in CROP_INDICES[sampling.crops]:
+        raise ValueError(f"crop_index must be one of {list(CROP_INDICES[sampling.crops])} for {out}, which holds "
+                         f"{sampling.crops} crop(s) per clip, got {crop_index!r}")
     dev = resolve_device(device if device is not None else ("cuda" if config["device_type"] == "cuda"
                                                             and torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(config["dtype"] if dev.type == config["device_type"] else None, dev)
@@ -47,12 +55,12 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     expected = config["model"].get("weights_sha256")
     if expected and net.describe().get("weights_sha256") != expected:
         raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")
-    sampling = Sampling(**config["sampling"])
     task = VideoTask(path=os.path.abspath(path), video_id=str(path))
-    clips = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
-    if not clips:
+    # every view of the clip, decoded as the run did (three crops are cut from one scale of the whole frame)
+    views = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
+    if not views:
         raise ValueError(f"{path}: no clips could be sampled")
-    clip = clips[0]
+    (clip,) = [v for v in views if v.crop_index == crop_index]
     keep_policy, _ = parse_keep_spec(config["keep"])
     frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(dev)
     with torch.inference_mode():
@@ -135,7 +143,7 @@ def _video_query(out, path: str, at_s: float, device: str | None):
     except VideoError as e:
         raise ValueError(f"cannot read video {path!r}: {e}") from None
     query = {"type": "video", "path": os.path.abspath(path), "at_s": at_s, "clip_index": clip.clip_index,
-             "start_s": clip.start_s, "end_s": clip.end_s}
+             "crop_index": clip.crop_index, "start_s": clip.start_s, "end_s": clip.end_s}
     return vector[None], [query]
 
 
