@@ -1,10 +1,13 @@
 """The documentation, checked on every test run: the site in docs/ builds with `mkdocs build --strict` and prints no
 warning (a page missing from the nav, a broken link or anchor, a docstring mkdocstrings cannot read all fail it), its
-API reference has an entry for every public name, and the README's links lead to files that exist."""
+API reference has an entry for every public name, the README's links lead to files that exist, and the pictures are
+what tools/figures.py draws from the committed data."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -82,3 +85,45 @@ def test_readme_links_lead_to_files_that_exist():
     relative = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
     missing = [t for t in relative if t and not (REPO / t).exists()]
     assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
+def _figures():
+    spec = importlib.util.spec_from_file_location("figures", REPO / "tools" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pictures_are_what_tools_figures_draws_from_the_committed_data(tmp_path):
+    """Regenerated into a temporary folder, each picture is byte for byte the committed one: a picture that no
+    longer matches its data (or a data file edited without redrawing) fails here. Redraw: python tools/figures.py"""
+    written = _figures().write_figures(tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in (REPO / "docs" / "img").glob("*.svg"))
+    for path in written:
+        committed = (REPO / "docs" / "img" / path.name).read_text(encoding="utf-8")
+        assert path.read_text(encoding="utf-8") == committed, f"docs/img/{path.name} is stale: python tools/figures.py"
+
+
+def test_each_speed_bar_is_a_figure_of_its_groups_one_run_beside_its_baseline():
+    """Every bar of a group is read from the group's one source file (one run, one machine), and the group's first
+    bar, and only it per comparison, is the baseline its ratios are taken against."""
+    figures = _figures()
+    groups = figures.speed_groups()
+    assert len(groups) >= 2
+    for group in groups:
+        data = json.loads((REPO / "bench" / "results" / group.source).read_text())
+        for bar in group.bars:
+            value = data
+            for key in bar.path:
+                value = value[key]
+            assert bar.value == pytest.approx(float(value), rel=0, abs=0), (group.source, bar.path)
+        assert group.bars[0].baseline and not all(bar.baseline for bar in group.bars), group.title
+        assert "GPU" not in group.device and "cuda" not in group.device.lower(), group.device  # CPU figures only
+
+
+def test_text_that_would_not_fit_is_refused():
+    figures = _figures()
+    stage = figures.Stage("a title far too long for any box of this picture", (), ())
+    with pytest.raises(ValueError, match="does not fit"):
+        figures._box(figures.Svg(100, 100, "t"), 0, 0, stage, "#fff")
