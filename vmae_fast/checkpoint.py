@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEConfig
 from .model import KERNEL_BACKENDS, VideoMAE, sincos_table
@@ -140,10 +142,6 @@ def _resolve_hub_id(repo_id: str, allow_download: bool | None) -> Path:
     """Local snapshot directory of a hub repo: the Hugging Face cache first, the network only when allowed."""
     if allow_download is None:
         allow_download = os.environ.get("VMAE_FAST_ALLOW_DOWNLOAD", "0") not in ("", "0")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ValueError(f"{repo_id!r} looks like a hub id; resolving it needs `pip install huggingface_hub`") from None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now: huggingface_hub reads it only at import
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=not allow_download,
@@ -189,8 +187,6 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A flat {name: tensor} from .safetensors, or from a torch pickle loaded with weights_only=True (the state dict
     may sit under "model", "module" or "state_dict")."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(path)
     try:
         # original training checkpoints often carry their argparse.Namespace of arguments: harmless, allow it
@@ -491,8 +487,6 @@ def save_hf(model: VideoMAE, path: str | os.PathLike, *, dtype: torch.dtype | No
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if safe_serialization:
-        from safetensors.torch import save_file
-
         save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     else:
         torch.save(weights, path / "pytorch_model.bin")

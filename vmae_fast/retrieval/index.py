@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from ..store import VIDEOS_DIR, VideoAccumulator
 from .plan import (
@@ -730,6 +731,4 @@ class _NoBar:
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="clip")

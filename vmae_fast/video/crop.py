@@ -4,6 +4,7 @@ center and the end of the long side, as the VideoMAE papers' multi-view test), a
 
 from __future__ import annotations
 
+import av
 import numpy as np
 
 CROPS = (1, 3)
@@ -52,8 +53,6 @@ def views(frame: np.ndarray, image_size: int, crops: int = 1) -> list[np.ndarray
     times). Resizes first (bilinear, swscale) if the short side is not S. Views are slices of the frame."""
     h, w = frame.shape[:2]
     if min(h, w) != image_size:
-        import av
-
         tw, th = decode_size(w, h, image_size)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").to_ndarray(
             width=tw, height=th, format="rgb24", interpolation="BILINEAR")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..faults import BUG, ENVIRONMENT, EnvironmentFault, MissingDependency, VideoError, classify
 from .crop import CROP_INDICES
@@ -95,7 +96,6 @@ def check_device(device: str, backend: str) -> None:
     if why:
         raise MissingDependency(f"decoding on {device} needs torchcodec built for this torch and CUDA, which does not "
                            f"load here: {why}")
-    import torch
 
     if not torch.cuda.is_available():
         raise MissingDependency(f"decoding on {device}: torch sees no CUDA device here (torch {torch.__version__})")
@@ -238,7 +238,5 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None, crops:
 def _stack(crops: list, alloc):
     """(T, S, S, 3) from T crops: into alloc() when given; torch tensors (frames decoded on a GPU) stay torch."""
     if not isinstance(crops[0], np.ndarray):
-        import torch
-
         return torch.stack(crops)
     return np.stack(crops, out=alloc() if alloc else None)

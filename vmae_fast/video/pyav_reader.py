@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import pairwise
 
+import av
 import numpy as np
 
 from ..faults import ENVIRONMENT, EnvironmentFault, VideoError, classify
@@ -36,8 +37,6 @@ _CROP_BEFORE_SCALE = True  # scale only the center square (else: scale the whole
 
 def _av_open(path: str, probe_by_decoding: bool = False, remote=None):
     """remote: a remote.RemoteVideo to read `path` (a URL) through: every open reads its one local cache."""
-    import av
-
     source = path if remote is None else remote.open()
     try:
         if probe_by_decoding:
@@ -73,8 +72,6 @@ class _GraphScaler:
         raise NotImplementedError
 
     def _build(self, width: int, height: int, pix_fmt: str) -> None:
-        import av
-
         graph = av.filter.Graph()
         nodes = [graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=self.time_base),
                  *(graph.add(name, args) for name, args in self._filters(width, height)),
@@ -123,8 +120,6 @@ class PyAVReader:
     name = "pyav"
 
     def __init__(self, path: str, image_size: int, threads: int = 0, remote=None):
-        import av
-
         self.path, self.image_size, self.threads, self.remote = path, image_size, threads, remote
         container = _av_open(path, remote=remote)
         try:
@@ -191,8 +186,6 @@ class PyAVReader:
     def probe_first_frame(self) -> tuple[str, int]:
         """(pixel format, display rotation in degrees) of the first frame: decodes it (what decode.py needs to
         route a file away from decord)."""
-        import av
-
         container, stream = self._open_stream(threads=1)
         try:
             for frame in container.decode(stream):
@@ -239,8 +232,6 @@ class PyAVReader:
         the decoder to skip non-reference frames nobody wants (skip_frame=NONREF per packet). A wanted frame still
         missing without them is damage: VideoError("decode").
         """
-        import av
-
         cut = self._cutter(crops)
         wanted = set(indices.tolist())
         seek_ok = not self.ordered_only  # both need timestamps to know where the decoder is
