@@ -414,6 +414,58 @@ def _run_search(args) -> int:
     return 0
 
 
+# --- serve -----------------------------------------------------------------------------------------------------------
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="answer searches over HTTP: a JSON API and a web page playing the matches",
+                       description="Load the indexes of OUT once (clip level, and video level when built) and answer "
+                                   "a JSON API (search by clip, video, vector or uploaded video; metadata; stats; "
+                                   "OpenAPI at /openapi.json) and a web page whose result cards play their segments. "
+                                   "Needs the serve extra: pip install 'vmae-fast[serve]'.")
+    p.add_argument("out", metavar="OUT", help="output folder of `vmae-fast extract` with an index (`vmae-fast index`)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s: this machine only; 0.0.0.0 exposes it to the "
+                        "network: anyone reaching it can search, upload and play the output's videos)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free port)")
+    p.add_argument("--max-upload-mb", type=float, default=512,
+                   help="largest video file a search may upload, MB (default %(default)s)")
+    p.add_argument("--upload-timeout-s", type=float, default=60.0,
+                   help="seconds an uploaded video may take to decode and embed before its worker is stopped "
+                        "(default %(default)s)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="answer requests addressed to this host name (repeatable; default: the loopback names when "
+                        "bound to loopback, any name otherwise)")
+    p.add_argument("--device", help="device for embedding uploaded videos (default: the run's, else cpu)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise FatalError(f"--port must be in 0..65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise FatalError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not args.upload_timeout_s > 0:
+        raise FatalError(f"--upload-timeout-s must be positive, got {args.upload_timeout_s}")
+    try:
+        from .retrieval.service import serve
+    except ImportError as e:
+        raise FatalError(f"`vmae-fast serve` needs the serve extra ({e}): pip install 'vmae-fast[serve]'") from None
+    import signal
+    import threading
+
+    def _stop(signum, frame):  # uvicorn shuts down gracefully on SIGTERM, then raises it again: exit 143
+        raise Terminated
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    try:
+        serve(args.out, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+              upload_timeout_s=args.upload_timeout_s, allowed_hosts=args.allowed_host, device=args.device)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
 # --- demo ------------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="extract, index and search the bundled sample videos (a first run, end to end)")
@@ -439,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                "resume), 1 a bug (traceback: please report it), 130/143 interrupted/terminated. VMAE_FAST_DEBUG=1 "
                "shows every traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_demo):
+    for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_serve, _add_demo):
         add(sub)
     return parser
 

@@ -5,33 +5,20 @@ protocol: the cards render with their embedded thumbnails, and a match's <video>
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
+from tests.helpers.browser import CHROMIUM_FLAGS, chromium
 from vmae_fast import cli
 from vmae_fast.demo import sample_dir, write_random_checkpoint
 
 TINY = {"image_size": 32, "num_frames": 4, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 128}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0"]
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure, not a skip
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
+# Debian's chromium, off the network (tests/helpers/browser.py), answering on a DevTools port of its choosing
+DEVTOOLS_FLAGS = ["--headless", *CHROMIUM_FLAGS, "--remote-debugging-port=0"]
 
 
 class DevTools:
@@ -43,7 +30,7 @@ class DevTools:
         profile.mkdir(parents=True, exist_ok=True)
         self.log = profile / "chromium.log"  # a file, not a pipe: chromium's chatter can never fill it and block it
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            self.proc = subprocess.Popen([chromium(), *DEVTOOLS_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                          stdout=subprocess.DEVNULL, stderr=log)
         port = None
         deadline = time.monotonic() + 60

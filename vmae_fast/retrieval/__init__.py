@@ -5,6 +5,10 @@
     search.py         queries: a video moment embedded as the run did, a stored clip, vectors
     contact_sheet.py  `search --show`: a PNG of the query's and the matches' frames
     results_page.py   `search --html`: a self-contained page whose cards play their segments
+    catalog.py        `serve`: the loaded indexes and the lookups a query needs (vectors, rows, videos, media files)
+    upload.py         `serve`: an uploaded video embedded in a worker process (a hostile file costs one request)
+    service.py        `serve`: the FastAPI app (JSON API, OpenAPI, /media with Range requests), uvicorn; web/: the page
+                      (service.py needs the serve extra and is not imported here)
 """
 
 from .index import Index, Match, StaleIndexError, clip_vector
