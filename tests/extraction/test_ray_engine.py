@@ -139,6 +139,7 @@ def test_rows_errors_run_file_and_schema_equal_the_local_engine(tmp_path, cluste
         np.testing.assert_allclose([r["embedding"] for r in got], [r["embedding"] for r in want], atol=ATOL, rtol=0)
     # a group's parts are numbered from 0 under the group's number, above the driver's own (discovery errors)
     assert all(seqs == list(range(len(seqs))) for seqs in group_parts(tmp_path / "ray").values())
+    assert all(p.group for d in ("clips", "videos", "errors") for p in store.list_parts(tmp_path / "ray" / d))
     assert no_temp_files(tmp_path / "ray") == []
     assert json.loads((tmp_path / "ray" / ray_engine.RUN_TOKEN).read_text())["finished"] is True
 
@@ -292,13 +293,15 @@ def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt,
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
-    writer = ray_engine._Fenced(out, store.load_run(out), ray_engine._take_over(out))
-    assert writer.claim(99) == set()
+    fence = ray_engine._Fence(out, ray_engine._take_over(out))
+    writer = store.RunWriter.for_group(out, store.load_run(out), 99, before_commit=fence)
+    assert writer.committed == set()
     writer.add_error("/x.mp4", "x.mp4", "open", "test", 1)
     ray_engine._take_over(out)  # a new driver
     with pytest.raises(RuntimeError, match="belongs to another run"):
         writer.flush()
-    assert not (out / "errors" / "part-00099-000000.parquet").exists()
+    assert not (out / "errors" / "part-g000099-000000.parquet").exists()
+    assert store.list_parts(out / "errors") == store.list_parts(reference / "errors")
 
 
 # --- arguments -----------------------------------------------------------------------------------------------------
@@ -325,3 +328,21 @@ def test_arguments_the_ray_engine_refuses_before_it_asks_a_cluster(tmp_path, sma
     code = cli.main(["extract", str(small_videos), "-o", str(out), "--engine", "ray", "--shard", "0/2"])
     assert code == 2 and "error: --shard splits the work" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- outputs of 16c2a40 -----------------------------------------------------------------------------------------------
+def test_an_old_ray_output_resumes_with_group_names_beside_its_old_parts(tmp_path, cluster):
+    """tests/store/old_outputs/ray (16c2a40's Ray engine: groups 1-3 under shard names, broken.mp4 not committed):
+    this driver redoes broken.mp4 alone, as its first group, under a group name."""
+    from tests.helpers.old_outputs import COMMITTED, OLD_OUTPUTS, RESUME, make_inputs
+
+    inputs = make_inputs(tmp_path / "videos")
+    out = tmp_path / "out"
+    shutil.copytree(OLD_OUTPUTS / "ray", out)
+    before = rows_of(out)
+    summary = extract([inputs], out, engine="ray", ray_options={"actors": 1, "cpus_per_actor": 1, "group_videos": 3},
+                      **RESUME)
+    assert (summary["videos_skipped"], summary["videos_ok"], summary["videos_failed"]) == (8, 0, 1)
+    # group 1 (no old part has a group name: base 0, the driver's own, had nothing to write)
+    assert [p.name for p in store.list_parts(out / "errors")] == ["part-g000001-000000.parquet"]
+    assert rows_of(out) == before and store.committed_video_ids(out) == COMMITTED | {"broken.mp4"}

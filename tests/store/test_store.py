@@ -11,52 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.rows import make_run, video_rows
 from vmae_fast import store
-
-
-def make_run(dim: int = 6, num_labels: int = 3, embedding_dtype: str = "float32", frame_step: int = 4) -> dict:
-    config = {
-        "model": {"weights_sha256": "ab" * 32, "config": {"hidden_size": dim}, "preprocessing": {}},
-        "sampling": {"num_frames": 4, "frame_step": frame_step},
-        "image_size": 32,
-        "keep": "all",
-        "dtype": "fp32",
-        "device_type": "cpu",
-        "embedding_dtype": embedding_dtype,
-        "embedding_dim": dim,
-        "num_labels": num_labels,
-    }
-    return {
-        "format": store.FORMAT,
-        "library_version": "test",
-        "config_hash": store.config_hash(config),
-        "config": config,
-        "model": {
-            "source": "/models/x",
-            "weights_sha256": "ab" * 32,
-            "config": {},
-            "preprocessing": {},
-            "id2label": {"0": "a", "1": "b", "2": "c"},
-        },
-        "device": "cpu",
-    }
-
-
-def video_rows(video_id: str, n: int, dim: int = 6, num_labels: int = 3, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "video_id": [video_id] * n,
-        "path": [f"/v/{video_id}"] * n,
-        "clip_index": list(range(n)),
-        "start_frame": [8 * i for i in range(n)],
-        "end_frame": [8 * i + 8 for i in range(n)],
-        "start_s": [0.25 * i for i in range(n)],
-        "end_s": [0.25 * i + 0.25 for i in range(n)],
-        "padded_frames": [0] * n,
-        "num_tokens": [8] * n,
-        "embedding": rng.standard_normal((n, dim)).astype(np.float32),
-        "logits": rng.standard_normal((n, num_labels)).astype(np.float32),
-    }
 
 
 def test_clip_schema_is_exactly_the_design():

@@ -9,18 +9,21 @@ failed Ray task). Frames never leave the actor's node: only group descriptions g
 (counts, timings) come back, which drive the tqdm bar and the per-actor time split of the summary.
 
 Part names: a group has a number (`group`), unique to this output: the driver numbers its groups above every
-shard number OUT holds (`base + 1 ...`; the driver's own discovery errors use `base`), and the group's parts are
-`part-<group>-<seq>` with seq counting from 0. Ray Data restarts a killed actor and retries its unfinished groups
-(actor max_restarts, max_task_retries); a retried group looks for the parts its dead attempt committed
-(`part-<group>-000000`, `-000001`, ... until the first missing: an attempt commits them in order), skips the videos
-they hold and writes on from the first missing number (removing that number's temporary file and orphan videos
-part). So two actors never write the same name, and a retried group never writes a video twice; no listing of the
-whole output per group. A dead driver's rerun gets new group numbers (the old ones are taken).
+group number OUT holds (store.layout.next_group: `base + 1 ...`; the driver's own discovery errors use `base`), and
+the group's parts are `part-g<group>-<seq>` (store/layout.py), seq counting from 0: a part says it is a group's, so
+the resume reads it as a mix of shards without looking. Ray Data restarts a killed actor and retries its
+unfinished groups (actor max_restarts, max_task_retries); a retried group's writer (store.RunWriter.for_group)
+finds the parts its dead attempt committed (`part-g<group>-000000`, `-000001`, ... until the first missing: an
+attempt commits them in order), the retry skips the videos they hold and writes on from the first missing number
+(the writer removes that number's temporary file and orphan videos part). So two actors never write the same
+name, and a retried group never writes a video twice; no listing of the whole output per group. A dead driver's
+rerun gets new group numbers (the old ones are taken).
 
-A run token (`OUT/_ray_run.json`) fences off the actors of a dead driver: the driver writes a fresh token, every
-part write first checks it, so an actor Ray has not yet reaped stops at its next write instead of duplicating a
-video the rerun redoes. After a driver that did not finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what
-is committed (covering a write that passed the check just before the token changed).
+A run token (`OUT/_ray_run.json`) fences off the actors of a dead driver: the driver writes a fresh token, and every
+commit of an actor's writer first checks it (the store's before_commit hook, _Fence), so an actor Ray has not yet
+reaped stops at its next commit instead of duplicating a video the rerun redoes. After a driver that did not
+finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what is committed (covering a write that passed the check
+just before the token changed).
 
 Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported inside the functions here only.
 """
@@ -34,11 +37,9 @@ import os
 import sys
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -46,6 +47,8 @@ from .. import store
 from ..checkpoint import resolve_dtype
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids
+from ..store.committed import group_outcomes
+from ..store.layout import RAY_RUN_FILE, clean_temp_files, next_group, read_run_token, write_run_token
 from ..video import DecodePool, Sampling, VideoTask
 from ..video.decode import require_backend
 from .core import CorePlan, Extraction, decode_pool_options, feed
@@ -54,14 +57,10 @@ from .inputs import discover_inputs
 from .runner import ModelRunner
 from .spec import build_run, load_run_model, parse_keep_spec, parse_views
 
-RUN_TOKEN = "_ray_run.json"
+RUN_TOKEN = RAY_RUN_FILE  # OUT/_ray_run.json (store/layout.py)
 GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a lost actor
 ZOMBIE_GRACE_S = 10.0  # after a driver that did not finish: let its actors' last part writes land or stop
 REPORT_EVERY_S = 1.0  # an actor reports (progress, timings) at most this often, and at the end of each group
-
-
-def _part_name(shard: int, seq: int) -> str:
-    return f"part-{shard:05d}-{seq:06d}.parquet"  # store.PartWriter's naming
 
 
 def _require_ray():
@@ -99,50 +98,17 @@ def _probe(options: dict) -> dict:
     return _load(options)[2]
 
 
-class _Fenced(store.RunWriter):
-    """A RunWriter whose every part write first checks that OUT's run token is still this driver's."""
+class _Fence:
+    """The writers' before_commit hook: refuses a commit once OUT's run token is no longer this driver's."""
 
-    def __init__(self, out: Path, run: dict, token: str, **kw):
-        super().__init__(out, run, 0, **kw)
-        self.token_path, self.token = out / RUN_TOKEN, token
+    def __init__(self, out: Path, token: str):
+        self.out, self.token = Path(out), token
 
-    def _check(self) -> None:
-        try:
-            current = json.loads(self.token_path.read_text()).get("token")
-        except (OSError, ValueError):
-            current = None
-        if current != self.token:
-            raise RuntimeError(f"{self.token_path} belongs to another run now (a newer driver took over "
-                               f"{self.token_path.parent}); "
+    def __call__(self) -> None:
+        if (read_run_token(self.out) or {}).get("token") != self.token:
+            path = self.out / RUN_TOKEN
+            raise RuntimeError(f"{path} belongs to another run now (a newer driver took over {self.out}); "
                                "this actor stops without writing")
-
-    def _write_clips(self) -> None:
-        if self._clip_videos:
-            self._check()
-        super()._write_clips()
-
-    def _write_errors(self) -> None:
-        if self._error_rows:
-            self._check()
-        super()._write_errors()
-
-    def claim(self, group: int) -> set[str]:
-        """Point every part writer at `group` after the parts an earlier attempt committed; returns their videos."""
-        done: set[str] = set()
-        for writer in (self.clips, self.errors):
-            seq = 0
-            while (writer.directory / _part_name(group, seq)).exists():
-                table = pq.read_table(writer.directory / _part_name(group, seq), columns=["video_id"])
-                done.update(table.column("video_id").unique().to_pylist())
-                seq += 1
-            writer.shard, writer.next_seq = group, seq
-            (writer.directory / f".{_part_name(group, seq)}.tmp").unlink(missing_ok=True)
-        videos = getattr(self, "videos", None)  # the video table: its part shares the clips part's number
-        if isinstance(videos, store.PartWriter):
-            videos.shard, videos.next_seq = group, self.clips.next_seq
-            for name in (_part_name(group, self.clips.next_seq), f".{_part_name(group, self.clips.next_seq)}.tmp"):
-                (videos.directory / name).unlink(missing_ok=True)  # orphan of a commit that died half-way
-        return done
 
 
 class _GroupWorker:
@@ -161,8 +127,12 @@ class _GroupWorker:
             torch.set_num_threads(self.plan.model_threads)
         self.runner = ModelRunner(net, self.plan.batch_size, keep_policy, dev, int(cfg.num_frames),
                                   int(cfg.image_size))
-        self.writer = _Fenced(Path(out), run, token, part_rows=options.get("part_rows", 100_000),
-                              commit_interval_s=options.get("commit_interval_s", 60.0))
+        self.out, self.run = Path(out), run
+        self.writer_options = {"part_rows": options.get("part_rows", 100_000),
+                               "commit_interval_s": options.get("commit_interval_s", 60.0),
+                               "before_commit": _Fence(Path(out), token)}
+        self.writer: store.RunWriter | None = None  # the current group's
+        self.write_s = 0.0  # of the groups' writers before the current one
         self.timeout_s = options.get("timeout_s", 120.0)
         pool_options = decode_pool_options(self.plan, self.plan.workers, timeout_s=self.timeout_s,
                                            backend=options.get("decode_backend", "auto"),
@@ -183,8 +153,10 @@ class _GroupWorker:
 
     def _group(self, group: int, tasks: list):
         t0 = time.perf_counter()
-        done = self.writer.claim(group)
-        todo = [t for t in tasks if t.video_id not in done]
+        if self.writer is not None:
+            self.write_s += self.writer.write_s
+        self.writer = store.RunWriter.for_group(self.out, self.run, group, **self.writer_options)
+        todo = [t for t in tasks if t.video_id not in self.writer.committed]
         counter = _Counter()
         state = Extraction(self.runner, self.writer, counter)
         mark = self._totals(state, counter)
@@ -208,7 +180,7 @@ class _GroupWorker:
         return {"videos": counter.n, "videos_ok": state.ok, "videos_failed": state.failed, "clips": state.clips,
                 "video_seconds": state.video_seconds, "compute_s": r.compute_s, "gather_s": r.gather_s,
                 "batches": r.count, "padded_rows": r.padded_rows, "wait_s": self.wait_s + state.wait_s,
-                "write_s": self.writer.write_s, "decode_s": self.decode_s + state.decode_s,
+                "write_s": self.write_s + self.writer.write_s, "decode_s": self.decode_s + state.decode_s,
                 "decode_cpu_s": self.decode_cpu_s + (state.decode_cpu_s or 0.0)}
 
     def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> dict:
@@ -272,39 +244,6 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
     return actors, float(cpus_per_actor), float(gpus_per_actor)
 
 
-def _next_free_shard(out: Path) -> int:
-    """1 + the largest shard number of any part in OUT (0 for an empty one): group numbers start above it."""
-    numbers = [shard for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR)
-               for _, shard, _ in store.list_parts(out / d)]
-    return max(numbers, default=-1) + 1
-
-
-def _remove_temp_parts(out: Path) -> None:
-    """Temporary part files of earlier runs (no writer of this run exists yet)."""
-    for d in (store.CLIPS_DIR, store.ERRORS_DIR, store.VIDEOS_DIR):
-        if (out / d).is_dir():
-            for path in (out / d).glob(".part-*.tmp"):
-                path.unlink(missing_ok=True)
-
-
-def _committed_since(out: Path, base: int) -> tuple[Counter, int, set[str]]:
-    """(parts per video_id, clip rows, failed video ids) over the parts numbered >= base (this run's)."""
-    parts: Counter = Counter()
-    rows = 0
-    failed: set[str] = set()
-    for d in (store.CLIPS_DIR, store.ERRORS_DIR):
-        for name, shard, _ in store.list_parts(out / d):
-            if shard < base:
-                continue
-            ids = pq.read_table(out / d / name, columns=["video_id"]).column("video_id")
-            parts.update(ids.unique().to_pylist())
-            if d == store.CLIPS_DIR:
-                rows += len(ids)
-            else:
-                failed.update(ids.to_pylist())
-    return parts, rows, failed
-
-
 def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray", ray_address: str | None = None,
                 ray_options: dict | None = None, shard=None, overwrite: bool = False, progress: bool | None = None,
                 **options) -> dict:
@@ -363,16 +302,15 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         lock = ShardLock(out, 0, break_lock=bool(options.pop("break_lock", False))).acquire()
         out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=overwrite)
         token = _take_over(out)
-        _remove_temp_parts(out)
+        clean_temp_files(out, None, groups=True)  # of the groups of earlier runs: none of their actors is left
         retried = 0
         if options.pop("retry_errors", False) and not overwrite:  # every error part, whoever wrote it: redone
-            for number in sorted({shard for _, shard, _ in store.list_parts(out / store.ERRORS_DIR)}):
-                retried += store.retire_errors(out, number)
+            retried = store.retire_errors(out, None)
         done = KeySet() if overwrite else committed_ids(out)  # compact, as the local engine's resume set
         skip, _ = done.lookup(id_keys([t.video_id for t in found.tasks]))
         todo = [t for t, skipped in zip(found.tasks, skip, strict=True) if not skipped]
         discovery_errors = [e for e in found.errors if e["video_id"] not in done]
-        base = _next_free_shard(out)
+        base = next_group(out)
         groups = [{"group": base + 1 + i,
                    "tasks": json.dumps([{"path": str(t.path), "video_id": t.video_id, "start_s": t.start_s,
                                          "end_s": t.end_s} for t in todo[k:k + group_videos]])}
@@ -383,8 +321,8 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         if progress:
             bar = tqdm(total=len(todo) + len(discovery_errors), unit="video", file=sys.stderr, dynamic_ncols=True,
                        desc="extract (ray)")
-        if discovery_errors:  # the driver's own part: shard number `base`
-            writer = store.RunWriter(out, run, base)
+        if discovery_errors:  # the driver's own part: group number `base`
+            writer = store.RunWriter.for_group(out, run, base)
             for error in discovery_errors:
                 writer.add_error(**error)
             writer.flush()
@@ -398,7 +336,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
             except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
                 raise _cause(e) from e
             timing["job_s"] = time.perf_counter() - t_job
-        parts, clips, failed = _committed_since(out, base)
+        parts, clips, failed = group_outcomes(out, base)
         if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
             bar.update(max(0, len(parts) - bar.n))
             bar.close()
@@ -472,26 +410,19 @@ def _model_source(model: Any) -> str:
 
 def _take_over(out: Path) -> str:
     """Write a fresh run token; after a driver that did not finish, give its actors ZOMBIE_GRACE_S to stop."""
-    path = out / RUN_TOKEN
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        previous = None
+    previous = read_run_token(out)
     token = uuid.uuid4().hex
-    store.write_atomic(path, (json.dumps({"token": token, "finished": False,
-                                          "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) +
-                              "\n").encode(), f".{RUN_TOKEN}.tmp")
+    write_run_token(out, {"token": token, "finished": False,
+                          "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if previous is not None and not previous.get("finished"):
         time.sleep(ZOMBIE_GRACE_S)
     return token
 
 
 def _finish(out: Path, token: str) -> None:
-    path = out / RUN_TOKEN
-    data = json.loads(path.read_text())
-    if data.get("token") == token:
-        data["finished"] = True
-        store.write_atomic(path, (json.dumps(data) + "\n").encode(), f".{RUN_TOKEN}.tmp")
+    data = read_run_token(out)
+    if data is not None and data.get("token") == token:
+        write_run_token(out, {**data, "finished": True})
 
 
 def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:

@@ -48,7 +48,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..store import VIDEOS_DIR, VideoAccumulator
+from ..store import CLIPS_DIR, VideoAccumulator
+from ..store.layout import clip_parts, index_dir, run_path, video_part_of
 from .plan import (
     KINDS,
     RECALL_K,
@@ -68,7 +69,6 @@ from .plan import (
 )
 
 LEVELS = ("clip", "video")
-INDEX_DIR = "index"
 # Columns of the row -> clip map; any the dataset lacks are left out (and reported as None).
 META_COLUMNS = ("video_id", "clip_index", "crop_index", "start_s", "end_s", "path")
 FORMAT_VERSION = 2
@@ -104,14 +104,14 @@ class Match:
 
 # --- data fingerprint ------------------------------------------------------------------------------------------------
 def clip_files(out: str | os.PathLike) -> list[Path]:
-    """The committed part files of OUT (OUT/clips/part-*.parquet), sorted; ValueError when there are none."""
+    """The committed clips parts of OUT in reading order (store.layout.clip_parts); ValueError when there are none."""
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} does not exist")
-    files = sorted((out / "clips").glob("part-*.parquet"))
+    files = clip_parts(out)
     if not files:
         raise ValueError(
-            f"{str(out)!r} has no clips (expected {out / 'clips' / 'part-*.parquet'}); "
+            f"{str(out)!r} has no clips (expected {out / CLIPS_DIR / 'part-*.parquet'}); "
             "run `vmae-fast extract` into it first"
         )
     return files
@@ -128,7 +128,7 @@ def data_fingerprint(out: str | os.PathLike) -> dict[str, Any]:
     parts = []
     for f in clip_files(out):
         parts.append([f.name, f.stat().st_size, pq.ParquetFile(f).metadata.num_rows])
-    run_file = out / "_run.json"
+    run_file = run_path(out)
     run_sha = None
     if run_file.is_file():  # the row-affecting configuration; _run.json's timestamps may change on a resume
         run = json.loads(run_file.read_text())
@@ -372,7 +372,7 @@ class Index:
         t0 = time.perf_counter()
         out = Path(out)
         fingerprint = data_fingerprint(out)
-        schema = pq.read_schema(out / "clips" / fingerprint["parts"][0][0])
+        schema = pq.read_schema(out / CLIPS_DIR / fingerprint["parts"][0][0])
         dim = _embedding_dim(schema)
         meta_cols = [c for c in META_COLUMNS if c in schema.names]
         if sum(rows for _, _, rows in fingerprint["parts"]) == 0:
@@ -481,7 +481,7 @@ class Index:
     @staticmethod
     def paths(out: str | os.PathLike, level: str = "clip") -> dict[str, Path]:
         """Where the index of a level lives: OUT/index/<level>.faiss, <level>.ids.parquet, <level>.json."""
-        base = Path(out) / INDEX_DIR
+        base = index_dir(out)
         return {"faiss": base / f"{level}.faiss", "ids": base / f"{level}.ids.parquet",
                 "manifest": base / f"{level}.json"}
 
@@ -641,7 +641,7 @@ def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_col
     metadata is collected while adding): one row per clip, its center view (crop_index 1) when the clips have
     several crops (extract --crops 3; the side views count in the video level); video level is computed here, in
     one place (`_video_rows`)."""
-    files = [out / "clips" / name for name in part_order]
+    files = [out / CLIPS_DIR / name for name in part_order]
     if level == "video":
         return _video_rows(files, dim, meta_cols, batch_size)
     if "crop_index" in meta_cols:
@@ -676,7 +676,7 @@ def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size
         raise ValueError("clips have no 'video_id' column; cannot build a video-level index")
     vectors, tables = [], []
     for f in files:
-        table_part = f.parent.parent / VIDEOS_DIR / f.name
+        table_part = video_part_of(f)
         if table_part.is_file():
             table = pq.read_table(table_part, columns=["embedding", *_VIDEO_META])
             vectors.append(_batch_vectors(table.column("embedding").combine_chunks(), dim))

@@ -1,10 +1,12 @@
 """The extract output (OUT): its layout, schemas, writers, readers, the resume set and the shard lock.
 
 For people reading results: read_clips, read_embeddings, read_errors, read_videos, load_run.
-For engines writing them: prepare_output, RunWriter, ShardLock, committed_ids, retire_errors (layout.py owns every
-name and path of OUT; nothing else spells them).
+For engines writing them: prepare_output, RunWriter (RunWriter.for_group for a Ray group), ShardLock, committed_ids,
+retire_errors; for the Ray engine also layout.next_group, committed.group_outcomes and the run token (layout.py
+owns every name and path of OUT; nothing else spells them).
 
-    layout.py     OUT's names, listing, _run.json, temporary names, the atomic write, --overwrite / --retry-errors
+    layout.py     OUT's names (shard and Ray group parts), listing, _run.json, the Ray run token, temporary names,
+                  the atomic write, --overwrite / --retry-errors
     schemas.py    Arrow schemas of the clips, videos and errors parts, and their key-value metadata
     videos.py     the per-video aggregation maths (mean embedding, mean softmax, top labels)
     writer.py     PartWriter, RunWriter: whole videos, parts written atomically, signals held during a commit

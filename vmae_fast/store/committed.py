@@ -1,15 +1,18 @@
 """The resume set: which videos of a shard OUT already holds (a clips part, or an errors part), as a compact
-ids.KeySet, read a row group at a time.
+ids.KeySet, read a row group at a time; and what a Ray run's groups committed.
 
 committed_ids(out, shard, num_shards) gives the ids of one shard committed in a clips part, or an errors part
-unless include_errors=False (`--retry-errors` redoes those). A part's name gives the shard that wrote it, but not
-under which shard count (a rerun may use another), so a part's first ids are checked before it is skipped or
-taken whole; parts that mix shards are read whole and hashed (ids from the dictionary pages, once per row group).
+unless include_errors=False (`--retry-errors` redoes those). A part's name says who wrote it (store/layout.py): a
+Ray group's part mixes shards and is read whole and hashed (ids from the dictionary pages, once per row group). A
+shard's part holds one shard's ids, but its name does not say under which shard count (a rerun may use another),
+so its first ids are checked before it is skipped or taken whole; that check also finds the Ray groups of outputs
+written before group names existed (16c2a40 and earlier: groups under shard names), which mix shards.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..ids import KeySet, id_keys, shards_of
-from .layout import CLIPS_DIR, ERRORS_DIR, list_parts
+from .layout import CLIPS_DIR, ERRORS_DIR, Part, list_parts
 
 SAMPLE = 64  # ids of a part checked to tell whether it holds one shard's ids (committed_ids)
 
@@ -36,12 +39,13 @@ def _row_group_ids(path: Path) -> Iterator[list[str]]:
             yield pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
 
 
-def _holds_one_shard(path: Path, part_shard: int, num_shards: int) -> bool:
-    """True when the first SAMPLE distinct ids of a part all belong to the shard its name gives: it was written by
-    that shard of this shard count (a part written under another count mixes shards, and SAMPLE of its ids land in
-    one shard with probability <= 2^-64; a part of shard s of k*n holds ids of shard s % n only, and its name
-    says s >= n unless s % n == s). False: the part is read whole and filtered."""
-    if part_shard >= num_shards:
+def _holds_one_shard(path: Path, part: Part, num_shards: int) -> bool:
+    """True when `part` is a shard's part whose first SAMPLE distinct ids all belong to the shard its name gives:
+    it was written by that shard of this shard count (a part written under another count, or an old output's Ray
+    group under a shard name, mixes shards, and SAMPLE of its ids land in one shard with probability <= 2^-64; a
+    part of shard s of k*n holds ids of shard s % n only, and its name says s >= n unless s % n == s). False: the
+    part is read whole and filtered. A Ray group's part (by its name) is never one shard's."""
+    if part.group or part.number >= num_shards:
         return False
     f = pq.ParquetFile(path, read_dictionary=["video_id"])
     if f.metadata.num_row_groups == 0:
@@ -52,7 +56,7 @@ def _holds_one_shard(path: Path, part_shard: int, num_shards: int) -> bool:
         return False
     values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else pc.unique(chunk)
     ids = values.slice(0, SAMPLE).cast(pa.string()).to_pylist()
-    return len(ids) == SAMPLE and bool((shards_of(ids, num_shards) == part_shard).all())
+    return len(ids) == SAMPLE and bool((shards_of(ids, num_shards) == part.number).all())
 
 
 def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *,
@@ -61,17 +65,17 @@ def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *
     include_errors=False. A KeySet: `video_id in s`, s.lookup(id_keys(batch)), len(s).
 
     A part whose sampled ids show it holds one other shard's ids is skipped after reading its first row group; a
-    part of this shard is taken whole; any other part (another shard count, the Ray engine's group parts) is read
-    whole and its ids hashed to keep this shard's: resuming costs about this shard's share of OUT."""
+    part of this shard is taken whole; any other part (a Ray group's, one of another shard count) is read whole and
+    its ids hashed to keep this shard's: resuming costs about this shard's share of OUT."""
     out = Path(out)
     folders = [out / CLIPS_DIR] + ([out / ERRORS_DIR] if include_errors else [])
     keys = []
     for folder in folders:
-        for name, part_shard, _ in list_parts(folder):
-            one_shard = num_shards > 1 and _holds_one_shard(folder / name, part_shard, num_shards)
-            if one_shard and part_shard != shard:
+        for part in list_parts(folder):
+            one_shard = num_shards > 1 and _holds_one_shard(folder / part.name, part, num_shards)
+            if one_shard and part.number != shard:
                 continue
-            for ids in _row_group_ids(folder / name):
+            for ids in _row_group_ids(folder / part.name):
                 if num_shards > 1 and not one_shard:
                     ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
                 keys.append(id_keys(ids))
@@ -83,7 +87,28 @@ def committed_video_ids(out: str | os.PathLike) -> set[str]:
     out = Path(out)
     done: set[str] = set()
     for d in (out / CLIPS_DIR, out / ERRORS_DIR):
-        for name, _, _ in list_parts(d):
-            column = pq.read_table(d / name, columns=["video_id"]).column("video_id")
+        for part in list_parts(d):
+            column = pq.read_table(d / part.name, columns=["video_id"]).column("video_id")
             done.update(column.unique().to_pylist())
     return done
+
+
+def group_outcomes(out: str | os.PathLike, first_group: int) -> tuple[Counter, int, set[str]]:
+    """What the Ray groups numbered >= first_group (one driver's run) committed: (parts per video_id over the clips
+    and errors parts, clip rows, video_ids with an error row). A correct run has every video of its groups in one
+    part exactly."""
+    out = Path(out)
+    parts: Counter = Counter()
+    rows = 0
+    failed: set[str] = set()
+    for d in (CLIPS_DIR, ERRORS_DIR):
+        for part in list_parts(out / d):
+            if not part.group or part.number < first_group:
+                continue
+            ids = pq.read_table(out / d / part.name, columns=["video_id"]).column("video_id")
+            parts.update(ids.unique().to_pylist())
+            if d == CLIPS_DIR:
+                rows += len(ids)
+            else:
+                failed.update(ids.to_pylist())
+    return parts, rows, failed

@@ -1,20 +1,34 @@
-"""The one owner of an extract output's layout (OUT): folder and part names, listing, `_run.json`, temporary names,
-the atomic write, and what `--overwrite` and `--retry-errors` remove or move. Every other module asks this one.
+"""The one owner of an extract output's layout (OUT): folder and part names, listing, `_run.json`, the Ray run token,
+the shard locks' and the index's places, temporary names, the atomic write, and what `--overwrite` and
+`--retry-errors` remove or move. Every other module asks this one; none spells a name of OUT itself.
 
-    OUT/_run.json                          run configuration + its hash, library version
-    OUT/clips/part-<shard>-<seq>.parquet   one row per view (clip x crop); a video's views never straddle two files
-    OUT/videos/part-<shard>-<seq>.parquet  one row per video of the clips part of the same name (store/videos.py)
-    OUT/errors/part-<shard>-<seq>.parquet  one row per failed video
-    OUT/_locks/shard-<shard>.lock          the shard's writer (store/lock.py)
+    OUT/_run.json                              run configuration + its hash, library version
+    OUT/clips/part-<shard>-<seq>.parquet       one row per view (clip x crop); a video's views never straddle files
+    OUT/videos/part-<shard>-<seq>.parquet      one row per video of the clips part of the same name (store/videos.py)
+    OUT/errors/part-<shard>-<seq>.parquet      one row per failed video
+    OUT/{clips,videos,errors}/part-g<group>-<seq>.parquet   the same, written by group <group> of a Ray run
+    OUT/_locks/shard-<shard>.lock              the shard's writer (store/lock.py)
+    OUT/_ray_run.json                          the Ray driver's run token (extraction/ray_engine.py)
+    OUT/index/                                 the retrieval index (retrieval/index.py)
 
-The part files are the commit record: a part is written under a hidden temporary name in the same folder, fsynced
-and renamed, so after a crash a video is either entirely in one visible part or in none. Temporary names start with
-"." and end in ".tmp", which pyarrow, DuckDB and polars globs (`*.parquet`) all skip.
+Who wrote a part is in its name. `part-00003-000007` is part 7 of static shard 3 (the local engine: --shard,
+torchrun, SLURM): it holds only ids that hash to shard 3 of the shard count it was written under. `part-g000012-
+000000` is part 0 of group 12 of a Ray run: a group is a list of videos the driver cut, ids of any shard. Numbers
+are zero-padded (shards to 5 digits, groups and seqs to 6) so that names sort like the numbers; parts read in the
+order shard parts by (shard, seq), then group parts by (group, seq) (list_parts). Outputs written before group
+names existed (vmae_fast 16c2a40 and earlier) hold Ray groups under shard names (numbers above every shard of
+the output): they read and resume alike; only the resume set looks inside them to tell (store/committed.py).
 
-A video's clips and its video row are one commit: the videos part is written and renamed first, then the clips
-part of the same <shard>-<seq>; the clips part's rename is the commit point. A videos part without its clips part
-(a crash between the two renames) is an orphan: readers ignore it (video_parts), committed ids come from the
-clips, and the next run of that shard removes it (prepare_output) before writing that <seq> again.
+The part files are the commit record: a part is written whole or not at all (atomic_file: under a hidden temporary
+name in the same folder, fsynced and renamed), so after a crash a video is either entirely in one visible part or
+in none. Temporary names start with "." and end in ".tmp", which pyarrow, DuckDB and polars globs (`*.parquet`)
+all skip. atomic_file is the only place that knows how a file is made visible: on an object store it would be one
+object written whole (no temporary name, no rename), and nothing that writes through it would change.
+
+A video's clips and its video row are one commit: the videos part is written first, then the clips part of the
+same <shard>-<seq>; the clips part is the commit point. A videos part without its clips part (a crash between the
+two) is an orphan: readers ignore it (video_parts), committed ids come from the clips, and the next run of that
+shard (or the next attempt of that group) removes it before writing that <seq> again.
 
 Format 2 (this one) added the clip column crop_index and OUT/videos; outputs of format 1 stay readable (read_clips
 fills crop_index with 1, the center crop they all hold; read_videos aggregates their clips) but are not resumed
@@ -23,35 +37,69 @@ into: a run refuses them unless --overwrite.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import pyarrow.parquet as pq
 
 FORMAT = "vmae_fast.extract/2"
 RUN_FILE = "_run.json"
+RAY_RUN_FILE = "_ray_run.json"  # the Ray driver's run token: which driver's actors may still commit
 CLIPS_DIR = "clips"
 ERRORS_DIR = "errors"
 VIDEOS_DIR = "videos"
+PART_DIRS = (CLIPS_DIR, VIDEOS_DIR, ERRORS_DIR)
 LOCK_DIR = "_locks"  # shard locks (store/lock.py); "_": Parquet readers skip it
+INDEX_DIR = "index"  # the retrieval index (retrieval/index.py)
 RETIRED_DIR = "_retried"  # under ERRORS_DIR: error rows replaced by --retry-errors (retire_errors)
-_PART_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+_PART_RE = re.compile(r"^part-(g?)(\d+)-(\d+)\.parquet$")
 
 
-def part_name(shard: int, seq: int) -> str:
-    """The name of part `seq` of writer `shard`: every clips, videos and errors part is named so."""
-    return f"part-{shard:05d}-{seq:06d}.parquet"
+class Part(NamedTuple):
+    """A committed part file of one folder: its name, the number of the shard (or group) that wrote it, its seq."""
+
+    name: str
+    number: int
+    seq: int
+
+    @property
+    def group(self) -> bool:
+        """True for a Ray group's part (`part-g<group>-<seq>`), False for a static shard's (`part-<shard>-<seq>`)."""
+        return self.name.startswith("part-g")
+
+    def of_shard(self, shard: int) -> bool:
+        """Written by static shard `shard` (never true of a group's part)."""
+        return not self.group and self.number == shard
+
+
+def part_name(number: int, seq: int, *, group: bool = False) -> str:
+    """The name of part `seq` of shard `number` (of Ray group `number` with group=True), in every part folder."""
+    if group:
+        return f"part-g{number:06d}-{seq:06d}.parquet"
+    return f"part-{number:05d}-{seq:06d}.parquet"
 
 
 def temp_name(name: str) -> str:
     """The hidden temporary name a file is written under before its rename (globs of *.parquet skip it)."""
     return f".{name}.tmp"
+
+
+def lock_path(out: str | os.PathLike, shard: int) -> Path:
+    """The lock file of shard `shard`'s writer (store/lock.py)."""
+    return Path(out) / LOCK_DIR / f"shard-{shard:05d}.lock"
+
+
+def index_dir(out: str | os.PathLike) -> Path:
+    """The folder of the retrieval index built from OUT (retrieval/index.py)."""
+    return Path(out) / INDEX_DIR
 
 
 # --- run configuration ------------------------------------------------------------------------------------------------
@@ -61,14 +109,35 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def run_path(out: str | os.PathLike) -> Path:
+    """OUT/_run.json."""
+    return Path(out) / RUN_FILE
+
+
 def load_run(out: str | os.PathLike) -> dict:
     """The content of OUT/_run.json: {"format", "config_hash", "config", "model", "library_version", ...}."""
-    path = Path(out) / RUN_FILE
+    path = run_path(out)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {out} is not an output of `vmae-fast extract`")
     return json.loads(path.read_text())
 
 
+def read_run_token(out: str | os.PathLike) -> dict | None:
+    """The Ray driver's run token (OUT/_ray_run.json: token, finished, started_utc), None when absent or unreadable."""
+    try:
+        token = json.loads((Path(out) / RAY_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return token if isinstance(token, dict) else None
+
+
+def write_run_token(out: str | os.PathLike, token: dict) -> None:
+    """Replace OUT/_ray_run.json, atomically."""
+    path = Path(out) / RAY_RUN_FILE
+    write_atomic(path, (json.dumps(token) + "\n").encode())
+
+
+# --- the atomic write -----------------------------------------------------------------------------------------------
 def _fsync_dir(directory: Path) -> None:
     """Persist a rename: the directory entry must reach the disk too, not only the file's data."""
     try:
@@ -83,15 +152,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, tmp_name: str) -> None:
-    """Write `data` to `path` through `tmp_name` in the same folder: fsync, os.replace, fsync the folder."""
-    tmp = path.parent / tmp_name
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, tmp_name: str | None = None) -> Iterator[IO[bytes]]:
+    """Write the file `path` whole or not at all: yields a binary file to write it into. On a clean exit of the
+    block the file is fsynced and made visible under `path` at once (written under `tmp_name`, by default
+    temp_name(path's name), in the same folder, then renamed; the folder fsynced). If the block raises, `path` is
+    untouched and the temporary file stays where it is: the writer's next run removes it (clean_temp_files)."""
+    path = Path(path)
+    tmp = path.parent / (tmp_name or temp_name(path.name))
     with open(tmp, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, tmp_name: str | None = None) -> None:
+    """Write `data` to `path` whole or not at all (atomic_file)."""
+    with atomic_file(path, tmp_name) as f:
+        f.write(data)
 
 
 def diff_configs(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -122,24 +202,23 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
       its orphan videos parts, see the module docstring).
     - An output of another FORMAT, a different configuration, or parts without a _run.json: refused with
       ValueError, nothing touched, unless
-      `overwrite`, which removes this shard's parts (shard 0 also the parts of shards >= num_shards), the index
-      files and the old _run.json. Shards of one run each clear only their own parts, so `--overwrite` under
-      torchrun/SLURM never deletes what a sibling has just written.
+      `overwrite`, which removes this shard's parts (shard 0 also the parts of shards >= num_shards and every
+      Ray group's), the index files and the old _run.json. Shards of one run each clear only their own parts, so
+      `--overwrite` under torchrun/SLURM never deletes what a sibling has just written.
     - The new _run.json is written atomically before any part.
     """
     out = Path(out)
-    run_path = out / RUN_FILE
-    clips, errors, videos = out / CLIPS_DIR, out / ERRORS_DIR, out / VIDEOS_DIR
+    run_file = run_path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output {out} exists and is not a directory")
     existing = None
-    if run_path.is_file():
+    if run_file.is_file():
         try:
-            existing = json.loads(run_path.read_text())
+            existing = json.loads(run_file.read_text())
         except (OSError, ValueError) as e:
             if not overwrite:
-                raise ValueError(f"{run_path} is unreadable ({e}); use --overwrite to start over") from None
-    has_parts = any(list_parts(d) for d in (clips, errors, videos))
+                raise ValueError(f"{run_file} is unreadable ({e}); use --overwrite to start over") from None
+    has_parts = any(list_parts(out / d) for d in PART_DIRS)
     if not overwrite:
         if existing is None and has_parts:
             raise ValueError(f"{out} holds part files but no {RUN_FILE}; use --overwrite or another output directory")
@@ -152,39 +231,46 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
             detail = "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "")
             raise ValueError(f"{out} was written with a different configuration ({detail or 'format changed'}); "
                              "use --overwrite to replace it or choose another output directory")
-    for d in (clips, errors, videos):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in PART_DIRS:
+        (out / d).mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for d in (videos, clips, errors):
-            for name, part_shard, _ in list_parts(d):
-                if part_shard == shard or (shard == 0 and part_shard >= num_shards):
-                    (d / name).unlink(missing_ok=True)
+        for d in (VIDEOS_DIR, CLIPS_DIR, ERRORS_DIR):
+            for part in list_parts(out / d):
+                if part.of_shard(shard) or (shard == 0 and (part.group or part.number >= num_shards)):
+                    (out / d / part.name).unlink(missing_ok=True)
         _remove_index_files(out)
     clean_temp_files(out, shard)
     remove_orphan_video_parts(out, shard)
     if overwrite or existing is None:
-        write_atomic(run_path, (json.dumps(run, indent=2, sort_keys=True, default=str) + "\n").encode(),
+        write_atomic(run_file, (json.dumps(run, indent=2, sort_keys=True, default=str) + "\n").encode(),
                      f".{RUN_FILE}.{shard}.tmp")
     return out
 
 
 def _remove_index_files(out: Path) -> None:
-    """The retrieval index is built from the rows; after --overwrite it would describe rows that no longer exist."""
+    """The retrieval index is built from the rows; after --overwrite it would describe rows that no longer exist.
+    OUT/index, and the names earlier versions used for it (index*, _index*, *.faiss, *.index at the top)."""
     for entry in out.iterdir():
         if entry.name in (RUN_FILE, CLIPS_DIR, ERRORS_DIR, VIDEOS_DIR):
             continue
-        if entry.name.startswith(("index", "_index")) or entry.suffix in (".faiss", ".index"):
+        if entry.name.startswith((INDEX_DIR, "_index")) or entry.suffix in (".faiss", ".index"):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink(missing_ok=True)
 
 
-def clean_temp_files(out: Path, shard: int) -> list[Path]:
-    """Remove this shard's temporary files left by a killed run; returns what was removed."""
+def clean_temp_files(out: Path, shard: int | None, *, groups: bool = False) -> list[Path]:
+    """Remove the temporary files a killed writer left: those of shard `shard` (None: no shard's), and with
+    groups=True those of every Ray group (only while no actor of the output runs); returns what was removed."""
+    out = Path(out)
+    patterns = []
+    if shard is not None:
+        patterns += [(out / d, temp_name(f"part-{shard:05d}-*")) for d in PART_DIRS]
+        patterns.append((out, f".{RUN_FILE}.{shard}.tmp"))
+    if groups:
+        patterns += [(out / d, temp_name("part-g*")) for d in PART_DIRS]
     removed = []
-    patterns = [(out / d, f".part-{shard:05d}-*.tmp") for d in (CLIPS_DIR, VIDEOS_DIR, ERRORS_DIR)]
-    patterns.append((out, f".{RUN_FILE}.{shard}.tmp"))
     for directory, pattern in patterns:
         if directory.is_dir():
             for path in directory.glob(pattern):
@@ -194,19 +280,21 @@ def clean_temp_files(out: Path, shard: int) -> list[Path]:
 
 
 def remove_orphan_video_parts(out: Path, shard: int) -> list[Path]:
-    """Remove this shard's videos parts whose clips part does not exist (a crash between the two renames of a
+    """Remove this shard's videos parts whose clips part does not exist (a crash between the two writes of a
     commit, see the module docstring); returns what was removed. Readers ignore such parts anyway."""
-    clips = {name for name, _, _ in list_parts(out / CLIPS_DIR)}
+    clips = {part.name for part in list_parts(out / CLIPS_DIR)}
     removed = []
-    for name, part_shard, _ in list_parts(out / VIDEOS_DIR):
-        if part_shard == shard and name not in clips:
-            (out / VIDEOS_DIR / name).unlink(missing_ok=True)
-            removed.append(out / VIDEOS_DIR / name)
+    for part in list_parts(out / VIDEOS_DIR):
+        if part.of_shard(shard) and part.name not in clips:
+            (out / VIDEOS_DIR / part.name).unlink(missing_ok=True)
+            removed.append(out / VIDEOS_DIR / part.name)
     return removed
 
 
-def list_parts(directory: str | os.PathLike) -> list[tuple[str, int, int]]:
-    """Committed part files of a folder as (name, shard, seq), sorted by (shard, seq); temp files are ignored."""
+# --- listing ----------------------------------------------------------------------------------------------------------
+def list_parts(directory: str | os.PathLike) -> list[Part]:
+    """Committed part files of a folder as Part(name, number, seq): static shards' parts by (shard, seq), then Ray
+    groups' parts by (group, seq) (Part.group tells which); temp files and other names are ignored."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -214,15 +302,28 @@ def list_parts(directory: str | os.PathLike) -> list[tuple[str, int, int]]:
     for name in os.listdir(directory):
         m = _PART_RE.match(name)
         if m:
-            parts.append((name, int(m.group(1)), int(m.group(2))))
-    return sorted(parts, key=lambda p: (p[1], p[2]))
+            parts.append((bool(m.group(1)), Part(name, int(m.group(2)), int(m.group(3)))))
+    return [part for _, part in sorted(parts, key=lambda p: (p[0], p[1].number, p[1].seq))]
+
+
+def clip_parts(out: str | os.PathLike) -> list[Path]:
+    """The committed clips parts of OUT, in reading order (list_parts)."""
+    folder = Path(out) / CLIPS_DIR
+    return [folder / part.name for part in list_parts(folder)]
 
 
 def video_parts(out: str | os.PathLike) -> list[Path]:
-    """Committed OUT/videos parts in (shard, seq) order: those whose clips part (same name) exists."""
+    """Committed OUT/videos parts in reading order: those whose clips part (same name) exists."""
     out = Path(out)
-    clips = {name for name, _, _ in list_parts(out / CLIPS_DIR)}
-    return [out / VIDEOS_DIR / name for name, _, _ in list_parts(out / VIDEOS_DIR) if name in clips]
+    clips = {part.name for part in list_parts(out / CLIPS_DIR)}
+    return [out / VIDEOS_DIR / part.name for part in list_parts(out / VIDEOS_DIR) if part.name in clips]
+
+
+def video_part_of(clips_part: str | os.PathLike) -> Path:
+    """The videos part committed with the clips part at `clips_part` (same name, OUT/videos); it may not exist
+    (outputs from before the video table)."""
+    clips_part = Path(clips_part)
+    return clips_part.parent.parent / VIDEOS_DIR / clips_part.name
 
 
 def has_video_table(out: str | os.PathLike) -> bool:
@@ -230,19 +331,38 @@ def has_video_table(out: str | os.PathLike) -> bool:
     return (Path(out) / VIDEOS_DIR).is_dir()
 
 
-def retire_errors(out: str | os.PathLike, shard: int) -> int:
-    """`--retry-errors`: move the error parts this shard wrote out of the dataset, into
+def group_attempt(directory: str | os.PathLike, group: int) -> list[Path]:
+    """The parts an earlier attempt of Ray group `group` committed in one folder: part-g<group>-000000, -000001, ...
+    up to the first missing one (an attempt commits them in that order). Found by name, one existence check per
+    part, without listing the folder (which may hold a whole cluster's parts)."""
+    directory = Path(directory)
+    found = []
+    while (directory / part_name(group, len(found), group=True)).exists():
+        found.append(directory / part_name(group, len(found), group=True))
+    return found
+
+
+def next_group(out: str | os.PathLike) -> int:
+    """1 + the largest Ray group number of any part in OUT (0 for an output without group parts): a new driver
+    numbers its groups from here, so that its parts never take the name of an earlier run's."""
+    numbers = [part.number for d in PART_DIRS for part in list_parts(Path(out) / d) if part.group]
+    return max(numbers, default=-1) + 1
+
+
+def retire_errors(out: str | os.PathLike, shard: int | None) -> int:
+    """`--retry-errors`: move the error parts shard `shard` wrote (None: every error part, of every shard and group:
+    the Ray engine, which acts for the whole output) out of the dataset, into
     OUT/errors/_retried/<UTC time>-<pid>-<shard>/, so that their videos count as not done and are redone; returns
     the rows moved. A video's newest outcome is then the only one readers see: its new clips, or a new error row.
     Renames only (no part is rewritten), one part at a time under the shard lock: after a crash half-way, a moved
     part's videos are simply not done yet. Readers skip the moved rows: list_parts and `errors/*.parquet` globs do
     not descend, pyarrow datasets ignore "_" folders; a recursive glob (errors/**/*.parquet) would see them."""
     errors = Path(out) / ERRORS_DIR
-    names = [name for name, part_shard, _ in list_parts(errors) if part_shard == shard]
+    names = [part.name for part in list_parts(errors) if shard is None or part.of_shard(shard)]
     if not names:
         return 0
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = errors / RETIRED_DIR / f"{stamp}-{os.getpid()}-shard{shard:05d}"
+    dest = errors / RETIRED_DIR / f"{stamp}-{os.getpid()}-{'all' if shard is None else f'shard{shard:05d}'}"
     dest.mkdir(parents=True, exist_ok=True)
     rows = 0
     for name in names:
@@ -251,5 +371,3 @@ def retire_errors(out: str | os.PathLike, shard: int) -> int:
     _fsync_dir(errors)
     _fsync_dir(dest)
     return rows
-
-

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from ..faults import ShardLocked
-from .layout import LOCK_DIR
+from .layout import lock_path
 
 _EMPTY_GRACE_S = 5.0  # an empty or unreadable lock file older than this: its creator died before writing it
 _held: set[str] = set()  # lock files this process holds now (a leaked one of an earlier call is stale)
@@ -65,7 +65,7 @@ class ShardLock:
 
     def __init__(self, out: str | os.PathLike, shard: int, *, break_lock: bool = False):
         self.out, self.shard, self.break_lock = Path(out), int(shard), break_lock
-        self.path = self.out / LOCK_DIR / f"shard-{self.shard:05d}.lock"
+        self.path = lock_path(self.out, self.shard)
         self.token: str | None = None
 
     def __enter__(self) -> ShardLock:  # noqa: PYI034

@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import CLIPS_DIR, ERRORS_DIR, has_video_table, list_parts, load_run, video_parts
+from .layout import ERRORS_DIR, clip_parts, has_video_table, list_parts, load_run, video_parts
 from .schemas import TOP, error_schema, file_metadata, schemas_for_run, video_schema
 from .videos import VideoAccumulator
 
 
 def _read_parts(directory: Path, columns: list[str] | None = None):
 
-    return [pq.read_table(directory / name, columns=columns) for name, _, _ in list_parts(directory)]
+    return [pq.read_table(directory / part.name, columns=columns) for part in list_parts(directory)]
 
 
 def read_clip_part(path: str | os.PathLike, columns: list[str] | None = None):
@@ -42,7 +42,7 @@ def read_clip_part(path: str | os.PathLike, columns: list[str] | None = None):
 
 
 def _read_clip_parts(out: Path, columns: list[str] | None = None):
-    return [read_clip_part(out / CLIPS_DIR / name, columns) for name, _, _ in list_parts(out / CLIPS_DIR)]
+    return [read_clip_part(path, columns) for path in clip_parts(out)]
 
 
 def _empty(schema, columns: list[str] | None = None):
@@ -78,19 +78,19 @@ def read_embeddings(out: str | os.PathLike):
     """(metadata Table without `embedding`, float32 numpy (n, D)) with rows in the same order as read_clips(out)."""
 
     out = Path(out)
-    names = [name for name, _, _ in list_parts(out / CLIPS_DIR)]
-    tables = [read_clip_part(out / CLIPS_DIR / name) for name in names]
+    paths = clip_parts(out)
+    tables = [read_clip_part(path) for path in paths]
     if not tables:
         schema = schemas_for_run(load_run(out))[0]
         meta = _empty(schema, [n for n in schema.names if n != "embedding"])
         return meta, np.zeros((0, schema.field("embedding").type.list_size), np.float32)
     matrices = []
-    for name, table in zip(names, tables, strict=True):
+    for path, table in zip(paths, tables, strict=True):
         column = table.column("embedding")
         dim = column.type.list_size
         flat = pa.concat_arrays([chunk.flatten() for chunk in column.chunks]) if column.num_chunks else None
         if flat is None or len(flat) != table.num_rows * dim:
-            raise ValueError(f"{name}: embedding column has {0 if flat is None else len(flat)} values, "
+            raise ValueError(f"{path.name}: embedding column has {0 if flat is None else len(flat)} values, "
                              f"expected {table.num_rows} x {dim}")
         matrices.append(flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim))
     meta = pa.concat_tables([t.drop_columns(["embedding"]) for t in tables])
@@ -136,8 +136,8 @@ def iter_videos(out: str | os.PathLike, columns: list[str] | None = None) -> Ite
             yield pq.read_table(path, columns=columns)
         return
     id2label, dim, num_labels = run_labels(out)  # an output from before the video table: aggregate its clips
-    for name in [name for name, _, _ in list_parts(out / CLIPS_DIR)]:
-        table = aggregate_clip_part(out / CLIPS_DIR / name, id2label, dim, num_labels)
+    for path in clip_parts(out):
+        table = aggregate_clip_part(path, id2label, dim, num_labels)
         yield table.select(columns) if columns else table
 
 
