@@ -1,6 +1,8 @@
-"""Load a VideoMAE encoder from a Hugging Face directory, an original MCG-NJU / VideoMAE V2 .pth, a hub id in the
-local Hugging Face cache, or `random:<preset>[:seed]`. The import is strict: every checkpoint key is used or
-deliberately ignored (the pre-training decoder), every shape is checked, and the fused qkv is built here.
+"""Load an encoder, VideoMAE or V-JEPA 2 (picked from config.json's model_type, or from the keys of a bare weights
+file), from a Hugging Face directory, an original MCG-NJU / VideoMAE V2 .pth, a .safetensors / .bin file, a hub id
+in the local Hugging Face cache, or `random:<preset>[:seed]`. The import is strict: every checkpoint key is used or
+deliberately ignored (VideoMAE's pre-training decoder, V-JEPA 2's predictor), every shape is checked, and the fused
+qkv is built here.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEConfig
-from .model import KERNEL_BACKENDS, VideoMAE, sincos_table
+from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VJEPA2_PRESETS, VideoMAEConfig, VJEPA2Config
+from .model import KERNEL_BACKENDS, VideoEncoder, VideoMAE, sincos_table
+from .vjepa2 import VJEPA2
 
 # Our parameter name -> the checkpoint key(s) it is built from, per layout ("{}" = block index). A tuple is
 # concatenated along dim 0 (the fused qkv); None in a tuple is a zero block (the key projection has no bias).
@@ -73,6 +76,65 @@ ORIGINAL_WEIGHT_MAP: dict[str, Any] = {
     "head.bias": "head.bias",
 }
 WEIGHT_MAPS = {"hf": HF_WEIGHT_MAP, "original": ORIGINAL_WEIGHT_MAP}
+# V-JEPA 2 (transformers' VJEPA2Model / VJEPA2ForVideoClassification, after the `vjepa2.` prefix is stripped): q, k and
+# v all have biases; the classifier's attentive pooler has self-attention layers and one cross-attention layer.
+VJEPA2_WEIGHT_MAP: dict[str, Any] = {
+    "patch_embed.weight": "encoder.embeddings.patch_embeddings.proj.weight",  # Conv3d (D, C, ts, P, P), flattened
+    "patch_embed.bias": "encoder.embeddings.patch_embeddings.proj.bias",
+    "blocks.{}.norm1.weight": "encoder.layer.{}.norm1.weight",
+    "blocks.{}.norm1.bias": "encoder.layer.{}.norm1.bias",
+    "blocks.{}.attn.wqkv.weight": ("encoder.layer.{}.attention.query.weight", "encoder.layer.{}.attention.key.weight",
+                                   "encoder.layer.{}.attention.value.weight"),
+    "blocks.{}.attn.wqkv.bias": ("encoder.layer.{}.attention.query.bias", "encoder.layer.{}.attention.key.bias",
+                                 "encoder.layer.{}.attention.value.bias"),
+    "blocks.{}.attn.proj.weight": "encoder.layer.{}.attention.proj.weight",
+    "blocks.{}.attn.proj.bias": "encoder.layer.{}.attention.proj.bias",
+    "blocks.{}.norm2.weight": "encoder.layer.{}.norm2.weight",
+    "blocks.{}.norm2.bias": "encoder.layer.{}.norm2.bias",
+    "blocks.{}.mlp.fc1.weight": "encoder.layer.{}.mlp.fc1.weight",
+    "blocks.{}.mlp.fc1.bias": "encoder.layer.{}.mlp.fc1.bias",
+    "blocks.{}.mlp.fc2.weight": "encoder.layer.{}.mlp.fc2.weight",
+    "blocks.{}.mlp.fc2.bias": "encoder.layer.{}.mlp.fc2.bias",
+    "norm.weight": "encoder.layernorm.weight",
+    "norm.bias": "encoder.layernorm.bias",
+    "pooler.query": "pooler.query_tokens",  # (1, 1, D) -> (1, D)
+    "pooler.blocks.{}.norm1.weight": "pooler.self_attention_layers.{}.layer_norm1.weight",
+    "pooler.blocks.{}.norm1.bias": "pooler.self_attention_layers.{}.layer_norm1.bias",
+    "pooler.blocks.{}.attn.wqkv.weight": ("pooler.self_attention_layers.{}.self_attn.q_proj.weight",
+                                          "pooler.self_attention_layers.{}.self_attn.k_proj.weight",
+                                          "pooler.self_attention_layers.{}.self_attn.v_proj.weight"),
+    "pooler.blocks.{}.attn.wqkv.bias": ("pooler.self_attention_layers.{}.self_attn.q_proj.bias",
+                                        "pooler.self_attention_layers.{}.self_attn.k_proj.bias",
+                                        "pooler.self_attention_layers.{}.self_attn.v_proj.bias"),
+    "pooler.blocks.{}.attn.proj.weight": "pooler.self_attention_layers.{}.self_attn.out_proj.weight",
+    "pooler.blocks.{}.attn.proj.bias": "pooler.self_attention_layers.{}.self_attn.out_proj.bias",
+    "pooler.blocks.{}.norm2.weight": "pooler.self_attention_layers.{}.layer_norm2.weight",
+    "pooler.blocks.{}.norm2.bias": "pooler.self_attention_layers.{}.layer_norm2.bias",
+    "pooler.blocks.{}.mlp.fc1.weight": "pooler.self_attention_layers.{}.mlp.fc1.weight",
+    "pooler.blocks.{}.mlp.fc1.bias": "pooler.self_attention_layers.{}.mlp.fc1.bias",
+    "pooler.blocks.{}.mlp.fc2.weight": "pooler.self_attention_layers.{}.mlp.fc2.weight",
+    "pooler.blocks.{}.mlp.fc2.bias": "pooler.self_attention_layers.{}.mlp.fc2.bias",
+    "pooler.cross.norm1.weight": "pooler.cross_attention_layer.layer_norm1.weight",
+    "pooler.cross.norm1.bias": "pooler.cross_attention_layer.layer_norm1.bias",
+    "pooler.cross.wq.weight": "pooler.cross_attention_layer.cross_attn.q_proj.weight",
+    "pooler.cross.wq.bias": "pooler.cross_attention_layer.cross_attn.q_proj.bias",
+    "pooler.cross.wkv.weight": ("pooler.cross_attention_layer.cross_attn.k_proj.weight",
+                                "pooler.cross_attention_layer.cross_attn.v_proj.weight"),
+    "pooler.cross.wkv.bias": ("pooler.cross_attention_layer.cross_attn.k_proj.bias",
+                              "pooler.cross_attention_layer.cross_attn.v_proj.bias"),
+    "pooler.cross.norm2.weight": "pooler.cross_attention_layer.layer_norm2.weight",
+    "pooler.cross.norm2.bias": "pooler.cross_attention_layer.layer_norm2.bias",
+    "pooler.cross.mlp.fc1.weight": "pooler.cross_attention_layer.mlp.fc1.weight",
+    "pooler.cross.mlp.fc1.bias": "pooler.cross_attention_layer.mlp.fc1.bias",
+    "pooler.cross.mlp.fc2.weight": "pooler.cross_attention_layer.mlp.fc2.weight",
+    "pooler.cross.mlp.fc2.bias": "pooler.cross_attention_layer.mlp.fc2.bias",
+    "head.weight": "classifier.weight",
+    "head.bias": "classifier.bias",
+}
+VJEPA2_PREFIXES = ("_orig_mod.", "vjepa2.")
+# the pre-training predictor (VJEPA2Model carries it, classifiers too): not part of the encoder, dropped on purpose
+VJEPA2_IGNORED = re.compile(r"^predictor\.")
+VJEPA2_PATCH_KEY = VJEPA2_WEIGHT_MAP["patch_embed.weight"]
 # transformers 4.x names of the q/v biases (5.x uses query.bias / value.bias; both are read)
 HF_LEGACY_NAMES = {".attention.attention.q_bias": ".attention.attention.query.bias",
                    ".attention.attention.v_bias": ".attention.attention.value.bias"}
@@ -87,19 +149,27 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 
 def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str = "auto",
-               config: VideoMAEConfig | Mapping[str, Any] | None = None, *,
-               allow_download: bool | None = None) -> VideoMAE:
-    """Build a VideoMAE in eval mode from `source`:
+               config: VideoMAEConfig | VJEPA2Config | Mapping[str, Any] | None = None, *,
+               allow_download: bool | None = None) -> VideoMAE | VJEPA2:
+    """Build an encoder in eval mode from `source`: a VideoMAE, or a V-JEPA 2 when config.json says model_type
+    "vjepa2" (or, for a bare weights file, its keys are transformers' VJEPA2 ones). Both take the same inputs and
+    return the same VideoMAEOutput, so everything downstream works with either. `source` is
       - a Hugging Face directory: config.json + model.safetensors | pytorch_model.bin | a sharded *.index.json
-        (+ optional preprocessor_config.json for mean/std);
+        (+ optional preprocessor_config.json / video_preprocessor_config.json for mean/std and, for V-JEPA 2, the
+        resize before the crop);
       - a weights file: an original MCG-NJU / VideoMAE V2 .pth (state dict under "model" or "module"), or a
-        .safetensors / .bin of either layout; the architecture is inferred from the shapes and the presets;
-      - "random:<preset>[:seed]" (seed 0 by default): deterministic random weights for demos and benchmarks;
-      - a hub id ("MCG-NJU/videomae-base-finetuned-kinetics") found in the local Hugging Face cache (HF_HUB_CACHE);
-        it is downloaded only when allow_download=True or VMAE_FAST_ALLOW_DOWNLOAD=1.
+        .safetensors / .bin of either VideoMAE layout or of transformers' V-JEPA 2; the architecture is inferred
+        from the shapes and the presets (V-JEPA 2: 256 px and 64 frames unless `config` says otherwise);
+      - "random:<preset>[:seed]" (seed 0 by default): deterministic random weights for demos and benchmarks
+        (VideoMAE presets small, base, large, huge, giant; V-JEPA 2 presets vjepa2-vitl, -vith, -vitg, -vitg-384);
+      - a hub id ("MCG-NJU/videomae-base-finetuned-kinetics", "facebook/vjepa2-vitl-fpc64-256") found in the local
+        Hugging Face cache (HF_HUB_CACHE); it is downloaded only when allow_download=True or
+        VMAE_FAST_ALLOW_DOWNLOAD=1.
     device: None = CUDA when available, else CPU. dtype: None = bf16 on CUDA, fp32 on CPU (or "fp16"/"bf16"/"fp32"/a
-    torch dtype). config: a VideoMAEConfig used as is, or a dict of fields overriding the inferred ones (e.g.
-    {"num_attention_heads": 16} for an original checkpoint whose head count differs from its preset)."""
+    torch dtype). config: a VideoMAEConfig / VJEPA2Config used as is, or a dict of fields overriding the inferred
+    ones (e.g. {"num_attention_heads": 16} for an original checkpoint whose head count differs from its preset, or
+    {"num_frames": 16} for a V-JEPA 2 encoder published with 64 frames per clip: its rotary positions take any
+    count)."""
     if backend not in KERNEL_BACKENDS:
         raise ValueError(f"backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
@@ -115,9 +185,14 @@ def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str 
     elif not path.exists():
         raise FileNotFoundError(f"model {text!r} is not a file, a directory, 'random:<preset>' or a hub id")
     state_dict, files, hf_config, preprocessor = _read_source(path)
-    layout, state_dict = _normalize_keys(state_dict)
-    cfg = _build_config(state_dict, layout, hf_config, preprocessor, config)
-    weights = convert_state_dict(state_dict, layout, cfg)
+    if _architecture(state_dict, hf_config) == "vjepa2":
+        state_dict = _normalize_vjepa2_keys(state_dict)
+        cfg = _build_vjepa2_config(state_dict, hf_config, preprocessor, config)
+        weights = convert_vjepa2_state_dict(state_dict, cfg)
+    else:
+        layout, state_dict = _normalize_keys(state_dict)
+        cfg = _build_config(state_dict, layout, hf_config, preprocessor, config)
+        weights = convert_state_dict(state_dict, layout, cfg)
     model = _assemble(cfg, weights, device, dtype, backend)
     model.source = text if hub_id else os.fspath(path.resolve())
     model.weights_sha256 = _files_sha256(files)
@@ -160,9 +235,9 @@ def _read_source(path: Path):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
         hf_config = json.loads((path / "config.json").read_text())
-        if hf_config.get("model_type") != "videomae":
-            raise ValueError(f"{path} holds a {hf_config.get('model_type')!r} model (config.json model_type), "
-                             f"not a VideoMAE ('videomae')")
+        if hf_config.get("model_type") not in ARCHITECTURES:
+            raise ValueError(f"{path} holds a {hf_config.get('model_type')!r} model (config.json model_type); "
+                             f"supported: {', '.join(repr(a) for a in ARCHITECTURES)} (VideoMAE, V-JEPA 2)")
         name = next((n for n in HF_WEIGHT_FILES if (path / n).is_file()), None)
         if name is None:
             raise FileNotFoundError(f"{path} has no weights: expected one of {list(HF_WEIGHT_FILES)}")
@@ -219,6 +294,18 @@ def _files_sha256(files: list[Path]) -> str:
     return hashlib.sha256("".join(f"{n} {d}\n" for n, d in sorted(digests)).encode()).hexdigest()
 
 
+# --- architecture ----------------------------------------------------------------------------------------------------
+ARCHITECTURES = ("videomae", "vjepa2")  # config.json model_type values
+
+
+def _architecture(state_dict: Mapping[str, torch.Tensor], hf_config: dict | None) -> str:
+    """"videomae" or "vjepa2": config.json's model_type when there is one (checked by _read_source), else V-JEPA 2
+    when a key ends with transformers' VJEPA2 patch embedding name (VideoMAE's errors name what a file lacks)."""
+    if hf_config is not None:
+        return hf_config["model_type"]
+    return "vjepa2" if any(k.endswith(VJEPA2_PATCH_KEY) for k in state_dict) else "videomae"
+
+
 # --- keys, config and conversion -------------------------------------------------------------------------------------
 def _normalize_keys(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """Detect the layout ("hf" or "original"), strip its wrapper prefixes, rename legacy names. Another
@@ -239,6 +326,11 @@ def _normalize_keys(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str,
         raise ValueError(f"not a VideoMAE checkpoint: {patch_key!r} has shape {shape}, a {len(shape) - 2}-D "
                          f"convolution (an image model?); VideoMAE embeds tubelets with a Conv3d of shape "
                          f"(hidden, channels, tubelet, patch, patch)")
+    if layout == "original" and any(k.endswith("attn.qkv.bias") for k in state_dict):
+        # VideoMAE originals keep q_bias / v_bias apart; Meta's V-JEPA 2 training files fuse them (and k's)
+        raise ValueError("this looks like an original (Meta) V-JEPA 2 checkpoint (fused attn.qkv.bias, no position "
+                         "table): load its transformers conversion instead (a hub id such as "
+                         "facebook/vjepa2-vitl-fpc64-256, or convert it with transformers' convert_vjepa2_to_hf.py)")
     out = {}
     for key, tensor in state_dict.items():
         stripped = True
@@ -260,6 +352,9 @@ def _build_config(state_dict, layout, hf_config, preprocessor, override) -> Vide
     (head, fc_norm) and by the preprocessor; `override` last."""
     if isinstance(override, VideoMAEConfig):
         return override
+    if isinstance(override, VJEPA2Config):
+        raise ValueError("config is a VJEPA2Config but the checkpoint is a VideoMAE")
+    override = _without_architecture(override, "videomae")
     names = WEIGHT_MAPS[layout]
     has = {ours: (src if isinstance(src, str) else src[0]).format(0) in state_dict for ours, src in names.items()}
     head_key = names["head.weight"]
@@ -308,22 +403,23 @@ def _infer_config(state_dict, layout, num_labels, has, override) -> VideoMAEConf
         image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config: VideoMAEConfig):
-    """Checkpoint tensors (keys already normalized) -> our state dict, through WEIGHT_MAPS[layout]. Raises ValueError
-    naming every missing, unexpected and mis-shaped key."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in VideoMAE(config).state_dict().items()}
-    table = WEIGHT_MAPS[layout]
+def _template(key: str) -> tuple[str, str | None]:
+    """"blocks.3.attn.wqkv.weight" -> ("blocks.{}.attn.wqkv.weight", "3"); keys without an index -> (key, None)."""
+    m = re.match(r"^(.*?)\.(\d+)\.(.*)$", key)
+    return (f"{m.group(1)}.{{}}.{m.group(3)}", m.group(2)) if m else (key, None)
+
+
+def _map_weights(state_dict, table, expected: dict[str, tuple], source_shapes: dict[str, tuple]):
+    """Our state dict from the checkpoint's through `table` (our key template -> checkpoint key template, or a tuple
+    concatenated along dim 0 with None for a zero block). expected: our key -> shape; source_shapes: our key ->
+    the checkpoint tensor's shape where it is not ours (a Conv3d weight, a query token) or a fused part.
+    Returns (weights, used checkpoint keys, missing keys, mis-shaped descriptions)."""
     out, used, missing, misshaped = {}, set(), [], []
     for key, shape in expected.items():
-        m = re.match(r"^blocks\.(\d+)\.(.*)$", key)
-        template, index = (f"blocks.{{}}.{m.group(2)}", m.group(1)) if m else (key, None)
+        template, index = _template(key)
         sources = table[template]
         parts = sources if isinstance(sources, tuple) else (sources,)
-        part_shape = (shape[0] // len(parts), *shape[1:])
-        if template == "patch_embed.weight":
-            c = config
-            part_shape = (c.hidden_size, c.num_channels, c.tubelet_size, c.patch_size, c.patch_size)
+        part_shape = source_shapes.get(template, (shape[0] // len(parts), *shape[1:]))
         tensors = []
         for part in parts:
             if part is None:
@@ -342,15 +438,35 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config:
         like = next(t for t in tensors if t is not None)
         tensors = [torch.zeros(part_shape, dtype=like.dtype) if t is None else t for t in tensors]
         out[key] = torch.cat(tensors).reshape(shape) if len(tensors) > 1 else tensors[0].reshape(shape)
-    unexpected = sorted(k for k in state_dict if k not in used and not IGNORED.match(k))
-    if layout == "original" and "pos_embed" in unexpected:
-        _check_sincos_pos_embed(state_dict["pos_embed"], config)
-        unexpected.remove("pos_embed")
+    return out, used, missing, misshaped
+
+
+def _problems(missing, unexpected, misshaped) -> list[str]:
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
         if keys:
             shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
             problems.append(f"{label} keys: {shown}")
+    return problems
+
+
+def _expected_shapes(model_class, config) -> dict[str, tuple]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config: VideoMAEConfig):
+    """Checkpoint tensors (keys already normalized) -> our state dict, through WEIGHT_MAPS[layout]. Raises ValueError
+    naming every missing, unexpected and mis-shaped key."""
+    c = config
+    conv = (c.hidden_size, c.num_channels, c.tubelet_size, c.patch_size, c.patch_size)
+    out, used, missing, misshaped = _map_weights(state_dict, WEIGHT_MAPS[layout], _expected_shapes(VideoMAE, config),
+                                                 {"patch_embed.weight": conv})
+    unexpected = sorted(k for k in state_dict if k not in used and not IGNORED.match(k))
+    if layout == "original" and "pos_embed" in unexpected:
+        _check_sincos_pos_embed(state_dict["pos_embed"], config)
+        unexpected.remove("pos_embed")
+    problems = _problems(missing, unexpected, misshaped)
     if problems:
         raise ValueError(f"checkpoint does not fit the VideoMAE config (layout {layout}, hidden {config.hidden_size}, "
                          f"{config.num_hidden_layers} blocks, use_mean_pooling={config.use_mean_pooling}): "
@@ -369,10 +485,124 @@ def _check_sincos_pos_embed(pos_embed: torch.Tensor, config: VideoMAEConfig) -> 
                          "supported")
 
 
+# --- V-JEPA 2 ---------------------------------------------------------------------------------------------------------
+def _normalize_vjepa2_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' VJEPA2 keys with the classifier's `vjepa2.` (and torch.compile's `_orig_mod.`) prefix stripped;
+    a patch embedding that is not a Conv3d is a ValueError saying what was found."""
+    out = {}
+    for key, tensor in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in VJEPA2_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = tensor
+    if VJEPA2_PATCH_KEY not in out:
+        raise ValueError(f"not a V-JEPA 2 checkpoint: no patch embedding key {VJEPA2_PATCH_KEY!r} (transformers' "
+                         f"VJEPA2Model layout; original Meta .pt files are not read: convert them with "
+                         f"transformers' convert_vjepa2_to_hf.py); its keys start with {sorted(out)[:6]}")
+    shape = tuple(out[VJEPA2_PATCH_KEY].shape)
+    if len(shape) != 5:
+        raise ValueError(f"not a V-JEPA 2 video checkpoint: {VJEPA2_PATCH_KEY!r} has shape {shape}; V-JEPA 2 embeds "
+                         f"tubelets with a Conv3d of shape (hidden, channels, tubelet, patch, patch)")
+    return out
+
+
+def _build_vjepa2_config(state_dict, hf_config, preprocessor, override) -> VJEPA2Config:
+    """config.json when there is one, else the shapes plus the presets; the head (and pooler) from the weights; mean,
+    std and the resize from the processor config; `override` last (a VJEPA2Config replaces everything)."""
+    if isinstance(override, VJEPA2Config):
+        return override
+    if override is not None and not isinstance(override, Mapping):
+        raise TypeError(f"config for a V-JEPA 2 checkpoint must be a VJEPA2Config or a dict of its fields, got "
+                        f"{type(override).__name__}")
+    override = _without_architecture(override, "vjepa2")
+    head = "classifier.weight"
+    num_labels = state_dict[head].shape[0] if head in state_dict else 0
+    if hf_config is not None:
+        cfg = VJEPA2Config.from_hf(hf_config)
+        id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
+        cfg = cfg.replace(num_labels=num_labels, id2label=id2label)
+    else:
+        cfg = _infer_vjepa2_config(state_dict, num_labels, override)
+    if preprocessor is not None:
+        mean, std = preprocessor.get("image_mean"), preprocessor.get("image_std")
+        if mean is not None and std is not None:
+            cfg = cfg.replace(image_mean=tuple(mean), image_std=tuple(std))
+        crop = preprocessor.get("crop_size")
+        crop = crop.get("height") if isinstance(crop, Mapping) else crop
+        if crop is not None and crop != cfg.image_size:
+            warnings.warn(f"processor crop_size {crop} differs from the model's crop_size {cfg.image_size} (which "
+                          f"sets the rotary position grid); frames are prepared at {cfg.image_size}", stacklevel=3)
+        size = preprocessor.get("size")
+        short = size.get("shortest_edge") if isinstance(size, Mapping) else None
+        if isinstance(short, int) and short >= cfg.image_size and not isinstance(short, bool):
+            cfg = cfg.replace(resize_size=short)
+    return cfg.replace(**override) if override else cfg
+
+
+def _without_architecture(override: Mapping | None, architecture: str) -> dict:
+    """A dict of config overrides without its `architecture` entry (what VJEPA2Config.to_dict writes and _run.json
+    keeps), which must name this checkpoint's family."""
+    override = dict(override or {})
+    named = override.pop("architecture", architecture)
+    if named != architecture:
+        raise ValueError(f"config names architecture {named!r} but the checkpoint is a {architecture!r} model")
+    return override
+
+
+def _infer_vjepa2_config(state_dict, num_labels: int, override: Mapping) -> VJEPA2Config:
+    """Architecture of a V-JEPA 2 weights file without config.json: sizes from the shapes, the head count from the
+    preset of the same width (or `override`); 256 px, 64 frames, ImageNet mean/std unless overridden."""
+    D, C, ts, P, _ = state_dict[VJEPA2_PATCH_KEY].shape
+    layer = re.compile(r"^encoder\.layer\.(\d+)\.norm1\.weight$")
+    depth = 1 + max((int(m.group(1)) for k in state_dict if (m := layer.match(k))), default=-1)
+    fc1 = "encoder.layer.0.mlp.fc1.weight"
+    if depth == 0 or fc1 not in state_dict:
+        raise ValueError(f"not a V-JEPA 2 checkpoint: no transformer blocks (expected keys like {fc1!r})")
+    heads = override.get("num_attention_heads")
+    if heads is None:
+        preset = next((p for p in VJEPA2_PRESETS.values() if p["hidden_size"] == D), None)
+        if preset is None:
+            raise ValueError(f"cannot infer the number of attention heads for hidden size {D} (no V-JEPA 2 preset of "
+                             f"that width); pass config={{'num_attention_heads': H}}")
+        heads = preset["num_attention_heads"]
+    pooler = re.compile(r"^pooler\.self_attention_layers\.(\d+)\.layer_norm1\.weight$")
+    pooler_layers = 1 + max((int(m.group(1)) for k in state_dict if (m := pooler.match(k))), default=-1)
+    pooler_fc1 = state_dict.get("pooler.cross_attention_layer.mlp.fc1.weight")
+    return VJEPA2Config(
+        patch_size=P, num_channels=C, tubelet_size=ts, hidden_size=D, num_hidden_layers=depth,
+        num_attention_heads=heads, intermediate_size=state_dict[fc1].shape[0],
+        qkv_bias="encoder.layer.0.attention.query.bias" in state_dict, num_pooler_layers=pooler_layers,
+        pooler_intermediate_size=pooler_fc1.shape[0] if pooler_fc1 is not None else None, num_labels=num_labels)
+
+
+def convert_vjepa2_state_dict(state_dict: dict[str, torch.Tensor], config: VJEPA2Config) -> dict[str, torch.Tensor]:
+    """transformers' V-JEPA 2 tensors (prefix stripped) -> our state dict, through VJEPA2_WEIGHT_MAP; the predictor
+    is dropped. Raises ValueError naming every missing, unexpected and mis-shaped key."""
+    c = config
+    conv = (c.hidden_size, c.num_channels, c.tubelet_size, c.patch_size, c.patch_size)
+    out, used, missing, misshaped = _map_weights(state_dict, VJEPA2_WEIGHT_MAP, _expected_shapes(VJEPA2, config),
+                                                 {"patch_embed.weight": conv, "pooler.query": (1, 1, c.hidden_size)})
+    unexpected = sorted(k for k in state_dict if k not in used and not VJEPA2_IGNORED.match(k))
+    problems = _problems(missing, unexpected, misshaped)
+    if problems:
+        raise ValueError(f"checkpoint does not fit the V-JEPA 2 config (hidden {c.hidden_size}, "
+                         f"{c.num_hidden_layers} blocks, {c.num_labels} labels, {c.num_pooler_layers} pooler layers): "
+                         + "; ".join(problems))
+    return out
+
+
 # --- model assembly --------------------------------------------------------------------------------------------------
-def _assemble(config, weights, device, dtype, backend) -> VideoMAE:
+def model_class(config) -> type[VideoEncoder]:
+    """The encoder class a config builds: VJEPA2 for a VJEPA2Config, else VideoMAE."""
+    return VJEPA2 if isinstance(config, VJEPA2Config) else VideoMAE
+
+
+def _assemble(config, weights, device, dtype, backend) -> VideoEncoder:
     with torch.device("meta"):
-        model = VideoMAE(config, backend)
+        model = model_class(config)(config, backend)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     model.requires_grad_(False)
@@ -380,11 +610,10 @@ def _assemble(config, weights, device, dtype, backend) -> VideoMAE:
     return model.eval()
 
 
-def random_state_dict(config: VideoMAEConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_state_dict(config: VideoMAEConfig | VJEPA2Config, seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic random weights (CPU float32, same on every machine): matrices N(0, 0.02), biases 0, LayerNorm
     gains 1."""
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in VideoMAE(config).state_dict().items()}
+    shapes = _expected_shapes(model_class(config), config)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in shapes.items():
@@ -402,11 +631,20 @@ def _load_random(text, device, dtype, backend, override) -> VideoMAE:
     if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
         raise ValueError(f"random weights are spelled 'random:<preset>[:seed]', got {text!r}")
     preset, seed = parts[1], int(parts[2]) if len(parts) == 3 else 0
-    if isinstance(override, VideoMAEConfig):
+    family = "vjepa2" if preset in VJEPA2_PRESETS else "videomae"
+    if isinstance(override, (VideoMAEConfig, VJEPA2Config)):
+        if override.architecture != family:
+            raise ValueError(f"config is a {type(override).__name__} but {text!r} names a {family} preset")
         config = override
+    elif preset in VJEPA2_PRESETS:
+        config = VJEPA2Config.from_name(preset)
+        config = config.replace(**_without_architecture(override, "vjepa2")) if override else config
     else:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown VideoMAE preset {preset!r} in {text!r}; expected one of {sorted(PRESETS)} "
+                             f"or a V-JEPA 2 preset {sorted(VJEPA2_PRESETS)}")
         config = VideoMAEConfig.from_name(preset)
-        config = config.replace(**dict(override)) if override else config
+        config = config.replace(**_without_architecture(override, "videomae")) if override else config
     model = _assemble(config, random_state_dict(config, seed), device, dtype, backend)
     model.source = f"random:{preset}" + (f":{seed}" if seed else "")
     model.weights_sha256 = hashlib.sha256(f"random:{preset}:seed={seed}".encode()).hexdigest()
@@ -504,5 +742,6 @@ def save_hf(model: VideoMAE, path: str | os.PathLike, *, dtype: torch.dtype | No
     return path
 
 
-__all__ = ["HF_WEIGHT_MAP", "ORIGINAL_WEIGHT_MAP", "convert_state_dict", "hf_config_dict", "hf_state_dict",
-           "load_model", "random_state_dict", "save_hf"]
+__all__ = ["HF_WEIGHT_MAP", "ORIGINAL_WEIGHT_MAP", "VJEPA2_WEIGHT_MAP", "convert_state_dict",
+           "convert_vjepa2_state_dict", "hf_config_dict", "hf_state_dict", "load_model", "model_class",
+           "random_state_dict", "save_hf"]

@@ -40,23 +40,29 @@ def _run_info(args) -> int:
     c, pre = model.config, d["preprocessing"]
     n_t, n_h, n_w = c.grid
     head = f"{c.num_labels} labels" if c.num_labels else "none (embeddings only)"
-    pooling = ("mean of the last block -> fc_norm" if c.has_fc_norm else "mean of the last block") \
-        if c.use_mean_pooling else "final LayerNorm -> mean of tokens (logits from the first kept token)"
+    vjepa2 = d["architecture"] == "vjepa2"
+    family = (f"V-JEPA 2 ViT, 3D rotary positions (t/h/w sections of {c.rope_section} columns)" if vjepa2 else
+              "VideoMAE ViT, fixed sin/cos positions")
+    eps = f"LayerNorm eps {c.layer_norm_eps:g}"
+    if not vjepa2 and c.use_mean_pooling and c.has_fc_norm:
+        eps += f", fc_norm eps {c.fc_norm_eps:g}"
+    if vjepa2 and c.num_labels:
+        head += f" (attentive pooler: {c.num_pooler_layers} self-attention layers + 1 cross-attention)"
     lines = [
         f"model           {d['source']}",
         f"weights sha256  {d['weights_sha256']}",
         f"parameters      {d['num_parameters']:,}",
-        (f"architecture    ViT hidden {c.hidden_size}, {c.num_hidden_layers} blocks, {c.num_attention_heads} heads "
-        f"(head dim {c.head_dim}), MLP {c.intermediate_size}, qkv bias {c.qkv_bias}"),
+        (f"architecture    {family}: hidden {c.hidden_size}, {c.num_hidden_layers} blocks, {c.num_attention_heads} "
+         f"heads (head dim {c.head_dim}), MLP {c.intermediate_size}, qkv bias {c.qkv_bias}"),
         (f"tokens          {c.num_tokens} per clip = {n_t} x {n_h} x {n_w} (tubelet {c.tubelet_size} frames x "
         f"{c.patch_size}x{c.patch_size} px)"),
-        f"embedding       {c.hidden_size}-d: {pooling}; LayerNorm eps {c.layer_norm_eps:g}"
-        + (f", fc_norm eps {c.fc_norm_eps:g}" if c.use_mean_pooling and c.has_fc_norm else ""),
+        f"embedding       {c.hidden_size}-d: {d['embedding']}; {eps}",
         f"head            {head}",
         (f"input           uint8 (B, {c.num_frames}, {c.image_size}, {c.image_size}, {c.num_channels}) RGB, or "
         f"float (B, {c.num_frames}, {c.num_channels}, {c.image_size}, {c.image_size}) normalized"),
-        (f"preprocessing   resize shortest edge to {pre['image_size']} ({pre['interpolation']}), {pre['crop']} crop "
-        f"{pre['image_size']}x{pre['image_size']}, x/255, mean {pre['mean']}, std {pre['std']}"),
+        (f"preprocessing   resize shortest edge to {pre.get('resize_shortest_edge', pre['image_size'])} "
+         f"({pre['interpolation']}), {pre['crop']} crop {pre['image_size']}x{pre['image_size']}, x/255, "
+         f"mean {pre['mean']}, std {pre['std']}"),
         f"loaded as       {d['dtype']} on {d['device']}, backend {d['backend']}",
     ]
     print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the VideoMAE forward for one fixed batch shape.
+"""CUDA-graph replay of an encoder's forward (VideoMAE or V-JEPA 2) for one fixed batch shape.
 
 At batch 1 a ViT forward is a few hundred small kernel launches whose CPU launch cost exceeds their GPU time; a CUDA
 graph records them once and replays them with one launch. The model's forward makes no host sync with all tokens
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import VideoMAE, VideoMAEOutput
+from .model import VideoEncoder, VideoMAEOutput
 from .tokens import KeepAll, KeepPolicy, parse_keep
 
 
@@ -40,8 +40,8 @@ def check_batch(frames, static_shape: tuple[int, ...], dtype: torch.dtype) -> in
 class CUDAGraphRunner:
     """Captures `model(frames)` for `batch_size` clips once, then replays it for each call.
 
-    model: a vmae_fast VideoMAE on a CUDA device, backend "auto" or "triton" (the torch backend reads cu_seqlens on
-        the host, which a capture forbids).
+    model: a vmae_fast VideoMAE or VJEPA2 on a CUDA device, backend "auto" or "triton" (the torch backend reads
+        cu_seqlens on the host, which a capture forbids).
     batch_size: clips per replay; smaller batches are padded (the pad rows are zeros, their outputs dropped).
     keep: None / "all", or a policy with a fixed count per clip ("tube:R", "tube:R:random[:SEED]", "motion:R");
         not motion:t=X or a mask (see the module docstring).
@@ -54,10 +54,11 @@ class CUDAGraphRunner:
     warmup: eager forwards on a side stream before capture (Triton autotuning and compilation happen there).
     """
 
-    def __init__(self, model: VideoMAE, batch_size: int, keep=None, *, input_dtype: torch.dtype = torch.uint8,
+    def __init__(self, model: VideoEncoder, batch_size: int, keep=None, *, input_dtype: torch.dtype = torch.uint8,
                  return_tokens: bool = False, clone: bool = True, pool=None, warmup: int = 2):
-        if not isinstance(model, VideoMAE):
-            raise TypeError(f"model must be a vmae_fast VideoMAE (from load_model), got {type(model).__name__}")
+        if not isinstance(model, VideoEncoder):
+            raise TypeError(f"model must be a vmae_fast VideoMAE or VJEPA2 (from load_model), got "
+                            f"{type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(f"batch_size must be an int >= 1, got {type(batch_size).__name__} {batch_size!r}")
         if batch_size < 1:

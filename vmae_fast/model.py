@@ -58,10 +58,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: VideoMAEConfig):
+    def __init__(self, config: VideoMAEConfig, intermediate_size: int | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        width = intermediate_size or config.intermediate_size
+        self.fc1 = nn.Linear(config.hidden_size, width)
+        self.fc2 = nn.Linear(width, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)  # (N_kept, intermediate)
@@ -94,40 +95,30 @@ class Block(nn.Module):
         return self.mlp(y), residual
 
 
-class VideoMAE(nn.Module):
-    """VideoMAE encoder (+ optional classification head) on packed kept tokens. Build through load_model()."""
+class VideoEncoder(nn.Module):
+    """What the encoders of this package share (VideoMAE here, V-JEPA 2 in vjepa2.py): the input checks, the keep
+    policies' packing, the patch weight in the kernel's layout, device/dtype and the description recorded with every
+    output. A subclass builds `patch_embed`, `head` (or None) and the pixel buffers, and defines forward()."""
 
-    def __init__(self, config: VideoMAEConfig, backend: str = "auto"):
-        super().__init__()
-        if backend not in KERNEL_BACKENDS:
-            raise ValueError(f"backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
-        self.config, self.backend = config, backend
-        D = config.hidden_size
-        # the Conv3d patch embedding as a GEMM: weight (D, C*ts*P*P) in the Conv3d's (C, t, y, x) order
-        self.patch_embed = nn.Linear(config.patch_dim, D)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        pooled_norm = config.use_mean_pooling and config.has_fc_norm
-        self.norm = None if config.use_mean_pooling else nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.fc_norm = nn.LayerNorm(D, eps=config.fc_norm_eps) if pooled_norm else None
-        self.head = nn.Linear(D, config.num_labels) if config.num_labels > 0 else None
-        # fixed tensors, not in the state dict; (re)built by init_buffers() once the parameters live on their device
-        self.register_buffer("pos_table", torch.empty(0), persistent=False)  # (N, D) float32
-        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)  # (C,) float32
-        self.register_buffer("pixel_std", torch.empty(0), persistent=False)  # (C,) float32
-        self.source, self.weights_sha256 = None, None  # set by load_model
-        if self.patch_embed.weight.device.type != "meta":
-            self.init_buffers()
+    config: object
+    architecture = ""  # "videomae", "vjepa2": recorded with every output
 
-    def init_buffers(self) -> None:
-        """Position table and pixel statistics in float32 on the parameters' device (whatever their dtype), and the
-        patch embedding weight laid out for the Triton kernel (uint8 and float frames)."""
-        device, c = self.patch_embed.weight.device, self.config
-        self.pos_table = sincos_table(c.num_tokens, c.hidden_size).to(device)
-        self.pixel_mean = torch.tensor(c.image_mean, dtype=torch.float32, device=device)
-        self.pixel_std = torch.tensor(c.image_std, dtype=torch.float32, device=device)
-        self._prepared_patch_weights = {}
-        for uint8 in (True, False):
-            self._patch_weight(uint8)
+    def preprocessing(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def embedding_meaning(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def with_num_frames(self, num_frames: int) -> VideoEncoder:
+        """This model for clips of `num_frames` frames: a V-JEPA 2 (rotary positions) returns a copy sharing the
+        weights; a VideoMAE, whose position table fixes its frame count, raises ValueError."""
+        if num_frames == self.config.num_frames:
+            return self
+        raise ValueError(f"this {self.architecture} model takes {self.config.num_frames} frames per clip (its position "
+                         f"table is fixed), not {num_frames}")
 
     def _patch_weight(self, uint8: bool):
         """The patch weight in the kernel's layout, laid out at load (init_buffers) and again only if the weight was
@@ -184,7 +175,9 @@ class VideoMAE(nn.Module):
         if T % c.tubelet_size:
             raise ValueError(f"frame count {T} is not divisible by tubelet_size {c.tubelet_size}; {expected}; {got}")
         if T != c.num_frames:
-            raise ValueError(f"this model takes {c.num_frames} frames per clip (its position table is fixed), {got}")
+            why = ("its position table is fixed" if self.architecture == "videomae" else
+                   "load it with config={'num_frames': T} for another count")
+            raise ValueError(f"this model takes {c.num_frames} frames per clip ({why}), {got}")
 
     def _select(self, keep, frames) -> tuple[torch.Tensor | None, torch.Tensor, int]:
         """keep (None | str | policy | bool (B, N)) -> (token_ids int64 (N_kept,) or None for all tokens, cu_seqlens
@@ -218,6 +211,65 @@ class VideoMAE(nn.Module):
         if empty:
             raise ValueError(f"every clip must keep at least one token; rows {empty} of {what} keep none")
         return pack(mask)
+
+    # --- description -------------------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-serializable description recorded with every output: architecture, source, weights checksum, config,
+        preprocessing, what the embedding is, dtype, device, backend, labels."""
+        c = self.config
+        return {
+            "architecture": self.architecture,
+            "source": self.source,
+            "weights_sha256": self.weights_sha256,
+            "config": c.to_dict(),
+            "num_parameters": self.num_parameters(),
+            "input_shape": {"uint8": ["B", c.num_frames, c.image_size, c.image_size, c.num_channels],
+                            "float": ["B", c.num_frames, c.num_channels, c.image_size, c.image_size]},
+            "preprocessing": self.preprocessing(),
+            "embedding": self.embedding_meaning(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "backend": self.backend,
+            "id2label": {str(k): v for k, v in c.id2label.items()} if c.id2label else None,
+        }
+
+
+class VideoMAE(VideoEncoder):
+    """VideoMAE encoder (+ optional classification head) on packed kept tokens. Build through load_model()."""
+
+    architecture = "videomae"
+
+    def __init__(self, config: VideoMAEConfig, backend: str = "auto"):
+        super().__init__()
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
+        self.config, self.backend = config, backend
+        D = config.hidden_size
+        # the Conv3d patch embedding as a GEMM: weight (D, C*ts*P*P) in the Conv3d's (C, t, y, x) order
+        self.patch_embed = nn.Linear(config.patch_dim, D)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        pooled_norm = config.use_mean_pooling and config.has_fc_norm
+        self.norm = None if config.use_mean_pooling else nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=config.fc_norm_eps) if pooled_norm else None
+        self.head = nn.Linear(D, config.num_labels) if config.num_labels > 0 else None
+        # fixed tensors, not in the state dict; (re)built by init_buffers() once the parameters live on their device
+        self.register_buffer("pos_table", torch.empty(0), persistent=False)  # (N, D) float32
+        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)  # (C,) float32
+        self.register_buffer("pixel_std", torch.empty(0), persistent=False)  # (C,) float32
+        self.source, self.weights_sha256 = None, None  # set by load_model
+        if self.patch_embed.weight.device.type != "meta":
+            self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """Position table and pixel statistics in float32 on the parameters' device (whatever their dtype), and the
+        patch embedding weight laid out for the Triton kernel (uint8 and float frames)."""
+        device, c = self.patch_embed.weight.device, self.config
+        self.pos_table = sincos_table(c.num_tokens, c.hidden_size).to(device)
+        self.pixel_mean = torch.tensor(c.image_mean, dtype=torch.float32, device=device)
+        self.pixel_std = torch.tensor(c.image_std, dtype=torch.float32, device=device)
+        self._prepared_patch_weights = {}
+        for uint8 in (True, False):
+            self._patch_weight(uint8)
 
     # --- forward ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -264,24 +316,19 @@ class VideoMAE(nn.Module):
         zero_key_bias = self.config.hidden_size * len(self.blocks) if self.config.qkv_bias else 0
         return sum(p.numel() for p in self.parameters()) - zero_key_bias
 
-    def describe(self) -> dict:
-        """JSON-serializable description recorded with every output: source, weights checksum, config,
-        preprocessing, dtype, device, backend, labels."""
+    def preprocessing(self) -> dict:
+        """How frames are prepared for this model (recorded with every output): the short side resized to
+        image_size (bilinear), the center crop, x/255, mean/std."""
         c = self.config
-        return {
-            "source": self.source,
-            "weights_sha256": self.weights_sha256,
-            "config": c.to_dict(),
-            "num_parameters": self.num_parameters(),
-            "input_shape": {"uint8": ["B", c.num_frames, c.image_size, c.image_size, c.num_channels],
-                            "float": ["B", c.num_frames, c.num_channels, c.image_size, c.image_size]},
-            "preprocessing": {"image_size": c.image_size, "mean": list(c.image_mean), "std": list(c.image_std),
-                              "resize": "shortest_edge", "crop": "center", "interpolation": "bilinear"},
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-            "backend": self.backend,
-            "id2label": {str(k): v for k, v in c.id2label.items()} if c.id2label else None,
-        }
+        return {"image_size": c.image_size, "mean": list(c.image_mean), "std": list(c.image_std),
+                "resize": "shortest_edge", "crop": "center", "interpolation": "bilinear"}
 
+    def embedding_meaning(self) -> str:
+        """What a clip's `embedding` is for this checkpoint (recorded with every output)."""
+        c = self.config
+        if not c.use_mean_pooling:
+            return ("mean of the final LayerNorm's tokens (HF last_hidden_state); logits from the first kept token"
+                    if self.head is not None else "mean of the final LayerNorm's tokens (HF last_hidden_state)")
+        return "fc_norm(mean of the last block's tokens)" if c.has_fc_norm else "mean of the last block's tokens"
 
-__all__ = ["VideoMAE", "VideoMAEOutput", "sincos_table"]
+__all__ = ["VideoEncoder", "VideoMAE", "VideoMAEOutput", "sincos_table"]

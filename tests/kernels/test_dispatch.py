@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from vmae_fast.kernels import layer_norm, mean_pool_layernorm, patch_embed
+from vmae_fast.kernels import layer_norm, mean_pool_layernorm, patch_embed, qkv_rope
 from vmae_fast.kernels._dispatch import interpreter_enabled, use_triton
 
-OPS = ["patch_embed", "layer_norm", "add_layer_norm", "mean_pool_layernorm", "varlen_attention"]
+OPS = ["patch_embed", "layer_norm", "add_layer_norm", "mean_pool_layernorm", "varlen_attention", "qkv_rope"]
 
 
 def test_use_triton_choices():
@@ -45,10 +45,11 @@ def test_auto_on_cpu_never_launches_triton(monkeypatch):
         raise AssertionError("the Triton op was called for backend='auto' on CPU")
 
     modules = {name: importlib.import_module(f"vmae_fast.kernels.{name}")
-               for name in ("layer_norm", "mean_pool_layernorm", "patch_embed")}
+               for name in ("layer_norm", "mean_pool_layernorm", "patch_embed", "qkv_rope")}
     for mod, attrs in ((modules["layer_norm"], ("layer_norm_op", "add_layer_norm_op")),
                        (modules["mean_pool_layernorm"], ("mean_pool_layernorm_op",)),
-                       (modules["patch_embed"], ("patch_embed_op",))):
+                       (modules["patch_embed"], ("patch_embed_op",)),
+                       (modules["qkv_rope"], ("qkv_rope_op",))):
         for attr in attrs:
             monkeypatch.setattr(mod, attr, boom)
     x = torch.randn(6, 8)
@@ -59,6 +60,8 @@ def test_auto_on_cpu_never_launches_triton(monkeypatch):
     out = patch_embed(frames, torch.randn(8, 48), torch.zeros(8), torch.zeros(1, 8), torch.full((3,), 0.5),
                       torch.full((3,), 0.5), patch_size=4, tubelet_size=1)
     assert out.shape == (1, 8)
+    rotated = qkv_rope(torch.randn(5, 3, 2, 16), torch.zeros(5, 3, dtype=torch.int32))
+    assert rotated.shape == (5, 2, 2, 16)
 
 
 _TRACE_SCRIPT = r"""

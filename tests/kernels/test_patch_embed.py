@@ -104,6 +104,32 @@ def test_float_frames_match_conv3d(shape, dtype):
     assert_close_to_baseline(out, ref, baseline, atol=atol, what=f"patch_embed float {shape} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("uint8", [True, False], ids=["uint8", "float"])
+def test_no_position_table(uint8, dtype):
+    """pos_table=None (V-JEPA 2: rotary positions, nothing added): Conv3d + bias only, on the Triton kernel (a
+    NaN-poisoned output), the torch path and the registered op."""
+    B, T, H, W, P, ts, D = SHAPES["p16-t2-D48"]
+    frames, weight4, bias, pos_table, mean, std = make(B, T, H, W, P, ts, D, dtype, seed=6)
+    zeros = torch.zeros_like(pos_table)
+    x = normalized(frames, mean, std)
+    token_ids = torch.tensor([5, 0, 2], device=DEVICE)
+    ref = reference(x, weight4, bias, zeros, token_ids, P, ts)
+    baseline = reference(x, weight4, bias, zeros, token_ids, P, ts, dtype=dtype)
+    inputs = (frames, mean, std) if uint8 else (x.to(dtype).contiguous(), None, None)
+    out = poisoned((3, D), dtype)
+    _patch_embed_triton(inputs[0], weight4.reshape(D, -1), bias, None, inputs[1], inputs[2], token_ids, P, ts, out=out)
+    atol = 1e-4 if dtype == torch.float32 else 0.0
+    assert_close_to_baseline(out, ref, baseline, atol=atol, what=f"patch_embed no pos {dtype}")
+    kw = {"patch_size": P, "tubelet_size": ts}
+    torch_path = patch_embed(inputs[0], weight4.reshape(D, -1), bias, None, inputs[1], inputs[2], token_ids,
+                             backend="torch", **kw)
+    assert_close_to_baseline(torch_path, ref, baseline, atol=atol, what="torch path no pos")
+    op = torch.ops.vmae_fast.patch_embed(inputs[0], weight4.reshape(D, -1), bias, None, inputs[1], inputs[2],
+                                         token_ids, P, ts)
+    assert_close_to_baseline(op, ref, baseline, atol=atol, what="registered op no pos")
+
+
 def test_strided_frames_and_torch_path_and_registered_op():
     """A crop view of bigger frames (strides, no copy) gives the same tokens as the cropped copy; the torch path and
     torch.ops.vmae_fast.patch_embed agree with the reference."""

@@ -79,7 +79,8 @@ CAPTURE_CASES = {"none": 8, "tube:0.5": 4, "tube:0.25:random:1": 2, "motion:0.5"
 def fake_cuda_traces():
     """tests/helpers/fake_cuda.py over every case in one fresh process (TRITON_INTERPRET=0 must hold before triton is
     imported): {"keep:pooling": result}."""
-    cases = [f"{keep}:{pooling}" for keep in [*CAPTURE_CASES, "motion:t=0.1"] for pooling in ("pool", "tokenhead")]
+    cases = [f"{keep}:{pooling}" for keep in [*CAPTURE_CASES, "motion:t=0.1"]
+             for pooling in ("pool", "tokenhead", "vjepa2", "vjepa2cls")]
     env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parents[1] / "helpers" / "fake_cuda.py"), *cases],
@@ -114,14 +115,29 @@ def test_forward_is_capturable_without_host_sync(fake_cuda_traces, keep, pooling
     assert got["cu_seqlens"] == [4] and got["device"] == "cuda:0" and got["aten_ops_seen"] > 50
 
 
-@pytest.mark.parametrize("pooling", ["pool", "tokenhead"])
+@pytest.mark.parametrize("classifier", [False, True], ids=["encoder", "classifier"])
+@pytest.mark.parametrize("keep", list(CAPTURE_CASES))
+def test_vjepa2_forward_is_capturable_without_host_sync(fake_cuda_traces, keep, classifier):
+    """The same proof for V-JEPA 2: rotary + attention + norms on our Triton ops, and the classifier's attentive
+    pooler (its cross-attention is one batched SDPA when every clip keeps the same count) with no host read."""
+    got = fake_cuda_traces[f"{keep}:{'vjepa2cls' if classifier else 'vjepa2'}"]
+    assert "error" not in got, got["error"]
+    ops = {"vmae_fast.add_layer_norm.default", "vmae_fast.layer_norm.default", "vmae_fast.patch_embed.default",
+           "vmae_fast.qkv_rope.default", "vmae_fast.varlen_attention.default"}
+    assert set(got["ops"]) == (ops if classifier else ops | {"vmae_fast.mean_pool_layernorm.default"})
+    kept = CAPTURE_CASES[keep]
+    assert got["tokens"] == [3 * kept, 64] and got["embeddings"] == [3, 64]
+    assert got["logits"] == ([3, 5] if classifier else None)
+
+
+@pytest.mark.parametrize("pooling", ["pool", "tokenhead", "vjepa2", "vjepa2cls"])
 def test_threshold_policy_is_not_capturable(fake_cuda_traces, pooling):
     """motion:t=X keeps a data-dependent count: the same trace must fail (the detector or the fake tensors stop it)."""
     assert "error" in fake_cuda_traces[f"motion:t=0.1:{pooling}"]
 
 
 def test_not_a_model():
-    with pytest.raises(TypeError, match="model must be a vmae_fast VideoMAE"):
+    with pytest.raises(TypeError, match="model must be a vmae_fast VideoMAE or VJEPA2"):
         CUDAGraphRunner(torch.nn.Linear(2, 2), batch_size=1)
 
 

@@ -1,5 +1,6 @@
 """The whole tiny model through the Triton kernels (backend="triton") against the plain oracle
-(tests/helpers/reference_videomae.py), and against the same model on the torch backend.
+(tests/helpers/reference_videomae.py, tests/helpers/reference_vjepa2.py), and against the same model on the torch
+backend: VideoMAE and V-JEPA 2 (encoder and classifier, whose checkpoints transformers writes).
 
 Where the kernels run is decided once, in tests/conftest.py (kernel_checks.DEVICE): without a GPU the Triton
 interpreter runs them on CPU; on a GPU machine plain `pytest` puts the model on CUDA with compiled kernels. The
@@ -29,7 +30,8 @@ PREPROCESSOR = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224,
 TORCH_PATHS = {"vmae_fast.kernels.patch_embed": "_patch_embed_torch",
                "vmae_fast.kernels.varlen_attention": "_varlen_attention_torch",
                "vmae_fast.kernels.layer_norm": "_layer_norm_torch",
-               "vmae_fast.kernels.mean_pool_layernorm": "_mean_pool_layernorm_torch"}
+               "vmae_fast.kernels.mean_pool_layernorm": "_mean_pool_layernorm_torch",
+               "vmae_fast.kernels.qkv_rope": "_qkv_rope_torch"}
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -131,3 +133,51 @@ def test_patch_weight_laid_out_once_and_again_after_a_change(checkpoint):
             m.patch_embed.weight.mul_(-0.5)
     assert model._patch_weight(True) is not prepared
     check("after an in-place change", model(frames).embeddings, reference(frames).embeddings)
+
+
+@pytest.fixture(scope="module", params=["base", "classification"])
+def vjepa2_checkpoint(request, tmp_path_factory):
+    """A tiny V-JEPA 2 folder written by transformers (32 px, 4 frames, 4 heads of 16: N = 8 tokens)."""
+    from tests.helpers.vjepa2_checkpoints import make_hf_checkpoint
+
+    path, _ = make_hf_checkpoint(tmp_path_factory.mktemp(f"vjepa2-{request.param}"), kind=request.param, seed=12)
+    return path
+
+
+@pytest.mark.parametrize("keep_kind", ["all", "ragged"])
+def test_vjepa2_triton_model_matches_oracle_and_torch_backend(vjepa2_checkpoint, keep_kind, no_torch_fallback):
+    """V-JEPA 2 on the Triton kernels (rotary, attention, norms, patch embedding without a table; the pooler's
+    attention too) against the oracle, and against the torch backend (run after the fallback guard is lifted)."""
+    import vmae_fast
+    from tests.helpers.reference_vjepa2 import ReferenceVJEPA2
+
+    model = vmae_fast.load_model(vjepa2_checkpoint, device=DEVICE, dtype=torch.float32, backend="triton")
+    oracle = ReferenceVJEPA2.from_hf(vjepa2_checkpoint)
+    frames, keep = inputs()
+    keep = None if keep_kind == "all" else keep
+    out = model(frames.to(DEVICE), keep=None if keep is None else keep.to(DEVICE), return_tokens=True)
+    c = model.config
+    pixel_values = frames_to_pixel_values(frames, c.image_mean, c.image_std)
+    want = oracle.forward_kept(pixel_values, keep)
+    assert out.cu_seqlens.cpu().tolist() == want["cu_seqlens"].tolist()
+    label = f"vjepa2 {vjepa2_checkpoint.name} keep={keep_kind}"
+    check(f"{label} tokens", out.tokens, want["tokens"])
+    check(f"{label} embeddings", out.embeddings, want["embedding"])
+    if want["logits"] is not None:
+        check(f"{label} logits", out.logits, want["logits"])
+
+
+def test_vjepa2_triton_backend_matches_torch_backend(vjepa2_checkpoint):
+    import vmae_fast
+
+    triton_model = vmae_fast.load_model(vjepa2_checkpoint, device=DEVICE, dtype=torch.float32, backend="triton")
+    torch_model = vmae_fast.load_model(vjepa2_checkpoint, device=DEVICE, dtype=torch.float32, backend="torch")
+    frames, keep = inputs()
+    for label, k in (("all", None), ("ragged", keep), ("tube:0.5", "tube:0.5")):
+        k = k.to(DEVICE) if isinstance(k, torch.Tensor) else k
+        a = triton_model(frames.to(DEVICE), keep=k, return_tokens=True)
+        b = torch_model(frames.to(DEVICE), keep=k, return_tokens=True)
+        assert torch.equal(a.cu_seqlens, b.cu_seqlens)
+        for field in ("tokens", "embeddings") + (("logits",) if a.logits is not None else ()):
+            check(f"vjepa2 {vjepa2_checkpoint.name} {label} triton-vs-torch {field}", getattr(a, field),
+                  getattr(b, field))

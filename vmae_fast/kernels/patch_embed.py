@@ -1,6 +1,7 @@
-"""Tubelet patch embedding: frames -> normalized tubelets -> GEMM -> + bias + sin/cos position -> kept tokens, packed.
-Fuses: uint8 /255, mean/std, tubelet unfold (pure index math, no copy), GEMM, bias, position add and the gather of
-kept tokens in one kernel (Triton). Idea: the Conv3d of VideoMAE's PatchEmbed written as a GEMM over tubelets."""
+"""Tubelet patch embedding: frames -> normalized tubelets -> GEMM -> + bias (+ position table) -> kept tokens, packed.
+Fuses: uint8 /255, mean/std, tubelet unfold (pure index math, no copy), GEMM, bias, position add (VideoMAE's sin/cos
+table; none for V-JEPA 2, whose positions are rotary) and the gather of kept tokens in one kernel (Triton).
+Idea: the Conv3d of VideoMAE's PatchEmbed written as a GEMM over tubelets."""
 
 from __future__ import annotations
 
@@ -54,14 +55,14 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "ROWS", "RUN_PAD", "NORMALIZE"],
+@triton.autotune(configs=_CONFIGS, key=["D", "ROWS", "RUN_PAD", "NORMALIZE", "HAS_POS"],
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit(do_not_specialize=["M", "num_clips"])
 def _patch_embed_kernel(
     Frames,  # uint8 (B, T, H, W, 3) with (W, 3) contiguous, or float (B, T, 3, H, W) with W contiguous
     Wp,  # (D, ROWS * RUN_PAD) weight laid out in run order, zeros in the padding, contiguous (prepare_weight)
     Bias,  # (D,)
-    Pos,  # (N, D) sin/cos position table, last dim contiguous
+    Pos,  # (N, D) sin/cos position table, last dim contiguous (unused unless HAS_POS)
     Mean,  # (3,) float pixel mean in [0, 1] units (unused unless NORMALIZE)
     Std,  # (3,) float pixel std (unused unless NORMALIZE)
     TokenIds,  # (M,) int64 flat ids b*N + n of the kept tokens (unused unless HAS_IDS)
@@ -73,7 +74,7 @@ def _patch_embed_kernel(
     RUN: tl.constexpr,  # values per run: 3P (uint8) or P (float)
     RUN_PAD: tl.constexpr,  # RUN rounded up to a multiple of 16
     BLOCK_K: tl.constexpr,  # values of the padded runs per K step
-    NORMALIZE: tl.constexpr, HAS_IDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NORMALIZE: tl.constexpr, HAS_IDS: tl.constexpr, HAS_POS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One grid axis (2^31 - 1 programs; axis 1 would cap the row tiles at 65,535, ~4 M kept tokens). Feature tiles
@@ -135,8 +136,10 @@ def _patch_embed_kernel(
         acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
 
     acc += tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    pos = tl.load(Pos + n[:, None] * stride_pos + cols[None, :], mask=token_ok[:, None] & col_ok[None, :], other=0.0)
-    acc += pos.to(tl.float32)
+    if HAS_POS:
+        pos = tl.load(Pos + n[:, None] * stride_pos + cols[None, :], mask=token_ok[:, None] & col_ok[None, :],
+                      other=0.0)
+        acc += pos.to(tl.float32)
     acc = tl.where(token_ok[:, None], acc, float("nan"))
     tl.store(Out + rows[:, None] * D + cols[None, :], acc.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
@@ -217,13 +220,13 @@ def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, p
         return patch_embed_grid(M, D, meta["BLOCK_M"], meta["BLOCK_N"])
 
     wrap_triton(_patch_embed_kernel)[grid](
-        frames, prepared_weight, bias, pos_table,
+        frames, prepared_weight, bias, pos_table if pos_table is not None else dummy,
         mean if mean is not None else dummy, std if std is not None else dummy,
         token_ids if token_ids is not None else dummy, out,
         M, B, D, N, n_h, n_w,
-        stride_b, stride_t, stride_c, stride_h, stride_w, pos_table.stride(0),
+        stride_b, stride_t, stride_c, stride_h, stride_w, pos_table.stride(0) if pos_table is not None else 0,
         P=patch_size, TS=tubelet_size, ROWS=rows, RUN=run, RUN_PAD=run_pad, BLOCK_K=_K_TILE,
-        NORMALIZE=channels_last, HAS_IDS=token_ids is not None,
+        NORMALIZE=channels_last, HAS_IDS=token_ids is not None, HAS_POS=pos_table is not None,
         # fp32 weights: "tf32x3" (three tf32 MMAs, error near fp32 rounding, on the tensor cores), as varlen_attention;
         # plain tf32 keeps a 10-bit mantissa. No effect for fp16/bf16.
         DOT_PRECISION="tf32x3" if weight.dtype == torch.float32 else "tf32",
@@ -231,7 +234,8 @@ def _patch_embed_triton(frames, weight, bias, pos_table, mean, std, token_ids, p
     return out
 
 
-def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos_table: torch.Tensor,
+def _patch_embed_launcher(frames: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          pos_table: torch.Tensor | None,
                           mean: torch.Tensor | None, std: torch.Tensor | None, token_ids: torch.Tensor | None,
                           patch_size: int, tubelet_size: int,
                           prepared_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,11 +258,15 @@ def _patch_embed_torch(frames, weight, bias, pos_table, mean, std, token_ids, pa
     N = n_t * n_h * n_w
     x = x.reshape(B, n_t, ts, C, n_h, P, n_w, P).permute(0, 1, 4, 6, 3, 2, 5, 7)  # (B, t, h, w, C, ts, P, P)
     x = x.reshape(B * N, C * ts * P * P)
-    pos = pos_table.unsqueeze(0).expand(B, N, -1).reshape(B * N, -1)
     if token_ids is not None:  # gather before the GEMM: dropped tokens cost nothing
-        x, pos = x[token_ids], pos[token_ids]
+        x = x[token_ids]
     out = torch.addmm(bias.to(x.dtype), x.to(weight.dtype), weight.t()) if x.dtype == weight.dtype else \
         torch.addmm(bias.float(), x.float(), weight.float().t())
+    if pos_table is None:  # V-JEPA 2: rotary positions, nothing to add
+        return out.to(weight.dtype)
+    pos = pos_table.unsqueeze(0).expand(B, N, -1).reshape(B * N, -1)
+    if token_ids is not None:
+        pos = pos[token_ids]
     return (out.float() + pos.float()).to(weight.dtype)
 
 
@@ -312,13 +320,14 @@ def _check_patch_embed_inputs(frames, weight, bias, pos_table, mean, std, token_
                          f"(D, -1)), got shape {tuple(weight.shape)}")
     D = weight.shape[0]
     check_vector("bias", bias, D, frames.device)
-    check_tensor("pos_table", pos_table, ndim=2)
-    if tuple(pos_table.shape) != (N, D):
-        raise ValueError(f"pos_table must be (N, D) = ({N}, {D}) for these frames and weight, got shape "
-                         f"{tuple(pos_table.shape)}")
+    if pos_table is not None:
+        check_tensor("pos_table", pos_table, ndim=2)
+        if tuple(pos_table.shape) != (N, D):
+            raise ValueError(f"pos_table must be (N, D) = ({N}, {D}) for these frames and weight (or None: no "
+                             f"position table), got shape {tuple(pos_table.shape)}")
+        check_last_dim_contiguous("pos_table", pos_table)
     check_same_device(frames.device, weight=weight, pos_table=pos_table)
     check_last_dim_contiguous("weight", weight)
-    check_last_dim_contiguous("pos_table", pos_table)
     if token_ids is not None:
         if not isinstance(token_ids, torch.Tensor):
             raise TypeError(f"token_ids must be an int64 tensor or None, got {type(token_ids).__name__}")
@@ -358,7 +367,8 @@ def patch_embed(frames, weight, bias, pos_table, mean=None, std=None, token_ids=
     """frames: uint8 (B, T, H, W, 3) (normalized here with mean/std, (3,) each, in [0, 1] pixel units) or float
     (B, T, 3, H, W) already normalized (mean/std must be None). weight: (D, 3*tubelet_size*patch_size**2), the Conv3d
     weight flattened in (C, t, y, x) order; bias: (D,); pos_table: (N, D) with N = T/ts * H/P * W/P tokens per clip in
-    (t, h, w) order; token_ids: int64 (N_kept,) flat ids b*N + n of the kept tokens in output order, or None (all).
+    (t, h, w) order, added to every clip's tokens (VideoMAE), or None (V-JEPA 2: no table); token_ids: int64
+    (N_kept,) flat ids b*N + n of the kept tokens in output order, or None (all).
     Returns (N_kept, D) in weight's dtype (fp32 accumulation; the tubelet values are rounded to weight's dtype for
     the matrix units, as the unfused Conv3d in that dtype does).
 
