@@ -63,7 +63,9 @@ def test_every_public_name_of_a_package_is_on_its_api_page(site, package):
     anchors = _anchors(page)
     missing = [name for name in importlib.import_module(package).__all__
                if f"{package}.{name}" not in anchors and not any(a.endswith(f".{name}") for a in anchors)]
-    assert not missing, f"{package}.__all__ names without an entry on docs/api/{API_PAGES[package]}.md: {missing}"
+    assert not missing, (f"{package}.__all__ names without an entry on docs/api/{API_PAGES[package]}.md: {missing}; "
+                         f"add a line `::: {package}.<module>.<name>` there for each (or a docstring mkdocstrings "
+                         "can render)")
 
 
 def test_every_top_level_name_is_in_the_api_reference(site):
@@ -75,7 +77,8 @@ def test_every_top_level_name_is_in_the_api_reference(site):
 
     missing = [name for name in vmae_fast.__all__
                if name != "__version__" and not any(a.endswith(f".{name}") for a in anchors)]
-    assert not missing, f"vmae_fast.__all__ names without an entry in docs/api/: {missing}"
+    assert not missing, (f"vmae_fast.__all__ names without an entry in docs/api/: {missing}; add `::: "
+                         "vmae_fast.<home module>` (or the name's line) to the right page, e.g. docs/api/model.md")
 
 
 def test_readme_links_lead_to_files_that_exist():
