@@ -469,6 +469,7 @@ def test_schema_metadata_and_read_embeddings_order(tmp_path, small_videos, ckpt,
     }
     run = store.load_run(ref_out)
     assert kv["model_source"] == str(ckpt.resolve())
+    assert kv["architecture"] == "videomae" and kv["embedding"] == "fc_norm(mean of the last block's tokens)"
     assert kv["weights_sha256"] == run["config"]["model"]["weights_sha256"] and len(kv["weights_sha256"]) == 64
     assert kv["model_config"]["hidden_size"] == 64 and kv["preprocessing"]["image_size"] == 32
     assert kv["sampling"] == {

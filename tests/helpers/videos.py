@@ -344,11 +344,13 @@ def check_clips(clips, exp, sampling, image_size: int = 32):
     assert [c.clip_index for c in clips] == list(range(len(clips)))
 
 
-def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]]:
+def independent_views(exp, image_size: int, crops: int, resize: int | None = None) -> list[list[np.ndarray]]:
     """Every frame of exp decoded in order (one thread, nothing skipped), turned upright as np.rot90 by the
     display rotation, and cut as DESIGN.md says, written here without vmae_fast: one crop = the center square of
     the coded frame scaled to S x S; three = the frame scaled so its short side is S, then S x S windows at offset
-    0, (L - S) // 2 and L - S of the long side L. Scaling: swscale bilinear through an FFmpeg filter graph."""
+    0, (L - S) // 2 and L - S of the long side L. With `resize` R > S (V-JEPA 2's processor: short side R, then the
+    center S x S crop) the frame is scaled so its short side is R, and every window is also centered across the
+    short side, at (R - S) // 2. Scaling: swscale bilinear through an FFmpeg filter graph."""
     import av
 
     def graph(frame, filters):
@@ -361,6 +363,7 @@ def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]
         g.configure()
         return g
 
+    short = resize or image_size
     out = []
     with av.open(str(exp.path)) as c:
         stream = c.streams.video[0]
@@ -368,25 +371,26 @@ def independent_views(exp, image_size: int, crops: int) -> list[list[np.ndarray]
         g = None
         for frame in c.decode(stream):
             w, h = frame.width, frame.height
-            if crops == 1:
+            if crops == 1 and short == image_size:
                 side = min(w, h)
                 filters = [("crop", f"{side}:{side}:{(w - side) // 2}:{(h - side) // 2}"),
                            ("scale", f"{image_size}:{image_size}:flags=bilinear")]
             else:
-                sw, sh = (round(w * image_size / h), image_size) if w >= h else (image_size, round(h * image_size / w))
+                sw, sh = (round(w * short / h), short) if w >= h else (short, round(h * short / w))
                 filters = [("scale", f"{sw}:{sh}:flags=bilinear")]
             g = g or graph(frame, filters)
             g.push(frame)
             img = np.rot90(g.pull().to_ndarray(), exp.rotation // 90)
-            if crops == 1:
+            if crops == 1 and short == image_size:
                 out.append([img])
                 continue
             long = max(img.shape[:2])
-            offsets = [0, (long - image_size) // 2, long - image_size]
+            across = (min(img.shape[:2]) - image_size) // 2
+            offsets = [(long - image_size) // 2] if crops == 1 else [0, (long - image_size) // 2, long - image_size]
             if img.shape[1] >= img.shape[0]:
-                out.append([img[:, x : x + image_size] for x in offsets])
+                out.append([img[across : across + image_size, x : x + image_size] for x in offsets])
             else:
-                out.append([img[y : y + image_size] for y in offsets])
+                out.append([img[y : y + image_size, across : across + image_size] for y in offsets])
     return out
 
 

@@ -77,6 +77,8 @@ def test_writer_parts_reading_order_and_metadata(tmp_path):
     assert json.loads(kv[b"id2label"]) == {"0": "a", "1": "b", "2": "c"}
     assert json.loads(kv[b"config_hash"]) == run["config_hash"]
     for key in (
+        b"architecture",
+        b"embedding",
         b"model_source",
         b"model_config",
         b"weights_sha256",

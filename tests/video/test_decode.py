@@ -505,15 +505,17 @@ def test_three_crops_land_at_the_start_center_and_end_of_the_long_side(crop_vide
     assert np.abs(single.frames.astype(np.float64) - clips[1].frames).mean() < 2.0
 
 
+@pytest.mark.parametrize("resize", [None, 40], ids=["resize-S", "resize-40"])
 @pytest.mark.parametrize("crops", [1, 3])
 @pytest.mark.parametrize("name", sorted(CROP_CASES))
-def test_every_view_equals_an_independent_decode_and_crop(crop_videos, name, crops):
+def test_every_view_equals_an_independent_decode_and_crop(crop_videos, name, crops, resize):
     """PyAV backend (skipping, seeking, frame threads): each view of each clip is pixel-identical to the test's own
     full decode, turn and crop (independent_views): a view cut from the wrong place, the wrong frame or before
-    turning upright differs."""
+    turning upright differs. resize 40 > S: V-JEPA 2's geometry (short side scaled to 40, then S x S crops centered
+    across it)."""
     exp = crop_videos[name]
-    ref = independent_views(exp, S, crops)
-    sampling = Sampling(num_frames=T, clips_per_video=3, crops=crops)
+    ref = independent_views(exp, S, crops, resize)
+    sampling = Sampling(num_frames=T, clips_per_video=3, crops=crops, resize=resize)
     clips = list(decode_clips(VideoTask(exp.path), sampling, S, "pyav", threads=2))
     assert len(clips) == 3 * crops
     order = (1,) if crops == 1 else (0, 1, 2)
@@ -524,9 +526,39 @@ def test_every_view_equals_an_independent_decode_and_crop(crop_videos, name, cro
             if not np.array_equal(clip.frames[j], expected):
                 diff = np.abs(clip.frames[j].astype(int) - expected).max()
                 raise AssertionError(
-                    f"{name} crops={crops}: clip {clip.clip_index} crop {clip.crop_index} slot {j} "
+                    f"{name} crops={crops} resize={resize}: clip {clip.clip_index} crop {clip.crop_index} slot {j} "
                     f"(frame {idx}) differs from the independent crop by up to {diff} levels"
                 )
+
+
+@pytest.mark.parametrize("backend", ["decord", "torchcodec"])
+@pytest.mark.parametrize("name", ["landscape", "portrait"])
+def test_resize_before_the_crop_with_every_backend(crop_videos, name, backend, request):
+    """Sampling.resize (V-JEPA 2's short side before the crop) through decord and torchcodec: the same view as the
+    PyAV path within resampling differences (each scales with its own filter), for one crop and three; and it is a
+    zoomed view, not the center square at S (which differs by far more)."""
+    if backend == "torchcodec":
+        request.getfixturevalue("fake_torchcodec")
+    exp = crop_videos[name]
+    for crops in (1, 3):
+        sampling = Sampling(num_frames=T, clips_per_video=2, crops=crops, resize=40)
+        want = list(decode_clips(VideoTask(exp.path), sampling, S, "pyav"))
+        got = list(decode_clips(VideoTask(exp.path), sampling, S, backend))
+        assert [(c.clip_index, c.crop_index) for c in got] == [(c.clip_index, c.crop_index) for c in want]
+        for a, b in zip(got, want, strict=True):
+            diff = np.abs(np.asarray(a.frames, np.float64) - b.frames).mean()
+            assert diff < 4.0, f"{backend} {name} crops={crops} view {b.crop_index}: mean abs diff {diff:.2f} levels"
+    square = next(decode_clips(VideoTask(exp.path), Sampling(num_frames=T, clips_per_video=2), S, "pyav"))
+    zoomed = next(decode_clips(VideoTask(exp.path), Sampling(num_frames=T, clips_per_video=2, resize=40), S, "pyav"))
+    assert np.abs(square.frames.astype(np.float64) - zoomed.frames).mean() > 4.0
+
+
+def test_resize_smaller_than_the_crop_is_refused(crop_videos):
+    with pytest.raises(ValueError, match="sampling.resize 24 .* must be >= image_size 32"):
+        next(decode_clips(VideoTask(crop_videos["landscape"].path), Sampling(num_frames=T, resize=24), S))
+    with pytest.raises(ValueError, match="resize must be an int >= 1"):
+        Sampling(resize=0)
+    assert "resize" not in Sampling().to_dict() and Sampling(resize=292).to_dict()["resize"] == 292
 
 
 def test_three_crops_of_a_wide_frame_and_a_square_one():

@@ -124,9 +124,15 @@ def extract_local(inputs, out, model: Any = "random:small", *, clip_frames: int 
     net = load_run_model(model, dev, torch_dtype, backend)
     cfg = net.config
     if clip_frames is not None and clip_frames != cfg.num_frames:
-        raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} frames")
+        try:  # V-JEPA 2 takes any count (rotary positions); VideoMAE's position table fixes it
+            net = net.with_num_frames(clip_frames)
+        except ValueError:
+            raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} "
+                             f"frames") from None
+        cfg = net.config
     sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=frame_step, fps=fps, clip_stride_s=clip_stride_s,
-                        clips_per_video=clips_per_video, crops=1 if crops is None else int(crops))
+                        clips_per_video=clips_per_video, crops=1 if crops is None else int(crops),
+                        resize=cfg.resize_size if cfg.resize_size != cfg.image_size else None)
     run = build_run(net, sampling, keep_spec, torch_dtype, dev, embedding_dtype, (shard_index, num_shards))
     lock = ShardLock(out, shard_index, break_lock=break_lock).acquire()  # one writer per shard, before OUT is touched
     try:  # from here on the lock is released whatever happens (the run's finally below, or this except)

@@ -82,13 +82,19 @@ def _load(options: dict):
     cfg = net.config
     clip_frames = options.get("clip_frames")
     if clip_frames is not None and clip_frames != cfg.num_frames:
-        raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} frames")
+        try:  # V-JEPA 2 takes any count (rotary positions); VideoMAE's position table fixes it
+            net = net.with_num_frames(clip_frames)
+        except ValueError:
+            raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} "
+                             f"frames") from None
+        cfg = net.config
     clips_per_video, crops = options.get("clips_per_video"), options.get("crops")
     if options.get("views") is not None:  # the local engine has refused --views beside either already
         clips_per_video, crops = parse_views(options["views"])
     sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=options.get("frame_step"), fps=options.get("fps"),
                         clip_stride_s=options.get("clip_stride_s"), clips_per_video=clips_per_video,
-                        crops=1 if crops is None else int(crops))
+                        crops=1 if crops is None else int(crops),
+                        resize=cfg.resize_size if cfg.resize_size != cfg.image_size else None)
     run = build_run(net, sampling, keep_spec, dtype, dev, options.get("embedding_dtype", "float32"), (0, 1))
     return net, sampling, run, keep_policy, dev
 

@@ -51,7 +51,7 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
         # random weights may have been built with config overrides (e.g. a smaller image_size): rebuild the same
         overrides = config["model"]["config"] if str(source).startswith("random:") else None
         _MODEL_CACHE[key] = load_run_model(source, dev, dtype, "auto", overrides)
-    net = _MODEL_CACHE[key]
+    net = _MODEL_CACHE[key].with_num_frames(sampling.num_frames)  # a V-JEPA 2 run's --clip-frames
     expected = config["model"].get("weights_sha256")
     if expected and net.describe().get("weights_sha256") != expected:
         raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")

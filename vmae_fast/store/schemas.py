@@ -1,5 +1,6 @@
 """Arrow schemas of the three part tables (clips, videos, errors) and the Parquet key-value metadata every part
-carries (model, preprocessing, sampling, keep policy, dtype, device, id2label, config hash)."""
+carries (model architecture and source, what `embedding` is, preprocessing, sampling, keep policy, dtype, device,
+id2label, config hash)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def file_metadata(run: dict) -> dict[str, str]:
     model = run["model"]
     config = run["config"]
     values = {
+        "architecture": model.get("architecture", "videomae"),  # runs written before V-JEPA 2 existed: VideoMAE
+        "embedding": model.get("embedding"),  # what a clip's embedding is for this checkpoint (model.describe())
         "model_source": model.get("source"),
         "model_config": model.get("config"),
         "weights_sha256": model.get("weights_sha256"),

@@ -1,6 +1,7 @@
-"""Frame geometry, in one place for every decoder: the decode size (short side = image_size, aspect kept), the
-source window of the center crop, the spatial views of a frame (one center crop, or three crops at the start, the
-center and the end of the long side, as the VideoMAE papers' multi-view test), and turning a frame upright."""
+"""Frame geometry, in one place for every decoder: the decode size (short side = image_size, aspect kept; or a larger
+`resize` short side before the crop, as V-JEPA 2's processor resizes to crop * 256 / 224), the source window of the
+center crop, the spatial views of a frame (one center crop, or three crops at the start, the center and the end of
+the long side, as the VideoMAE papers' multi-view test), and turning a frame upright."""
 
 from __future__ import annotations
 
@@ -47,13 +48,15 @@ def crop_offsets(length: int, image_size: int, crops: int) -> list[int]:
     return [center] if crops == 1 else [0, center, length - image_size]
 
 
-def views(frame: np.ndarray, image_size: int, crops: int = 1) -> list[np.ndarray]:
+def views(frame: np.ndarray, image_size: int, crops: int = 1, resize: int | None = None) -> list[np.ndarray]:
     """Upright (h, w, 3) frame -> `crops` views (S, S, 3) in crop_index order, cut along its long side (left /
     center / right when landscape, top / center / bottom when portrait; a square frame gives the same view three
-    times). Resizes first (bilinear, swscale) if the short side is not S. Views are slices of the frame."""
+    times) and centered across it. Resizes first (bilinear, swscale) if the short side is not `resize` (default S).
+    Views are slices of the frame."""
     h, w = frame.shape[:2]
-    if min(h, w) != image_size:
-        tw, th = decode_size(w, h, image_size)
+    short = resize or image_size
+    if min(h, w) != short:
+        tw, th = decode_size(w, h, short)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").to_ndarray(
             width=tw, height=th, format="rgb24", interpolation="BILINEAR")
         h, w = frame.shape[:2]

@@ -1,10 +1,11 @@
 """decode_clips(): one video -> model-ready clips, through the chosen decoder backend (default: PyAV).
 
 Frames are decoded in one sequential pass per video (sorted indices; frames shared by overlapping clips decoded
-once); each backend yields the upright views of each frame (crop.py: short side resized to image_size, then the
-center crop, or with Sampling.crops=3 the start, center and end crops of the long side, all cut from one decoded
-frame), timed by their presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per
-core, passes the hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with
+once); each backend yields the upright views of each frame (crop.py: short side resized to image_size, or to
+Sampling.resize when the model's processor resizes larger than its crop, then the center crop, or with
+Sampling.crops=3 the start, center and end crops of the long side, all cut from one decoded frame), timed by their
+presentation timestamps. Backends, one file each: pyav_reader.py (default: measured fastest per core, passes the
+hostile corpus, see README), decord_reader.py, torchcodec_reader.py (optional; NVDEC with
 device="cuda"). All of them follow the same frame plan: sampling.plan_clips over the PyAV packet index.
 """
 
@@ -50,18 +51,20 @@ def check_path(path: str) -> None:
 
 
 
-def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu", remote=None):
+def _open_reader(path: str, image_size: int, backend: str, threads: int, device: str = "cpu", remote=None,
+                 resize: int | None = None):
     """(reader, fallback) for `backend`: "auto" is DEFAULT_DECODE_BACKEND on the CPU and torchcodec on CUDA; "decord"
     falls back to PyAV for files decord cannot open (fallback: the PyAV reader to continue with if decord fails
-    mid-way). remote: the RemoteVideo of a URL (PyAV streams it; decord and torchcodec get its local copy)."""
+    mid-way). remote: the RemoteVideo of a URL (PyAV streams it; decord and torchcodec get its local copy).
+    resize: the short side before the crop (Sampling.resize; None: image_size)."""
     check_path(path)
-    pyav = PyAVReader(path, image_size, threads, remote)  # header + packet index: uniform "open" errors, timestamps
+    pyav = PyAVReader(path, image_size, threads, remote, resize)  # header + packet index: "open" errors, timestamps
     if remote is not None and (backend in ("decord", "torchcodec") or device != "cpu"):
         path = remote.local_path()  # these take a path only: the whole file, fetched once
     if backend == "torchcodec" or device != "cpu":
         from .torchcodec_reader import TorchCodecReader
 
-        return TorchCodecReader(path, image_size, pyav, threads=threads or 1, device=device), None
+        return TorchCodecReader(path, image_size, pyav, threads=threads or 1, device=device, resize=resize), None
     if backend in ("auto", "pyav"):
         return pyav, None
     pix_fmt, rotation = pyav.probe_first_frame()
@@ -73,7 +76,7 @@ def _open_reader(path: str, image_size: int, backend: str, threads: int, device:
 
     try:
         return DecordReader(path, (pyav.width, pyav.height), pyav.decode_size, image_size, threads,
-                            timestamps=pyav.timestamps), pyav
+                            timestamps=pyav.timestamps, resize=resize), pyav
     except VideoError:
         raise
     except Exception:  # noqa: BLE001 - decord raises its own types (DECORDError, RuntimeError, ...)
@@ -160,6 +163,9 @@ def decode_clips(
     """
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+    if sampling.resize is not None and sampling.resize < image_size:
+        raise ValueError(f"sampling.resize {sampling.resize} (the short side before the crop) must be >= image_size "
+                         f"{image_size}")
     check_device(device, backend)
     if device != "cpu" and alloc is not None:
         raise ValueError(f"alloc (host buffers) cannot receive frames decoded on {device}")
@@ -179,7 +185,7 @@ def decode_clips(
 
 
 def _decode(task, path, sampling, image_size, backend, threads, at_s, info, alloc, device, remote):
-    reader, fallback = _open_reader(path, image_size, backend, threads, device, remote)
+    reader, fallback = _open_reader(path, image_size, backend, threads, device, remote, sampling.resize)
     crops = sampling.crops
     done = 0  # clips (views) yielded so far
     while True:
@@ -203,7 +209,7 @@ def _decode(task, path, sampling, image_size, backend, threads, at_s, info, allo
             if kind == ENVIRONMENT or (kind == BUG and reader.name == "pyav"):
                 raise  # memory, a network file system, or our bug (PyAV's errors are typed): the run's problem
             if reader.name == "decord":  # decord failed mid-way: go on with PyAV
-                reader, fallback = fallback or PyAVReader(path, image_size, threads, remote), None
+                reader, fallback = fallback or PyAVReader(path, image_size, threads, remote, sampling.resize), None
                 continue
             raise VideoError("decode", f"{reader.name} failed on {path}: {one_line(e)}") from None
 

@@ -19,10 +19,10 @@ class DecordReader:
     name = "decord"
 
     def __init__(self, path: str, native_size: tuple[int, int], decode_size: tuple[int, int], image_size: int,
-                 threads: int = 0, batch: int = 32, timestamps: np.ndarray | None = None):
+                 threads: int = 0, batch: int = 32, timestamps: np.ndarray | None = None, resize: int | None = None):
         import decord
 
-        self.path, self.batch, self.image_size = path, batch, image_size
+        self.path, self.batch, self.image_size, self.resize = path, batch, image_size, resize
         self.decode_size = decode_size
         w, h = decode_size if decode_size != native_size else (-1, -1)  # -1: no scaling
         self.reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
@@ -45,4 +45,4 @@ class DecordReader:
             chunk = indices[lo : lo + self.batch]
             batch = self.reader.get_batch(chunk.tolist()).asnumpy()
             for idx, frame in zip(chunk.tolist(), batch, strict=True):
-                yield idx, views(frame, self.image_size, crops)
+                yield idx, views(frame, self.image_size, crops, self.resize)

@@ -6,8 +6,9 @@ decoding pass that
   other frame predicts from such a frame, so the frames kept are bit-identical),
 - seeks to the keyframe before a wanted frame across long gaps,
 - crops the center square and scales only it to image_size (swscale, bilinear), and only for wanted frames; with
-  three crops (Sampling.crops=3) it scales the whole frame once (short side image_size) and cuts the start,
-  center and end crops of the upright frame from it.
+  three crops (Sampling.crops=3), or a resize larger than the crop (Sampling.resize, V-JEPA 2), it scales the whole
+  frame once (short side `resize`, default image_size) and cuts the center crop, or the start, center and end crops,
+  of the upright frame from it.
 Containers are opened without decoding frames to probe them (~65 ms less per 1080p H.264 open); the decoder's
 reorder depth, which that probe would guess by decoding, comes from the packet order instead.
 """
@@ -119,8 +120,9 @@ class PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, image_size: int, threads: int = 0, remote=None):
+    def __init__(self, path: str, image_size: int, threads: int = 0, remote=None, resize: int | None = None):
         self.path, self.image_size, self.threads, self.remote = path, image_size, threads, remote
+        self.resize = resize or image_size  # short side before the crop
         container = _av_open(path, remote=remote)
         try:
             if not container.streams.video:
@@ -179,7 +181,7 @@ class PyAVReader:
         progress.tick()
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
         progress.tick()
-        self.decode_size = decode_size(self.display_width, self.height, image_size)
+        self.decode_size = decode_size(self.display_width, self.height, self.resize)
         self.rotation_k = 0  # display rotation in quarter turns (np.rot90), read from the first decoded frame
         self.frames_decoded = 0  # frames the decoder produced (the rest of those passed were skipped or seeked over)
 
@@ -214,15 +216,15 @@ class PyAVReader:
         codec.reorder_depth = max(codec.reorder_depth, self.reorder_depth)
 
     def _cutter(self, crops: int):
-        """decoded frame -> list of `crops` upright uint8 (S, S, 3) views (crop.views order). One view: only the
-        center square is scaled (unless that shortcut is off); three: the frame is scaled once, turned upright,
-        and cut along its upright long side."""
+        """decoded frame -> list of `crops` upright uint8 (S, S, 3) views (crop.views order). One view at resize S:
+        only the center square is scaled (unless that shortcut is off); otherwise (three views, or a resize larger
+        than the crop) the frame is scaled once to short side `resize`, turned upright, and cut."""
         s = self.image_size
-        if crops == 1 and _CROP_BEFORE_SCALE:
+        if crops == 1 and self.resize == s and _CROP_BEFORE_SCALE:
             square = _SquareScaler(s, self.sample_aspect, self.time_base)
             return lambda frame: [upright(square(frame), self.rotation_k)]
-        whole = _FrameScaler(s, self.sample_aspect, self.time_base)
-        return lambda frame: views(upright(whole(frame), self.rotation_k), s, crops)
+        whole = _FrameScaler(self.resize, self.sample_aspect, self.time_base)
+        return lambda frame: views(upright(whole(frame), self.rotation_k), s, crops, self.resize)
 
     def frames(self, indices: np.ndarray, crops: int = 1) -> Iterator[tuple[int, list[np.ndarray]]]:
         """Yield (index, list of `crops` upright uint8 (S, S, 3) views) for sorted unique frame indices, in order.

@@ -31,6 +31,9 @@ class Sampling:
     crops: spatial views of every clip: 1 = the center crop; 3 = crops at the start, the center and the end of the
     long side after the short-side resize (the VideoMAE papers' multi-view test: clips_per_video=5, crops=3 is
     "5x3"). Each view is its own Clip (crop_index 0, 1, 2; 1 for crops=1), cut from frames decoded once.
+    resize: the short side frames are scaled to before the crops are cut (V-JEPA 2's processor: int(crop * 256 /
+    224), so the center crop keeps 87.5 % of it); None: the crop size itself (VideoMAE's processors; one crop is then
+    the center square scaled to the crop). Set from the model's preprocessing, like num_frames.
     """
 
     num_frames: int = 16
@@ -39,6 +42,7 @@ class Sampling:
     clip_stride_s: float | None = None
     clips_per_video: int | None = None
     crops: int = 1
+    resize: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.num_frames, int) or self.num_frames < 1:
@@ -58,6 +62,10 @@ class Sampling:
                                                  or self.clips_per_video < 1):
             raise ValueError(f"clips_per_video must be an int >= 1, got {self.clips_per_video!r}")
         check_crops(self.crops)
+        if self.resize is not None and (not isinstance(self.resize, int) or isinstance(self.resize, bool)
+                                        or self.resize < 1):
+            raise ValueError(f"resize must be an int >= 1 (the short side before the crop) or None, got "
+                             f"{self.resize!r}")
 
     def step_for(self, avg_fps: float) -> int:
         """Frame step for a video whose average frame rate is avg_fps."""
@@ -69,7 +77,12 @@ class Sampling:
         return max(1, round(avg_fps / target))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as recorded in _run.json; `resize` only when set (the runs written before it existed, and every
+        VideoMAE run, keep their configuration hash)."""
+        d = asdict(self)
+        if self.resize is None:
+            del d["resize"]
+        return d
 
 
 @dataclass(frozen=True)

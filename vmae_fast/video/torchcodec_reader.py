@@ -47,18 +47,21 @@ def square_resize(frames, image_size: int, sample_aspect: float = 1.0):
     return square.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def resize_views(frames, image_size: int, crops: int = 1, sample_aspect: float = 1.0, rotation_k: int = 0) -> list:
+def resize_views(frames, image_size: int, crops: int = 1, sample_aspect: float = 1.0, rotation_k: int = 0,
+                 resize: int | None = None) -> list:
     """uint8 (N, H, W, 3) torch tensor (any device) -> `crops` upright uint8 (N, S, S, 3) views (crop.views order),
-    on the same device. One view: the center square resized (square_resize); three: the whole frame resized to the
-    decode size (short side S, display aspect), turned upright, cut at the start/center/end of its long side."""
+    on the same device. One view at resize S (the default): the center square resized (square_resize); otherwise
+    (three views, or a larger resize) the whole frame resized to the decode size (short side `resize`, display
+    aspect), turned upright, cut at the start/center/end of its long side and centered across it."""
     import torch
     import torch.nn.functional as F
 
-    if crops == 1:
+    short = resize or image_size
+    if crops == 1 and short == image_size:
         square = square_resize(frames, image_size, sample_aspect)
         return [torch.rot90(square, rotation_k, dims=(1, 2)) if rotation_k else square]
     h, w = frames.shape[1:3]
-    tw, th = decode_size(max(1, round(w * sample_aspect)), h, image_size)
+    tw, th = decode_size(max(1, round(w * sample_aspect)), h, short)
     whole = frames.permute(0, 3, 1, 2).float()
     if (th, tw) != (h, w):
         whole = F.interpolate(whole, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
@@ -82,10 +85,11 @@ class TorchCodecReader:
 
     name = "torchcodec"
 
-    def __init__(self, path: str, image_size: int, index, threads: int = 1, device: str = "cpu"):
+    def __init__(self, path: str, image_size: int, index, threads: int = 1, device: str = "cpu",
+                 resize: int | None = None):
         from torchcodec.decoders import VideoDecoder
 
-        self.path, self.image_size, self.device = path, image_size, device
+        self.path, self.image_size, self.device, self.resize = path, image_size, device, resize
         self.timestamps, self.last_duration = index.timestamps, index.last_duration
         self.sample_aspect = index.sample_aspect
         self.first_pts_s = float(index.pts[0] * index.time_base)
@@ -122,7 +126,8 @@ class TorchCodecReader:
                 raise VideoError("decode", f"torchcodec returned the frame at {got[k]:.4f} s for frame "
                                            f"{int(chunk[k])} (planned at {self.timestamps[chunk[k]]:.4f} s) in "
                                            f"{self.path}")
-            per_view = resize_views(batch.data, self.image_size, crops, self.sample_aspect, self.rotation_k)
+            per_view = resize_views(batch.data, self.image_size, crops, self.sample_aspect, self.rotation_k,
+                                    self.resize)
             if per_view[0].device.type == "cpu":
                 per_view = [v.numpy() for v in per_view]
             for i, idx in enumerate(chunk.tolist()):
