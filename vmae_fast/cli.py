@@ -472,6 +472,60 @@ def _run_serve(args) -> int:
     return 0
 
 
+# --- dedup -----------------------------------------------------------------------------------------------------------
+def _add_dedup(sub) -> None:
+    p = sub.add_parser("dedup", help="find near-duplicate videos (or clips) and write them as groups",
+                       description="Group the videos (or clips) of OUT whose embeddings are nearly the same: "
+                                   "neighbours from the level's index (`vmae-fast index`) or an exact search for "
+                                   "small outputs, groups as connected components, written to OUT/dedup/ "
+                                   "(<level>.parquet: video_id, group_id, representative, similarity; "
+                                   "<level>.json: the summary). Without --threshold, the threshold is chosen from "
+                                   "this output: the valley between the mode of near-duplicates and the mode of "
+                                   "distinct videos in the neighbour similarities.")
+    p.add_argument("out", metavar="OUT", help="output folder of `vmae-fast extract`")
+    p.add_argument("--level", choices=("video", "clip"), default="video",
+                   help="compare videos (their mean embedding) or clips (default %(default)s)")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="cosine similarity at or above which two are near-duplicates (default: chosen from the "
+                        "output, see above)")
+    p.add_argument("--keep-list", metavar="FILE",
+                   help="also write the ones to keep, one per group and every one in no group: FILE.txt one "
+                        "video id a line (clip level: VIDEO_ID:CLIP_INDEX), .csv/.parquet with path and video_id "
+                        "(a list `vmae-fast extract` reads)")
+    search = p.add_mutually_exclusive_group()
+    search.add_argument("--exact", action="store_true",
+                        help="exact search in memory even when an index exists (outputs up to 50,000 rows)")
+    search.add_argument("--use-index", action="store_true", help="require the level's index (no exact fallback)")
+    p.add_argument("-k", type=int, default=16,
+                   help="neighbours searched per row (more are searched where all k are above the threshold; "
+                        "default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=_run_dedup)
+
+
+def _run_dedup(args) -> int:
+    import json
+
+    from .retrieval.dedup import find_groups, format_summary, summary, write_groups, write_keep_list
+
+    if args.threshold is not None and not -1 <= args.threshold <= 1:
+        raise FatalError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}")
+    if args.k < 1:
+        raise FatalError(f"-k must be a positive integer, got {args.k}")
+    exact = True if args.exact else (False if args.use_index else None)
+    result = find_groups(args.out, args.level, args.threshold, exact=exact, k=args.k,
+                         log=lambda msg: print(f"vmae-fast dedup: {msg}", file=sys.stderr))
+    paths = write_groups(result)
+    if args.keep_list:
+        write_keep_list(result, args.keep_list)
+    if args.json:
+        print(json.dumps({**summary(result), "files": {k: str(v) for k, v in paths.items()},
+                          "keep_list": args.keep_list}, indent=1))
+    else:
+        print(format_summary(result, paths, args.keep_list))
+    return 0
+
+
 # --- demo ------------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="extract, index and search the bundled sample videos (a first run, end to end)")
@@ -497,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                "resume), 1 a bug (traceback: please report it), 130/143 interrupted/terminated. VMAE_FAST_DEBUG=1 "
                "shows every traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_serve, _add_demo):
+    for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_serve, _add_dedup, _add_demo):
         add(sub)
     return parser
 

@@ -693,6 +693,35 @@ def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), metadata
 
 
+def stream_rows(out: str | os.PathLike, level: str = "clip", part_order: list[str] | None = None,
+                batch_size: int = 65_536) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
+    """The rows of a level as an index of OUT holds them, streamed: (first row, unit vectors float32 (b, D), metadata
+    Table of b rows) batches in index row order, over the clips parts named by part_order (an index's
+    manifest["part_order"]; default every committed part, sorted). Clip level: one row per clip (its center view),
+    a batch at a time; video level: one row per video, one part's videos at a time (`_video_vectors`)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    out = Path(out)
+    if part_order is None:
+        part_order = [f.name for f in clip_files(out)]
+    if not part_order:
+        return
+    schema = pq.read_schema(out / "clips" / part_order[0])
+    dim = _embedding_dim(schema)
+    meta_cols = [c for c in META_COLUMNS if c in schema.names]
+    files = [out / "clips" / name for name in part_order]
+    if level == "clip":
+        rows = _Rows.from_parts(files, 0, dim, meta_cols, batch_size, center_only="crop_index" in meta_cols)
+        yield from rows.batches(with_metadata=True)
+        return
+    first = 0
+    for f in files:
+        vectors, metadata = _video_vectors([f], dim, meta_cols, batch_size)
+        for s in range(0, len(vectors), batch_size):
+            yield first + s, normalize(vectors[s:s + batch_size]), metadata.slice(s, batch_size)
+        first += len(vectors)
+
+
 def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int,
                 crop_index: int | None = None) -> tuple[np.ndarray, dict]:
     """The stored embedding (float32 (D,)) and metadata of one clip of OUT; ValueError naming what is missing.

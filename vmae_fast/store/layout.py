@@ -10,6 +10,7 @@ the shard locks' and the index's places, temporary names, the atomic write, and 
     OUT/_locks/shard-<shard>.lock              the shard's writer (store/lock.py)
     OUT/_ray_run.json                          the Ray driver's run token (extraction/ray_engine.py)
     OUT/index/                                 the retrieval index (retrieval/index.py)
+    OUT/dedup/<level>.parquet, <level>.json    near-duplicate groups of `vmae-fast dedup` (retrieval/dedup.py)
 
 Who wrote a part is in its name. `part-00003-000007` is part 7 of static shard 3 (the local engine: --shard,
 torchrun, SLURM): it holds only ids that hash to shard 3 of the shard count it was written under. `part-g000012-
@@ -59,6 +60,7 @@ VIDEOS_DIR = "videos"
 PART_DIRS = (CLIPS_DIR, VIDEOS_DIR, ERRORS_DIR)
 LOCK_DIR = "_locks"  # shard locks (store/lock.py); "_": Parquet readers skip it
 INDEX_DIR = "index"  # the retrieval index (retrieval/index.py)
+DEDUP_DIR = "dedup"  # near-duplicate groups (retrieval/dedup.py)
 RETIRED_DIR = "_retried"  # under ERRORS_DIR: error rows replaced by --retry-errors (retire_errors)
 _PART_RE = re.compile(r"^part-(g?)(\d+)-(\d+)\.parquet$")
 
@@ -100,6 +102,12 @@ def lock_path(out: str | os.PathLike, shard: int) -> Path:
 def index_dir(out: str | os.PathLike) -> Path:
     """The folder of the retrieval index built from OUT (retrieval/index.py)."""
     return Path(out) / INDEX_DIR
+
+
+def dedup_files(out: str | os.PathLike, level: str) -> dict[str, Path]:
+    """Where `vmae-fast dedup` writes a level's groups: OUT/dedup/<level>.parquet and its summary <level>.json."""
+    base = Path(out) / DEDUP_DIR
+    return {"groups": base / f"{level}.parquet", "summary": base / f"{level}.json"}
 
 
 # --- run configuration ------------------------------------------------------------------------------------------------
@@ -248,12 +256,14 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
 
 
 def _remove_index_files(out: Path) -> None:
-    """The retrieval index is built from the rows; after --overwrite it would describe rows that no longer exist.
-    OUT/index, and the names earlier versions used for it (index*, _index*, *.faiss, *.index at the top)."""
+    """The retrieval index and the dedup groups are built from the rows; after --overwrite they would describe rows
+    that no longer exist. OUT/index, OUT/dedup, and the names earlier versions used for the index (index*, _index*,
+    *.faiss, *.index at the top)."""
     for entry in out.iterdir():
         if entry.name in (RUN_FILE, CLIPS_DIR, ERRORS_DIR, VIDEOS_DIR):
             continue
-        if entry.name.startswith((INDEX_DIR, "_index")) or entry.suffix in (".faiss", ".index"):
+        if entry.name.startswith((INDEX_DIR, "_index")) or entry.name == DEDUP_DIR \
+                or entry.suffix in (".faiss", ".index"):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

@@ -1,0 +1,253 @@
+"""`vmae-fast dedup` (vmae_fast/retrieval/dedup.py): the threshold rule on similarity samples of known shape, the
+groups on synthetic outputs with planted near-duplicates (against the planted sets and a brute-force reference of
+every pair), through an index and exactly, in small batches, with groups larger than k, and the CLI's files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers.synthetic_out import write_dataset
+from vmae_fast import cli
+from vmae_fast.retrieval import Index
+from vmae_fast.retrieval import dedup as dedup_module
+from vmae_fast.retrieval.dedup import choose_threshold, find_groups
+from vmae_fast.retrieval.index import stream_rows
+from vmae_fast.store.layout import FORMAT, dedup_files, prepare_output
+
+
+def similarities(rng, n: int, log_distance: float, spread: float) -> np.ndarray:
+    """n cosine similarities whose 1 - s is log-normal around 10**log_distance."""
+    return 1 - 10 ** rng.normal(log_distance, spread, n)
+
+
+# --- the threshold rule ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("distinct", "duplicates"), [(4000, 400), (20000, 40), (300, 12)],
+                         ids=["10-percent", "0.2-percent", "small"])
+def test_threshold_falls_in_the_valley_between_the_modes(distinct, duplicates):
+    rng = np.random.default_rng(0)
+    far = similarities(rng, distinct, -1.0, 0.2)  # distinct videos: 1 - s ~ 0.1
+    near = similarities(rng, duplicates, -3.5, 0.3)  # near-duplicates: 1 - s ~ 0.0003
+    info = choose_threshold(np.concatenate([far, near]))
+    assert info["how"] == "valley", info
+    t = info["value"]
+    assert near.min() > t > far.max(), (near.min(), t, far.max())
+    # in the middle of the gap in log distance, not hugging either side
+    gap = np.log10(1 - far.max()) - np.log10(1 - near.min())
+    assert abs(np.log10(1 - t) - (np.log10(1 - far.max()) + np.log10(1 - near.min())) / 2) < 0.35 * gap + 0.1, info
+    assert info["modes"][0] == pytest.approx(1 - 10 ** -3.5, abs=5e-4) and info["modes"][1] == pytest.approx(
+        0.9, abs=0.03), info
+
+
+def test_no_separate_mode_no_threshold():
+    rng = np.random.default_rng(1)
+    info = choose_threshold(similarities(rng, 5000, -1.0, 0.3))
+    assert info["value"] is None and info["how"] == "none" and "one mode" in info["reason"] or \
+        "no separate mode" in info["reason"], info
+    # two modes that overlap: a dip, not a valley
+    overlapping = np.concatenate([similarities(rng, 3000, -1.0, 0.3), similarities(rng, 3000, -1.5, 0.3)])
+    info = choose_threshold(overlapping)
+    assert info["value"] is None, info
+    assert choose_threshold(np.array([0.5, 0.6]))["value"] is None
+    assert choose_threshold(np.full(100, 0.3))["value"] is None
+
+
+def test_identical_vectors_are_the_top_mode():
+    rng = np.random.default_rng(2)
+    info = choose_threshold(np.concatenate([similarities(rng, 1000, -1.0, 0.2), np.ones(30)]))
+    assert info["how"] == "valley" and 0.95 < info["value"] < 1.0, info
+
+
+# --- groups on a planted output ---------------------------------------------------------------------------------------
+DIM = 64
+
+
+def planted_output(out, *, sources: int = 60, copies: tuple = (0, 1, 1, 2, 3), big_group: int = 0, seed: int = 0):
+    """Distinct videos (random directions, 3..8 clips of it + noise 0.1) and, for some, near-duplicates: the same
+    clips with noise 0.01, some trimmed (fewer clips). Returns the planted groups as sets of video ids (the original
+    first) and each video's clip count. big_group: one more source with that many identical, untrimmed copies."""
+    rng = np.random.default_rng(seed)
+    rows, video, groups, clips_of = [], [], [], {}
+    vid = 0
+
+    def add(clips: np.ndarray) -> str:
+        nonlocal vid
+        rows.append(clips)
+        video.extend([vid] * len(clips))
+        name = f"clips/v{vid:05d}.mp4"  # write_dataset's naming
+        clips_of[name] = len(clips)
+        vid += 1
+        return name
+
+    for i in range(sources + (1 if big_group else 0)):
+        direction = rng.standard_normal(DIM)
+        clips = direction + 0.1 * np.linalg.norm(direction) * rng.standard_normal((int(rng.integers(3, 9)), DIM))
+        members = [add(clips)]
+        count = big_group if i == sources else copies[i % len(copies)]
+        for c in range(count):
+            noise = 0.0 if i == sources else 0.01 * np.linalg.norm(direction)
+            copy = clips + noise * rng.standard_normal(clips.shape)
+            trim = c % 2 if i < sources else 0  # every other copy is a trim: one clip fewer (not the identical ones)
+            members.append(add(copy[: len(copy) - trim]))
+        if len(members) > 1:
+            groups.append(members)
+    write_dataset(out, np.concatenate(rows).astype(np.float32), np.array(video), parts=3)
+    return groups, clips_of
+
+
+def reference_groups(out, threshold: float) -> list[set]:
+    """Connected components of 'cosine >= threshold' over every pair of video vectors (as dedup reads them)."""
+    vectors, ids = [], []
+    for _, x, meta in stream_rows(out, "video"):
+        vectors.append(x)
+        ids += meta.column("video_id").to_pylist()
+    x = np.concatenate(vectors)
+    linked = (x @ x.T) >= threshold
+    seen, groups = set(), []
+    for i in range(len(x)):
+        if i in seen:
+            continue
+        stack, group = [i], set()
+        while stack:
+            j = stack.pop()
+            if j not in group:
+                group.add(j)
+                stack.extend(np.nonzero(linked[j])[0].tolist())
+        seen |= group
+        if len(group) > 1:
+            groups.append({ids[j] for j in group})
+    return groups
+
+
+def found_groups(result) -> list[set]:
+    ids = result.metadata.column("video_id").to_pylist()
+    groups: dict[int, set] = {}
+    for i, g in enumerate(result.group_id.tolist()):
+        if g >= 0:
+            groups.setdefault(g, set()).add(ids[i])
+    return sorted(groups.values(), key=min)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dedup") / "out"
+    groups, clips_of = planted_output(out)
+    return out, groups, clips_of
+
+
+@pytest.mark.parametrize("how", ["exact", "flat index", "ivf index", "small batches"])
+def test_groups_are_the_planted_near_duplicates(planted, how):
+    out, planted_groups, clips_of = planted
+    options = {"exact": True} if how == "exact" else {}
+    if how == "small batches":
+        options = {"exact": True, "batch_size": 7, "k": 2}
+    if how.endswith("index"):
+        Index.build(out, level="video", kind=how.split()[0], rebuild=True, tune_queries=50, nlist=8)
+    result = find_groups(out, "video", **options)
+    assert result.threshold_info["how"] == "valley", result.threshold_info
+    assert found_groups(result) == sorted((set(g) for g in planted_groups), key=min)
+    assert found_groups(result) == sorted(reference_groups(out, result.threshold), key=min)
+    ids = result.metadata.column("video_id").to_pylist()
+    for group in planted_groups:  # the original (most clips) represents its group
+        rows = [ids.index(v) for v in group]
+        assert [bool(result.representative[r]) for r in rows] == [True] + [False] * (len(rows) - 1), group
+        assert clips_of[group[0]] == max(clips_of[v] for v in group)
+    # similarity: each member's highest cosine to another member, as the vectors say
+    x = np.concatenate([b for _, b, _ in stream_rows(out, "video")])
+    for r in np.nonzero(result.group_id >= 0)[0]:
+        mates = np.nonzero((result.group_id == result.group_id[r]) & (np.arange(len(x)) != r))[0]
+        assert result.similarity[r] == pytest.approx(float((x[mates] @ x[r]).max()), abs=2e-5)
+    assert np.isnan(result.similarity[result.group_id < 0]).all()
+    assert result.keep().sum() == result.rows - result.members + result.groups
+    if how.endswith("index"):
+        assert result.search.startswith(f"video-level {how.split()[0]} index")
+        Index.paths(out, "video")["manifest"].unlink()  # the next case searches exactly
+
+
+def test_a_group_larger_than_k(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    planted_groups, _ = planted_output(out, sources=30, copies=(0, 1), big_group=40)
+    result = find_groups(out, "video", exact=True, k=4)
+    assert found_groups(result) == sorted((set(g) for g in planted_groups), key=min)
+    assert max(len(g) for g in found_groups(result)) == 41 and result.capped == 0
+    monkeypatch.setattr(dedup_module, "MAX_NEIGHBOURS", 8)  # rows with more above the threshold: linked to 8, counted
+    capped = find_groups(out, "video", exact=True, k=4, threshold=result.threshold)
+    assert found_groups(capped) == found_groups(result) and capped.capped == 41
+
+
+def test_clip_level_and_a_given_threshold(planted):
+    out, _, _ = planted
+    high = find_groups(out, "clip", threshold=0.99, exact=True)
+    assert high.threshold_info["how"] == "given"
+    meta = high.metadata
+    assert {"video_id", "clip_index", "start_s", "end_s"} <= set(meta.column_names)
+    # at 0.99 a clip groups only with its copies' same clip (distinct clips of a video differ by noise 0.1)
+    ids, clip = meta.column("video_id").to_pylist(), meta.column("clip_index").to_pylist()
+    for g in range(high.groups):
+        rows = np.nonzero(high.group_id == g)[0]
+        assert len({clip[r] for r in rows}) == 1, [(ids[r], clip[r]) for r in rows]
+    none = find_groups(out, "clip", threshold=1.0, exact=True)
+    assert none.groups == 0 and none.keep().all()
+
+
+# --- the CLI and its files --------------------------------------------------------------------------------------------
+def test_cli_writes_groups_summary_and_keep_lists(planted, tmp_path, capsys):
+    out, planted_groups, _ = planted
+    assert cli.main(["dedup", str(out), "--keep-list", str(tmp_path / "keep.txt")]) == 0
+    screen = capsys.readouterr().out
+    n_members = sum(len(g) for g in planted_groups)
+    assert f"{len(planted_groups)} near-duplicate groups holding {n_members} videos" in screen
+    assert "chosen from this output: the valley between" in screen and "<- threshold" in screen
+    assert len(screen.splitlines()) <= 24  # one screen
+    files = dedup_files(out, "video")
+    table = pq.read_table(files["groups"])
+    assert table.column_names == ["video_id", "group_id", "representative", "similarity", "group_size"]
+    assert table.num_rows == n_members and sum(table.column("representative").to_pylist()) == len(planted_groups)
+    assert table.column("group_id").to_pylist() == sorted(table.column("group_id").to_pylist())
+    summary = json.loads(files["summary"].read_text())
+    assert summary["groups"] == len(planted_groups) and summary["threshold_rule"]["how"] == "valley"
+    kept = (tmp_path / "keep.txt").read_text().split()
+    dropped = {v for g in planted_groups for v in g[1:]}
+    all_ids = [m.column("video_id").to_pylist() for _, _, m in stream_rows(out, "video")]
+    assert kept == [v for ids in all_ids for v in ids if v not in dropped]
+    assert cli.main(["dedup", str(out), "--threshold", "0.5", "--keep-list", str(tmp_path / "keep.csv"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["threshold_rule"]["how"] == "given" and report["groups"] >= len(planted_groups)
+    csv = pacsv.read_csv(tmp_path / "keep.csv")
+    assert csv.column_names == ["path", "video_id"] and csv.num_rows == report["kept"]
+
+
+def test_cli_refuses_what_it_cannot_do(planted, tmp_path, monkeypatch, capsys):
+    out, _, _ = planted
+    assert cli.main(["dedup", str(out), "--threshold", "1.5"]) == 2
+    assert "--threshold is a cosine similarity in [-1, 1]" in capsys.readouterr().err
+    assert cli.main(["dedup", str(out), "--use-index"]) == 2
+    assert "no video-level index" in capsys.readouterr().err
+    monkeypatch.setattr(dedup_module, "EXACT_MAX_ROWS", 50)
+    assert cli.main(["dedup", str(out)]) == 2
+    assert "too many for an exact search in memory; build an index first" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["dedup", str(tmp_path / "empty")]) == 2
+    assert "has no clips" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_groups(tmp_path):
+    out = tmp_path / "out"
+    planted_output(out, sources=10)
+    files = dedup_files(out, "video")
+    files["groups"].parent.mkdir()
+    files["groups"].write_bytes(b"old")
+    prepare_output(out, {"format": FORMAT, "config_hash": "new"}, shard=0, num_shards=1, overwrite=True)
+    assert not files["groups"].parent.exists()
+
+
+def test_served_sample_copy_is_found(served_out):
+    """On real videos: orbit_red_copy.mp4 (shifted 0.4 s, 256x192, brighter, re-encoded at crf 34) groups with
+    orbit_red.mp4 under the tiny random model of conftest.py. Random weights: this shows the pipeline runs on real
+    embeddings, not that the threshold means anything for a real model."""
+    result = find_groups(served_out, "video")
+    assert any({"orbit_red.mp4", "orbit_red_copy.mp4"} <= g for g in found_groups(result)), found_groups(result)
