@@ -158,7 +158,7 @@ def side_extract(videos_dir: Path, ckpt: Path, result: Path, workers: int | None
              embeddings=np.array([r["embedding"] for r in rows], dtype=np.float32))
     shutil.rmtree(out)
     result.write_text(json.dumps({"side": "extract", "clips": summary["clips"], "seconds": seconds, "load_s": load_s,
-                                  "clips_per_s": summary["clips"] / seconds, "summary": summary}, default=str))
+                                  "clips_per_s": summary["clips"] / seconds, "summary": dict(summary)}, default=str))
 
 
 # --- the driver ------------------------------------------------------------------------------------------------------

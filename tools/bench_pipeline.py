@@ -122,7 +122,7 @@ def bench_end_to_end(paths_dir: Path, model, batch_size: int, workers: int, keep
     with tempfile.TemporaryDirectory(prefix="vmae_bench_out_") as out:
         summary = vmae_fast.extract([paths_dir], out, model=model, batch_size=batch_size, workers=workers,
                                     keep=keep, progress=False, overwrite=True)
-    return summary
+    return dict(summary)  # JSON-ready (extract returns a RunSummary)
 
 
 def main(argv: list[str] | None = None) -> int:

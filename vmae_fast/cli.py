@@ -140,26 +140,29 @@ def _add_extract(sub) -> None:
     p.set_defaults(run=_run_extract)
 
 
-def _engine_args(args) -> dict:
-    if args.engine == "local":
-        return {}
-    options = {"actors": args.ray_actors, "cpus_per_actor": args.ray_cpus_per_actor,
+_EXTRACT_OPTIONS = ("inputs", "out", "model", "clip_frames", "frame_step", "fps", "clip_stride_s", "clips_per_video",
+                    "crops", "views", "keep", "batch_size", "workers", "device", "dtype", "shard", "overwrite",
+                    "embedding_dtype", "timeout_s", "progress", "backend", "decode_backend", "decode_device",
+                    "part_rows", "commit_interval_s", "retry_errors", "break_lock", "engine")
+
+
+def extract_spec(args):
+    """The RunSpec of `vmae-fast extract` arguments (checked there, messages naming the flags)."""
+    from .extraction.spec import RunSpec
+
+    options = {name: getattr(args, name) for name in _EXTRACT_OPTIONS}
+    if args.engine == "ray":
+        ray = {"actors": args.ray_actors, "cpus_per_actor": args.ray_cpus_per_actor,
                "gpus_per_actor": args.ray_gpus_per_actor, "group_videos": args.ray_group_videos}
-    return {"engine": args.engine, "ray_address": args.ray_address,
-            "ray_options": {key: value for key, value in options.items() if value is not None}}
+        options.update(ray_address=args.ray_address,
+                       ray_options={key: value for key, value in ray.items() if value is not None})
+    return RunSpec.from_options(options, origin="cli")
 
 
 def _run_extract(args) -> int:
-    from .extraction import extract
+    from .extraction import run
 
-    for name in ("batch_size", "part_rows", "clip_frames", "frame_step", "clips_per_video"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise FatalError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    for name in ("fps", "clip_stride_s", "commit_interval_s", "timeout_s"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise FatalError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    spec = extract_spec(args)
     import signal
     import threading
 
@@ -169,30 +172,19 @@ def _run_extract(args) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
-        summary = extract(args.inputs, args.out, model=args.model, clip_frames=args.clip_frames,
-                          frame_step=args.frame_step, fps=args.fps, clip_stride_s=args.clip_stride_s,
-                          clips_per_video=args.clips_per_video, crops=args.crops, views=args.views,
-                          keep=args.keep, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, dtype=args.dtype, shard=args.shard,
-                          overwrite=args.overwrite, embedding_dtype=args.embedding_dtype, timeout_s=args.timeout_s,
-                          progress=args.progress, backend=args.backend, decode_backend=args.decode_backend,
-                          decode_device=args.decode_device,
-                          part_rows=args.part_rows,
-                          commit_interval_s=args.commit_interval_s, retry_errors=args.retry_errors,
-                          break_lock=args.break_lock, **_engine_args(args))
+        summary = run(spec)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
-    if summary.get("engine") == "ray":
-        from .extraction.ray_engine import format_actors
-
+    if summary.engine == "ray":
         print(format_actors(summary))
     return 0
 
 
-def format_summary(summary: dict) -> str:
-    """A few human lines: counts, throughput, and where the wall time went (is the model starved?)."""
+def format_summary(summary) -> str:
+    """A few human lines of a RunSummary: counts, throughput, and where the wall time went (is the model
+    starved?)."""
     s = summary
     lines = [
         f"vmae-fast extract: {s['videos']} videos in shard {s['shard']}: {s['videos_ok']} ok, "
@@ -224,6 +216,20 @@ def format_summary(summary: dict) -> str:
             lines.append(f"model-bound: the model was busy {100 * s['compute_s'] / busy:.0f}% of the time")
     if str(s.get("model", "")).startswith("random:"):
         lines.append("note: the model has random weights (--model random:...); pass a checkpoint for real embeddings")
+    return "\n".join(lines)
+
+
+def format_actors(summary) -> str:
+    """The per-actor lines of a Ray run's summary (RaySummary): where each actor's time went."""
+    lines = [(f"ray: {summary['groups']} groups on {len(summary['actors'])} actors "
+              f"({summary['ray']['cpus_per_actor']:g} CPU, {summary['ray']['gpus_per_actor']:g} GPU each)")]
+    for a in summary["actors"]:
+        busy = a.get("compute_s", 0) + a.get("wait_s", 0)
+        lines.append(f"  actor {a['actor']} on {a['node']}: {a['groups']} groups, {a.get('videos', 0)} videos, "
+                     f"{a.get('clips', 0)} clips in {a.get('busy_s', 0):.1f} s: model {a.get('compute_s', 0):.1f} s, "
+                     f"waiting for clips {a.get('wait_s', 0):.1f} s, writing {a.get('write_s', 0):.1f} s, decoding "
+                     f"{a.get('decode_cpu_s', 0):.1f} s CPU ({a.get('workers', 0)} workers)"
+                     + (f"; model busy {100 * a['compute_s'] / busy:.0f}%" if busy > 0 else ""))
     return "\n".join(lines)
 
 

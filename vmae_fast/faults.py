@@ -47,6 +47,17 @@ class UserError(Exception):
     the CLI prints its message as one line and exits 2."""
 
 
+class InvalidOption(UserError, ValueError):
+    """An option of a run (a CLI flag, a keyword of the Python API) whose value cannot be, or that contradicts
+    another: the message names the option as the user gave it (extraction/spec.py). A ValueError too, for callers
+    that catch one."""
+
+
+class UnsupportedOption(InvalidOption, TypeError):
+    """An option this call does not take: an unknown keyword, or a loaded model where a source must be named (a
+    TypeError too, as Python's own for a bad argument)."""
+
+
 class ShardLocked(UserError):
     """Another live process writes this shard of this output (shard_lock.py)."""
 

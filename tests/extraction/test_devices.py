@@ -17,7 +17,7 @@ from tests.helpers.fake_cuda_api import FakeCuda
 from tests.helpers.rows import ATOL, clip_rows
 from vmae_fast import extract, store
 from vmae_fast.config import VideoMAEConfig
-from vmae_fast.extraction import local_engine
+from vmae_fast.extraction import spec as spec_module
 from vmae_fast.model import VideoMAE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ class RecordingModel(torch.nn.Module):
 def test_a_torchrun_rank_computes_on_its_own_gpu(tmp_path, monkeypatch, ckpt, model, videos):
     fake = FakeCuda(monkeypatch, devices=2)
     monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this node
-    monkeypatch.setattr(local_engine, "load_run_model", lambda source, dev, *a, **k: RecordingModel(model, fake, dev))
+    monkeypatch.setattr(spec_module, "load_run_model", lambda source, dev, *a, **k: RecordingModel(model, fake, dev))
     summary = extract([videos], tmp_path / "out", model=str(ckpt), workers=1, batch_size=2, dtype="fp32",
                                progress=False)
     assert summary["device"] == "cuda:1" and summary["clips"] == 4

@@ -528,7 +528,7 @@ def test_package_level_extract_is_the_function_after_importing_every_module():
     import vmae_fast.retrieval.search  # no submodule is named extract: nothing rebinds vmae_fast.extract to a module
 
     assert vmae_fast.extract is vmae_fast.extraction.extract
-    with pytest.raises(ValueError, match="--batch-size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size= must be a positive integer"):  # named as given in Python
         vmae_fast.extract(["x"], "y", batch_size=0)
 
 

@@ -109,7 +109,7 @@ def test_rows_errors_run_file_and_schema_equal_the_local_engine(tmp_path, cluste
     (root / "retry_vmae-test-segfault-once.mp4.attempted").unlink()  # the Ray run's first attempt crashes too
     summary = extract([root], tmp_path / "ray", model=ckpt, **RAY, **faults)
     print(cli.format_summary(summary))
-    print(ray_engine.format_actors(summary))
+    print(cli.format_actors(summary))
 
     for key in ("videos", "videos_ok", "videos_failed", "clips"):
         assert summary[key] == local[key], key
@@ -173,7 +173,7 @@ def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path
     expected = extract([root], tmp_path / "local", model=ckpt, **LOCAL)
     summary = extract([root], out, model=ckpt, **{**RAY, "batch_size": 1},
                       decode_options={"decode": decode_kill_actor})
-    print(ray_engine.format_actors(summary))
+    print(cli.format_actors(summary))
     killed = json.loads(Path(str(killer) + ".killed").read_text())  # the actor was SIGKILLed mid-group,
     assert killed["after_committed"]  # after its attempt had committed sub/clip6 (so the retry must skip it)
     assert summary["videos_ok"] == expected["videos_ok"] == 9 and summary["clips"] == expected["clips"]
@@ -307,13 +307,13 @@ def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt,
 # --- arguments -----------------------------------------------------------------------------------------------------
 def test_arguments_the_ray_engine_refuses_before_it_asks_a_cluster(tmp_path, small_videos, ckpt, capsys):
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="--shard"):
+    with pytest.raises(ValueError, match="shard= splits"):
         extract([small_videos], out, model=ckpt, engine="ray", shard="0/2")
     with pytest.raises(TypeError, match="loads the model on every actor"):
         from vmae_fast.checkpoint import load_model
 
         extract([small_videos], out, model=load_model(ckpt), engine="ray")
-    with pytest.raises(ValueError, match="--engine must be local or ray"):
+    with pytest.raises(ValueError, match="engine= must be local or ray"):
         extract([small_videos], out, model=ckpt, engine="spark")
     with pytest.raises(ValueError, match="for engine='ray'"):
         extract([small_videos], out, model=ckpt, ray_address="auto")
@@ -323,7 +323,7 @@ def test_arguments_the_ray_engine_refuses_before_it_asks_a_cluster(tmp_path, sma
         from vmae_fast.extraction.ray_engine import extract_ray
 
         extract_ray([small_videos], out, model=ckpt, frobnicate=True)
-    with pytest.raises(ValueError, match="--frame-step or --fps"):
+    with pytest.raises(ValueError, match="frame_step= or fps="):
         extract([small_videos], out, model=ckpt, engine="ray", frame_step=2, fps=4.0)
     code = cli.main(["extract", str(small_videos), "-o", str(out), "--engine", "ray", "--shard", "0/2"])
     assert code == 2 and "error: --shard splits the work" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,10 +171,16 @@ class _Failure:
 
 
 class Extraction:
-    """State of one shard's run: buffered videos, the batch being filled, counters, the store writer."""
+    """State of one shard's run: buffered videos, the batch being filled, counters, the store writer.
 
-    def __init__(self, runner: ModelRunner, writer: RunWriter, bar):
-        self.runner, self.writer, self.bar = runner, writer, bar
+    progress: called as progress(extraction) each time a video is finished (committed to the writer, or its error
+    row), from the thread that feeds the events; its counters (ok, failed, clips, started, ...) say where the run
+    is. The local engine moves its tqdm bar there; the Ray engine reports the counters instead.
+    """
+
+    def __init__(self, runner: ModelRunner, writer: RunWriter,
+                 progress: Callable[[Extraction], None] | None = None):
+        self.runner, self.writer, self.progress = runner, writer, progress
         self.videos: dict[str, _Video] = {}
         self.queue: list = []  # (video_id, generation, clip) waiting for a batch
         self.ok = self.failed = self.clips = 0
@@ -237,12 +244,16 @@ class Extraction:
             self.queue = [entry for entry in self.queue if entry[0] != video_id]
             self.runner.release(dropped)
 
+    def add_error(self, path: str, video_id: str, stage: str, error: str, attempts: int) -> None:
+        """Record a video's error row (its own fault: a decode error, or one met while discovering the inputs)."""
+        self.writer.add_error(str(path), video_id, str(stage), str(error), int(attempts))
+        self.failed += 1
+        self._finished()
+
     def _fail(self, task, stage: str, error: str, attempts: int) -> None:
         self.videos.pop(task.video_id, None)
         self._drop_queued(task.video_id)
-        self.writer.add_error(str(task.path), task.video_id, str(stage), str(error), int(attempts))
-        self.failed += 1
-        self.progress()
+        self.add_error(str(task.path), task.video_id, stage, error, attempts)
 
     def _take(self, finished: list) -> None:
         for entries, embeddings, logits, num_tokens in finished:
@@ -282,14 +293,11 @@ class Extraction:
         self.ok += 1
         self.clips += len(order)
         self.video_seconds += max(r[3] for r in rows) - min(r[2] for r in rows)
-        self.progress()
+        self._finished()
 
-    def progress(self) -> None:
-        if self.bar is not None:
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
-            self.bar.update(1)
-            self.bar.set_postfix(clips=self.clips, clips_s=f"{self.clips / elapsed:.1f}", errors=self.failed,
-                                 refresh=False)
+    def _finished(self) -> None:
+        if self.progress is not None:
+            self.progress(self)
 
 
 def feed(state: Extraction, pool, tasks, *, timeout_s: float, plan: CorePlan | None = None):

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import csv as pacsv
 
+from ..faults import InvalidOption
 from ..ids import KeySet, id_keys, shard_of, shards_of
 from ..video import VIDEO_EXTENSIONS, VideoTask
 from ..video.remote import is_url, url_video_id
@@ -486,29 +487,44 @@ def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> 
 
 
 # --- shards -------------------------------------------------------------------------------------------
+def parse_shard(shard, option: str = "--shard") -> tuple[int, int] | None:
+    """'i/n' or (i, n) -> (i, n) with 0 <= i < n; None stays None. InvalidOption naming `option` otherwise."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise InvalidOption(f"{option} must look like i/n (e.g. 0/4), got {shard!r}") from None
+    else:
+        try:
+            index, count = (int(x) for x in shard)
+        except (TypeError, ValueError):
+            raise InvalidOption(f"{option} must be 'i/n' or a pair (i, n), got {shard!r}") from None
+    _check_shard(index, count, f" ({option})")
+    return index, count
+
+
+def _check_shard(index: int, count: int, where: str) -> None:
+    if count < 1 or not 0 <= index < count:
+        raise InvalidOption(f"shard index must be in [0, {count}) with at least one shard, got {index}/{count}{where}")
+
+
 def resolve_shard(shard: str | tuple[int, int] | None, environ: dict | None = None) -> tuple[int, int, str]:
-    """(index, count, where it came from): --shard i/n, else torchrun RANK/WORLD_SIZE, else SLURM, else 0/1."""
+    """(index, count, where it came from): --shard i/n (parse_shard), else torchrun RANK/WORLD_SIZE, else SLURM,
+    else 0/1."""
     env = os.environ if environ is None else environ
     if shard is not None:
-        if isinstance(shard, str):
-            try:
-                index, count = (int(x) for x in shard.split("/"))
-            except ValueError:
-                raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
-        else:
-            index, count = shard
-        source = "--shard"
-    elif "WORLD_SIZE" in env and "RANK" in env:
+        index, count = parse_shard(shard)
+        return index, count, "--shard"
+    if "WORLD_SIZE" in env and "RANK" in env:
         index, count, source = int(env["RANK"]), int(env["WORLD_SIZE"]), "torchrun RANK/WORLD_SIZE"
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         index, count, source = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), "SLURM_PROCID/SLURM_NTASKS"
     else:
         return 0, 1, "single"
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard index must be in [0, {count}) with at least one shard, got {index}/{count}")
+    _check_shard(index, count, f" (from {source})")
     return index, count, source
-
-
 
 
 def split_list(source: str | os.PathLike, num_shards: int, out_dir: str | os.PathLike) -> list[Path]:

@@ -1,4 +1,5 @@
-"""`vmae-fast extract --engine ray`: the local engine's extraction on a Ray cluster, through Ray Data.
+"""`vmae-fast extract --engine ray`: the local engine's extraction on a Ray cluster, through Ray Data. A peer of
+local_engine.py: both run a RunSpec (spec.py) through the engine-independent core (core.py).
 
 The driver (this process) discovers the inputs, skips what OUT already holds, cuts the rest into groups of
 `group_videos` videos and feeds them to `ray.data.from_items(groups).map_batches(_GroupWorker, concurrency=n)`.
@@ -44,18 +45,18 @@ import torch
 from tqdm import tqdm
 
 from .. import store
-from ..checkpoint import resolve_dtype
+from ..faults import MissingDependency
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids
 from ..store.committed import group_outcomes
 from ..store.layout import RAY_RUN_FILE, clean_temp_files, next_group, read_run_token, write_run_token
-from ..video import DecodePool, Sampling, VideoTask
+from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
 from .core import CorePlan, Extraction, decode_pool_options, feed
-from .devices import resolve_device
 from .inputs import discover_inputs
 from .runner import ModelRunner
-from .spec import build_run, load_run_model, parse_keep_spec, parse_views
+from .spec import RunSpec
+from .summary import RaySummary
 
 RUN_TOKEN = RAY_RUN_FILE  # OUT/_ray_run.json (store/layout.py)
 GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a lost actor
@@ -68,40 +69,14 @@ def _require_ray():
         import ray
         import ray.data
     except ImportError:
-        raise ValueError("--engine ray needs Ray Data: pip install \"vmae-fast[ray]\" (or \"ray[data]\")") from None
+        raise MissingDependency("--engine ray needs Ray Data: pip install \"vmae-fast[ray]\" (or \"ray[data]\")"
+                                ) from None
     return ray
 
 
-# --- what each actor (and the probe) loads -----------------------------------------------------------------------
-def _load(options: dict):
-    """(model, Sampling, run dict, keep policy, device) for the extract options, as the local engine builds them."""
-    dev = resolve_device(options.get("device"))
-    dtype = resolve_dtype(options.get("dtype"), dev)
-    keep_policy, keep_spec = parse_keep_spec(options.get("keep", "all"))
-    net = load_run_model(options["model"], dev, dtype, options.get("backend", "auto"))
-    cfg = net.config
-    clip_frames = options.get("clip_frames")
-    if clip_frames is not None and clip_frames != cfg.num_frames:
-        try:  # V-JEPA 2 takes any count (rotary positions); VideoMAE's position table fixes it
-            net = net.with_num_frames(clip_frames)
-        except ValueError:
-            raise ValueError(f"--clip-frames {clip_frames} does not match the model, which takes {cfg.num_frames} "
-                             f"frames") from None
-        cfg = net.config
-    clips_per_video, crops = options.get("clips_per_video"), options.get("crops")
-    if options.get("views") is not None:  # the local engine has refused --views beside either already
-        clips_per_video, crops = parse_views(options["views"])
-    sampling = Sampling(num_frames=int(cfg.num_frames), frame_step=options.get("frame_step"), fps=options.get("fps"),
-                        clip_stride_s=options.get("clip_stride_s"), clips_per_video=clips_per_video,
-                        crops=1 if crops is None else int(crops),
-                        resize=cfg.resize_size if cfg.resize_size != cfg.image_size else None)
-    run = build_run(net, sampling, keep_spec, dtype, dev, options.get("embedding_dtype", "float32"), (0, 1))
-    return net, sampling, run, keep_policy, dev
-
-
-def _probe(options: dict) -> dict:
+def _probe(spec: RunSpec) -> dict:
     """Runs as a Ray task with an actor's resources: the run dict (_run.json) as the actors will build it."""
-    return _load(options)[2]
+    return spec.load().run()
 
 
 class _Fence:
@@ -120,30 +95,30 @@ class _Fence:
 class _GroupWorker:
     """The Ray Data actor: one model, one DecodePool and one part writer; __call__ runs groups of videos."""
 
-    def __init__(self, out: str, options: dict, config_hash: str, token: str, cores: int):
-        self.options = options
-        net, self.sampling, run, keep_policy, dev = _load(options)
+    def __init__(self, spec: RunSpec, config_hash: str, token: str, cores: int):
+        loaded = spec.load()
+        run = loaded.run()
         if run["config_hash"] != config_hash:
-            diff = "; ".join(store.diff_configs(store.load_run(out)["config"], run["config"])[:3])
+            diff = "; ".join(store.diff_configs(store.load_run(spec.out)["config"], run["config"])[:3])
             raise RuntimeError(f"this node builds another configuration than the driver's ({diff or 'hash differs'}): "
                                "install the same vmae-fast and model files on every node")
+        net, dev = loaded.model, loaded.device
         cfg = net.config
-        self.plan = CorePlan(dev.type, cores, options.get("workers"), options.get("batch_size"))
+        self.plan = CorePlan(dev.type, cores, spec.workers, spec.batch_size)
         if self.plan.model_threads and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(self.plan.model_threads)
-        self.runner = ModelRunner(net, self.plan.batch_size, keep_policy, dev, int(cfg.num_frames),
+        self.runner = ModelRunner(net, self.plan.batch_size, loaded.keep_policy, dev, int(cfg.num_frames),
                                   int(cfg.image_size))
-        self.out, self.run = Path(out), run
-        self.writer_options = {"part_rows": options.get("part_rows", 100_000),
-                               "commit_interval_s": options.get("commit_interval_s", 60.0),
-                               "before_commit": _Fence(Path(out), token)}
+        self.out, self.run = Path(spec.out), run
+        self.writer_options = {"part_rows": spec.part_rows, "commit_interval_s": spec.commit_interval_s,
+                               "before_commit": _Fence(Path(spec.out), token)}
         self.writer: store.RunWriter | None = None  # the current group's
         self.write_s = 0.0  # of the groups' writers before the current one
-        self.timeout_s = options.get("timeout_s", 120.0)
+        self.timeout_s = spec.timeout_s
         pool_options = decode_pool_options(self.plan, self.plan.workers, timeout_s=self.timeout_s,
-                                           backend=options.get("decode_backend", "auto"),
-                                           decode_options=options.get("decode_options"))
-        self.pool = DecodePool(self.plan.workers, self.sampling, int(cfg.image_size), **pool_options)
+                                           backend=spec.decode_backend,
+                                           decode_options=dict(spec.decode_options or {}))
+        self.pool = DecodePool(self.plan.workers, loaded.sampling, int(cfg.image_size), **pool_options)
         self.runner.release = self.pool.release
         import ray
 
@@ -151,7 +126,7 @@ class _GroupWorker:
         self.actor = f"{context.get_node_id()[:8]}/{os.getpid()}"
         self.node = ray.util.get_node_ip_address()
         self.wait_s = self.decode_s = self.decode_cpu_s = 0.0
-        self.report_every_s = float(options.get("report_every_s", REPORT_EVERY_S))
+        self.report_every_s = float(spec.ray_options.get("report_every_s", REPORT_EVERY_S))
 
     def __call__(self, batch: dict):
         for group, tasks in zip(batch["group"], batch["tasks"], strict=True):
@@ -163,30 +138,30 @@ class _GroupWorker:
             self.write_s += self.writer.write_s
         self.writer = store.RunWriter.for_group(self.out, self.run, group, **self.writer_options)
         todo = [t for t in tasks if t.video_id not in self.writer.committed]
-        counter = _Counter()
-        state = Extraction(self.runner, self.writer, counter)
-        mark = self._totals(state, counter)
+        state = Extraction(self.runner, self.writer)  # no progress callback: the reports carry its counters
+        mark = self._totals(state)
         last = time.monotonic()
         if todo:  # the local engine's per-shard loop (core.feed), with a report now and then
             for _ in feed(state, self.pool, todo, timeout_s=self.timeout_s, plan=self.plan):
                 self.writer.maybe_flush()
                 if time.monotonic() - last >= self.report_every_s:
-                    now = self._totals(state, counter)
+                    now = self._totals(state)
                     yield self._report(group, now, mark, False, time.perf_counter() - t0)
                     mark, last, t0 = now, time.monotonic(), time.perf_counter()
         state.finish()  # writes what is buffered: the group is committed when this returns
-        final = self._totals(state, counter)
+        final = self._totals(state)
         self.wait_s += state.wait_s
         self.decode_s += state.decode_s
         self.decode_cpu_s += state.decode_cpu_s or 0.0
         yield self._report(group, final, mark, True, time.perf_counter() - t0, skipped=len(tasks) - len(todo))
 
-    def _totals(self, state, counter) -> dict:
+    def _totals(self, state: Extraction) -> dict:
         r = self.runner
-        return {"videos": counter.n, "videos_ok": state.ok, "videos_failed": state.failed, "clips": state.clips,
-                "video_seconds": state.video_seconds, "compute_s": r.compute_s, "gather_s": r.gather_s,
-                "batches": r.count, "padded_rows": r.padded_rows, "wait_s": self.wait_s + state.wait_s,
-                "write_s": self.write_s + self.writer.write_s, "decode_s": self.decode_s + state.decode_s,
+        return {"videos": state.ok + state.failed, "videos_ok": state.ok, "videos_failed": state.failed,
+                "clips": state.clips, "video_seconds": state.video_seconds, "compute_s": r.compute_s,
+                "gather_s": r.gather_s, "batches": r.count, "padded_rows": r.padded_rows,
+                "wait_s": self.wait_s + state.wait_s, "write_s": self.write_s + self.writer.write_s,
+                "decode_s": self.decode_s + state.decode_s,
                 "decode_cpu_s": self.decode_cpu_s + (state.decode_cpu_s or 0.0)}
 
     def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> dict:
@@ -202,18 +177,6 @@ class _GroupWorker:
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()
-
-
-class _Counter:
-    """Stands in for Extraction's tqdm bar: counts finished videos (ok or error) for the reports."""
-
-    n = 0
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def set_postfix(self, **_) -> None:
-        pass
 
 
 def _torch_threads() -> int:
@@ -250,69 +213,52 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
     return actors, float(cpus_per_actor), float(gpus_per_actor)
 
 
-def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray", ray_address: str | None = None,
-                ray_options: dict | None = None, shard=None, overwrite: bool = False, progress: bool | None = None,
-                **options) -> dict:
-    """`extract(..., engine="ray")`: the same rows in `out` (shared storage every node sees), computed by Ray actors.
+def run_ray(spec: RunSpec) -> RaySummary:
+    """Run `spec` (engine "ray") as a Ray Data job: the same rows in spec.out (shared storage every node sees),
+    computed by Ray actors; returns its summary.
 
-    ray_address: the cluster (None: RAY_ADDRESS, else a local one started here; "auto": the running one).
-    ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per GPU, or on a CPU-only cluster
-    one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its GPUs; CPU-only: a node's
-    CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU), group_videos (default
-    GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S).
-    Other keyword arguments are the local engine's (batch_size and workers are per actor).
+    spec.ray_address: the cluster (None: RAY_ADDRESS, else a local one started here; "auto": the running one).
+    spec.ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per GPU, or on a CPU-only
+    cluster one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its GPUs; CPU-only: a
+    node's CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU), group_videos (default
+    GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S). The other options are the local engine's (batch_size
+    and workers are per actor); RunSpec has refused those the Ray engine cannot take (shard, a loaded model,
+    decode_device other than cpu).
     """
-    if engine != "ray":
-        raise ValueError(f"--engine must be local or ray, got {engine!r}" if engine != "local" else
-                         "ray_address and ray_options are for engine='ray'")
+    if spec.engine != "ray":
+        raise ValueError(f"run_ray runs specs of engine 'ray', got {spec.engine!r}")
     ray = _require_ray()
 
     t_start = time.perf_counter()
-    ray_options = dict(ray_options or {})
-    if shard is not None:
-        raise ValueError("--shard splits the work between static processes; --engine ray balances it itself: "
-                         "give one of them")
-    if isinstance(model, torch.nn.Module):
-        raise TypeError("--engine ray loads the model on every actor: pass its source (a folder or file every node "
-                         "sees, a hub id, random:<preset>), not a loaded module")
-    if options.get("decode_device", "cpu") != "cpu":
-        raise ValueError("--engine ray decodes on the CPUs of each actor's node (--decode-device cpu)")
-    unknown = set(ray_options) - {"actors", "cpus_per_actor", "gpus_per_actor", "group_videos", "report_every_s"}
-    if unknown:
-        raise ValueError(f"unknown ray_options {sorted(unknown)}")
+    ray_options = dict(spec.ray_options or {})
     group_videos = int(ray_options.get("group_videos", GROUP_VIDEOS))
-    if group_videos < 1:
-        raise ValueError(f"--ray-group-videos must be a positive integer, got {group_videos}")
-    _check_options(options)
-    require_backend(options.get("decode_backend", "auto"))
-    found = discover_inputs(inputs)
-    options = {**options, "model": _model_source(model)}
-    if "report_every_s" in ray_options:
-        options["report_every_s"] = float(ray_options["report_every_s"])
+    require_backend(spec.decode_backend)
+    found = discover_inputs(spec.inputs)
+    out = spec.out
 
     lock = None
     timing: dict = {"probe_s": None, "first_report_s": None}  # setup costs: the probe task, the first actor report
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=ray_address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=spec.ray_address, logging_level=logging.WARNING, log_to_driver=True)
     try:
         concurrency, cpus, gpus = _resources(ray, ray_options.get("actors"), ray_options.get("cpus_per_actor"),
                                              ray_options.get("gpus_per_actor"))
         try:
             t_probe = time.perf_counter()
-            run = ray.get(ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(options))
+            run = ray.get(ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(spec))
             timing["probe_s"] = time.perf_counter() - t_probe
         except ray.exceptions.RayTaskError as e:  # the probe's own error (bad model, bad arguments): raise it here
             raise e.cause if isinstance(e.cause, Exception) else e from None
         # shard 0's lock: what prepare_output(shard=0) acts for; a second driver, or a local shard 0, is refused
-        lock = ShardLock(out, 0, break_lock=bool(options.pop("break_lock", False))).acquire()
-        out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=overwrite)
+        lock = ShardLock(out, 0, break_lock=spec.break_lock).acquire()
+        out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=spec.overwrite)
         token = _take_over(out)
         clean_temp_files(out, None, groups=True)  # of the groups of earlier runs: none of their actors is left
         retried = 0
-        if options.pop("retry_errors", False) and not overwrite:  # every error part, whoever wrote it: redone
+        if spec.retry_errors and not spec.overwrite:  # every error part, whoever wrote it: redone
             retried = store.retire_errors(out, None)
-        done = KeySet() if overwrite else committed_ids(out)  # compact, as the local engine's resume set
+        done = KeySet() if spec.overwrite else committed_ids(out)  # compact, as the local engine's resume set
         skip, _ = done.lookup(id_keys([t.video_id for t in found.tasks]))
         todo = [t for t, skipped in zip(found.tasks, skip, strict=True) if not skipped]
         discovery_errors = [e for e in found.errors if e["video_id"] not in done]
@@ -322,9 +268,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
                                          "end_s": t.end_s} for t in todo[k:k + group_videos]])}
                   for i, k in enumerate(range(0, len(todo), group_videos))]
         bar = None
-        if progress is None:
-            progress = sys.stderr.isatty()
-        if progress:
+        if spec.progress or (spec.progress is None and sys.stderr.isatty()):
             bar = tqdm(total=len(todo) + len(discovery_errors), unit="video", file=sys.stderr, dynamic_ncols=True,
                        desc="extract (ray)")
         if discovery_errors:  # the driver's own part: group number `base`
@@ -338,7 +282,7 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
         if groups:
             t_job = time.perf_counter()
             try:
-                _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+                _run_groups(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
             except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
                 raise _cause(e) from e
             timing["job_s"] = time.perf_counter() - t_job
@@ -357,41 +301,14 @@ def extract_ray(inputs, out, model: Any = "random:small", *, engine: str = "ray"
             lock.release()
         if started_ray:
             ray.shutdown()
-    return _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor,
+    return _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
                     len(groups), time.perf_counter() - t_start, retried)
 
 
-_HANDLED = {"clip_frames", "frame_step", "fps", "clip_stride_s", "clips_per_video", "crops", "views", "keep",
-            "batch_size", "workers", "device", "dtype", "embedding_dtype", "timeout_s", "backend", "decode_backend",
-            "decode_device", "part_rows", "commit_interval_s", "decode_options", "retry_errors", "break_lock",
-            "report_every_s"}
-
-
-def _check_options(options: dict) -> None:
-    """The local engine's argument checks that must fail here, before a cluster is asked for anything."""
-    ignored = sorted(k for k, v in options.items() if k not in _HANDLED and v not in (None, False))
-    if ignored:  # an option of the local engine this one does not know: refused, never silently dropped
-        raise ValueError(f"--engine ray does not support {', '.join(ignored)} yet; run it with --engine local")
-    batch_size = options.get("batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if options.get("embedding_dtype", "float32") not in store.EMBEDDING_DTYPES:
-        raise ValueError(f"--embedding-dtype must be one of {store.EMBEDDING_DTYPES}, "
-                         f"got {options['embedding_dtype']!r}")
-    pairs = [("frame_step", "fps"), ("clip_stride_s", "clips_per_video"), ("views", "clips_per_video"),
-             ("views", "crops"), ("views", "clip_stride_s")]
-    for a, b in pairs:
-        if options.get(a) is not None and options.get(b) is not None:
-            raise ValueError(f"give --{a.replace('_', '-')} or --{b.replace('_', '-')}, not both")
-    if options.get("crops") not in (None, 1, 3):
-        raise ValueError(f"--crops must be 1 (the center crop) or 3 (start, center and end of the long side), "
-                         f"got {options['crops']!r}")
-    for name in ("timeout_s", "commit_interval_s"):
-        if options.get(name) is not None and not options[name] > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {options[name]}")
-    if options.get("workers") is not None and options["workers"] < 0:
-        raise ValueError(f"--workers must be >= 0, got {options['workers']}")
+def extract_ray(inputs, out, model: Any = "random:small", **options) -> RaySummary:
+    """`vmae_fast.extract(inputs, out, model, engine="ray", **options)`: run_ray(RunSpec.from_keywords(...))."""
+    return run_ray(RunSpec.from_keywords(inputs, out, model, **{"engine": "ray", **options}))
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -405,13 +322,6 @@ def _cause(error: BaseException) -> BaseException:
         if not type(seen).__module__.startswith("ray"):
             return seen
     return error
-
-
-def _model_source(model: Any) -> str:
-    source = str(model)
-    if os.path.exists(os.path.expanduser(source)):  # every node must find it: shared storage, absolute path
-        source = os.path.abspath(os.path.expanduser(source))
-    return source
 
 
 def _take_over(out: Path) -> str:
@@ -431,7 +341,7 @@ def _finish(out: Path, token: str) -> None:
         write_run_token(out, {**data, "finished": True})
 
 
-def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
+def _run_groups(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
     """The Ray Data job: groups -> actors; consumes the report rows (progress, per-actor totals)."""
     from ray.data import DataContext
 
@@ -445,13 +355,13 @@ def _run_groups(ray, out, run, options, token, groups, concurrency, cpus, gpus, 
     for key, value in settings.items():
         setattr(ctx, key, value)
     try:
-        _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
+        _consume(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
     finally:
         for key, value in saved.items():
             setattr(ctx, key, value)
 
 
-def _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
+def _consume(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
     cores = max(1, int(cpus))
     if isinstance(concurrency, tuple):
         compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1],
@@ -462,8 +372,7 @@ def _consume(ray, out, run, options, token, groups, concurrency, cpus, gpus, bar
     # group's retry skips what its dead attempt committed (see the module docstring)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups)).map_batches(
         _GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus, num_gpus=gpus,
-        fn_constructor_kwargs={"out": str(out), "options": options, "config_hash": run["config_hash"],
-                               "token": token, "cores": cores})
+        fn_constructor_kwargs={"spec": spec, "config_hash": run["config_hash"], "token": token, "cores": cores})
     # Report rows are progress and timings only, never the record: after an actor died, some reports of its
     # retried group were observed not to arrive (the retry's final row with it; consistent with Ray deduplicating
     # a retried streaming task's outputs by index, the dead attempt's having come first). Counts in the summary
@@ -496,60 +405,45 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _summary(out, run, options, found, todo, discovery_errors, parts, clips, failed, per_actor, ray_info,
-             groups, wall, retried) -> dict:
+def _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed, per_actor, ray_info,
+             groups, wall, retried) -> RaySummary:
     actors = sorted(per_actor.values(), key=lambda a: a["actor"])
 
     def total(key):
         return sum(a.get(key, 0) for a in actors)
 
     config = run["config"]
-    return {
-        "engine": "ray",
-        "out": str(out),
-        "shard": "ray",
-        "shard_source": "ray",
-        "model": run["model"].get("source"),
-        "device": run["device"],
-        "dtype": config["dtype"],
-        "keep": config["keep"],
-        "workers": total("workers"),
-        "model_threads": None,
-        "batch_size": options.get("batch_size"),
-        "videos": len(found.tasks) + len(found.errors),
-        "videos_ok": len(parts) - len(failed),
-        "videos_failed": len(failed),
-        "videos_skipped": len(found.tasks) - len(todo) + len(found.errors) - len(discovery_errors),
-        "videos_other_shards": 0,
-        "clips": clips,
-        "video_seconds": total("video_seconds"),
-        "wall_s": wall,
-        "compute_s": total("compute_s"),
-        "gather_s": total("gather_s"),
-        "batches": total("batches"),
-        "padded_rows": total("padded_rows"),
-        "wait_s": total("wait_s"),
-        "write_s": total("write_s"),
-        "decode_s": total("decode_s"),
-        "decode_cpu_s": total("decode_cpu_s"),
-        "clips_per_s": clips / wall if wall > 0 else 0.0,
-        "parts_written": None,
-        "errors_retried": retried,
-        "groups": groups,
-        "actors": actors,
-        "ray": ray_info,
-    }
-
-
-def format_actors(summary: dict) -> str:
-    """The per-actor lines of a Ray run's summary: where each actor's time went."""
-    lines = [(f"ray: {summary['groups']} groups on {len(summary['actors'])} actors "
-              f"({summary['ray']['cpus_per_actor']:g} CPU, {summary['ray']['gpus_per_actor']:g} GPU each)")]
-    for a in summary["actors"]:
-        busy = a.get("compute_s", 0) + a.get("wait_s", 0)
-        lines.append(f"  actor {a['actor']} on {a['node']}: {a['groups']} groups, {a.get('videos', 0)} videos, "
-                     f"{a.get('clips', 0)} clips in {a.get('busy_s', 0):.1f} s: model {a.get('compute_s', 0):.1f} s, "
-                     f"waiting for clips {a.get('wait_s', 0):.1f} s, writing {a.get('write_s', 0):.1f} s, decoding "
-                     f"{a.get('decode_cpu_s', 0):.1f} s CPU ({a.get('workers', 0)} workers)"
-                     + (f"; model busy {100 * a['compute_s'] / busy:.0f}%" if busy > 0 else ""))
-    return "\n".join(lines)
+    return RaySummary(
+        out=str(out),
+        shard="ray",
+        shard_source="ray",
+        model=run["model"].get("source"),
+        device=run["device"],
+        dtype=config["dtype"],
+        keep=config["keep"],
+        workers=total("workers"),
+        model_threads=None,
+        batch_size=spec.batch_size,
+        videos=len(found.tasks) + len(found.errors),
+        videos_ok=len(parts) - len(failed),
+        videos_failed=len(failed),
+        videos_skipped=len(found.tasks) - len(todo) + len(found.errors) - len(discovery_errors),
+        videos_other_shards=0,
+        clips=clips,
+        video_seconds=total("video_seconds"),
+        wall_s=wall,
+        compute_s=total("compute_s"),
+        gather_s=total("gather_s"),
+        batches=total("batches"),
+        padded_rows=total("padded_rows"),
+        wait_s=total("wait_s"),
+        write_s=total("write_s"),
+        decode_s=total("decode_s"),
+        decode_cpu_s=total("decode_cpu_s"),
+        clips_per_s=clips / wall if wall > 0 else 0.0,
+        parts_written=None,
+        errors_retried=retried,
+        groups=groups,
+        actors=actors,
+        ray=ray_info,
+    )

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from .. import store
-from ..checkpoint import resolve_dtype
-from ..extraction.devices import resolve_device
-from ..extraction.spec import load_run_model, parse_keep_spec
-from ..video import Sampling, VideoError, VideoTask, decode_clips
+from ..extraction.spec import RunSpec
+from ..video import VideoError, VideoTask, decode_clips
 from ..video.crop import CROP_INDICES
 from .index import Index, clip_vector
 
@@ -35,37 +33,31 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     """
     if at_s is None or at_s < 0:
         raise ValueError(f"at_s must be a time >= 0 in seconds, got {at_s!r}")
-    run = store.load_run(out)
-    config = run["config"]
-    sampling = Sampling(**config["sampling"])
-    if isinstance(crop_index, bool) or crop_index not in CROP_INDICES[sampling.crops]:
-        raise ValueError(f"crop_index must be one of {list(CROP_INDICES[sampling.crops])} for {out}, which holds "
-                         f"{sampling.crops} crop(s) per clip, got {crop_index!r}")
-    dev = resolve_device(device if device is not None else ("cuda" if config["device_type"] == "cuda"
-                                                            and torch.cuda.is_available() else "cpu"))
-    dtype = resolve_dtype(config["dtype"] if dev.type == config["device_type"] else None, dev)
-    source = run["model"].get("source")
-    key = (source, str(dev), dtype)
+    spec = RunSpec.from_run(out, device=device)  # the run's model, sampling, keep policy and dtype
+    crops = CROP_INDICES[spec.crops]
+    if isinstance(crop_index, bool) or crop_index not in crops:
+        raise ValueError(f"crop_index must be one of {list(crops)} for {out}, which holds {spec.crops} crop(s) per "
+                         f"clip, got {crop_index!r}")
+    key = (spec.model, str(spec.resolve_device()), spec.dtype, spec.clip_frames)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model at a time: they can be large
-        # random weights may have been built with config overrides (e.g. a smaller image_size): rebuild the same
-        overrides = config["model"]["config"] if str(source).startswith("random:") else None
-        _MODEL_CACHE[key] = load_run_model(source, dev, dtype, "auto", overrides)
-    net = _MODEL_CACHE[key].with_num_frames(sampling.num_frames)  # a V-JEPA 2 run's --clip-frames
+        _MODEL_CACHE[key] = spec.load()  # with the run's frame count (a V-JEPA 2 run's --clip-frames)
+    loaded = _MODEL_CACHE[key]
+    net, sampling = loaded.model, loaded.sampling
+    config = store.load_run(out)["config"]
     expected = config["model"].get("weights_sha256")
     if expected and net.describe().get("weights_sha256") != expected:
-        raise ValueError(f"the weights at {source} changed since {out} was written (checksum differs)")
+        raise ValueError(f"the weights at {spec.model} changed since {out} was written (checksum differs)")
     task = VideoTask(path=os.path.abspath(path), video_id=str(path))
     # every view of the clip, decoded as the run did (three crops are cut from one scale of the whole frame)
     views = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
     if not views:
         raise ValueError(f"{path}: no clips could be sampled")
     (clip,) = [v for v in views if v.crop_index == crop_index]
-    keep_policy, _ = parse_keep_spec(config["keep"])
-    frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(dev)
+    frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(loaded.device)
     with torch.inference_mode():
-        embedding = net(frames, keep=keep_policy).embeddings[0].float().cpu().numpy()
-    if config["embedding_dtype"] == "float16":  # match the stored row
+        embedding = net(frames, keep=loaded.keep_policy).embeddings[0].float().cpu().numpy()
+    if spec.embedding_dtype == "float16":  # match the stored row
         embedding = embedding.astype(np.float16).astype(np.float32)
     return embedding, clip
 
