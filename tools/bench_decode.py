@@ -132,20 +132,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-# --ablation: decode_clips with one shortcut of the PyAV backend switched off (module constants of pyav_reader)
-ABLATIONS = {"no NONREF skip": ("_SKIP_NONREF", False), "scale whole frame, then crop": ("_CROP_BEFORE_SCALE", False),
-             "probe by decoding at open": ("_PROBE_WITHOUT_DECODING", {})}
+# --ablation: decode_clips with one shortcut of the PyAV backend switched off (vmae_fast.testing.video.PYAV_SHORTCUTS)
+ABLATIONS = {"no NONREF skip": "skip_nonref", "scale whole frame, then crop": "crop_before_scale",
+             "probe by decoding at open": "probe_without_decoding"}
 
 
-def run_ours_without(path: str, sampling, image_size: int, knob: str, value) -> int:
-    from vmae_fast.video import pyav_reader
+def run_ours_without(path: str, sampling, image_size: int, shortcut: str) -> int:
+    from vmae_fast.testing.video import pyav_without
 
-    old = getattr(pyav_reader, knob)
-    setattr(pyav_reader, knob, value)
-    try:
+    with pyav_without(shortcut):
         return run_ours(path, sampling, image_size, "pyav")
-    finally:
-        setattr(pyav_reader, knob, old)
 
 
 # --crops: per-frame cost of cutting three crops from a decoded frame, on the file's own frames
@@ -153,16 +149,16 @@ def crop_scaler_costs(path: str, image_size: int, rounds: int, frames: int = 60)
     """ms per frame (best of `rounds`) of: the whole frame scaled once to the decode size then cut into three views
     (the PyAV backend with crops=3), three squares each scaled to S x S, and the center square alone (crops=1).
     Every way is an FFmpeg filter graph (swscale bilinear) built once, fed the same decoded frames."""
-    from itertools import pairwise
+    from itertools import islice, pairwise
 
     import av
 
-    from vmae_fast.video.crop import crop_offsets, decode_size
+    from vmae_fast.testing.video import crop_offsets, decode_size
 
     with av.open(path) as c:
         stream = c.streams.video[0]
         stream.codec_context.thread_count = 1
-        decoded = [f for _, f in zip(range(frames), c.decode(stream), strict=True)]
+        decoded = list(islice(c.decode(stream), frames))  # the first `frames` (zip(..., strict=True) refused more)
     f0, s = decoded[0], image_size
     w, h = f0.width, f0.height
     dw, dh = decode_size(w, h, s)
@@ -243,13 +239,13 @@ def video_facts(path: str) -> dict:
 
 
 def corpus_check(backends: list[str], rounds: int) -> dict:
-    """Every backend over the test corpus (tests/videos.py: 17 awkward good files, 7 bad ones), 4x32 clips: a good
-    file passes when its clips, indices, times and frame numbers are right (tests.videos.check_clips), a bad one
+    """Every backend over the test corpus (tests/helpers/videos.py: 17 awkward good files, 7 bad ones), 4x32 clips: a
+    good file passes when its clips, indices, times and frame numbers are right (check_clips there), a bad one
     when it ends as a VideoError of the right stage (a crash, wrong pixels or clips from a damaged file fail).
     Seconds: the whole corpus once, median of `rounds`."""
     import tempfile
 
-    from tests.videos import BAD_STAGES, check_clips, make_bad_files, make_video_zoo
+    from tests.helpers.videos import BAD_STAGES, check_clips, make_bad_files, make_video_zoo
     from vmae_fast.video import Sampling, VideoError, VideoTask, decode_clips
 
     sampling = Sampling(num_frames=4)
@@ -375,7 +371,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--corpus",
         action="store_true",
-        help="also run every backend over the test corpus (tests/videos.py): pass/fail and time",
+        help="also run every backend over the test corpus (tests/helpers/videos.py): pass/fail and time",
     )
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -390,13 +386,10 @@ def main(argv=None) -> int:
     core = args.core if args.core is not None else allowed[-1]
     os.sched_setaffinity(0, {core})  # before any decoder library starts a thread: they all inherit one core
 
+    from vmae_fast.testing.video import PyAVReader, decode_size, torchcodec_status
     from vmae_fast.video import Sampling
-    from vmae_fast.video.crop import decode_size
-    from vmae_fast.video.pyav_reader import PyAVReader
 
     sampling = Sampling(num_frames=args.num_frames, frame_step=args.frame_step)
-    from vmae_fast.video.torchcodec_reader import status as torchcodec_status
-
     tc_status = torchcodec_status()
     filters = [f for f in args.only.split(",") if f]
     report = {
@@ -435,9 +428,9 @@ def main(argv=None) -> int:
         for backend in args.backends.split(","):
             cases[f"ours {backend}"] = lambda p=path, b=backend: run_ours(p, sampling, args.image_size, b)
         if args.ablation:
-            for label, (knob, value) in ABLATIONS.items():
-                cases[f"ours pyav, {label}"] = lambda p=path, k=knob, v=value: run_ours_without(
-                    p, sampling, args.image_size, k, v
+            for label, shortcut in ABLATIONS.items():
+                cases[f"ours pyav, {label}"] = lambda p=path, k=shortcut: run_ours_without(
+                    p, sampling, args.image_size, k
                 )
         if args.crops:
             three = Sampling(**{**sampling.to_dict(), "crops": 3})

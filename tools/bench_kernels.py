@@ -14,7 +14,8 @@ summed over segments) and patch embedding
 (2 N_kept K D), GB/s for everything (bytes each input read once + each output written once).
 GPU timings: triton.testing.do_bench (median, 20th/80th percentiles), after a first call timed apart (compile /
 autotune). CPU timings: a wall-clock timer with providers alternating call by call, so a shared machine disturbs
-them alike. Imports torch and triton only (plus vmae_fast.kernels).
+them alike. Imports torch and triton only (plus vmae_fast.kernels, and vmae_fast.testing.kernels for the replaced
+layout).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_env import ROOT, environment, import_vmae_fast
 
-_kernels = import_vmae_fast().kernels
-layer_norm, mean_pool_layernorm = _kernels.layer_norm, _kernels.mean_pool_layernorm
-patch_embed, varlen_attention = _kernels.patch_embed, _kernels.varlen_attention
+kernels = import_vmae_fast().kernels
+layer_norm, mean_pool_layernorm = kernels.layer_norm, kernels.mean_pool_layernorm
+patch_embed, prepare_weight, varlen_attention = kernels.patch_embed, kernels.prepare_weight, kernels.varlen_attention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -210,7 +211,7 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
     variant (the layout it replaced: an A/B of the padding), normalize + Conv3d, and the plain unfold + GEMM. Half
     the tokens: the baselines gather the kept tubelets before their GEMM (as our torch path does), never a full
     Conv3d followed by a gather, which would charge them for tokens nobody keeps."""
-    from vmae_fast.kernels.patch_embed import _patch_embed_torch, _patch_embed_triton, prepare_weight
+    from vmae_fast.testing.kernels import patch_embed_pow2pad
 
     gen = torch.Generator().manual_seed(3)
     K = 3 * ts * P * P
@@ -231,8 +232,8 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
             providers["triton"] = lambda ids=ids: patch_embed(frames, weight, bias, pos, mean, std, ids, patch_size=P,
                                                               tubelet_size=ts, prepared_weight=prepared,
                                                               backend="triton", check=False)
-            providers["triton-pow2pad"] = lambda ids=ids: _patch_embed_triton(frames, weight, bias, pos, mean, std,
-                                                                              ids, P, ts, pow2=True)
+            providers["triton-pow2pad"] = lambda ids=ids: patch_embed_pow2pad(frames, weight, bias, pos, mean, std,
+                                                                              ids, P, ts)
         if ids is None:
             def torch_conv():  # the unfused model: normalize the float frames, Conv3d, flatten, + pos
                 x = frames.permute(0, 4, 1, 2, 3).to(dtype).div(255)  # (B, 3, T, H, W)
@@ -241,8 +242,9 @@ def bench_patch_embed(rows, env, device, dtype, reps, B, T, S, P, ts, D):
                 return y.reshape(B * N, D)
             providers["torch-conv3d"] = torch_conv
         # normalize, unfold, gather the kept tubelets, one GEMM (vmae_fast's own torch path)
-        providers["torch-gather-gemm"] = lambda ids=ids: _patch_embed_torch(frames, weight, bias, pos, mean, std, ids,
-                                                                            P, ts)
+        providers["torch-gather-gemm"] = lambda ids=ids: patch_embed(frames, weight, bias, pos, mean, std, ids,
+                                                                     patch_size=P, tubelet_size=ts, backend="torch",
+                                                                     check=False)
         bytes_moved = frames.numel() + weight.numel() * weight.element_size() + M * D * weight.element_size()
         emit(rows, env, "patch_embed", dtype, {"B": B, "T": T, "H": S, "W": S, "P": P, "ts": ts, "D": D,
                                                "keep": keep, "N_kept": M},
@@ -262,6 +264,7 @@ def bench_model_share(rows, env, device, dtype, reps, preset, B, config=None):
     frames = torch.randint(0, 256, (B, c.num_frames, c.image_size, c.image_size, 3), generator=gen,
                            dtype=torch.uint8).to(device)
     backend = "triton" if triton_runs_on(device) else "torch"
+    prepared = prepare_weight(model.patch_embed.weight, True, c.patch_size, c.tubelet_size)  # as the model's, at load
 
     def forward():
         with torch.inference_mode():
@@ -270,7 +273,7 @@ def bench_model_share(rows, env, device, dtype, reps, preset, B, config=None):
     def embed():
         return patch_embed(frames, model.patch_embed.weight, model.patch_embed.bias, model.pos_table,
                            model.pixel_mean, model.pixel_std, patch_size=c.patch_size, tubelet_size=c.tubelet_size,
-                           prepared_weight=model._patch_weight(True), backend=backend, check=False)
+                           prepared_weight=prepared, backend=backend, check=False)
     results = measure({"model": forward, "patch_embed": embed}, device, reps)
     shape = {"preset": preset, "B": B, "T": c.num_frames, "H": c.image_size, "P": c.patch_size, "backend": backend}
     if "ms" in results.get("model", {}) and "ms" in results.get("patch_embed", {}):

@@ -8,12 +8,15 @@ What is timed is everything between "frames ready in the worker" and "frames in 
 
     python tools/bench_transport.py                       # 2 workers, 16x224, 2000 clips, 3 rounds
     python tools/bench_transport.py --workers 1,2 --clips 4000 --json bench/results/transport-cpu.json
+
+The pool's decode= argument carries `ready_frames` into the workers. bench/results/transport-cpu-before.json was
+measured on the pool before decode= existed (4a18c26, an mp.Queue of pickled frames) by this tool as of 5edec3a,
+which swapped the decoder in through the pool's module globals; that path is gone (tools use public names only).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -49,55 +52,33 @@ def ready_frames(task, sampling, image_size, backend="auto", *, threads=0, info=
         yield Clip(i, i * 16, i * 16 + 16, i / 2, i / 2 + 0.5, 0, frames, indices)
 
 
-def _pool_takes_decode() -> bool:
-    from vmae_fast.video import DecodePool
-
-    return "decode" in inspect.signature(DecodePool).parameters
-
-
-if __name__ == "__mp_main__":  # inside a worker of a pool from before decode= existed: swap the decoder in
-    import vmae_fast.video.pool as _pool
-
-    if "decode" not in inspect.signature(_pool.DecodePool).parameters:
-        _pool.decode_clips = ready_frames
-
-
 def run_once(workers: int, num_frames: int, size: int, clips: int, per_task: int, batch_size: int) -> dict:
     import numpy as np
     import torch
 
     from vmae_fast.video import ClipsEvent, DecodePool, DoneEvent, Sampling, VideoTask
 
-    new_api = _pool_takes_decode()
     options = {"max_pending_clips": 4 * max(1, workers), "timeout_s": 60.0}
-    if new_api:
-        options["decode"] = ready_frames
-        options["zero_copy"] = True
-        options["slots"] = options["max_pending_clips"] + batch_size
+    options.update(decode=ready_frames, zero_copy=True, slots=options["max_pending_clips"] + batch_size)
     tasks = [VideoTask(f"ready-{i}", f"ready:{per_task}:{i}") for i in range(-(-clips // per_task))]
     batch = torch.zeros((batch_size, num_frames, size, size, 3), dtype=torch.uint8)
-    view = batch.numpy()
     received, wrong, filled, held = 0, 0, 0, []
     with DecodePool(workers, Sampling(num_frames=num_frames), size, **options) as pool:
         for event in pool.run(tasks[:workers]):  # warm-up: workers started, buffers touched
-            if new_api and isinstance(event, ClipsEvent):
+            if isinstance(event, ClipsEvent):
                 pool.release(event.clips)
         t0 = time.perf_counter()
         for event in pool.run(tasks):
             if isinstance(event, ClipsEvent):
                 for clip in event.clips:
-                    if new_api:
-                        wrong += int(clip.frames[0, 0, 0, 0]) != clip.clip_index % 251
-                        held.append(clip)
-                    else:
-                        view[filled] = clip.frames
+                    wrong += int(clip.frames[0, 0, 0, 0]) != clip.clip_index % 251
+                    held.append(clip)
                     filled += 1
                     received += 1
-                    if filled == batch_size:
-                        if new_api:  # the runner's gather of the batch's slot views, then the slots go back
-                            torch.stack([torch.from_numpy(c.frames) for c in held], out=batch)
-                            pool.release(held)
-                            held = []
+                    if filled == batch_size:  # the runner's gather of the batch's slot views, then the slots go back
+                        torch.stack([torch.from_numpy(c.frames) for c in held], out=batch)
+                        pool.release(held)
+                        held = []
                         filled = 0
             elif not isinstance(event, DoneEvent):
                 raise TypeError(f"unexpected event {event}")
@@ -133,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[w].append(run_once(w, args.num_frames, args.size, args.clips, args.clips_per_task,
                                     args.batch_size))
     best = {w: max(rs, key=lambda x: x["clips_per_s"]) for w, rs in runs.items()}
-    api = "shared-memory slots (decode=, zero_copy=)" if _pool_takes_decode() else "mp.Queue (pickled frames)"
+    api = "shared-memory slots (decode=, zero_copy=)"
     clip_mb = np.prod((args.num_frames, args.size, args.size, 3)) / 1e6
     print(f"transport: {api}; clips {args.num_frames}x{args.size}x{args.size}x3 uint8 ({clip_mb:.2f} MB), "
           f"batch {args.batch_size}, {args.clips} clips per run, best of {args.rounds}; "

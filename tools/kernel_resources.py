@@ -6,13 +6,13 @@ matrix instructions (HGMMA = Hopper wgmma) and their count.
     python tools/kernel_resources.py --only patch_embed --pow2   # patch_embed, runs padded to 16 and to 2^k
 
 Integer arguments that Triton specializes at launch (divisible by 16: strides of 224x224 frames, D = 768, ...) are
-marked so here too, so the load widths match what a real launch gets.
+marked so here too, so the load widths match what a real launch gets. The kernels and their launch configurations
+come from vmae_fast.testing.kernels (the declared internals tools may use).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -64,14 +64,16 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="bf16,fp16,fp32")
     p.add_argument("--json", default=None, help="also write the rows (with triton version and commit) here")
     args = p.parse_args(argv)
-    pe = importlib.import_module("vmae_fast.kernels.patch_embed")
-    ln = importlib.import_module("vmae_fast.kernels.layer_norm")
-    mp = importlib.import_module("vmae_fast.kernels.mean_pool_layernorm")
+    import torch
+
+    from vmae_fast.testing import kernels
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     rows = []
     for dt in args.dtypes.split(",") if args.only != "norms" else []:
         for uint8, P, ts in ((True, 16, 2), (True, 14, 2), (False, 16, 2), (False, 14, 2)):
             for pow2 in (False, True) if args.pow2 else (False,):
-                n_rows, run, run_pad = pe.run_layout(uint8, P, ts, pow2)
+                n_rows, run, run_pad = kernels.run_layout(uint8, P, ts, pow2)
                 sig = {"Frames": "*u8" if uint8 else f"*{dt}", "Wp": f"*{dt}", "Bias": f"*{dt}", "Pos": "*fp32",
                        "Mean": "*fp32", "Std": "*fp32", "TokenIds": "*i64", "Out": f"*{dt}", "M": "i32",
                        "num_clips": "i32", "D": "i32", "N": "i32", "n_h": "i32", "n_w": "i32", "stride_b": "i32",
@@ -79,27 +81,25 @@ def main(argv=None) -> int:
                        "stride_pos": "i32"}
                 div16 = ("Frames", "Wp", "Bias", "Pos", "Out", "TokenIds", "D", "stride_b", "stride_t", "stride_c",
                          "stride_h", "stride_pos")
-                configs = pe._CONFIGS if dt != "fp32" else [c for c in pe._CONFIGS if c in pe._prune_configs(
-                    pe._CONFIGS, {"Wp": _Elt4()})]
-                for c in configs:
+                for c in kernels.patch_embed_configs(dtypes[dt]):
                     consts = {"P": P, "TS": ts, "ROWS": n_rows, "RUN": run, "RUN_PAD": run_pad,
-                              "BLOCK_K": pe._K_TILE, "NORMALIZE": uint8, "HAS_IDS": True,
+                              "BLOCK_K": kernels.PATCH_EMBED_K_TILE, "NORMALIZE": uint8, "HAS_IDS": True,
                               "DOT_PRECISION": "tf32x3" if dt == "fp32" else "tf32", **c.kwargs}
-                    r = resources(pe._patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
+                    r = resources(kernels.patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
                     tile = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}"
                     rows.append((f"patch_embed {dt} {'uint8' if uint8 else 'float'} P={P} pad{run_pad} {tile}", r))
     for D in (384, 768, 1024, 1408) if args.only != "patch_embed" else []:
-        bm, bd, nw = ln._launch_config(D)
+        bm, bd, nw = kernels.layer_norm_launch_config(D)
         sig = {"X": "*bf16", "R": "*bf16", "W": "*bf16", "Bias": "*bf16", "Y": "*bf16", "S": "*bf16", "M": "i32",
                "D": "i32", "stride_x": "i32", "stride_r": "i32", "eps": "fp32"}
         consts = {"HAS_RESIDUAL": True, "HAS_WEIGHT": True, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_D": bd}
-        r = resources(ln._layer_norm_kernel, sig, consts, ("X", "R", "W", "Bias", "Y", "S", "D", "stride_x",
-                                                             "stride_r"), nw, 1)
+        r = resources(kernels.layer_norm_kernel, sig, consts,
+                      ("X", "R", "W", "Bias", "Y", "S", "D", "stride_x", "stride_r"), nw, 1)
         rows.append((f"layer_norm bf16 D={D} residual {bm}x{bd} w{nw}", r))
         sig = {"X": "*bf16", "CU": "*i32", "Partial": "*fp32", "N_total": "i32", "D": "i32", "stride_x": "i32",
                "SPLITS": "i32"}
-        block_d = min(bd, mp._SUM_BLOCK_D)
-        r = resources(mp._segment_sum_kernel, sig, {"BLOCK_T": 16, "BLOCK_D": block_d},
+        block_d = min(bd, kernels.SEGMENT_SUM_BLOCK_D)
+        r = resources(kernels.segment_sum_kernel, sig, {"BLOCK_T": 16, "BLOCK_D": block_d},
                       ("X", "Partial", "D", "stride_x"), 4, 3)
         rows.append((f"mean_pool segment_sum bf16 D={D} 16x{block_d} w4", r))
     for name, r in rows:
@@ -113,14 +113,6 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([{"kernel": name, **meta, **r} for name, r in rows], indent=1) + "\n")
     return 0
-
-
-class _Elt4:
-    """Stand-in for an fp32 weight tensor in the autotuner's prune hook."""
-
-    @staticmethod
-    def element_size() -> int:
-        return 4
 
 
 if __name__ == "__main__":
