@@ -24,7 +24,7 @@ MOVED = {
     "vmae_fast.views": ("vmae_fast.store.videos", "vmae_fast.store.reader", "vmae_fast.store.layout",
                         "vmae_fast.store.schemas", "vmae_fast.extraction.spec"),
     "vmae_fast.ray_engine": ("vmae_fast.extraction.ray_engine",),
-    "vmae_fast.index": ("vmae_fast.retrieval.index", "vmae_fast.retrieval.plan"),
+    "vmae_fast.index": ("vmae_fast.retrieval.index", "vmae_fast.retrieval.plan", "vmae_fast.store.layout"),
     "vmae_fast.search": ("vmae_fast.retrieval.search",),
 }
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VJEPA2_PRESETS, VideoMAEConfig, VJEPA2Config
@@ -217,6 +216,10 @@ def _resolve_hub_id(repo_id: str, allow_download: bool | None) -> Path:
     """Local snapshot directory of a hub repo: the Hugging Face cache first, the network only when allowed."""
     if allow_download is None:
         allow_download = os.environ.get("VMAE_FAST_ALLOW_DOWNLOAD", "0") not in ("", "0")
+    try:  # here, not at the top: huggingface_hub imports tqdm, and the model loads with torch and triton alone
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{repo_id!r} looks like a hub id; resolving it needs `pip install huggingface_hub`") from None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now: huggingface_hub reads it only at import
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=not allow_download,
