@@ -1,19 +1,29 @@
 """vmae_fast: VideoMAE embeddings for large video collections.
 
-The public surface is `__all__` below (plus the subpackages `vmae_fast.kernels`, `.video`, `.store`, `.extract`,
-`.retrieval`, each with its own `__all__`). Names are imported when first used, so `import vmae_fast`, the model and
-the kernels work with torch (and triton) alone: decoders, pyarrow and faiss load only with the parts that need them.
+Public API: `vmae_fast.__all__` is exactly what `import vmae_fast` offers (dir(), attribute access), and nothing
+else is promised:
+- the names of `_NAMES` below (extract, read_clips, Index, load_model, ...), each the object of the public module
+  that defines it;
+- the public modules of `_MODULES`, each declaring its own `__all__`: the subpackages `kernels`, `video`, `store`,
+  `extraction`, `retrieval` (their modules are internal: import from the subpackage), the model files `config`,
+  `model`, `vjepa2`, `tokens`, `checkpoint`, `cuda_graphs`, and `faults`, `ids`, `demo`, `cli`.
+`vmae_fast.testing` declares the internals that the project's tests and tools/ benchmarks reach, with no
+compatibility promise. The module paths of 0.1's flat layout (vmae_fast.pipeline, .inputs, .committed, .views,
+.ray_engine, .index, .search) still import for one release and warn once (VmaeFastDeprecationWarning).
+
+Names and modules are imported when first used, so `import vmae_fast`, the model and the kernels work with torch (and
+triton) alone: decoders, pyarrow and faiss load only with the parts that need them.
 """
 
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib
 
 from . import _compat
+from ._compat import VmaeFastDeprecationWarning
 
 __version__ = "0.1.0"
 
-_LAZY = {
+# public name -> the public module that defines it (and lists it in its __all__)
+_NAMES = {
     "VideoMAEConfig": "vmae_fast.config",
     "VideoMAE": "vmae_fast.model",
     "VideoMAEOutput": "vmae_fast.model",
@@ -31,19 +41,24 @@ _LAZY = {
     "EnvironmentFault": "vmae_fast.faults",
     "VideoError": "vmae_fast.faults",
 }
+# public modules, reachable as attributes (vmae_fast.store.committed_ids) without importing them first
+_MODULES = ("checkpoint", "cli", "config", "cuda_graphs", "demo", "extraction", "faults", "ids", "kernels", "model",
+            "retrieval", "store", "tokens", "video", "vjepa2")
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = ["VmaeFastDeprecationWarning", "__version__", *sorted(_NAMES), *_MODULES]
 
 _compat.install()  # the module paths of 0.1's flat layout (vmae_fast.pipeline, ...) keep working, with a warning
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _NAMES:
+        value = getattr(_importlib.import_module(_NAMES[name]), name)
         globals()[name] = value  # once: the next lookup is a plain attribute
         return value
+    if name in _MODULES:
+        return _importlib.import_module(f"{__name__}.{name}")  # the import binds it here
     raise AttributeError(f"module 'vmae_fast' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})

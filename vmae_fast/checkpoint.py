@@ -3,6 +3,10 @@ file), from a Hugging Face directory, an original MCG-NJU / VideoMAE V2 .pth, a 
 in the local Hugging Face cache, or `random:<preset>[:seed]`. The import is strict: every checkpoint key is used or
 deliberately ignored (VideoMAE's pre-training decoder, V-JEPA 2's predictor), every shape is checked, and the fused
 qkv is built here.
+
+Public API (`__all__`): load_model and model_class (the encoder class a config builds); save_hf (write a Hugging
+Face checkpoint folder) with hf_config_dict and hf_state_dict; random_state_dict; convert_state_dict,
+convert_vjepa2_state_dict and the key tables HF_WEIGHT_MAP, ORIGINAL_WEIGHT_MAP, VJEPA2_WEIGHT_MAP.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ one line; 75 the environment's fault (a decode worker killed by the OOM killer, 
 failed for a moment): one line, finished videos are committed, rerun the same command to resume; 1 anything else,
 i.e. our bug: its traceback and a request to report it; 130 Ctrl-C, 143 SIGTERM. VMAE_FAST_DEBUG=1 raises every
 error with its traceback.
+
+Public API (`__all__`): main(argv) -> exit status (what the `vmae-fast` command runs) and build_parser().
 """
 
 from __future__ import annotations
@@ -599,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: error: {msg}", file=sys.stderr)
         return status
 
+
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

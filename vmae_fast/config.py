@@ -1,5 +1,9 @@
 """Encoder configurations: one dataclass per architecture (VideoMAEConfig, VJEPA2Config), named presets, and the
-readers for transformers' config.json."""
+readers for transformers' config.json.
+
+Public API (`__all__`): VideoMAEConfig and its PRESETS, VJEPA2Config with VJEPA2_PRESETS and VJEPA2_HUB_IDS, and the
+two mean/std pairs, IMAGENET_MEAN/IMAGENET_STD and HF_DEFAULT_MEAN/HF_DEFAULT_STD.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ use the eager model (one sync per batch there).
     runner = CUDAGraphRunner(model, batch_size=8)                   # model from load_model(..., device="cuda")
     runner = CUDAGraphRunner(model, batch_size=8, keep="tube:0.5")  # or motion:0.5
     out = runner(frames)                                    # uint8 (b, T, H, W, 3) with b <= 8, CPU or CUDA
+
+Public API (`__all__`): CUDAGraphRunner, and check_batch (the input check it applies).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ downloaded); else a small model with deterministic random weights, written to OU
 checkpoint (ViT-S/16 width, 6 blocks, 8 frames of 112 px) so that `vmae-fast search OUT --video ...` can reload
 exactly it later. Random weights give embeddings that still tell these synthetic scenes apart but mean nothing
 semantically; the demo says so.
+
+Public API (`__all__`): run_demo; sample_dir / sample_videos (the bundled videos); write_random_checkpoint (a
+Hugging Face checkpoint folder with deterministic random weights, for demos and tests).
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ def write_random_checkpoint(path: str | os.PathLike, seed: int = 0, **config) ->
     architecture DEMO_MODEL (overridden by `config`), HF conventions: LayerNorm eps 1e-12, mean/std 0.5."""
     import torch
 
-    from .checkpoint import _assemble, random_state_dict, save_hf
+    from .checkpoint import load_model, save_hf
     from .config import HF_DEFAULT_MEAN, HF_DEFAULT_STD, VideoMAEConfig
 
     cfg = VideoMAEConfig(**{"layer_norm_eps": 1e-12, "fc_norm_eps": 1e-5, "image_mean": HF_DEFAULT_MEAN,
                             "image_std": HF_DEFAULT_STD, **DEMO_MODEL, **config})
-    model = _assemble(cfg, random_state_dict(cfg, seed), torch.device("cpu"), torch.float32, "auto")
+    model = load_model(f"random:small:{seed}", device="cpu", dtype=torch.float32, config=cfg)  # cfg as is, not small
     return save_hf(model, path, dtype=torch.float16, note=f"random weights (seed {seed}) written by vmae_fast.demo")
 
 
@@ -138,3 +141,6 @@ def run_demo(model: str | None = None, out: str | os.PathLike = "vmae-fast-demo"
           f"  vmae-fast search {out} --video {query} --at 3 --show {out}/query.png\n"
           f"  vmae-fast index {out} --level video && vmae-fast search {out} --level video --clip bars_scroll.mp4:0")
     return 0
+
+
+__all__ = ["run_demo", "sample_dir", "sample_videos", "write_random_checkpoint"]

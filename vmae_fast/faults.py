@@ -19,6 +19,11 @@ resume; 75 is sysexits' EX_TEMPFAIL, which job schedulers may requeue on), 130 i
 
 Other modules (decoders, URL streams) raise EnvironmentFault for what they know to be transient, or let the
 original exception through: classify() knows OSError errnos, PyAV/decord errors and the builtins.
+
+Public API (`__all__`): the exceptions UserError (ShardLocked, GPUOutOfMemory), EnvironmentFault
+(MissingDependency), VideoError (its STAGES) and WorkerBug; classify() and its classes VIDEO, ENVIRONMENT, BUG;
+exit_status() and the statuses EXIT_BUG, EXIT_USER, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_TERMINATED;
+TRANSIENT_ERRNOS.
 """
 
 from __future__ import annotations
@@ -149,3 +154,8 @@ def exit_status(exc: BaseException) -> int:
     if isinstance(exc, (UserError, ValueError, OSError, ImportError)):
         return EXIT_USER
     return EXIT_BUG
+
+
+__all__ = ["BUG", "ENVIRONMENT", "EXIT_BUG", "EXIT_ENVIRONMENT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USER",
+           "STAGES", "TRANSIENT_ERRNOS", "VIDEO", "EnvironmentFault", "GPUOutOfMemory", "MissingDependency",
+           "ShardLocked", "UserError", "VideoError", "WorkerBug", "classify", "exit_status"]

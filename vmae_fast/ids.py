@@ -4,6 +4,8 @@ compact sets of keys (what a shard has committed, what discovery has already see
 A video_id is held as its 16-byte key (blake2b-128 of the UTF-8 id, two uint64) in sorted numpy runs, 16 bytes an id
 instead of the ~100 a Python set of strings costs, and looked up a batch at a time with searchsorted. Two distinct
 ids share a key with probability ~n^2 / 2^129 (1e-23 for 100M ids): the keys stand for the ids.
+
+Public API (`__all__`): shard_of, shards_of (the shard of one id, of many), id_keys (ids -> keys) and KeySet.
 """
 
 from __future__ import annotations
@@ -142,3 +144,4 @@ class KeySet:
         return i_batch, None, j_batch
 
 
+__all__ = ["KeySet", "id_keys", "shard_of", "shards_of"]

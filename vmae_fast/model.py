@@ -1,6 +1,9 @@
 """The VideoMAE encoder over packed kept tokens: every clip of a batch keeps its own set of tokens, the tokens of all
 clips are packed into one (N_kept, D) tensor, and attention runs per clip through cu_seqlens (flash-attention's varlen
 convention). Numerics follow transformers' VideoMAEModel / VideoMAEForVideoClassification (see DESIGN.md).
+
+Public API (`__all__`): VideoMAE (built by checkpoint.load_model), VideoEncoder (what it shares with vjepa2.VJEPA2),
+VideoMAEOutput, and sincos_table (the fixed position table). The blocks (Attention, MLP, Block) are internal.
 """
 
 from __future__ import annotations

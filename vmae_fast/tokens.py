@@ -14,6 +14,9 @@ so a static clip still keeps one complete view of the scene.
 Host syncs: tube:R and motion:R keep a count per clip fixed by the ratio and the shape, so `select` builds the token ids
 and cu_seqlens on the frames' device with no host sync (a CUDA graph can capture it); motion:t=X and bool masks keep
 a data-dependent count, so packing them reads the counts on the host once per batch (`pack`).
+
+Public API (`__all__`): parse_keep, the policies KeepPolicy (the base a custom policy subclasses), KeepAll,
+TubeKeep, MotionKeep, and pack / fixed_count_ids (a mask or a fixed count -> token ids + cu_seqlens).
 """
 
 from __future__ import annotations

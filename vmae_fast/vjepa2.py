@@ -6,6 +6,9 @@ Numerics follow transformers' VJEPA2Model / VJEPA2ForVideoClassification (tests/
 
 Because positions are rotary, a kept token's output depends only on the tokens its clip keeps: dropping tokens
 (keep="tube:0.5", ...) is exactly V-JEPA 2's masked encoder, and clips of one batch may keep different counts.
+
+Public API (`__all__`): VJEPA2 (built by checkpoint.load_model), token_positions (each kept token's (t, h, w)) and
+pooled_attention (the classifier's attentive pooler).
 """
 
 from __future__ import annotations
