@@ -84,6 +84,7 @@ def main(argv=None) -> int:
                 for c in kernels.patch_embed_configs(dtypes[dt]):
                     consts = {"P": P, "TS": ts, "ROWS": n_rows, "RUN": run, "RUN_PAD": run_pad,
                               "BLOCK_K": kernels.PATCH_EMBED_K_TILE, "NORMALIZE": uint8, "HAS_IDS": True,
+                              "HAS_POS": True,  # VideoMAE's sin/cos table (V-JEPA 2 adds none: HAS_POS False)
                               "DOT_PRECISION": "tf32x3" if dt == "fp32" else "tf32", **c.kwargs}
                     r = resources(kernels.patch_embed_kernel.fn, sig, consts, div16, c.num_warps, c.num_stages)
                     tile = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}"
