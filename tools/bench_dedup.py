@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 from vmae_fast import cli  # noqa: E402
 from vmae_fast.demo import write_random_checkpoint  # noqa: E402
 from vmae_fast.extraction import extract  # noqa: E402
-from vmae_fast.retrieval.dedup import find_groups  # noqa: E402
-from vmae_fast.retrieval.index import stream_rows  # noqa: E402
+from vmae_fast.retrieval import find_groups  # noqa: E402
+from vmae_fast.testing.retrieval import stream_rows  # noqa: E402
 
 SIZE, FPS, SECONDS = "320x240", 30, 6
 # (source, look-alike): lavfi graphs; the look-alike changes a seed or a parameter of the same generator
@@ -224,7 +224,7 @@ if mode == "index":
     from vmae_fast.retrieval import Index
     Index.load(out, "clip")
 else:
-    from vmae_fast.retrieval.dedup import find_groups
+    from vmae_fast.retrieval import find_groups
     r = find_groups(out, "clip", threshold=0.99)
     print("groups", r.groups, "members", r.members, file=sys.stderr)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, round(time.perf_counter() - t0, 1))

@@ -35,7 +35,7 @@ from tests.helpers import index_data  # noqa: E402 - the synthetic data shapes o
 from tests.helpers.server import Served  # noqa: E402 - the CLI's server in its own process, on a free port
 from tests.helpers.synthetic_out import write_dataset  # noqa: E402
 from vmae_fast.retrieval import Index  # noqa: E402
-from vmae_fast.retrieval.catalog import Catalog  # noqa: E402
+from vmae_fast.testing.retrieval import Catalog  # noqa: E402
 
 CLIPS_PER_VIDEO = 10
 

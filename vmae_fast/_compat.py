@@ -23,7 +23,7 @@ MOVED = {
     "vmae_fast.committed": ("vmae_fast.store.committed", "vmae_fast.ids"),
     "vmae_fast.views": ("vmae_fast.store.videos", "vmae_fast.store.reader", "vmae_fast.store.layout",
                         "vmae_fast.store.schemas", "vmae_fast.extraction.spec", "vmae_fast.cli"),  # cli: format_labels
-    "vmae_fast.ray_engine": ("vmae_fast.extraction.ray_engine",),
+    "vmae_fast.ray_engine": ("vmae_fast.extraction.ray_engine", "vmae_fast.cli"),  # cli: format_actors
     "vmae_fast.index": ("vmae_fast.retrieval.index", "vmae_fast.retrieval.plan", "vmae_fast.store.layout"),
     "vmae_fast.search": ("vmae_fast.retrieval.search",),
 }

@@ -8,13 +8,15 @@ kernel or a decoder shows here, in one file, which benchmark it touches.
                  tools/kernel_resources.py) and patch_embed's replaced weight layout (an A/B, tools/bench_kernels.py)
     video.py     the PyAV reader, frame geometry and the decoder shortcuts an ablation switches off
                  (tools/bench_decode.py)
+    retrieval.py the service's Catalog and an output's rows as an index streams them (tools/bench_serve.py,
+                 tools/bench_dedup.py)
 
 The submodules are imported when first used: `vmae_fast.testing.kernels` never imports a decoder.
 """
 
 import importlib as _importlib
 
-__all__ = ["kernels", "video"]
+__all__ = ["kernels", "retrieval", "video"]
 
 
 def __getattr__(name: str):
