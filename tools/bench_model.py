@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Model benchmark: vmae_fast against transformers VideoMAE (eager, SDPA) and torch.compile of it, side by side.
+"""Model benchmark: vmae_fast against transformers VideoMAE / VJEPA2 (eager, SDPA) and torch.compile of it.
 
 Same random weights everywhere (every parameter drawn at random, written once by vmae_fast.checkpoint.save_hf to a
 temporary folder that vmae_fast.load_model and transformers' from_pretrained both read), same device, dtype, batch
@@ -13,6 +13,12 @@ VideoMAE's q/v biases: there it is a speed baseline only and vmae_fast's cosine 
 
     python tools/bench_model.py --smoke                               # CPU, tiny config, seconds (CI)
     python tools/bench_model.py --models base --out bench/results/model_base.json   # one GPU, bf16
+    python tools/bench_model.py --models vjepa2-vitl --frames 16 --batches 16     # V-JEPA 2 ViT-L 16x256
+
+V-JEPA 2 models (vjepa2-vitl, -vith, -vitg, -vitg-384, and vjepa2-tiny for smoke runs) are transformers' own
+VJEPA2Model with every parameter randomized, written by save_pretrained (the real hub layout) and read by both; the
+embedding compared is the mean of the last-layer tokens (what vmae_fast stores for an encoder). Without transformers
+they run as random:<preset> (vmae_fast rows only).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_env import ROOT, environment, import_vmae_fast
 
 MODELS = ("small", "base", "large", "huge", "giant")
+VJEPA2_MODELS = ("vjepa2-vitl", "vjepa2-vith", "vjepa2-vitg", "vjepa2-vitg-384")  # vmae_fast.config.VJEPA2_PRESETS
+VJEPA2_TINY = {"image_size": 32, "num_frames": 4, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 128}
 PROVIDERS = ("vmae_fast", "vmae_fast-cudagraph", "transformers-eager", "transformers-sdpa", "torch-compile")
 TINY = {"image_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2, "hidden_size": 64,
         "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -82,6 +91,33 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p[D:2 * D].zero_()
 
 
+def is_vjepa2(name: str) -> bool:
+    return name.startswith("vjepa2")
+
+
+def vjepa2_config(name: str, vmae_fast, frames: int):
+    """A VJEPA2Config of a preset (vjepa2-tiny: the smoke sizes) for clips of `frames` frames."""
+    if name == "vjepa2-tiny":
+        return vmae_fast.config.VJEPA2Config(**VJEPA2_TINY, frames_per_clip=4)
+    return vmae_fast.config.VJEPA2Config.from_name(name, num_frames=frames, frames_per_clip=frames)
+
+
+def write_vjepa2_checkpoint(config, seed: int, path: Path) -> Path:
+    """transformers' VJEPA2Model of that architecture, every parameter randomized (randomize_), saved with
+    save_pretrained: the folder the hub's encoders have (predictor included: a 1-layer one, never run)."""
+    import transformers
+
+    hf_config = transformers.VJEPA2Config(
+        crop_size=config.image_size, patch_size=config.patch_size, frames_per_clip=config.num_frames,
+        tubelet_size=config.tubelet_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, mlp_ratio=config.intermediate_size / config.hidden_size,
+        pred_hidden_size=64, pred_num_attention_heads=4, pred_num_hidden_layers=1, pred_num_mask_tokens=1)
+    model = transformers.VJEPA2Model(hf_config).eval()
+    randomize_(model, seed)
+    model.save_pretrained(path)
+    return path
+
+
 def transformers_available() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
@@ -122,18 +158,26 @@ class Setup:
 
     def __init__(self, name: str, args, device: torch.device, dtype: torch.dtype, vmae_fast, workdir: Path):
         self.name, self.device, self.dtype = name, device, dtype
+        self.vjepa2 = is_vjepa2(name)
         self.compiled, self.compile_mode = None, args.compile_mode  # compiled on first use
         self.compile_backend = args.compile_backend
         self.graph_runners: dict[tuple, object] = {}
         self.hf32 = self.hf_sdpa = self.hf_eager = None
-        self.path = write_checkpoint(name, vmae_fast, args.seed, workdir / name)
-        self.vmae32 = vmae_fast.load_model(self.path, device=device, dtype=torch.float32)
+        if self.vjepa2:
+            config = vjepa2_config(name, vmae_fast, args.frames)
+            source = (write_vjepa2_checkpoint(config, args.seed, workdir / name) if transformers_available()
+                      else f"random:{name if name in VJEPA2_MODELS else 'vjepa2-vitl'}:{args.seed}")
+            # (no transformers: vmae_fast rows only, random:<preset> weights sized by `config`)
+            self.path, overrides = source, (None if transformers_available() else config)
+        else:
+            self.path, overrides = write_checkpoint(name, vmae_fast, args.seed, workdir / name), None
+        self.vmae32 = vmae_fast.load_model(self.path, device=device, dtype=torch.float32, config=overrides)
         self.vmae = self.vmae32 if dtype == torch.float32 else vmae_fast.load_model(self.path, device=device,
-                                                                                    dtype=dtype)
+                                                                                    dtype=dtype, config=overrides)
         self.config = self.vmae.config
         self.reference_ok = False
         if transformers_available():
-            self.reference_ok = transformers_reference_ok()
+            self.reference_ok = True if self.vjepa2 else transformers_reference_ok()
             # each attention implementation chosen at load time, as users do (transformers 4.x and 5.x)
             self.hf32 = self.load_hf("sdpa", torch.float32)
             self.hf_sdpa = self.load_hf("sdpa")
@@ -141,10 +185,18 @@ class Setup:
                 self.hf_eager = self.load_hf("eager")
 
     def load_hf(self, attn_implementation: str, dtype: torch.dtype | None = None):
-        from transformers import VideoMAEForVideoClassification
+        from transformers import VideoMAEForVideoClassification, VJEPA2Model
 
-        model = VideoMAEForVideoClassification.from_pretrained(self.path, attn_implementation=attn_implementation)
+        cls = VJEPA2Model if self.vjepa2 else VideoMAEForVideoClassification
+        model = cls.from_pretrained(self.path, attn_implementation=attn_implementation)
         return model.to(self.device, dtype or self.dtype).eval()
+
+    def hf_embedding(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """transformers' (B, D) embedding: VideoMAE's pooled output (a headless classifier's logits), or for
+        V-JEPA 2 the mean of the encoder's last_hidden_state (the predictor skipped)."""
+        if self.vjepa2:
+            return model(pixel_values, skip_predictor=True).last_hidden_state.mean(1)
+        return model(pixel_values).logits
 
     def compiled_model(self):
         if self.compiled is None:  # its own copy: dynamo guards then see only this model's config
@@ -244,9 +296,10 @@ def build_runs(setup: Setup, args, batch: int, frames: torch.Tensor, pixel_value
                 return lambda: runner(frames).embeddings
             runs.append(("vmae_fast-cudagraph", ratio, spec, make_graph))
     if "transformers-eager" in args.providers:
-        runs.append(("transformers-eager", 1.0, None, lambda: (lambda: setup.hf_eager(pixel_values).logits)))
+        runs.append(("transformers-eager", 1.0, None,
+                     lambda: (lambda: setup.hf_embedding(setup.hf_eager, pixel_values))))
     if "transformers-sdpa" in args.providers:
-        runs.append(("transformers-sdpa", 1.0, None, lambda: (lambda: setup.hf_sdpa(pixel_values).logits)))
+        runs.append(("transformers-sdpa", 1.0, None, lambda: (lambda: setup.hf_embedding(setup.hf_sdpa, pixel_values))))
     if "torch-compile" in args.providers:  # first_call_s of its row is the compile time (+ one call)
         def make_compiled():
             compiled = setup.compiled_model()
@@ -254,7 +307,7 @@ def build_runs(setup: Setup, args, batch: int, frames: torch.Tensor, pixel_value
             def call():
                 if dev.type == "cuda":  # max-autotune replays CUDA graphs: mark each call as a new step
                     torch.compiler.cudagraph_mark_step_begin()
-                return compiled(pixel_values).logits
+                return setup.hf_embedding(compiled, pixel_values)
             return call
         runs.append(("torch-compile", 1.0, None, make_compiled))
     return runs
@@ -286,7 +339,7 @@ def fp32_reference(setup: Setup, frames: torch.Tensor, spec: str | None, chunk: 
     for i in range(0, frames.shape[0], chunk):
         part = frames[i:i + chunk]
         if which == "transformers-fp32":
-            outs.append(setup.hf32(setup.pixel_values(part, torch.float32)).logits.float())
+            outs.append(setup.hf_embedding(setup.hf32, setup.pixel_values(part, torch.float32)).float())
         else:
             outs.append(setup.vmae32(part, keep=spec).embeddings.float())
     return torch.cat(outs)
@@ -507,7 +560,9 @@ def csv_list(kind):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny config, fp32, batches 1,2, seconds (CI)")
-    p.add_argument("--models", type=csv_list(str), default=list(MODELS), help="presets: " + ",".join(MODELS))
+    p.add_argument("--models", type=csv_list(str), default=list(MODELS),
+                   help="presets: " + ",".join(MODELS + VJEPA2_MODELS))
+    p.add_argument("--frames", type=int, default=16, help="frames per clip of the V-JEPA 2 models (any even count)")
     p.add_argument("--batches", type=csv_list(int), default=[1, 8, 32, 64])
     p.add_argument("--keeps", type=csv_list(float), default=[1.0, 0.7, 0.5, 0.25],
                    help="kept-token ratios for vmae_fast (tube policy); transformers always keeps all")
@@ -533,15 +588,16 @@ def parse_args(argv=None):
                                                               "(out-of-memory always is)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.batches, args.keeps = ["tiny"], [1, 2], [1.0, 0.5]
+        tiny = "vjepa2-tiny" if all(is_vjepa2(m) for m in args.models) else "tiny"  # --smoke --models vjepa2-...
+        args.models, args.batches, args.keeps = [tiny], [1, 2], [1.0, 0.5]
         args.device = args.device or "cpu"
         args.dtype, args.rounds, args.min_time_ms, args.max_iters = "fp32", 2, 5.0, 3
         if args.providers == list(PROVIDERS):  # compile on CPU takes a minute; no CUDA graphs on CPU
             args.providers = ["vmae_fast", "transformers-eager", "transformers-sdpa"]
-    unknown = [x for x in args.providers if x not in PROVIDERS] + [x for x in args.models
-                                                                  if x not in MODELS and x != "tiny"]
+    known = (*MODELS, *VJEPA2_MODELS, "tiny", "vjepa2-tiny")
+    unknown = [x for x in args.providers if x not in PROVIDERS] + [x for x in args.models if x not in known]
     if unknown:
-        p.error(f"unknown provider/model {unknown}; providers: {PROVIDERS}, models: {MODELS}")
+        p.error(f"unknown provider/model {unknown}; providers: {PROVIDERS}, models: {known}")
     if any(not 0 < k <= 1 for k in args.keeps):
         p.error(f"--keeps must be in (0, 1], got {args.keeps}")
     return args

@@ -57,6 +57,22 @@ def test_smoke_run_writes_rows_and_plot(bench, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_vjepa2_smoke_run(bench, tmp_path, monkeypatch):
+    """--models vjepa2-tiny: transformers' own VJEPA2Model (randomized, save_pretrained) read by both sides; vmae_fast's
+    embedding (mean of the last-layer tokens) against transformers' fp32 mean of last_hidden_state; without
+    transformers the vmae_fast rows still run on random:<preset> weights."""
+    rows = bench.main(["--smoke", "--models", "vjepa2-tiny", "--out", str(tmp_path / "vjepa2.json")])
+    assert sorted((r["batch"], r["provider"], r["keep"]) for r in rows) == sorted(
+        (b, p, k) for b in (1, 2) for p, k in (("vmae_fast", 1.0), ("vmae_fast", 0.5), ("transformers-eager", 1.0),
+                                               ("transformers-sdpa", 1.0)))
+    assert all(r["model"] == "vjepa2-tiny" and r["cosine_vs_fp32"] > 1 - 1e-9 for r in rows), rows
+    assert {r["cosine_reference"] for r in rows if r["keep"] == 1.0} == {"transformers-fp32"}
+    assert next(r for r in rows if r["keep"] == 0.5)["kept_tokens_mean"] == 4
+    monkeypatch.setattr(bench, "transformers_available", lambda: False)
+    alone = bench.main(["--smoke", "--models", "vjepa2-tiny", "--out", str(tmp_path / "alone.json")])
+    assert {r["provider"] for r in alone} == {"vmae_fast"} and all(r["cosine_vs_fp32"] > 1 - 1e-9 for r in alone)
+
+
 def test_flops_match_the_published_vit_base_count(bench):
     """VideoMAE ViT-B 16x224 is quoted at 180 G(multiply-add)s per clip; we count 2 FLOPs per multiply-add."""
     vmae_fast = bench.import_vmae_fast()

@@ -57,6 +57,12 @@ def test_dry_run_runs_every_stage(gpu_check, dry_run):
                                                            ("transformers-sdpa", 1.0)}
     half = next(r for r in model if r["keep"] == 0.5)
     assert half["speedup_vs_sdpa"] is None and half["speedup_vs_all_tokens"] > 0  # equal work only
+    vjepa2 = [r for r in rows if r.get("stage") == "vjepa2" and "provider" in r]  # V-JEPA 2 vs transformers' VJEPA2
+    assert {(r["model"], r["provider"], r["keep"]) for r in vjepa2} == {
+        ("vjepa2-tiny", "vmae_fast", 1.0), ("vjepa2-tiny", "vmae_fast", 0.5), ("vjepa2-tiny", "transformers-sdpa", 1.0)}
+    assert all(r["clips_per_s"] > 0 and r["cosine_vs_fp32"] > 1 - 1e-6 for r in vjepa2), vjepa2
+    assert next(r for r in vjepa2 if r["provider"] == "vmae_fast" and r["keep"] == 1.0)["cosine_reference"] == \
+        "transformers-fp32"
     assert any(r.get("kind") == "profile" for r in rows)
     assert any(r.get("provider") == "torch-compile" and r.get("clips_per_s") for r in rows)
     skipped = [r for r in rows if r.get("kind") == "skipped"]
