@@ -348,9 +348,10 @@ def independent_views(exp, image_size: int, crops: int, resize: int | None = Non
     """Every frame of exp decoded in order (one thread, nothing skipped), turned upright as np.rot90 by the
     display rotation, and cut as DESIGN.md says, written here without vmae_fast: one crop = the center square of
     the coded frame scaled to S x S; three = the frame scaled so its short side is S, then S x S windows at offset
-    0, (L - S) // 2 and L - S of the long side L. With `resize` R > S (V-JEPA 2's processor: short side R, then the
-    center S x S crop) the frame is scaled so its short side is R, and every window is also centered across the
-    short side, at (R - S) // 2. Scaling: swscale bilinear through an FFmpeg filter graph."""
+    0, (L - S) // 2 and L - S of the long side L. With `resize` R (V-JEPA 2's processor, transformers' rules: short
+    side R, long side int(R * long / short), then torchvision's center_crop at int(round((L - S) / 2)), half to even)
+    the frame is scaled that way, and every window is also centered across the short side at int(round((R - S) /
+    2)). Scaling: swscale bilinear through an FFmpeg filter graph."""
     import av
 
     def graph(frame, filters):
@@ -376,7 +377,8 @@ def independent_views(exp, image_size: int, crops: int, resize: int | None = Non
                 filters = [("crop", f"{side}:{side}:{(w - side) // 2}:{(h - side) // 2}"),
                            ("scale", f"{image_size}:{image_size}:flags=bilinear")]
             else:
-                sw, sh = (round(w * short / h), short) if w >= h else (short, round(h * short / w))
+                size = int if resize else round  # transformers floors the long side of a shortest_edge resize
+                sw, sh = (size(w * short / h), short) if w >= h else (short, size(h * short / w))
                 filters = [("scale", f"{sw}:{sh}:flags=bilinear")]
             g = g or graph(frame, filters)
             g.push(frame)
@@ -385,8 +387,11 @@ def independent_views(exp, image_size: int, crops: int, resize: int | None = Non
                 out.append([img])
                 continue
             long = max(img.shape[:2])
-            across = (min(img.shape[:2]) - image_size) // 2
-            offsets = [(long - image_size) // 2] if crops == 1 else [0, (long - image_size) // 2, long - image_size]
+
+            def center(length):  # torchvision's center_crop offset with a processor's resize, else floor
+                return int(round((length - image_size) / 2.0)) if resize else (length - image_size) // 2
+            across = center(min(img.shape[:2]))
+            offsets = [center(long)] if crops == 1 else [0, center(long), long - image_size]
             if img.shape[1] >= img.shape[0]:
                 out.append([img[across : across + image_size, x : x + image_size] for x in offsets])
             else:

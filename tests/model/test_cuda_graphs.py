@@ -158,13 +158,18 @@ def test_check_batch():
         check_batch(np.zeros(static, dtype=np.uint8), static, torch.uint8)
 
 
+# the two families at the tiny sizes: VideoMAE, and a V-JEPA 2 classifier (rotary kernel, attentive pooler)
+SOURCES = {"videomae": "random:small", "vjepa2": "random:vjepa2-vitl"}
+
+
 @pytest.mark.skipif(not GPU, reason="capture/replay needs a CUDA GPU with compiled Triton (plain pytest there)")
+@pytest.mark.parametrize("family", list(SOURCES))
 @pytest.mark.parametrize("keep", [None, "tube:0.5", "motion:0.5"], ids=["all", "tube", "motion"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_replay_matches_eager_on_gpu(dtype, keep):
+def test_replay_matches_eager_on_gpu(dtype, keep, family):
     """At the captured batch the replay runs the very kernels eager runs on the same shapes: bit-equal outputs.
     Padded batches change the GEMM shapes (cuBLAS may pick another algorithm): rounding-level differences."""
-    model = vmae_fast.load_model("random:small", device="cuda", dtype=dtype, config=TINY)
+    model = vmae_fast.load_model(SOURCES[family], device="cuda", dtype=dtype, config=TINY)
     runner = CUDAGraphRunner(model, batch_size=4, keep=keep, return_tokens=True)
     g = torch.Generator().manual_seed(0)
     for b in (4, 1, 3, 4):  # full, padded, full again; the static buffers are reused each time
@@ -192,12 +197,13 @@ def test_replay_matches_eager_on_gpu(dtype, keep):
 @pytest.mark.skipif(
     not GPU, reason="torch.cuda.set_sync_debug_mode needs a CUDA GPU (on CPU: the fake-CUDA traces above)"
 )
+@pytest.mark.parametrize("family", list(SOURCES))
 @pytest.mark.parametrize("keep", [None, "tube:0.5", "tube:0.25:random:1", "motion:0.5"], ids=str)
-def test_forward_makes_no_host_sync_on_gpu(keep):
+def test_forward_makes_no_host_sync_on_gpu(keep, family):
     """The GPU's own sync detector: after a warm-up (Triton compiles and autotunes there, the tube rows are cached), a
     forward with all tokens or a fixed-count policy raises nothing under set_sync_debug_mode("error"); motion:t=X
     must (it reads the kept counts on the host)."""
-    model = vmae_fast.load_model("random:small", device="cuda", dtype=torch.bfloat16, config=TINY)
+    model = vmae_fast.load_model(SOURCES[family], device="cuda", dtype=torch.bfloat16, config=TINY)
     frames = torch.randint(
         0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     ).cuda()

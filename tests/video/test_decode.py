@@ -553,6 +553,40 @@ def test_resize_before_the_crop_with_every_backend(crop_videos, name, backend, r
     assert np.abs(square.frames.astype(np.float64) - zoomed.frames).mean() > 4.0
 
 
+@pytest.mark.parametrize("size", [(288, 160), (160, 288)], ids=["landscape", "portrait"])
+def test_resize_follows_transformers_processor_geometry(tmp_path, size):
+    """Sampling.resize is VJEPA2VideoProcessor's geometry, written here from transformers' and torchvision's rules:
+    short side R, long side int(R * long / short) (get_resize_output_image_size), the crop at
+    int(round((L - S) / 2)) (torchvision's center_crop), resized with antialiased bilinear (torchvision on tensors).
+    Only the filter differs (swscale's bilinear): about one intensity level on average (measured 1.07-1.15); the crop
+    one pixel off is worse by 1.2-1.6x (what the floor offset gave before: 33 where torchvision takes 34 here, 131
+    where it takes 132 for 1280x720 -> 292 -> 256)."""
+    import av
+    import torch
+    import torch.nn.functional as F
+
+    w, h = size
+    exp = make_video(tmp_path / "v.mp4", "h264", width=w, height=h, frames=8)
+    crop, resize = 64, int(64 * 256 / 224)  # 73: 131.4 x 73 -> 131 x 73, center offset round(33.5) = 34, not 33
+    clip = next(decode_clips(VideoTask(exp.path), Sampling(num_frames=2, frame_step=3, resize=resize), crop))
+    with av.open(str(exp.path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for j, idx in enumerate(clip.frame_indices.tolist()):
+        img = torch.from_numpy(frames[idx]).permute(2, 0, 1)[None].float()
+        nh, nw = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+        r = F.interpolate(img, size=(nh, nw), mode="bilinear", antialias=True).round().clamp(0, 255)[0]
+        top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))
+
+        def diff(dy, dx, j=j, r=r, top=top, left=left):
+            ref = r[:, top + dy : top + dy + crop, left + dx : left + dx + crop].permute(1, 2, 0).numpy()
+            return np.abs(clip.frames[j].astype(np.float64) - ref).mean()
+        aligned = diff(0, 0)
+        shifted = min(diff(0, -1), diff(0, 1)) if w > h else min(diff(-1, 0), diff(1, 0))
+        assert aligned < 2.5, f"{size} frame {idx}: mean abs diff {aligned:.2f} levels"
+        print(f"{size} frame {idx}: aligned {aligned:.2f}, one pixel off {shifted:.2f} levels")
+        assert shifted > 1.15 * aligned, f"{size} frame {idx}: one pixel off {shifted:.2f} vs aligned {aligned:.2f}"
+
+
 def test_resize_smaller_than_the_crop_is_refused(crop_videos):
     with pytest.raises(ValueError, match="sampling.resize 24 .* must be >= image_size 32"):
         next(decode_clips(VideoTask(crop_videos["landscape"].path), Sampling(num_frames=T, resize=24), S))

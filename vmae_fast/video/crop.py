@@ -20,11 +20,14 @@ def check_crops(crops: int) -> int:
     return int(crops)
 
 
-def decode_size(width: int, height: int, image_size: int) -> tuple[int, int]:
-    """(w, h) with the short side = image_size and the aspect ratio kept (long side rounded)."""
+def decode_size(width: int, height: int, image_size: int, processor: bool = False) -> tuple[int, int]:
+    """(w, h) with the short side = image_size and the aspect ratio kept: the long side rounded, or with `processor`
+    floored, as transformers' processors size a `shortest_edge` resize (int(S * long / short): what V-JEPA 2's
+    VJEPA2VideoProcessor does, Sampling.resize)."""
+    size = (lambda x: int(x)) if processor else round
     if width <= height:
-        return image_size, max(image_size, round(height * image_size / width))
-    return max(image_size, round(width * image_size / height)), image_size
+        return image_size, max(image_size, size(height * image_size / width))
+    return max(image_size, size(width * image_size / height)), image_size
 
 
 def center_square(width: int, height: int, display_width: int | None = None) -> tuple[int, int, int, int]:
@@ -41,10 +44,12 @@ def center_square(width: int, height: int, display_width: int | None = None) -> 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def crop_offsets(length: int, image_size: int, crops: int) -> list[int]:
+def crop_offsets(length: int, image_size: int, crops: int, processor: bool = False) -> list[int]:
     """Offsets along a side of `length` pixels (>= image_size) of the views of `crops`: [center] for 1,
-    [start, center, end] for 3 (the end crop touches the far edge)."""
-    center = (length - image_size) // 2
+    [start, center, end] for 3 (the end crop touches the far edge). The center is (length - S) // 2, or with
+    `processor` torchvision's center_crop offset int(round((length - S) / 2)) (half to even: 131.5 -> 132), which
+    transformers' processors use (Sampling.resize)."""
+    center = int(round((length - image_size) / 2.0)) if processor else (length - image_size) // 2
     return [center] if crops == 1 else [0, center, length - image_size]
 
 
@@ -52,19 +57,21 @@ def views(frame: np.ndarray, image_size: int, crops: int = 1, resize: int | None
     """Upright (h, w, 3) frame -> `crops` views (S, S, 3) in crop_index order, cut along its long side (left /
     center / right when landscape, top / center / bottom when portrait; a square frame gives the same view three
     times) and centered across it. Resizes first (bilinear, swscale) if the short side is not `resize` (default S).
-    Views are slices of the frame."""
+    With `resize` (transformers' processor geometry, Sampling.resize) the long side of that resize is floored and
+    the centers are torchvision's center_crop offsets (crop_offsets). Views are slices of the frame."""
     h, w = frame.shape[:2]
-    short = resize or image_size
+    short, processor = resize or image_size, resize is not None
     if min(h, w) != short:
-        tw, th = decode_size(w, h, short)
+        tw, th = decode_size(w, h, short, processor)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").to_ndarray(
             width=tw, height=th, format="rgb24", interpolation="BILINEAR")
         h, w = frame.shape[:2]
     s = image_size
-    top, left = (h - s) // 2, (w - s) // 2
     if w >= h:
-        return [frame[top : top + s, x : x + s] for x in crop_offsets(w, s, crops)]
-    return [frame[y : y + s, left : left + s] for y in crop_offsets(h, s, crops)]
+        (top,) = crop_offsets(h, s, 1, processor)
+        return [frame[top : top + s, x : x + s] for x in crop_offsets(w, s, crops, processor)]
+    (left,) = crop_offsets(w, s, 1, processor)
+    return [frame[y : y + s, left : left + s] for y in crop_offsets(h, s, crops, processor)]
 
 
 def center_crop(frame: np.ndarray, image_size: int) -> np.ndarray:

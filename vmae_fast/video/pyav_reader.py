@@ -64,8 +64,9 @@ class _GraphScaler:
     """Decoded frame -> uint8 RGB scaled by swscale (bilinear) in an FFmpeg filter graph, rebuilt when the stream
     changes size or pixel format mid-way; subclasses say which window is scaled to what size."""
 
-    def __init__(self, image_size: int, sample_aspect: float, time_base):
+    def __init__(self, image_size: int, sample_aspect: float, time_base, processor: bool = False):
         self.image_size, self.sample_aspect, self.time_base = image_size, sample_aspect, time_base
+        self.processor = processor  # crop.decode_size's rule for the long side
         self._key = None
         self._graph = None
 
@@ -107,7 +108,7 @@ class _FrameScaler(_GraphScaler):
     bench/results/decode-crops.json)."""
 
     def _filters(self, width: int, height: int) -> list[tuple[str, str]]:
-        w, h = decode_size(max(1, round(width * self.sample_aspect)), height, self.image_size)
+        w, h = decode_size(max(1, round(width * self.sample_aspect)), height, self.image_size, self.processor)
         return [("scale", f"{w}:{h}:flags=bilinear")]
 
 
@@ -122,7 +123,8 @@ class PyAVReader:
 
     def __init__(self, path: str, image_size: int, threads: int = 0, remote=None, resize: int | None = None):
         self.path, self.image_size, self.threads, self.remote = path, image_size, threads, remote
-        self.resize = resize or image_size  # short side before the crop
+        self.resize = resize  # Sampling.resize: transformers' processor geometry with this short side, or None
+        self.short = resize or image_size  # short side before the crop
         container = _av_open(path, remote=remote)
         try:
             if not container.streams.video:
@@ -181,7 +183,7 @@ class PyAVReader:
         progress.tick()
         self._pts_to_index = {int(p): i for i, p in enumerate(self.pts)}
         progress.tick()
-        self.decode_size = decode_size(self.display_width, self.height, self.resize)
+        self.decode_size = decode_size(self.display_width, self.height, self.short, resize is not None)
         self.rotation_k = 0  # display rotation in quarter turns (np.rot90), read from the first decoded frame
         self.frames_decoded = 0  # frames the decoder produced (the rest of those passed were skipped or seeked over)
 
@@ -220,10 +222,10 @@ class PyAVReader:
         only the center square is scaled (unless that shortcut is off); otherwise (three views, or a resize larger
         than the crop) the frame is scaled once to short side `resize`, turned upright, and cut."""
         s = self.image_size
-        if crops == 1 and self.resize == s and _CROP_BEFORE_SCALE:
+        if crops == 1 and self.resize is None and _CROP_BEFORE_SCALE:
             square = _SquareScaler(s, self.sample_aspect, self.time_base)
             return lambda frame: [upright(square(frame), self.rotation_k)]
-        whole = _FrameScaler(self.resize, self.sample_aspect, self.time_base)
+        whole = _FrameScaler(self.short, self.sample_aspect, self.time_base, processor=self.resize is not None)
         return lambda frame: views(upright(whole(frame), self.rotation_k), s, crops, self.resize)
 
     def frames(self, indices: np.ndarray, crops: int = 1) -> Iterator[tuple[int, list[np.ndarray]]]:

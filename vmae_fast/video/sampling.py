@@ -31,9 +31,10 @@ class Sampling:
     crops: spatial views of every clip: 1 = the center crop; 3 = crops at the start, the center and the end of the
     long side after the short-side resize (the VideoMAE papers' multi-view test: clips_per_video=5, crops=3 is
     "5x3"). Each view is its own Clip (crop_index 0, 1, 2; 1 for crops=1), cut from frames decoded once.
-    resize: the short side frames are scaled to before the crops are cut (V-JEPA 2's processor: int(crop * 256 /
-    224), so the center crop keeps 87.5 % of it); None: the crop size itself (VideoMAE's processors; one crop is then
-    the center square scaled to the crop). Set from the model's preprocessing, like num_frames.
+    resize: transformers' processor geometry (V-JEPA 2's VJEPA2VideoProcessor): the short side scaled to `resize`
+    (int(crop * 256 / 224), so the center crop keeps 87.5 % of it), the long side to int(resize * long / short), the
+    crops cut at torchvision's center_crop offsets (crop.crop_offsets); None: VideoMAE's way, one crop being the
+    center square scaled to the crop size. Set from the model's preprocessing, like num_frames.
     """
 
     num_frames: int = 16

@@ -56,12 +56,12 @@ def resize_views(frames, image_size: int, crops: int = 1, sample_aspect: float =
     import torch
     import torch.nn.functional as F
 
-    short = resize or image_size
-    if crops == 1 and short == image_size:
+    short, processor = resize or image_size, resize is not None
+    if crops == 1 and not processor:
         square = square_resize(frames, image_size, sample_aspect)
         return [torch.rot90(square, rotation_k, dims=(1, 2)) if rotation_k else square]
     h, w = frames.shape[1:3]
-    tw, th = decode_size(max(1, round(w * sample_aspect)), h, short)
+    tw, th = decode_size(max(1, round(w * sample_aspect)), h, short, processor)
     whole = frames.permute(0, 3, 1, 2).float()
     if (th, tw) != (h, w):
         whole = F.interpolate(whole, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
@@ -71,10 +71,10 @@ def resize_views(frames, image_size: int, crops: int = 1, sample_aspect: float =
     s = image_size
     h, w = whole.shape[1:3]
     if w >= h:
-        top = (h - s) // 2
-        return [whole[:, top : top + s, x : x + s].contiguous() for x in crop_offsets(w, s, crops)]
-    left = (w - s) // 2
-    return [whole[:, y : y + s, left : left + s].contiguous() for y in crop_offsets(h, s, crops)]
+        (top,) = crop_offsets(h, s, 1, processor)
+        return [whole[:, top : top + s, x : x + s].contiguous() for x in crop_offsets(w, s, crops, processor)]
+    (left,) = crop_offsets(w, s, 1, processor)
+    return [whole[:, y : y + s, left : left + s].contiguous() for y in crop_offsets(h, s, crops, processor)]
 
 
 class TorchCodecReader:
