@@ -211,6 +211,17 @@ def speed_groups() -> list[Group]:
         (_bar(d, "transformers SDPA", ("clips_per_s", "hf_sdpa"), baseline=True),
          _bar(d, "vmae_fast", ("clips_per_s", "vmae_fast_all")))))
 
+    name = "bench_cpu_vjepa2.json"
+    d = _load(name)
+    commit = d["git_commit"][:7] + (" (dirty)" if d["git_commit"].endswith("-dirty") else "")
+    groups.append(Group(
+        f"model forward: V-JEPA 2 ViT-L {d['frames']}x{d['image_size']}, batch {d['batch']}, {d['dtype']}, all tokens",
+        "clips/s", name,
+        f"{d['cpu']} CPU, {d['cpu_count']} cores, shared, torch {d['torch']}, transformers "
+        f"{d['transformers']}, commit {commit}",
+        (_bar(d, "transformers SDPA", ("clips_per_s", "hf_sdpa"), baseline=True),
+         _bar(d, "vmae_fast", ("clips_per_s", "vmae_fast_all")))))
+
     name = "docs-loop-cpu-after.json"
     d = _load(name)
     groups.append(Group(
@@ -241,8 +252,8 @@ def speed_groups() -> list[Group]:
 
 
 def _value(x: float) -> str:
-    """Three significant digits, trailing zeros kept (13.0, 1.34, 0.398)."""
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+    """Three significant digits, trailing zeros kept (13.0, 1.34, 0.398, 0.0125)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:#.3g}"
 
 
 def speed_svg(groups: list[Group] | None = None) -> str:
