@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VJEPA2_PRESETS, VideoMAEConfig, VJEPA2Config
+from .faults import InvalidModel, MissingFile
 from .model import KERNEL_BACKENDS, VideoEncoder, VideoMAE, sincos_table
 from .vjepa2 import VJEPA2
 
@@ -186,7 +188,7 @@ def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str 
     if hub_id:
         path = _resolve_hub_id(text, allow_download)
     elif not path.exists():
-        raise FileNotFoundError(f"model {text!r} is not a file, a directory, 'random:<preset>' or a hub id")
+        raise MissingFile(f"model {text!r} is not a file, a directory, 'random:<preset>' or a hub id")
     state_dict, files, hf_config, preprocessor = _read_source(path)
     if _architecture(state_dict, hf_config) == "vjepa2":
         state_dict = _normalize_vjepa2_keys(state_dict)
@@ -232,7 +234,7 @@ def _resolve_hub_id(repo_id: str, allow_download: bool | None) -> Path:
         hint = ("" if allow_download else
                 "; download it once (`huggingface-cli download " + repo_id + "`), or pass allow_download=True / set "
                 "VMAE_FAST_ALLOW_DOWNLOAD=1")
-        raise FileNotFoundError(f"model {repo_id!r} is not a local path and could not be found in the Hugging Face "
+        raise MissingFile(f"model {repo_id!r} is not a local path and could not be found in the Hugging Face "
                                 f"cache ({cache_dir or 'default location'}): {type(e).__name__}{hint}") from None
 
 
@@ -240,16 +242,16 @@ def _read_source(path: Path):
     """-> (state_dict, weight files, HF config dict or None, preprocessor dict or None)."""
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
-        hf_config = json.loads((path / "config.json").read_text())
+            raise MissingFile(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
+        hf_config = _read_json(path / "config.json")
         if hf_config.get("model_type") not in ARCHITECTURES:
-            raise ValueError(f"{path} holds a {hf_config.get('model_type')!r} model (config.json model_type); "
+            raise InvalidModel(f"{path} holds a {hf_config.get('model_type')!r} model (config.json model_type); "
                              f"supported: {', '.join(repr(a) for a in ARCHITECTURES)} (VideoMAE, V-JEPA 2)")
         name = next((n for n in HF_WEIGHT_FILES if (path / n).is_file()), None)
         if name is None:
-            raise FileNotFoundError(f"{path} has no weights: expected one of {list(HF_WEIGHT_FILES)}")
+            raise MissingFile(f"{path} has no weights: expected one of {list(HF_WEIGHT_FILES)}")
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads((path / name).read_text())["weight_map"].values()))
+            shards = sorted(set(_read_json(path / name)["weight_map"].values()))
             files = [path / s for s in shards]
         else:
             files = [path / name]
@@ -259,7 +261,7 @@ def _read_source(path: Path):
         preprocessor = None
         for pre in ("preprocessor_config.json", "video_preprocessor_config.json"):
             if (path / pre).is_file():
-                preprocessor = json.loads((path / pre).read_text())
+                preprocessor = _read_json(path / pre)
                 break
         return state_dict, files, hf_config, preprocessor
     return _read_weights_file(path), [path], None, None
@@ -269,22 +271,42 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A flat {name: tensor} from .safetensors, or from a torch pickle loaded with weights_only=True (the state dict
     may sit under "model", "module" or "state_dict")."""
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as e:  # a truncated download, another format under the name
+            raise InvalidModel(f"cannot read {path} as safetensors: {e}") from None
     try:
         # original training checkpoints often carry their argparse.Namespace of arguments: harmless, allow it
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        raise ValueError(f"cannot read {path} as a weights file with torch.load(weights_only=True): "
+        raise InvalidModel(f"cannot read {path} as a weights file with torch.load(weights_only=True): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     for wrapper in ("model", "module", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (looked under 'model', 'module', "
+        raise InvalidModel(f"{path} does not hold a state dict of tensors (looked under 'model', 'module', "
                          f"'state_dict' and the top level)")
     return dict(obj)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint folder; one that is not JSON is the checkpoint's problem (InvalidModel)."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidModel(f"{path} is not valid JSON: {e}") from None
+
+
+def _from_hf(config_class, hf_config: dict):
+    """config_class.from_hf of a checkpoint's config.json: what it cannot take (another model_type, a non-square
+    patch, an activation we do not implement, sizes that do not divide) is the checkpoint's problem (InvalidModel)."""
+    try:
+        return config_class.from_hf(hf_config)
+    except (ValueError, TypeError) as e:
+        raise InvalidModel(f"config.json: {e}") from None
 
 
 def _files_sha256(files: list[Path]) -> str:
@@ -325,17 +347,17 @@ def _normalize_keys(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str,
             break
     if layout is None:
         sample = sorted(state_dict)[:6]
-        raise ValueError(f"not a VideoMAE checkpoint: no patch embedding key ('{PATCH_KEYS['original']}' in the "
+        raise InvalidModel(f"not a VideoMAE checkpoint: no patch embedding key ('{PATCH_KEYS['original']}' in the "
                          f"original layout or '{PATCH_KEYS['hf']}' in the Hugging Face one); its keys start with "
                          f"{sample}")
     shape = tuple(state_dict[patch_key].shape)
     if len(shape) != 5:
-        raise ValueError(f"not a VideoMAE checkpoint: {patch_key!r} has shape {shape}, a {len(shape) - 2}-D "
+        raise InvalidModel(f"not a VideoMAE checkpoint: {patch_key!r} has shape {shape}, a {len(shape) - 2}-D "
                          f"convolution (an image model?); VideoMAE embeds tubelets with a Conv3d of shape "
                          f"(hidden, channels, tubelet, patch, patch)")
     if layout == "original" and any(k.endswith("attn.qkv.bias") for k in state_dict):
         # VideoMAE originals keep q_bias / v_bias apart; Meta's V-JEPA 2 training files fuse them (and k's)
-        raise ValueError("this looks like an original (Meta) V-JEPA 2 checkpoint (fused attn.qkv.bias, no position "
+        raise InvalidModel("this looks like an original (Meta) V-JEPA 2 checkpoint (fused attn.qkv.bias, no position "
                          "table): load its transformers conversion instead (a hub id such as "
                          "facebook/vjepa2-vitl-fpc64-256, or convert it with transformers' convert_vjepa2_to_hf.py)")
     out = {}
@@ -367,7 +389,7 @@ def _build_config(state_dict, layout, hf_config, preprocessor, override) -> Vide
     head_key = names["head.weight"]
     num_labels = state_dict[head_key].shape[0] if head_key in state_dict else 0
     if hf_config is not None:
-        cfg = VideoMAEConfig.from_hf(hf_config)
+        cfg = _from_hf(VideoMAEConfig, hf_config)
         id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
         cfg = cfg.replace(num_labels=num_labels, id2label=id2label, has_fc_norm=has["fc_norm.weight"])
     else:
@@ -393,12 +415,12 @@ def _infer_config(state_dict, layout, num_labels, has, override) -> VideoMAEConf
     depth = 1 + max((int(m.group(1)) for k in state_dict if (m := block.match(k))), default=-1)
     fc1 = names["blocks.{}.mlp.fc1.weight"].format(0)
     if depth == 0 or fc1 not in state_dict:
-        raise ValueError(f"not a VideoMAE checkpoint: no transformer blocks (expected keys like {fc1!r})")
+        raise InvalidModel(f"not a VideoMAE checkpoint: no transformer blocks (expected keys like {fc1!r})")
     heads = override.get("num_attention_heads")
     if heads is None:
         preset = next((p for p in PRESETS.values() if p["hidden_size"] == D), None)
         if preset is None:
-            raise ValueError(f"cannot infer the number of attention heads for hidden size {D} (no preset of that "
+            raise InvalidModel(f"cannot infer the number of attention heads for hidden size {D} (no preset of that "
                              f"width); pass config={{'num_attention_heads': H}}")
         heads = preset["num_attention_heads"]
     use_mean_pooling = has["fc_norm.weight"] or not has["norm.weight"]
@@ -475,9 +497,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], layout: str, config:
         unexpected.remove("pos_embed")
     problems = _problems(missing, unexpected, misshaped)
     if problems:
-        raise ValueError(f"checkpoint does not fit the VideoMAE config (layout {layout}, hidden {config.hidden_size}, "
-                         f"{config.num_hidden_layers} blocks, use_mean_pooling={config.use_mean_pooling}): "
-                         + "; ".join(problems))
+        raise InvalidModel(f"checkpoint does not fit the VideoMAE config (layout {layout}, hidden "
+                           f"{config.hidden_size}, {config.num_hidden_layers} blocks, use_mean_pooling="
+                           f"{config.use_mean_pooling}): " + "; ".join(problems))
     return out
 
 
@@ -485,10 +507,10 @@ def _check_sincos_pos_embed(pos_embed: torch.Tensor, config: VideoMAEConfig) -> 
     """A stored `pos_embed` must be the fixed sin/cos table we rebuild; learnable positions are not supported."""
     table = sincos_table(config.num_tokens, config.hidden_size)
     if tuple(pos_embed.shape[-2:]) != tuple(table.shape):
-        raise ValueError(f"pos_embed has shape {tuple(pos_embed.shape)} but the config gives {config.num_tokens} "
+        raise InvalidModel(f"pos_embed has shape {tuple(pos_embed.shape)} but the config gives {config.num_tokens} "
                          f"tokens of {config.hidden_size}; pass config={{'num_frames': ..., 'image_size': ...}}")
     if not torch.allclose(pos_embed.reshape(table.shape).float(), table, atol=1e-4):
-        raise ValueError("pos_embed differs from the fixed sin/cos table: learnable position embeddings are not "
+        raise InvalidModel("pos_embed differs from the fixed sin/cos table: learnable position embeddings are not "
                          "supported")
 
 
@@ -506,12 +528,12 @@ def _normalize_vjepa2_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
                     key, stripped = key[len(prefix):], True
         out[key] = tensor
     if VJEPA2_PATCH_KEY not in out:
-        raise ValueError(f"not a V-JEPA 2 checkpoint: no patch embedding key {VJEPA2_PATCH_KEY!r} (transformers' "
+        raise InvalidModel(f"not a V-JEPA 2 checkpoint: no patch embedding key {VJEPA2_PATCH_KEY!r} (transformers' "
                          f"VJEPA2Model layout; original Meta .pt files are not read: convert them with "
                          f"transformers' convert_vjepa2_to_hf.py); its keys start with {sorted(out)[:6]}")
     shape = tuple(out[VJEPA2_PATCH_KEY].shape)
     if len(shape) != 5:
-        raise ValueError(f"not a V-JEPA 2 video checkpoint: {VJEPA2_PATCH_KEY!r} has shape {shape}; V-JEPA 2 embeds "
+        raise InvalidModel(f"not a V-JEPA 2 video checkpoint: {VJEPA2_PATCH_KEY!r} has shape {shape}; V-JEPA 2 embeds "
                          f"tubelets with a Conv3d of shape (hidden, channels, tubelet, patch, patch)")
     return out
 
@@ -528,7 +550,7 @@ def _build_vjepa2_config(state_dict, hf_config, preprocessor, override) -> VJEPA
     head = "classifier.weight"
     num_labels = state_dict[head].shape[0] if head in state_dict else 0
     if hf_config is not None:
-        cfg = VJEPA2Config.from_hf(hf_config)
+        cfg = _from_hf(VJEPA2Config, hf_config)
         id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
         cfg = cfg.replace(num_labels=num_labels, id2label=id2label)
     else:
@@ -567,12 +589,12 @@ def _infer_vjepa2_config(state_dict, num_labels: int, override: Mapping) -> VJEP
     depth = 1 + max((int(m.group(1)) for k in state_dict if (m := layer.match(k))), default=-1)
     fc1 = "encoder.layer.0.mlp.fc1.weight"
     if depth == 0 or fc1 not in state_dict:
-        raise ValueError(f"not a V-JEPA 2 checkpoint: no transformer blocks (expected keys like {fc1!r})")
+        raise InvalidModel(f"not a V-JEPA 2 checkpoint: no transformer blocks (expected keys like {fc1!r})")
     heads = override.get("num_attention_heads")
     if heads is None:
         preset = next((p for p in VJEPA2_PRESETS.values() if p["hidden_size"] == D), None)
         if preset is None:
-            raise ValueError(f"cannot infer the number of attention heads for hidden size {D} (no V-JEPA 2 preset of "
+            raise InvalidModel(f"cannot infer the number of attention heads for hidden size {D} (no V-JEPA 2 preset of "
                              f"that width); pass config={{'num_attention_heads': H}}")
         heads = preset["num_attention_heads"]
     pooler = re.compile(r"^pooler\.self_attention_layers\.(\d+)\.layer_norm1\.weight$")
@@ -595,7 +617,7 @@ def convert_vjepa2_state_dict(state_dict: dict[str, torch.Tensor], config: VJEPA
     unexpected = sorted(k for k in state_dict if k not in used and not VJEPA2_IGNORED.match(k))
     problems = _problems(missing, unexpected, misshaped)
     if problems:
-        raise ValueError(f"checkpoint does not fit the V-JEPA 2 config (hidden {c.hidden_size}, "
+        raise InvalidModel(f"checkpoint does not fit the V-JEPA 2 config (hidden {c.hidden_size}, "
                          f"{c.num_hidden_layers} blocks, {c.num_labels} labels, {c.num_pooler_layers} pooler layers): "
                          + "; ".join(problems))
     return out
@@ -636,7 +658,7 @@ def random_state_dict(config: VideoMAEConfig | VJEPA2Config, seed: int = 0) -> d
 def _load_random(text, device, dtype, backend, override) -> VideoMAE:
     parts = text.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
-        raise ValueError(f"random weights are spelled 'random:<preset>[:seed]', got {text!r}")
+        raise InvalidModel(f"random weights are spelled 'random:<preset>[:seed]', got {text!r}")
     preset, seed = parts[1], int(parts[2]) if len(parts) == 3 else 0
     family = "vjepa2" if preset in VJEPA2_PRESETS else "videomae"
     if isinstance(override, (VideoMAEConfig, VJEPA2Config)):
@@ -648,7 +670,7 @@ def _load_random(text, device, dtype, backend, override) -> VideoMAE:
         config = config.replace(**_without_architecture(override, "vjepa2")) if override else config
     else:
         if preset not in PRESETS:
-            raise ValueError(f"unknown VideoMAE preset {preset!r} in {text!r}; expected one of {sorted(PRESETS)} "
+            raise InvalidModel(f"unknown VideoMAE preset {preset!r} in {text!r}; expected one of {sorted(PRESETS)} "
                              f"or a V-JEPA 2 preset {sorted(VJEPA2_PRESETS)}")
         config = VideoMAEConfig.from_name(preset)
         config = config.replace(**_without_architecture(override, "videomae")) if override else config

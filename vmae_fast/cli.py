@@ -1,11 +1,12 @@
 """`vmae-fast` command line: one subcommand per section below; each section owns its arguments and its runner.
 
-Exit status (faults.py): 0 done; 2 the user's problem (bad arguments, missing inputs, a model that cannot load, an
-output that cannot be written, a held shard lock, a missing package, CUDA out of memory at one clip per batch):
-one line; 75 the environment's fault (a decode worker killed by the OOM killer, a file system or network that
-failed for a moment): one line, finished videos are committed, rerun the same command to resume; 1 anything else,
-i.e. our bug: its traceback and a request to report it; 130 Ctrl-C, 143 SIGTERM. VMAE_FAST_DEBUG=1 raises every
-error with its traceback.
+Exit status (faults.py; every subcommand's --help lists its own, EXIT_STATUSES): 0 done; 2 the user's problem
+(bad arguments, missing inputs, a model that cannot load, an output that cannot be written, a held shard lock, a
+missing package, CUDA out of memory at one clip per batch): one line; 3 `index` built the index but did not meet
+the recall target; 75 the environment's fault (a decode worker killed by the OOM killer, a file system or network
+that failed for a moment): one line, finished videos are committed, rerun the same command to resume; 1 anything
+else, i.e. our bug: its traceback and a request to report it; 130 Ctrl-C, 143 SIGTERM. VMAE_FAST_DEBUG=1 raises
+every error with its traceback.
 
 Public API (`__all__`): main(argv) -> exit status (what the `vmae-fast` command runs) and build_parser().
 """
@@ -17,7 +18,16 @@ import os
 import sys
 from typing import Any
 
-from .faults import EXIT_BUG, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_TERMINATED, UserError, exit_status
+from .faults import (
+    EXIT_BUG,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_RECALL,
+    EXIT_TERMINATED,
+    EXIT_USER,
+    UserError,
+    exit_status,
+)
 
 
 # --- info ------------------------------------------------------------------------------------------------------------
@@ -364,7 +374,7 @@ def _run_index(args) -> int:
     stats = index.stats
     if stats.get("met") is False:
         print(f"vmae-fast index: warning: target recall not met: {stats['suggestion']}", file=sys.stderr)
-        return 3
+        return EXIT_RECALL
     return 0
 
 
@@ -551,16 +561,63 @@ def _run_demo(args) -> int:
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------
+# What each subcommand's exit status means (faults.exit_status decides 1, 2 and 75): listed in its --help
+_EXIT_COMMON = {
+    0: "done",
+    1: "a bug of vmae-fast: its traceback, and a request to report it",
+    EXIT_USER: "a problem to fix on your side (a bad argument, a missing file, a model or output that cannot be "
+               "used, a missing package): one line saying what",
+    EXIT_ENVIRONMENT: "the environment failed for a moment (a file system, the network, memory): one line; run the "
+                      "same command again",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+EXIT_STATUSES = {
+    "extract": {0: "every input was processed or recorded as an error row (OUT/errors)",
+                EXIT_ENVIRONMENT: "the environment failed for a moment (a decode worker killed by the OOM killer, a "
+                                  "file system or network error): one line; finished videos are committed: run the "
+                                  "same command again to resume",
+                EXIT_INTERRUPTED: "interrupted (Ctrl-C): finished videos are committed",
+                EXIT_TERMINATED: "terminated (SIGTERM, e.g. a SLURM preemption): finished videos are committed"},
+    "index": {EXIT_RECALL: "the index was built and saved, but the measured recall is below --target-recall (the "
+                           "warning says what to change)"},
+    "serve": {EXIT_TERMINATED: "terminated (SIGTERM), after a graceful shutdown"},
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own wrapping for descriptions; text with line breaks of its own (the exit statuses) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _exit_help(command: str) -> str:
+    """The 'exit status' section of a subcommand's --help."""
+    import textwrap
+
+    statuses = {**_EXIT_COMMON, **EXIT_STATUSES.get(command, {})}
+    lines = ["exit status:"]
+    for code in sorted(statuses):
+        lines += textwrap.wrap(statuses[code], width=90, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7)
+    return "\n".join(lines) + "\nVMAE_FAST_DEBUG=1 shows every error with its traceback."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmae-fast",
         description="VideoMAE embeddings for video collections: extract to Parquet, index with FAISS, search.",
-        epilog="Exit status: 0 done, 2 a problem to fix (one line), 75 an environment fault (one line; rerun to "
-               "resume), 1 a bug (traceback: please report it), 130/143 interrupted/terminated. VMAE_FAST_DEBUG=1 "
-               "shows every traceback.")
+        epilog="Exit status: 0 done, 2 a problem to fix (one line), 3 index: recall target not met, 75 an "
+               "environment fault (one line; rerun to resume), 1 a bug (traceback: please report it), 130/143 "
+               "interrupted/terminated; each command's --help says what its statuses mean. VMAE_FAST_DEBUG=1 shows "
+               "every traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_extract, _add_labels, _add_index, _add_search, _add_serve, _add_dedup, _add_demo):
         add(sub)
+    for command, subparser in sub.choices.items():
+        subparser.formatter_class = _HelpFormatter
+        subparser.epilog = _exit_help(command)
     return parser
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from .faults import MissingDependency, UnusableOutput
+
 CACHED_CHECKPOINTS = ("MCG-NJU/videomae-base-finetuned-kinetics", "MCG-NJU/videomae-small-finetuned-kinetics",
                       "MCG-NJU/videomae-base")
 # the demo's query: a shifted, resized, brighter, re-encoded copy of orbit_red.mp4, kept out of the index
@@ -67,7 +69,7 @@ def _cached_checkpoint():
 def _prepare_out(out: Path) -> None:
     """The demo overwrites only folders it made itself (or empty ones)."""
     if out.exists() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
-        raise ValueError(f"{str(out)!r} exists and was not made by `vmae-fast demo`; pass --out NEW_FOLDER")
+        raise UnusableOutput(f"{str(out)!r} exists and was not made by `vmae-fast demo`; pass --out NEW_FOLDER")
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text(json.dumps({"made_by": "vmae-fast demo"}) + "\n")
 
@@ -85,7 +87,8 @@ def run_demo(model: str | None = None, out: str | os.PathLike = "vmae-fast-demo"
     _prepare_out(out)
     videos = sample_videos()
     if not videos:
-        raise ValueError(f"no sample videos in {sample_dir()}; reinstall vmae-fast (or run tools/make_samples.py)")
+        raise MissingDependency(f"no sample videos in {sample_dir()}; reinstall vmae-fast (or run "
+                                "tools/make_samples.py)")
     query = sample_dir() / QUERY_VIDEO
     indexed = [str(v) for v in videos if v.name != QUERY_VIDEO]
 

@@ -1,11 +1,14 @@
 """The engine-independent core (extraction/core.py) with a stand-in runner and writer: a video is handed to the
-writer whole, once all its views are embedded; the progress callback hears of every finished video."""
+writer whole, once all its views are embedded; the progress callback hears of every finished video; a decoder
+that contradicts itself is our bug (InternalError), never a video's error row."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vmae_fast.extraction.core import Extraction
+from vmae_fast.faults import InternalError
 from vmae_fast.video import Clip, VideoTask
 
 DIM = 4
@@ -77,3 +80,28 @@ def test_a_video_is_committed_whole_and_each_finished_video_is_reported():
     np.testing.assert_array_equal(writer.videos[0]["embedding"], [[0, 1, 0, 0], [1, 1, 0, 0]])
     state.add_error("/v/d", "d", "discover", "PermissionError: no", 1)  # an error met outside the decoder
     assert heard[-1] == (2, 2, 3) and writer.errors[-1][2] == "discover"
+
+
+# --- an inconsistency of ours is a bug, never the video's error row ---------------------------------------------------
+def test_a_decoder_that_reports_other_clips_than_it_sent_is_our_bug_and_records_nothing():
+    heard = []
+    runner, writer = Runner(batch_size=1), Writer()
+    state = Extraction(runner, writer, lambda s: heard.append(s.ok + s.failed))
+    a = task("a")
+    state.on_clips(a, [clip(0)])
+    with pytest.raises(InternalError, match=r"reported 2 clips \(views\) of 'a.mp4' but sent 1"):
+        state.on_done(a, 2, decode_s=0.1)
+    assert (writer.videos, writer.errors, heard, state.failed) == ([], [], [], 0)
+
+
+def test_a_video_the_decoder_never_finished_is_our_bug_and_records_nothing():
+    runner, writer = Runner(batch_size=4), Writer()
+    state = Extraction(runner, writer)
+    b, c = task("b"), task("c")
+    state.on_clips(b, [clip(0)])
+    state.on_done(b, 1, decode_s=0.1)
+    state.on_clips(c, [clip(0), clip(1)])  # ... and no DoneEvent for c
+    with pytest.raises(InternalError, match=r"ended without finishing 1 video\(s\) \('c.mp4'\)"):
+        state.finish()
+    assert [v["video_id"][0] for v in writer.videos] == ["b.mp4"]  # b is complete: the engine's flush commits it
+    assert writer.errors == [] and state.failed == 0

@@ -80,6 +80,70 @@ def test_an_environment_fault_stops_extract_without_an_error_row_and_the_rerun_d
     assert store.committed_video_ids(out) == {"v0.mp4", "v1.mp4", "v2.mp4", "w_vmae-test-estale.mp4"}
 
 
+def _folder_failing_with(monkeypatch, folder: Path, error_number: int) -> None:
+    """os.scandir of `folder` raises OSError(error_number); every other folder lists as usual."""
+    import errno
+    import os
+
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(folder):
+            raise OSError(error_number, os.strerror(error_number), os.fspath(path))
+        return real(path)
+
+    assert error_number in (errno.EIO, errno.ESTALE, errno.EACCES, errno.ENOENT)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("error_name", ["EIO", "ESTALE"])
+def test_a_folder_that_fails_to_list_for_a_moment_stops_the_run_with_exit_75_and_no_error_row(
+        tmp_path, model, ckpt, videos, monkeypatch, capsys, error_name):
+    """Listing a folder with an error that may pass (faults.classify's environment errnos) is the environment's
+    fault: the run stops (exit 75, one line), nothing is recorded for the folder, and the rerun lists it."""
+    import errno
+    import shutil
+
+    from vmae_fast import cli
+    from vmae_fast.faults import EnvironmentFault
+
+    root = tmp_path / "videos"
+    shutil.copytree(videos, root / "a")
+    shutil.copytree(videos, root / "b")
+    out = tmp_path / "out"
+    options = {"workers": 0, "progress": False}
+    with monkeypatch.context() as m:
+        _folder_failing_with(m, root / "b", getattr(errno, error_name))
+        with pytest.raises(EnvironmentFault, match=f"cannot list {root / 'b'}: OSError: "):
+            extract([root], out, model=model, **options)
+        assert not (out / "errors").exists() or store.read_errors(out).num_rows == 0  # no discover row for b
+        code = cli.main(["extract", str(root), "-o", str(out), "--model", str(ckpt), "--workers", "0",
+                         "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 75 and len(err) == 1 and "rerun the same command to resume" in err[0], err
+    assert store.read_errors(out).num_rows == 0
+    summary = extract([root], out, model=ckpt, **options)  # the file system is back: b is listed and done
+    assert (summary["videos_ok"], summary["videos_failed"]) == (6, 0)
+    assert store.committed_video_ids(out) == {f"{d}/v{i}.mp4" for d in "ab" for i in range(3)}
+
+
+@pytest.mark.parametrize("error_name", ["EACCES", "ENOENT"])
+def test_a_folder_that_cannot_be_listed_for_good_is_a_discover_error_row(tmp_path, model, videos, monkeypatch,
+                                                                       error_name):
+    import errno
+    import shutil
+
+    root = tmp_path / "videos"
+    shutil.copytree(videos, root / "a")
+    shutil.copytree(videos, root / "b")
+    _folder_failing_with(monkeypatch, root / "b", getattr(errno, error_name))
+    summary = extract([root], tmp_path / "out", model=model, workers=0, progress=False)
+    assert (summary["videos_ok"], summary["videos_failed"]) == (3, 1)
+    (row,) = store.read_errors(tmp_path / "out").to_pylist()
+    assert (row["video_id"], row["path"], row["stage"], row["attempts"]) == ("b", str(root / "b"), "discover", 1)
+    assert row["error"].startswith("PermissionError" if error_name == "EACCES" else "FileNotFoundError")
+
+
 def test_decoders_tell_a_failing_file_system_from_a_bad_file(tmp_path, videos, monkeypatch):
     import errno
 

@@ -21,7 +21,8 @@ from .local_engine import run_local
 from .spec import RunSpec
 from .summary import RaySummary, RunSummary
 
-__all__ = ["Discovery", "discover_inputs", "extract", "iter_tasks", "resolve_shard", "split_list"]
+__all__ = ["Discovery", "RaySummary", "RunSpec", "RunSummary", "discover_inputs", "extract", "iter_tasks",
+           "resolve_shard", "run", "split_list"]
 
 
 def run(spec: RunSpec) -> RunSummary:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..faults import InternalError
 from ..store import RunWriter, deferred_signals
 from ..video import DoneEvent, ErrorEvent, ResetEvent
 from .runner import ModelRunner
@@ -217,9 +218,10 @@ class Extraction:
             self.decode_cpu_s + decode_cpu_s
         video = self.videos.setdefault(task.video_id, _Video(task))
         video.num_clips, video.duration_s = num_clips, duration_s
-        if len(video.rows) != num_clips:
-            self._fail(task, "sample", f"decoder reported {num_clips} clips but sent {len(video.rows)}", 1)
-        elif num_clips == 0:
+        if len(video.rows) != num_clips:  # the pool and this loop disagree: ours, never the video's error row
+            raise InternalError(f"the decoder reported {num_clips} clips (views) of {task.video_id!r} but sent "
+                                f"{len(video.rows)}; nothing is recorded for this video")
+        if num_clips == 0:
             self._fail(task, "sample", "no clips: the video (or its time range) holds no decodable frames", 1)
         else:
             self._maybe_commit(video)
@@ -232,8 +234,10 @@ class Extraction:
             batch, self.queue = self.queue, []
             self._take(self.runner.submit(batch))
         self._take(self.runner.collect())
-        for video in list(self.videos.values()):  # cannot happen with a correct pool; never lose a video silently
-            self._fail(video.task, "extract", "decoder ended without finishing this video", 1)
+        if self.videos:  # cannot happen with a correct pool: ours, never lost silently nor recorded as the videos'
+            unfinished = sorted(self.videos)
+            raise InternalError(f"the decoder ended without finishing {len(unfinished)} video(s) "
+                                f"({', '.join(map(repr, unfinished[:3]))}); nothing is recorded for them")
         self.writer.flush()
 
     # internals

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from ..faults import InvalidOption
+
 
 def _local_rank(environ: dict | None = None) -> int | None:
     env = os.environ if environ is None else environ
@@ -22,26 +24,26 @@ def _local_rank(environ: dict | None = None) -> int | None:
 
 def resolve_device(device: str | torch.device | None, environ: dict | None = None, *,
                    option: str = "--device") -> torch.device:
-    """cuda when available (cuda:LOCAL_RANK under torchrun/SLURM), else cpu; a CUDA request without CUDA is a
-    ValueError (messages name the option as `option`)."""
+    """cuda when available (cuda:LOCAL_RANK under torchrun/SLURM), else cpu; a CUDA request without CUDA is an
+    InvalidOption, a ValueError (messages name the option as `option`)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"{option} must be cpu, cuda or cuda:<index>, got {device!r}") from None
+        raise InvalidOption(f"{option} must be cpu, cuda or cuda:<index>, got {device!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{option} {device} requested but CUDA is not available on this machine")
+            raise InvalidOption(f"{option} {device} requested but CUDA is not available on this machine")
         if device.index is None:
             rank = _local_rank(environ)
             # with one visible GPU per task (srun --gpus-per-task=1) the local rank is not an index: wrap it
             device = torch.device("cuda", 0 if rank is None else rank % torch.cuda.device_count())
         elif device.index >= torch.cuda.device_count():
-            raise ValueError(f"{option} {device} requested but this machine has {torch.cuda.device_count()} CUDA "
+            raise InvalidOption(f"{option} {device} requested but this machine has {torch.cuda.device_count()} CUDA "
                              f"devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     elif device.type != "cpu":
-        raise ValueError(f"{option} must be cpu, cuda or cuda:<index>, got {str(device)!r}")
+        raise InvalidOption(f"{option} must be cpu, cuda or cuda:<index>, got {str(device)!r}")
     return device
 
 

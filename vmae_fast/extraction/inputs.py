@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import csv as pacsv
 
-from ..faults import InvalidOption
+from ..faults import ENVIRONMENT, EnvironmentFault, InvalidInput, InvalidOption, MissingFile, classify
 from ..ids import KeySet, id_keys, shard_of, shards_of
 from ..video import VIDEO_EXTENSIONS, VideoTask
 from ..video.remote import is_url, url_video_id
@@ -76,7 +76,7 @@ def _optional_float(value: Any, where: str, column: str) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: {column} must be a number of seconds, got {value!r}") from None
+        raise InvalidInput(f"{where}: {column} must be a number of seconds, got {value!r}") from None
 
 
 @dataclass
@@ -132,6 +132,10 @@ class _Folder(_Source):
         return f"{self.raw}/{video_id}"
 
     def _listing(self, directory: str, rel: str, seen: set) -> list[tuple[str, bool]] | None:
+        """The sorted (name, is a folder) entries of a folder; None for a folder seen before (a symlink loop) or
+        one that cannot be listed for good (permission denied, gone): its discover error row. A listing that may
+        succeed a moment later (EIO, ESTALE: faults.classify's environment errnos) is the environment's fault: the
+        run stops with EnvironmentFault and records nothing for the folder, so the rerun lists it."""
         try:
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen:  # a symlink leading back up the tree
@@ -140,6 +144,9 @@ class _Folder(_Source):
             with os.scandir(directory) as it:
                 return sorted((e.name, e.is_dir()) for e in it)
         except OSError as e:
+            if classify(e) == ENVIRONMENT:
+                raise EnvironmentFault(f"cannot list {os.path.abspath(e.filename or directory)}: "
+                                       f"{type(e).__name__}: {e.strerror or e}") from e
             self.errors.append({"path": os.path.abspath(e.filename or directory), "video_id": _video_id(rel or "."),
                                 "stage": "discover", "error": f"{type(e).__name__}: {e.strerror or e}",
                                 "attempts": 1})
@@ -185,13 +192,16 @@ class _ListFile(_Source):
         self.path = Path(raw)
         self.suffix = self.path.suffix.lower()
         self.columns: list[str] = []
-        if self.suffix == ".csv":
-            with open(self.path, newline="", encoding="utf-8") as f:
-                self.columns = next(csv.reader(f), [])
-        elif self.suffix == ".parquet":
-            self.columns = list(pq.ParquetFile(self.path).schema_arrow.names)
+        try:
+            if self.suffix == ".csv":
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    self.columns = next(csv.reader(f), [])
+            elif self.suffix == ".parquet":
+                self.columns = list(pq.ParquetFile(self.path).schema_arrow.names)
+        except (UnicodeDecodeError, csv.Error, pa.ArrowInvalid) as e:  # not a list file of its kind
+            raise InvalidInput(f"list file {self.path} cannot be read as {self.suffix[1:]}: {e}") from None
         if self.suffix != ".txt" and "path" not in self.columns:
-            raise ValueError(f"list file {self.path} needs a 'path' column, found columns {self.columns}")
+            raise InvalidInput(f"list file {self.path} needs a 'path' column, found columns {self.columns}")
 
     def where(self, row: int, video_id: str) -> str:
         return f"{self.path} row {row}" if self.suffix == ".parquet" else f"{self.path}:{row}"
@@ -211,16 +221,16 @@ class _ListFile(_Source):
         written = batch.paths.take(take).to_pylist()
         for i, path in enumerate(written):
             if path is None or not str(path).strip():
-                raise ValueError(f"{self.where(int(rows[i]), '')}: empty path")
+                raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
         starts = self._seconds(batch.starts.take(take), "start_s", rows) if batch.starts is not None else None
         ends = self._seconds(batch.ends.take(take), "end_s", rows) if batch.ends is not None else None
         for i in range(len(own)):
             start = None if starts is None or np.isnan(starts[i]) else float(starts[i])
             end = None if ends is None or np.isnan(ends[i]) else float(ends[i])
             if start is not None and start < 0:
-                raise ValueError(f"{self.where(int(rows[i]), '')}: start_s must be >= 0, got {start}")
+                raise InvalidInput(f"{self.where(int(rows[i]), '')}: start_s must be >= 0, got {start}")
             if start is not None and end is not None and end <= start:
-                raise ValueError(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
+                raise InvalidInput(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
                                  f"start_s={start} end_s={end}")
         none = [None] * len(own)
         return ([self._task_path(p) for p in written],
@@ -250,20 +260,24 @@ class _ListFile(_Source):
                     yield self._batch(record_batch, np.arange(row, row + n, dtype=np.int64))
                 row += n
         except pa.ArrowInvalid as e:
-            raise ValueError(f"list file {self.path} cannot be read near entry {row}: {e}") from None
+            raise InvalidInput(f"list file {self.path} cannot be read near entry {row}: {e}") from None
 
     def _txt(self) -> Iterator[_Batch]:
         lines: list[str] = []
         rows: list[int] = []
+        number = 0
         with open(self.path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    lines.append(line)
-                    rows.append(number)
-                    if len(lines) >= BATCH_ROWS:
-                        yield self._entries(pa.array(lines, pa.string()), None, np.asarray(rows, np.int64))
-                        lines, rows = [], []
+            try:
+                for number, line in enumerate(f, 1):
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        lines.append(line)
+                        rows.append(number)
+                        if len(lines) >= BATCH_ROWS:
+                            yield self._entries(pa.array(lines, pa.string()), None, np.asarray(rows, np.int64))
+                            lines, rows = [], []
+            except UnicodeDecodeError as e:
+                raise InvalidInput(f"list file {self.path} is not UTF-8 text after line {number}: {e}") from None
         if lines:
             yield self._entries(pa.array(lines, pa.string()), None, np.asarray(rows, np.int64))
 
@@ -295,7 +309,7 @@ class _ListFile(_Source):
             ids[i] = _derived_id(ids[i] if given is None else paths[int(i)].as_py())
         for i in np.flatnonzero(pc.is_null(paths).to_numpy(zero_copy_only=False)):
             if ids[i] is None:  # no path and no id: its own shard cannot be known
-                raise ValueError(f"{self.where(int(rows[i]), '')}: empty path")
+                raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
         return _Batch(ids, rows, paths)
 
     def _seconds(self, column, name: str, rows: np.ndarray) -> np.ndarray:
@@ -327,7 +341,7 @@ def _check_repeats(seen, sources: list[_Source], s: int, batch: _Batch, own: np.
         first = sources[code >> _ROW_BITS].where(code & ((1 << _ROW_BITS) - 1), video_id)
     else:
         first = sources[s].where(int(batch.rows[own[earlier]]), video_id)
-    raise ValueError(f"video_id {video_id!r} appears twice ({first} and "
+    raise InvalidInput(f"video_id {video_id!r} appears twice ({first} and "
                      f"{sources[s].where(int(batch.rows[own[j]]), video_id)}); "
                      "give distinct video_id values in a list file or pass each folder once")
 
@@ -350,7 +364,7 @@ class Discovery:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
         if not inputs:
-            raise ValueError("no INPUT given: pass video files, folders or list files")
+            raise InvalidOption("no INPUT given: pass video files, folders or list files")
         self.index, self.num_shards = shard
         self.skip, self.progress = skip, progress
         extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in VIDEO_EXTENSIONS}
@@ -361,7 +375,7 @@ class Discovery:
                 self._sources.append(_Single(raw))
                 continue
             if not os.path.lexists(raw):
-                raise FileNotFoundError(f"input {raw!r} does not exist")
+                raise MissingFile(f"input {raw!r} does not exist")
             if os.path.isdir(raw):
                 self._sources.append(_Folder(raw, extensions))
             elif Path(raw).suffix.lower() in LIST_EXTENSIONS:
@@ -533,7 +547,7 @@ def split_list(source: str | os.PathLike, num_shards: int, out_dir: str | os.Pat
     video_id, start_s, end_s), read a batch at a time. Run `extract out_dir/shard-<i>-of-<n>.parquet --shard i/n`
     per shard: each process then reads only its own entries. Returns the paths written."""
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise InvalidOption(f"num_shards must be >= 1, got {num_shards}")
     lst = _ListFile(os.fspath(source))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from .. import store
-from ..faults import MissingDependency
+from ..faults import InternalError, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids
 from ..store.committed import group_outcomes
@@ -100,7 +100,7 @@ class _GroupWorker:
         run = loaded.run()
         if run["config_hash"] != config_hash:
             diff = "; ".join(store.diff_configs(store.load_run(spec.out)["config"], run["config"])[:3])
-            raise RuntimeError(f"this node builds another configuration than the driver's ({diff or 'hash differs'}): "
+            raise UserError(f"this node builds another configuration than the driver's ({diff or 'hash differs'}): "
                                "install the same vmae-fast and model files on every node")
         net, dev = loaded.model, loaded.device
         cfg = net.config
@@ -191,7 +191,7 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus else 0.0
     if gpus_per_actor < 0 or (gpus_per_actor > 0 and not gpus):
-        raise ValueError(f"--ray-gpus-per-actor {gpus_per_actor}: the cluster has {gpus:g} GPUs")
+        raise InvalidOption(f"--ray-gpus-per-actor {gpus_per_actor}: the cluster has {gpus:g} GPUs")
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if cpus_per_actor is None:
         if gpus_per_actor:  # the CPUs of the poorest GPU node, shared by its actors
@@ -200,7 +200,7 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
         else:  # CPU-only: one actor per node, with every core of the smallest node (as the local engine's plan)
             cpus_per_actor = max(1.0, min((r.get("CPU", 1) for r in nodes if r.get("CPU")), default=1.0))
     if cpus_per_actor <= 0:
-        raise ValueError(f"--ray-cpus-per-actor must be positive, got {cpus_per_actor}")
+        raise InvalidOption(f"--ray-cpus-per-actor must be positive, got {cpus_per_actor}")
     if actors is None:
         actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(total.get("CPU", 1) // cpus_per_actor)
         actors = max(1, actors)
@@ -209,7 +209,7 @@ def _resources(ray, actors, cpus_per_actor, gpus_per_actor) -> tuple[Any, float,
         actors = (int(low), int(high)) if high else int(low)
     bad = actors < 1 if isinstance(actors, int) else not 1 <= actors[0] <= actors[1]
     if bad:
-        raise ValueError(f"--ray-actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {actors!r}")
+        raise InvalidOption(f"--ray-actors must be N or MIN-MAX with 1 <= MIN <= MAX, got {actors!r}")
     return actors, float(cpus_per_actor), float(gpus_per_actor)
 
 
@@ -293,7 +293,7 @@ def run_ray(spec: RunSpec) -> RaySummary:
         wanted = {t.video_id for t in todo} | {e["video_id"] for e in discovery_errors}
         missing, twice = wanted - set(parts), sorted(v for v, n in parts.items() if n > 1)
         if missing or twice:  # cannot happen with correct retries; never report a lost or doubled video as done
-            raise RuntimeError(f"ray run ended with {len(missing)} videos missing (e.g. {sorted(missing)[:3]}) and "
+            raise InternalError(f"ray run ended with {len(missing)} videos missing (e.g. {sorted(missing)[:3]}) and "
                                f"{len(twice)} in two parts (e.g. {twice[:3]}); rerun to redo the missing ones")
         _finish(out, token)
     finally:

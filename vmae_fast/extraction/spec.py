@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..checkpoint import DTYPES, load_model, resolve_dtype
-from ..faults import InvalidOption, UnsupportedOption
+from ..faults import InvalidOption, UnsupportedOption, UserError
 from ..model import KERNEL_BACKENDS
 from ..store import EMBEDDING_DTYPES, FORMAT, config_hash, load_run
 from ..tokens import parse_keep
@@ -44,15 +44,17 @@ ORIGINS = ("python", "cli", "run")
 # --- building blocks (used by the spec, and by the callers of 16c2a40's names) ----------------------------------------
 def load_run_model(model: Any, device: torch.device, dtype: torch.dtype, backend: str, config: dict | None = None):
     """`model` as given (an already loaded module), or load_model(model, ...) with a local path made absolute
-    (_run.json must name it from any working directory)."""
+    (_run.json must name it from any working directory). The user's mistake, where load_model knows it (a missing
+    file, a checkpoint whose keys or shapes are no model's: a UserError), says which model; anything else (our bug,
+    the environment's fault) is raised as it is, with its traceback."""
     if isinstance(model, torch.nn.Module):
         return model
     source = _model_source(model)
     try:
         return load_model(source, device=device, dtype=dtype, backend=backend, config=config)
-    except Exception as e:
+    except UserError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot load model {str(model)!r}: {first}") from e
+        raise type(e)(f"cannot load model {str(model)!r}: {first}") from e
 
 
 def _model_source(model: Any) -> Any:
@@ -289,10 +291,7 @@ class RunSpec:
         when CUDA is there, else cpu); a CUDA device this machine lacks is an InvalidOption naming the option."""
         if isinstance(self.model, torch.nn.Module):
             return next(self.model.parameters()).device
-        try:
-            return resolve_device(self.device, option=self.option("device"))
-        except ValueError as e:
-            raise InvalidOption(str(e)) from None
+        return resolve_device(self.device, option=self.option("device"))
 
     def load(self, device: torch.device | None = None) -> LoadedRun:
         """Load the model on `device` (default: resolve_device()) and build what follows from it: the sampling (the

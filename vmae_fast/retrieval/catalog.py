@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..faults import InvalidInput, UnusableOutput
 from ..video import VIDEO_EXTENSIONS
 from .index import LEVELS, Index, clip_vector
 from .search import resolve_media_path
@@ -37,7 +38,7 @@ EXACT_KINDS = ("flat", "ivf", "hnsw")  # kinds whose FAISS index keeps every vec
 MATCH_KEYS = ("row", "score", "video_id", "clip_index", "crop_index", "start_s", "end_s", "num_clips")
 
 
-class NotFound(ValueError):
+class NotFound(InvalidInput):
     """A video, clip, row or index level the output does not have (the service answers 404)."""
 
 
@@ -49,7 +50,8 @@ class _Level:
         self.level = index.level
         meta = index.metadata
         if meta is None or "video_id" not in meta.column_names:
-            raise ValueError(f"the {self.level}-level index has no video_id column; rebuild it with `vmae-fast index`")
+            raise UnusableOutput(f"the {self.level}-level index has no video_id column; rebuild it with "
+                                 "`vmae-fast index`")
         ids = pc.dictionary_encode(meta.column("video_id").combine_chunks())
         codes = ids.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.video_ids: list[str] = ids.dictionary.to_pylist()  # one per video, in order of first row
@@ -143,7 +145,7 @@ class Catalog:
         lv = self.levels["clip"]
         rows = lv.rows_of(video_id)
         if lv.clip_index is None:
-            raise ValueError("the clip index has no clip_index column; rebuild it with `vmae-fast index`")
+            raise UnusableOutput("the clip index has no clip_index column; rebuild it with `vmae-fast index`")
         hit = rows[lv.clip_index[rows] == clip_index]
         if len(hit) == 0:
             have = np.sort(lv.clip_index[rows])

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..faults import UnusableOutput
 from ..store.layout import dedup_files, write_atomic
 from .index import LEVELS, Index, data_fingerprint, stream_rows
 from .plan import faiss_search
@@ -209,12 +210,12 @@ class _Searcher:
         for _, x, meta in stream_rows(out, level, batch_size=batch_size):
             count += len(x)
             if count > EXACT_MAX_ROWS:
-                raise ValueError(f"{out} has more than {EXACT_MAX_ROWS} {unit}: too many for an exact search in "
+                raise UnusableOutput(f"{out} has more than {EXACT_MAX_ROWS} {unit}: too many for an exact search in "
                                  f"memory; build an index first: `vmae-fast index {out} --level {level}`")
             vectors.append(x)
             tables.append(meta)
         if not vectors:
-            raise ValueError(f"{out} has no {unit} to compare")
+            raise UnusableOutput(f"{out} has no {unit} to compare")
         self.vectors = np.concatenate(vectors)
         self.n = len(self.vectors)
         self.part_order = None
@@ -233,7 +234,7 @@ class _Searcher:
         ids = self.metadata.column("video_id")
         for first, x, meta in stream_rows(out, level, self.part_order, batch_size):
             if not meta.column("video_id").equals(ids.slice(first, len(x))):
-                raise ValueError(f"the {level}-level index of {out} does not match its rows at row {first}; "
+                raise UnusableOutput(f"the {level}-level index of {out} does not match its rows at row {first}; "
                                  f"rebuild it: `vmae-fast index {out} --level {level} --rebuild`")
             yield first, x
 

@@ -48,6 +48,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..faults import InvalidInput, UnusableOutput
 from ..store import CLIPS_DIR, VideoAccumulator
 from ..store.layout import clip_parts, index_dir, run_path, video_part_of
 from .plan import (
@@ -75,7 +76,7 @@ FORMAT_VERSION = 2
 RETRAIN_GROWTH = 2.0  # `build` adds new rows to a trained index until the data outgrows its training size 2x
 
 
-class StaleIndexError(ValueError):
+class StaleIndexError(UnusableOutput):
     """The index in OUT/index was built from other data than OUT/clips holds now."""
 
 
@@ -107,10 +108,10 @@ def clip_files(out: str | os.PathLike) -> list[Path]:
     """The committed clips parts of OUT in reading order (store.layout.clip_parts); ValueError when there are none."""
     out = Path(out)
     if not out.is_dir():
-        raise ValueError(f"output folder {str(out)!r} does not exist")
+        raise UnusableOutput(f"output folder {str(out)!r} does not exist")
     files = clip_parts(out)
     if not files:
-        raise ValueError(
+        raise UnusableOutput(
             f"{str(out)!r} has no clips (expected {out / CLIPS_DIR / 'part-*.parquet'}); "
             "run `vmae-fast extract` into it first"
         )
@@ -165,17 +166,17 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 def _embedding_dim(schema) -> int:
     if "embedding" not in schema.names:
-        raise ValueError(f"clips have no 'embedding' column (columns: {', '.join(schema.names)})")
+        raise UnusableOutput(f"clips have no 'embedding' column (columns: {', '.join(schema.names)})")
     t = schema.field("embedding").type
     if not pa.types.is_fixed_size_list(t):
-        raise ValueError(f"'embedding' must be fixed_size_list<float>[D], got {t}")
+        raise UnusableOutput(f"'embedding' must be fixed_size_list<float>[D], got {t}")
     return t.list_size
 
 
 def _batch_vectors(column, dim: int) -> np.ndarray:
     """fixed_size_list<float16|float32>[D] Arrow column -> float32 (n, D) numpy (one copy)."""
     if column.null_count:
-        raise ValueError(f"'embedding' has {column.null_count} null rows")
+        raise UnusableOutput(f"'embedding' has {column.null_count} null rows")
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, dim).astype(np.float32, copy=False)
 
@@ -376,7 +377,7 @@ class Index:
         dim = _embedding_dim(schema)
         meta_cols = [c for c in META_COLUMNS if c in schema.names]
         if sum(rows for _, _, rows in fingerprint["parts"]) == 0:
-            raise ValueError(f"{str(out)!r} has part files but no clips; nothing to index")
+            raise UnusableOutput(f"{str(out)!r} has part files but no clips; nothing to index")
 
         previous = None if rebuild else _previous_manifest(out, level)
         if previous is not None:
@@ -508,8 +509,8 @@ class Index:
         level_opt = "" if level == "clip" else f" --level {level}"
         if not paths["manifest"].is_file():
             clip_files(out)  # a folder without clips gets that message first
-            raise ValueError(f"no {level}-level index in {str(out)!r}; "
-                             f"build it with `vmae-fast index {out}{level_opt}`")
+            raise UnusableOutput(f"no {level}-level index in {str(out)!r}; "
+                                 f"build it with `vmae-fast index {out}{level_opt}`")
         manifest = json.loads(paths["manifest"].read_text())
         if manifest.get("format") != FORMAT_VERSION:
             raise StaleIndexError(f"the {level}-level index in {str(out)!r} was built by an older vmae_fast (format "
@@ -545,11 +546,11 @@ class Index:
         if q.ndim != 2 or not np.issubdtype(q.dtype, np.number):
             raise ValueError(f"queries must be a numeric (D,) or (n, D) array, got shape {q.shape} {q.dtype}")
         if q.shape[1] != self.dim:
-            raise ValueError(f"query vectors have dimension {q.shape[1]}, the index has {self.dim}")
+            raise InvalidInput(f"query vectors have dimension {q.shape[1]}, the index has {self.dim}")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if not np.isfinite(q).all():
-            raise ValueError("query vectors contain NaN or infinity")
+            raise InvalidInput("query vectors contain NaN or infinity")
         k_eff = min(int(k), len(self))
         if k_eff == 0:
             return [[] for _ in range(q.shape[0])]
@@ -673,7 +674,7 @@ _VIDEO_META = ("video_id", "path", "start_s", "end_s", "num_clips")
 def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
     """(video embeddings float32 (n, D), not normalized; metadata Table) over the clips parts `files`, in order."""
     if "video_id" not in meta_cols:
-        raise ValueError("clips have no 'video_id' column; cannot build a video-level index")
+        raise UnusableOutput("clips have no 'video_id' column; cannot build a video-level index")
     vectors, tables = [], []
     for f in files:
         table_part = video_part_of(f)
@@ -731,19 +732,19 @@ def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int,
     dim = _embedding_dim(dataset.schema)
     cols = [c for c in META_COLUMNS if c in dataset.schema.names]
     if "video_id" not in cols or "clip_index" not in cols:
-        raise ValueError("clips have no video_id/clip_index columns; cannot look up a clip")
+        raise UnusableOutput("clips have no video_id/clip_index columns; cannot look up a clip")
     table = dataset.to_table(columns=["embedding", *cols], filter=pc.field("video_id") == video_id)
     if table.num_rows == 0:
-        raise ValueError(f"no video {video_id!r} in {str(out)!r}")
+        raise InvalidInput(f"no video {video_id!r} in {str(out)!r}")
     hit = table.filter(pc.equal(table.column("clip_index"), clip_index))
     if hit.num_rows == 0:
         have = sorted(table.column("clip_index").to_pylist())
-        raise ValueError(f"video {video_id!r} has no clip {clip_index} (it has clips {have[0]}..{have[-1]})")
+        raise InvalidInput(f"video {video_id!r} has no clip {clip_index} (it has clips {have[0]}..{have[-1]})")
     if "crop_index" in cols and (hit.num_rows > 1 or crop_index is not None):
         views = hit
         hit = views.filter(pc.equal(views.column("crop_index"), 1 if crop_index is None else crop_index))
         if hit.num_rows == 0:
-            raise ValueError(f"clip {clip_index} of video {video_id!r} has no crop {crop_index} (it has crops "
+            raise InvalidInput(f"clip {clip_index} of video {video_id!r} has no crop {crop_index} (it has crops "
                              f"{sorted(views.column('crop_index').to_pylist())})")
     meta = hit.select(cols).slice(0, 1).to_pylist()[0]
     return _batch_vectors(hit.column("embedding").combine_chunks(), dim)[0], meta

@@ -20,6 +20,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..faults import InvalidOption
+
 KINDS = ("auto", "flat", "ivf", "ivfpq", "opq", "hnsw")
 RECALL_K = 10  # recall@10: the fraction of the exact top 10 an approximate search returns
 TARGET_RECALL = 0.95
@@ -44,9 +46,9 @@ def parse_memory(text: str | float | None) -> int | None:
     try:
         value = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
     except ValueError:
-        raise ValueError(f"memory must be a size like 16G, 512M or a byte count, got {text!r}") from None
+        raise InvalidOption(f"memory must be a size like 16G, 512M or a byte count, got {text!r}") from None
     if not value > 0:
-        raise ValueError(f"memory must be positive, got {text!r}")
+        raise InvalidOption(f"memory must be positive, got {text!r}")
     return int(value)
 
 
@@ -122,10 +124,10 @@ def plan_index(n: int, dim: int, kind: str = "auto", max_memory: int | str | Non
             fits = [m for m in range(dim, 0, -1) if dim % m == 0 and m <= dim // 2
                     and estimate_bytes("opq", n, dim, {**p, "m": m}) <= budget]
             if not fits:
-                raise ValueError(f"--max-memory {human_bytes(budget)} is too small for {n} vectors of {dim} dims: the "
-                                 "smallest index (OPQ + 1-byte PQ) needs "
-                                 f"{human_bytes(estimate_bytes('opq', n, dim, {**p, 'm': 1}))}"
-                                 f"; raise --max-memory")
+                raise InvalidOption(f"--max-memory {human_bytes(budget)} is too small for {n} vectors of {dim} dims: "
+                                    "the smallest index (OPQ + 1-byte PQ) needs "
+                                    f"{human_bytes(estimate_bytes('opq', n, dim, {**p, 'm': 1}))}"
+                                    f"; raise --max-memory")
             kind, why = "opq", f"even PQ + re-ranking exceeds the {human_bytes(budget)} budget: OPQ + PQ{fits[0]}"
             p["m"] = fits[0]
     if kind in ("ivf", "ivfpq", "opq"):
@@ -135,9 +137,9 @@ def plan_index(n: int, dim: int, kind: str = "auto", max_memory: int | str | Non
         p.setdefault("m", _pq_m(dim, 16))
         p.setdefault("nbits", 8)
         if dim % p["m"]:
-            raise ValueError(f"{kind} m={p['m']} must divide the vector dimension {dim}")
+            raise InvalidOption(f"{kind} m={p['m']} must divide the vector dimension {dim}")
         if n < 2 ** p["nbits"]:
-            raise ValueError(f"{kind} needs at least {2 ** p['nbits']} vectors to train, got {n}; use --kind flat")
+            raise InvalidOption(f"{kind} needs at least {2 ** p['nbits']} vectors to train, got {n}; use --kind flat")
     if kind == "hnsw":
         p.setdefault("hnsw_m", 32)
         p.setdefault("ef_construction", 80)
@@ -156,7 +158,7 @@ def new_faiss_index(dim: int, plan: dict):
     try:
         index = faiss.index_factory(dim, plan["factory"], faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise ValueError(f"FAISS cannot build {plan['factory']!r}: {str(e).strip().splitlines()[-1]}") from None
+        raise InvalidOption(f"FAISS cannot build {plan['factory']!r}: {str(e).strip().splitlines()[-1]}") from None
     if plan.get("ef_construction") and isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
         faiss.downcast_index(index).hnsw.efConstruction = int(plan["ef_construction"])
     if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):  # OPQ: 10 rotation updates, not 50

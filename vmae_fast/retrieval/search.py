@@ -14,6 +14,7 @@ import torch
 
 from .. import store
 from ..extraction.spec import RunSpec
+from ..faults import InvalidInput, InvalidOption, UnusableOutput
 from ..video import VideoError, VideoTask, decode_clips
 from ..video.crop import CROP_INDICES
 from .index import Index, clip_vector
@@ -47,12 +48,12 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
     config = store.load_run(out)["config"]
     expected = config["model"].get("weights_sha256")
     if expected and net.describe().get("weights_sha256") != expected:
-        raise ValueError(f"the weights at {spec.model} changed since {out} was written (checksum differs)")
+        raise UnusableOutput(f"the weights at {spec.model} changed since {out} was written (checksum differs)")
     task = VideoTask(path=os.path.abspath(path), video_id=str(path))
     # every view of the clip, decoded as the run did (three crops are cut from one scale of the whole frame)
     views = list(decode_clips(task, sampling, int(config["image_size"]), at_s=float(at_s)))
     if not views:
-        raise ValueError(f"{path}: no clips could be sampled")
+        raise InvalidInput(f"{path}: no clips could be sampled")
     (clip,) = [v for v in views if v.crop_index == crop_index]
     frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None].to(loaded.device)
     with torch.inference_mode():
@@ -66,11 +67,11 @@ def video_duration(path: str | os.PathLike) -> float:
     """Length of a video in seconds from its container (PyAV), for checking a query time; ValueError if unreadable."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"video {path!r} does not exist")
+        raise InvalidInput(f"video {path!r} does not exist")
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise ValueError(f"{path!r} has no video stream")
+                raise InvalidInput(f"{path!r} has no video stream")
             stream = container.streams.video[0]
             if stream.duration and stream.time_base:
                 return float(stream.duration * stream.time_base)
@@ -80,14 +81,14 @@ def video_duration(path: str | os.PathLike) -> float:
             last = max((p.pts + (p.duration or 0)) * p.time_base for p in container.demux(stream) if p.pts is not None)
             return float(last - (stream.start_time or 0) * stream.time_base)
     except av.FFmpegError as e:
-        raise ValueError(f"cannot read video {path!r}: {e}") from None
+        raise InvalidInput(f"cannot read video {path!r}: {e}") from None
 
 
 def parse_clip_id(text: str) -> tuple[str, int]:
     """'VIDEO_ID:CLIP_INDEX' -> (video_id, clip_index); the video id may itself contain ':'."""
     video_id, sep, index = text.rpartition(":")
     if not sep or not video_id or not index.strip().lstrip("-").isdigit():
-        raise ValueError(f"--clip must be VIDEO_ID:CLIP_INDEX (e.g. clips/a.mp4:3), got {text!r}")
+        raise InvalidOption(f"--clip must be VIDEO_ID:CLIP_INDEX (e.g. clips/a.mp4:3), got {text!r}")
     return video_id, int(index)
 
 
@@ -96,11 +97,12 @@ def load_vectors(file: str | os.PathLike) -> np.ndarray:
     try:
         x = np.load(file, allow_pickle=False)
     except FileNotFoundError:
-        raise ValueError(f"vector file {os.fspath(file)!r} does not exist") from None
+        raise InvalidInput(f"vector file {os.fspath(file)!r} does not exist") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {os.fspath(file)!r} as a .npy array: {e}") from None
+        raise InvalidInput(f"cannot read {os.fspath(file)!r} as a .npy array: {e}") from None
     if x.ndim not in (1, 2) or x.size == 0 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{os.fspath(file)!r} must hold a numeric (D,) or (n, D) array, got shape {x.shape} {x.dtype}")
+        raise InvalidInput(f"{os.fspath(file)!r} must hold a numeric (D,) or (n, D) array, got shape {x.shape} "
+                           f"{x.dtype}")
     return np.atleast_2d(x).astype(np.float32)
 
 
@@ -126,14 +128,14 @@ def run_query(index: Index, out: str | os.PathLike, *, video: str | None = None,
 
 def _video_query(out, path: str, at_s: float, device: str | None):
     if at_s is None or not np.isfinite(at_s) or at_s < 0:
-        raise ValueError(f"--at must be a time >= 0 in seconds, got {at_s}")
+        raise InvalidOption(f"--at must be a time >= 0 in seconds, got {at_s}")
     duration = video_duration(path)
     if at_s >= duration:
-        raise ValueError(f"--at {at_s:g} s is beyond the end of {path!r}, which lasts {duration:.2f} s")
+        raise InvalidOption(f"--at {at_s:g} s is beyond the end of {path!r}, which lasts {duration:.2f} s")
     try:
         vector, clip = embed_video_at(out, path, at_s, device=device)
     except VideoError as e:
-        raise ValueError(f"cannot read video {path!r}: {e}") from None
+        raise InvalidInput(f"cannot read video {path!r}: {e}") from None
     query = {"type": "video", "path": os.path.abspath(path), "at_s": at_s, "clip_index": clip.clip_index,
              "crop_index": clip.crop_index, "start_s": clip.start_s, "end_s": clip.end_s}
     return vector[None], [query]

@@ -51,6 +51,8 @@ from typing import IO, Any, NamedTuple
 
 import pyarrow.parquet as pq
 
+from ..faults import MissingFile, OutputNotADirectory, UnusableOutput
+
 FORMAT = "vmae_fast.extract/2"
 RUN_FILE = "_run.json"
 RAY_RUN_FILE = "_ray_run.json"  # the Ray driver's run token: which driver's actors may still commit
@@ -126,8 +128,11 @@ def load_run(out: str | os.PathLike) -> dict:
     """The content of OUT/_run.json: {"format", "config_hash", "config", "model", "library_version", ...}."""
     path = run_path(out)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {out} is not an output of `vmae-fast extract`")
-    return json.loads(path.read_text())
+        raise MissingFile(f"{path} not found: {out} is not an output of `vmae-fast extract`")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # not JSON: a run file that someone (or a full disk) truncated
+        raise UnusableOutput(f"{path} is unreadable ({e})") from None
 
 
 def read_run_token(out: str | os.PathLike) -> dict | None:
@@ -209,7 +214,7 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
     - OUT/_run.json with the same config_hash: resume (nothing is removed except this shard's stray temp files and
       its orphan videos parts, see the module docstring).
     - An output of another FORMAT, a different configuration, or parts without a _run.json: refused with
-      ValueError, nothing touched, unless
+      UnusableOutput (a ValueError), nothing touched, unless
       `overwrite`, which removes this shard's parts (shard 0 also the parts of shards >= num_shards and every
       Ray group's), the index files and the old _run.json. Shards of one run each clear only their own parts, so
       `--overwrite` under torchrun/SLURM never deletes what a sibling has just written.
@@ -218,27 +223,29 @@ def prepare_output(out: str | os.PathLike, run: dict, *, shard: int, num_shards:
     out = Path(out)
     run_file = run_path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output {out} exists and is not a directory")
+        raise OutputNotADirectory(f"output {out} exists and is not a directory")
     existing = None
     if run_file.is_file():
         try:
             existing = json.loads(run_file.read_text())
         except (OSError, ValueError) as e:
             if not overwrite:
-                raise ValueError(f"{run_file} is unreadable ({e}); use --overwrite to start over") from None
+                raise UnusableOutput(f"{run_file} is unreadable ({e}); use --overwrite to start over") from None
     has_parts = any(list_parts(out / d) for d in PART_DIRS)
     if not overwrite:
         if existing is None and has_parts:
-            raise ValueError(f"{out} holds part files but no {RUN_FILE}; use --overwrite or another output directory")
+            raise UnusableOutput(f"{out} holds part files but no {RUN_FILE}; use --overwrite or another output "
+                                 "directory")
         if existing is not None and existing.get("format") != run["format"]:
-            raise ValueError(f"{out} was written by another vmae-fast version (format {existing.get('format')}, this "
-                             f"one writes {run['format']}: clips with crop_index and a video table); its rows stay "
-                             "readable, but a run cannot add to it: use --overwrite or another output directory")
+            raise UnusableOutput(f"{out} was written by another vmae-fast version (format {existing.get('format')}, "
+                                 f"this one writes {run['format']}: clips with crop_index and a video table); its rows "
+                                 "stay readable, but a run cannot add to it: use --overwrite or another output "
+                                 "directory")
         if existing is not None and existing.get("config_hash") != run["config_hash"]:
             changes = diff_configs(existing.get("config", {}), run["config"])
             detail = "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "")
-            raise ValueError(f"{out} was written with a different configuration ({detail or 'format changed'}); "
-                             "use --overwrite to replace it or choose another output directory")
+            raise UnusableOutput(f"{out} was written with a different configuration ({detail or 'format changed'}); "
+                                 "use --overwrite to replace it or choose another output directory")
     for d in PART_DIRS:
         (out / d).mkdir(parents=True, exist_ok=True)
     if overwrite:

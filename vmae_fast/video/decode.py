@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..faults import BUG, ENVIRONMENT, EnvironmentFault, MissingDependency, VideoError, classify
+from ..faults import BUG, ENVIRONMENT, EnvironmentFault, InvalidOption, MissingDependency, VideoError, classify
 from .crop import CROP_INDICES
 from .pyav_reader import PyAVReader
 from .sampling import Clip, ClipPlan, Sampling, VideoTask, duration_s, plan_clips
@@ -88,11 +88,11 @@ def check_device(device: str, backend: str) -> None:
     environment fault, a RuntimeError) when the device or torchcodec is missing."""
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or
                                            (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"decode device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise InvalidOption(f"decode device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device == "cpu":
         return
     if backend not in ("auto", "torchcodec"):
-        raise ValueError(f"decoding on {device} (NVDEC) needs the torchcodec backend, got backend={backend!r}")
+        raise InvalidOption(f"decoding on {device} (NVDEC) needs the torchcodec backend, got backend={backend!r}")
     from .torchcodec_reader import status
 
     why = status()
@@ -111,7 +111,7 @@ def require_backend(backend: str) -> None:
     """Raise faults.MissingDependency (an environment fault, never a video's error) when the backend's library is
     missing."""
     if backend not in DECODE_BACKENDS:
-        raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
+        raise InvalidOption(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
     try:
         __import__("av")  # every backend reads the packet index with PyAV
         if backend == "decord":
