@@ -707,10 +707,10 @@ def stream_rows(out: str | os.PathLike, level: str = "clip", part_order: list[st
         part_order = [f.name for f in clip_files(out)]
     if not part_order:
         return
-    schema = pq.read_schema(out / "clips" / part_order[0])
+    schema = pq.read_schema(out / CLIPS_DIR / part_order[0])
     dim = _embedding_dim(schema)
     meta_cols = [c for c in META_COLUMNS if c in schema.names]
-    files = [out / "clips" / name for name in part_order]
+    files = [out / CLIPS_DIR / name for name in part_order]
     if level == "clip":
         rows = _Rows.from_parts(files, 0, dim, meta_cols, batch_size, center_only="crop_index" in meta_cols)
         yield from rows.batches(with_metadata=True)
