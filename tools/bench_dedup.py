@@ -251,7 +251,8 @@ def memory(work: Path, rows: int, dim: int = 32) -> dict:
         kb, seconds = done.stdout.split()
         peaks[mode] = {"peak_rss_mb": round(int(kb) / 1024, 1), "s": float(seconds), "log": done.stderr.strip()}
     extra = peaks["dedup"]["peak_rss_mb"] - peaks["index"]["peak_rss_mb"]
-    return {"rows": rows, "dim": dim, "index": Index.load(out, "clip").describe(), **peaks,
+    return {"rows": rows, "dim": dim, "index_kind": Index.load(out, "clip").describe(),
+            "load_index_only": peaks["index"], "find_groups": peaks["dedup"],
             "dedup_extra_mb": round(extra, 1), "bytes_per_row": round(extra * 2 ** 20 / rows, 1)}
 
 
