@@ -138,7 +138,7 @@ class VideoMAEConfig:
     def from_hf(cls, source: str | Path | dict[str, Any]) -> VideoMAEConfig:
         """From transformers' VideoMAE config.json (a path to the file or its directory, or the parsed dict).
         Accepts both bias spellings (`qkv_bias` of 4.x, `qv_bias` of 5.x). fc_norm eps is 1e-5 as transformers builds
-        it; mean/std default to the HF processor's 0.5/0.5 (checkpoint.py overrides them from
+        it; mean/std default to the HF processor's 0.5/0.5 (the checkpoint loader overrides them from
         preprocessor_config.json). num_labels is taken from id2label; the loader corrects it from the weights."""
         if isinstance(source, dict):
             hf = source
@@ -335,7 +335,7 @@ class VJEPA2Config:
     def from_hf(cls, source: str | Path | dict[str, Any]) -> VJEPA2Config:
         """From transformers' VJEPA2 config.json (a path to the file or its directory, or the parsed dict).
         intermediate_size = int(hidden_size * mlp_ratio) as HF builds the MLP; num_frames = frames_per_clip;
-        mean/std and the resize default to VJEPA2VideoProcessor's (checkpoint.py reads the folder's processor
+        mean/std and the resize default to VJEPA2VideoProcessor's (the checkpoint loader reads the folder's processor
         config). The predictor's fields (pred_*) describe the pre-training predictor, which is not loaded."""
         if isinstance(source, dict):
             hf = source

@@ -100,10 +100,10 @@ def test_a_plain_value_os_or_import_error_is_our_bug_with_its_traceback(tmp_path
 
 def test_a_bug_while_loading_a_checkpoint_keeps_its_traceback(tmp_path, monkeypatch, capsys, videos, ckpt):
     """load_model used to turn any exception into 'cannot load model ...' (exit 2, no traceback)."""
-    from vmae_fast import checkpoint
+    from vmae_fast.checkpoint import load
 
     bug = ValueError("shape '[2, 64]' is invalid for input of size 96")
-    monkeypatch.setattr(checkpoint, "_assemble", fails_with(bug))
+    monkeypatch.setattr(load, "_assemble", fails_with(bug))
     code = cli.main(["extract", str(videos), "-o", str(tmp_path / "out"), "--model", str(ckpt), "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import DTYPES, load_model, resolve_dtype
+from ..checkpoint import load_model
+from ..checkpoint.load import DTYPES, resolve_dtype
 from ..faults import InvalidOption, UnsupportedOption, UserError
 from ..model import KERNEL_BACKENDS
 from ..store import EMBEDDING_DTYPES, FORMAT, config_hash, load_run
