@@ -164,3 +164,29 @@ def test_encoder_with_clip_frames_and_kept_tokens_equals_transformers_position_m
     assert cli.main(["search", str(out), "--video", str(d / "portrait.mp4"), "--at", "0.2", "-k", "2", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_serve_answers_an_upload_through_the_vjepa2_model(run_out, videos, tmp_path):
+    """`vmae-fast serve` on a V-JEPA 2 output loads the model the output names (the classifier, its attentive pooler
+    making the embedding) for an uploaded file: the clip it was cut from comes first with cosine 1, as search --video
+    says (the same frames through the same model; fp32, batch of 1 vs the runner's batch: ~1e-6)."""
+    import httpx
+
+    from tests.helpers.server import Served
+
+    d, _ = videos
+    assert cli.main(["index", str(run_out)]) == 0  # idempotent when an earlier test built it
+    served = Served(run_out, log=tmp_path / "serve.log")
+    try:
+        body = (d / "landscape.mp4").read_bytes()
+        with httpx.Client(base_url=served.url, timeout=180) as client:
+            response = client.post("/api/search/upload", params={"at_s": 0.3, "k": 3}, content=body,
+                                   headers={"content-type": "application/octet-stream"})
+            assert response.status_code == 200, response.text
+            result = response.json()
+        q, top = result["query"], result["matches"][0]
+        assert (top["video_id"], top["clip_index"]) == ("landscape.mp4", q["clip_index"])
+        assert top["score"] == pytest.approx(1.0, abs=1e-4)
+        assert served.alive()
+    finally:
+        served.stop()
