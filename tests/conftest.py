@@ -8,7 +8,7 @@ TRITON_INTERPRET in the environment wins. tests/helpers/kernel_checks.py derives
 
 The fixtures here are shared by the tests of every package (a module may define its own of the same name):
 zoo and bad (the test-video corpus), ckpt, model and videos (a tiny classification checkpoint, its model, three
-short videos: what a test needs to run extract end to end).
+short videos: what a test needs to run extract end to end), s3 (a real S3 server, SeaweedFS, on loopback).
 """
 
 import os
@@ -70,3 +70,25 @@ def videos(tmp_path_factory) -> Path:
     for i, frames in enumerate((14, 23, 32)):
         make_video(d / f"v{i}.mp4", frames=frames)
     return d
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the session (tests/helpers/object_store.py), and fsspec configured to
+    reach it from this process (s3:// URLs); `s3.bucket()` makes a fresh bucket, `object_store.env(s3.endpoint)` is
+    the environment of a vmae-fast process that writes there. Stopped at the end of the session."""
+    import fsspec.config
+
+    from tests.helpers.object_store import SeaweedS3, storage_options
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    saved = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = storage_options(server.endpoint)
+    try:
+        yield server
+    finally:
+        if saved is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved
+        server.stop()

@@ -84,8 +84,9 @@ def run_local(spec: RunSpec) -> RunSummary:
         if not spec.overwrite:  # this shard's committed ids (clips or errors), compact: store/committed.py
             discovery.skip = committed_ids(out, shard_index, num_shards)
 
+        # lock.fence before each commit: a writer whose lock was taken over (--break-lock) writes nothing more
         writer = store.RunWriter(out, run, shard_index, part_rows=spec.part_rows,
-                                 commit_interval_s=spec.commit_interval_s)
+                                 commit_interval_s=spec.commit_interval_s, before_commit=lock.fence)
         runner = ModelRunner(net, batch_size, loaded.keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
         progress = sys.stderr.isatty() if spec.progress is None else spec.progress
         bar = None

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from .. import store
 from ..faults import InternalError, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
-from ..store import ShardLock, committed_ids
+from ..store import ShardLock, committed_ids, out_path
 from ..store.committed import group_outcomes
 from ..store.layout import RAY_RUN_FILE, clean_temp_files, next_group, read_run_token, write_run_token
 from ..video import DecodePool, VideoTask
@@ -82,8 +82,8 @@ def _probe(spec: RunSpec) -> dict:
 class _Fence:
     """The writers' before_commit hook: refuses a commit once OUT's run token is no longer this driver's."""
 
-    def __init__(self, out: Path, token: str):
-        self.out, self.token = Path(out), token
+    def __init__(self, out, token: str):
+        self.out, self.token = out_path(out), token
 
     def __call__(self) -> None:
         if (read_run_token(self.out) or {}).get("token") != self.token:
@@ -109,9 +109,9 @@ class _GroupWorker:
             torch.set_num_threads(self.plan.model_threads)
         self.runner = ModelRunner(net, self.plan.batch_size, loaded.keep_policy, dev, int(cfg.num_frames),
                                   int(cfg.image_size))
-        self.out, self.run = Path(spec.out), run
+        self.out, self.run = out_path(spec.out), run
         self.writer_options = {"part_rows": spec.part_rows, "commit_interval_s": spec.commit_interval_s,
-                               "before_commit": _Fence(Path(spec.out), token)}
+                               "before_commit": _Fence(out_path(spec.out), token)}
         self.writer: store.RunWriter | None = None  # the current group's
         self.write_s = 0.0  # of the groups' writers before the current one
         self.timeout_s = spec.timeout_s

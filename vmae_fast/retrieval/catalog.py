@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..faults import InvalidInput, UnusableOutput
+from ..store import out_path
 from ..video import VIDEO_EXTENSIONS
 from .index import LEVELS, Index, clip_vector
 from .search import resolve_media_path
@@ -81,7 +82,7 @@ class Catalog:
     """The indexes of OUT and everything a query needs (see the module docstring). Thread-safe for queries."""
 
     def __init__(self, out: str | os.PathLike, *, check: bool = True):
-        self.out = Path(out)
+        self.out = out_path(out)
         self.levels: dict[str, _Level] = {"clip": _Level(Index.load(out, "clip", check=check))}
         if Index.paths(out, "video")["manifest"].is_file():
             self.levels["video"] = _Level(Index.load(out, "video", check=check))

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from ..faults import UnusableOutput
 from ..store.layout import dedup_files, write_atomic
+from ..store.storage import out_path
 from .index import LEVELS, Index, data_fingerprint, stream_rows
 from .plan import faiss_search
 
@@ -315,7 +316,7 @@ def find_groups(out: str | os.PathLike, level: str = "video", threshold: float |
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     log = log or (lambda message: None)
-    out = Path(out)
+    out = out_path(out)
     searcher = _Searcher(out, level, exact, batch_size, log)
     n = searcher.n
 

@@ -44,13 +44,13 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..faults import InvalidInput, UnusableOutput
 from ..store import CLIPS_DIR, VideoAccumulator
-from ..store.layout import clip_parts, index_dir, run_path, video_part_of
+from ..store.layout import atomic_file, clip_parts, index_dir, run_path, video_part_of, write_atomic
+from ..store.storage import dataset, out_path, parquet_file, read_metadata, read_schema, read_table
 from .plan import (
     KINDS,
     RECALL_K,
@@ -106,7 +106,7 @@ class Match:
 # --- data fingerprint ------------------------------------------------------------------------------------------------
 def clip_files(out: str | os.PathLike) -> list[Path]:
     """The committed clips parts of OUT in reading order (store.layout.clip_parts); ValueError when there are none."""
-    out = Path(out)
+    out = out_path(out)
     if not out.is_dir():
         raise UnusableOutput(f"output folder {str(out)!r} does not exist")
     files = clip_parts(out)
@@ -125,10 +125,10 @@ def data_fingerprint(out: str | os.PathLike) -> dict[str, Any]:
     row count under the same run configuration would go unnoticed; extract never does that (parts are immutable and a
     new configuration changes _run.json).
     """
-    out = Path(out)
+    out = out_path(out)
     parts = []
     for f in clip_files(out):
-        parts.append([f.name, f.stat().st_size, pq.ParquetFile(f).metadata.num_rows])
+        parts.append([f.name, f.stat().st_size, read_metadata(f).num_rows])
     run_file = run_path(out)
     run_sha = None
     if run_file.is_file():  # the row-affecting configuration; _run.json's timestamps may change on a resume
@@ -188,7 +188,7 @@ def _scan(files: list[Path], columns: list[str], batch_size: int) -> Iterator:
     the pyarrow.dataset scanner decodes whole row groups (extract may write 100k-row ones: ~1 GB at 768-d).
     """
     for f in files:
-        with pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20) as parquet:
+        with parquet_file(f, pre_buffer=False, buffer_size=1 << 20) as parquet:
             for batch in parquet.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
                 if batch.num_rows:
                     yield batch
@@ -371,9 +371,9 @@ class Index:
             raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
         log = log or (lambda message: None)
         t0 = time.perf_counter()
-        out = Path(out)
+        out = out_path(out)
         fingerprint = data_fingerprint(out)
-        schema = pq.read_schema(out / CLIPS_DIR / fingerprint["parts"][0][0])
+        schema = read_schema(out / CLIPS_DIR / fingerprint["parts"][0][0])
         dim = _embedding_dim(schema)
         meta_cols = [c for c in META_COLUMNS if c in schema.names]
         if sum(rows for _, _, rows in fingerprint["parts"]) == 0:
@@ -486,18 +486,17 @@ class Index:
         return {"faiss": base / f"{level}.faiss", "ids": base / f"{level}.ids.parquet",
                 "manifest": base / f"{level}.json"}
 
-    def _save(self, out: Path) -> None:
+    def _save(self, out) -> None:
 
         paths = self.paths(out, self.level)
         paths["faiss"].parent.mkdir(parents=True, exist_ok=True)
         paths["manifest"].unlink(missing_ok=True)  # the manifest is written last: no manifest = no usable index
-        faiss.write_index(self.faiss_index, str(paths["faiss"]) + ".tmp")
-        os.replace(str(paths["faiss"]) + ".tmp", paths["faiss"])
-        pq.write_table(self.metadata, str(paths["ids"]) + ".tmp")
-        os.replace(str(paths["ids"]) + ".tmp", paths["ids"])
-        tmp = paths["manifest"].with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(tmp, paths["manifest"])
+        # each file whole (store.layout.atomic_file: temp + rename locally, one object on an object store)
+        with atomic_file(paths["faiss"], f"{paths['faiss'].name}.tmp") as f:
+            faiss.write_index(self.faiss_index, faiss.PyCallbackIOWriter(f.write))
+        with atomic_file(paths["ids"], f"{paths['ids'].name}.tmp") as f:
+            pq.write_table(self.metadata, f)
+        write_atomic(paths["manifest"], json.dumps(self.manifest, indent=1).encode(), f"{self.level}.json.tmp")
 
     @classmethod
     def load(cls, out: str | os.PathLike, level: str = "clip", *, check: bool = True) -> Index:
@@ -524,8 +523,9 @@ class Index:
                     f"the {level}-level index in {str(out)!r} was built from other data "
                     f"({_describe_change(manifest['fingerprint'], now)}); {how} with `vmae-fast index {out}{level_opt}`"
                 )
-        faiss_index = faiss.read_index(str(paths["faiss"]))
-        metadata = pq.read_table(paths["ids"])
+        with paths["faiss"].open("rb") as f:  # through the store (a local file or an object)
+            faiss_index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+        metadata = read_table(paths["ids"])
         if faiss_index.ntotal != manifest["rows"] or metadata.num_rows != manifest["rows"]:
             raise StaleIndexError(f"index files in {paths['faiss'].parent} are inconsistent; rebuild with "
                                   f"`vmae-fast index {out}{level_opt} --rebuild`")
@@ -655,7 +655,7 @@ def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_col
 
 def _center_rows(path: Path) -> int:
     """Rows of a clips part with crop_index 1 (reads that one int8 column)."""
-    return int(pc.sum(pc.equal(pq.read_table(path, columns=["crop_index"]).column("crop_index"), 1)).as_py() or 0)
+    return int(pc.sum(pc.equal(read_table(path, columns=["crop_index"]).column("crop_index"), 1)).as_py() or 0)
 
 
 def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
@@ -679,7 +679,7 @@ def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size
     for f in files:
         table_part = video_part_of(f)
         if table_part.is_file():
-            table = pq.read_table(table_part, columns=["embedding", *_VIDEO_META])
+            table = read_table(table_part, columns=["embedding", *_VIDEO_META])
             vectors.append(_batch_vectors(table.column("embedding").combine_chunks(), dim))
         else:
             acc = VideoAccumulator(dim)
@@ -702,12 +702,12 @@ def stream_rows(out: str | os.PathLike, level: str = "clip", part_order: list[st
     a batch at a time; video level: one row per video, one part's videos at a time (`_video_vectors`)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    out = Path(out)
+    out = out_path(out)
     if part_order is None:
         part_order = [f.name for f in clip_files(out)]
     if not part_order:
         return
-    schema = pq.read_schema(out / CLIPS_DIR / part_order[0])
+    schema = read_schema(out / CLIPS_DIR / part_order[0])
     dim = _embedding_dim(schema)
     meta_cols = [c for c in META_COLUMNS if c in schema.names]
     files = [out / CLIPS_DIR / name for name in part_order]
@@ -728,12 +728,12 @@ def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int,
     """The stored embedding (float32 (D,)) and metadata of one clip of OUT; ValueError naming what is missing.
     With several crops per clip (extract --crops 3), crop_index picks the view (default: 1, the center)."""
     files = clip_files(out)
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
-    dim = _embedding_dim(dataset.schema)
-    cols = [c for c in META_COLUMNS if c in dataset.schema.names]
+    parts = dataset(files, format="parquet")
+    dim = _embedding_dim(parts.schema)
+    cols = [c for c in META_COLUMNS if c in parts.schema.names]
     if "video_id" not in cols or "clip_index" not in cols:
         raise UnusableOutput("clips have no video_id/clip_index columns; cannot look up a clip")
-    table = dataset.to_table(columns=["embedding", *cols], filter=pc.field("video_id") == video_id)
+    table = parts.to_table(columns=["embedding", *cols], filter=pc.field("video_id") == video_id)
     if table.num_rows == 0:
         raise InvalidInput(f"no video {video_id!r} in {str(out)!r}")
     hit = table.filter(pc.equal(table.column("clip_index"), clip_index))

@@ -179,7 +179,7 @@ def resolve_media_path(out: str | os.PathLike, path: str | None) -> str | None:
     """A match's `path` as stored by extract (absolute, or relative to where extract ran): the first that exists."""
     if not path:
         return None
-    candidates = [Path(path), Path(out) / path, Path(out).parent / path]
+    candidates = [Path(path)] if store.is_url(out) else [Path(path), Path(out) / path, Path(out).parent / path]
     for c in candidates:
         if c.is_file():
             return os.fspath(c)

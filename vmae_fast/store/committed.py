@@ -14,32 +14,31 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..ids import KeySet, id_keys, shards_of
 from .layout import CLIPS_DIR, ERRORS_DIR, Part, list_parts
+from .storage import out_path, parquet_file, read_table
 
 SAMPLE = 64  # ids of a part checked to tell whether it holds one shard's ids (committed_ids)
 
 
-def _row_group_ids(path: Path) -> Iterator[list[str]]:
+def _row_group_ids(path) -> Iterator[list[str]]:
     """Distinct video_ids of each row group of a part (from its dictionary when the column is dictionary-encoded),
     one row group at a time: memory holds one group's ids (a video's clips may span two groups: repeats are
     dropped later)."""
-    f = pq.ParquetFile(path, read_dictionary=["video_id"])
-    for g in range(f.metadata.num_row_groups):
-        column = f.read_row_group(g, columns=["video_id"]).column("video_id")
-        pieces = [chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk for chunk in column.chunks]
-        if pieces:
-            yield pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
+    with parquet_file(path, read_dictionary=["video_id"]) as f:
+        for g in range(f.metadata.num_row_groups):
+            column = f.read_row_group(g, columns=["video_id"]).column("video_id")
+            pieces = [chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk for chunk in column.chunks]
+            if pieces:
+                yield pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in pieces])).to_pylist()
 
 
-def _holds_one_shard(path: Path, part: Part, num_shards: int) -> bool:
+def _holds_one_shard(path, part: Part, num_shards: int) -> bool:
     """True when `part` is a shard's part whose first SAMPLE distinct ids all belong to the shard its name gives:
     it was written by that shard of this shard count (a part written under another count, or an old output's Ray
     group under a shard name, mixes shards, and SAMPLE of its ids land in one shard with probability <= 2^-64; a
@@ -47,10 +46,10 @@ def _holds_one_shard(path: Path, part: Part, num_shards: int) -> bool:
     part is read whole and filtered. A Ray group's part (by its name) is never one shard's."""
     if part.group or part.number >= num_shards:
         return False
-    f = pq.ParquetFile(path, read_dictionary=["video_id"])
-    if f.metadata.num_row_groups == 0:
-        return False
-    column = f.read_row_group(0, columns=["video_id"]).column("video_id")
+    with parquet_file(path, read_dictionary=["video_id"]) as f:
+        if f.metadata.num_row_groups == 0:
+            return False
+        column = f.read_row_group(0, columns=["video_id"]).column("video_id")
     chunk = column.chunk(0) if column.num_chunks else None
     if chunk is None:
         return False
@@ -67,7 +66,7 @@ def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *
     A part whose sampled ids show it holds one other shard's ids is skipped after reading its first row group; a
     part of this shard is taken whole; any other part (a Ray group's, one of another shard count) is read whole and
     its ids hashed to keep this shard's: resuming costs about this shard's share of OUT."""
-    out = Path(out)
+    out = out_path(out)
     folders = [out / CLIPS_DIR] + ([out / ERRORS_DIR] if include_errors else [])
     keys = []
     for folder in folders:
@@ -84,11 +83,11 @@ def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *
 
 def committed_video_ids(out: str | os.PathLike) -> set[str]:
     """video_ids present in any committed clips or errors part, of any shard (a video is never in two parts)."""
-    out = Path(out)
+    out = out_path(out)
     done: set[str] = set()
     for d in (out / CLIPS_DIR, out / ERRORS_DIR):
         for part in list_parts(d):
-            column = pq.read_table(d / part.name, columns=["video_id"]).column("video_id")
+            column = read_table(d / part.name, columns=["video_id"]).column("video_id")
             done.update(column.unique().to_pylist())
     return done
 
@@ -97,7 +96,7 @@ def group_outcomes(out: str | os.PathLike, first_group: int) -> tuple[Counter, i
     """What the Ray groups numbered >= first_group (one driver's run) committed: (parts per video_id over the clips
     and errors parts, clip rows, video_ids with an error row). A correct run has every video of its groups in one
     part exactly."""
-    out = Path(out)
+    out = out_path(out)
     parts: Counter = Counter()
     rows = 0
     failed: set[str] = set()
@@ -105,7 +104,7 @@ def group_outcomes(out: str | os.PathLike, first_group: int) -> tuple[Counter, i
         for part in list_parts(out / d):
             if not part.group or part.number < first_group:
                 continue
-            ids = pq.read_table(out / d / part.name, columns=["video_id"]).column("video_id")
+            ids = read_table(out / d / part.name, columns=["video_id"]).column("video_id")
             parts.update(ids.unique().to_pylist())
             if d == CLIPS_DIR:
                 rows += len(ids)

@@ -1,16 +1,23 @@
 """One writer per shard: an exclusive lock file OUT/_locks/shard-<i>.lock, taken before a run touches OUT.
 
 Two processes writing the same shard (a requeued SLURM job beside a rerun) would compute the same next part number
-and os.replace each other's parts: lost and duplicated rows. The lock file is created with O_CREAT | O_EXCL (atomic
-on local file systems and NFSv3+) and holds who took it: host, boot id, pid, the pid's start time, when, the
-command. A process that finds the file:
+and replace each other's parts: lost and duplicated rows. The lock file is created only if absent
+(layout.create_file: O_CREAT | O_EXCL on a local folder, atomic on local file systems and NFSv3+; a conditional
+create on an object store, S3 If-None-Match: *, GCS ifGenerationMatch=0, Azure If-None-Match: *) and holds who took
+it: host, boot id, pid, the pid's start time, when, the command, a random token. A process that finds the file:
 
 - same host, and its holder is dead (no such pid, the pid now belongs to a younger process, or the host has been
-  rebooted since): the lock is stale and taken over. Under a short flock(2) guard, the file is removed only if it
-  still holds the stale content, so of several processes racing for a stale lock exactly one wins.
+  rebooted since): the lock is stale and taken over. The file is removed only if it still holds the stale content
+  (local: under a short flock(2) guard, so of several processes racing for a stale lock exactly one wins; object
+  store: checked then deleted, see fence), then created again only if absent.
 - same host, holder alive: ShardLocked (one line, exit 2), naming the pid and the command.
 - another host: its liveness cannot be checked from here; ShardLocked names the host, pid and time and says
   `--break-lock` (break_lock=True) takes it over when that job is known to be gone.
+
+The token is the fencing token: the writer checks before each commit that the lock file still holds it (fence, the
+store writer's before_commit hook), so a process whose lock was taken over (--break-lock of a job that was not
+gone, or the check-then-delete race of an object store) stops before writing instead of writing beside the new
+holder.
 
 "_locks" starts with "_", so Parquet readers (pyarrow datasets, Spark) skip it, and `*.parquet` globs never see it.
 """
@@ -26,8 +33,9 @@ import time
 import uuid
 from pathlib import Path
 
-from ..faults import ShardLocked
-from .layout import lock_path
+from ..faults import EnvironmentFault, ShardLocked
+from .layout import create_file, lock_path
+from .storage import backend, out_path
 
 _EMPTY_GRACE_S = 5.0  # an empty or unreadable lock file older than this: its creator died before writing it
 _held: set[str] = set()  # lock files this process holds now (a leaked one of an earlier call is stale)
@@ -64,7 +72,7 @@ class ShardLock:
     """with ShardLock(out, shard): ... holds OUT/_locks/shard-<shard>.lock; acquire() raises ShardLocked."""
 
     def __init__(self, out: str | os.PathLike, shard: int, *, break_lock: bool = False):
-        self.out, self.shard, self.break_lock = Path(out), int(shard), break_lock
+        self.out, self.shard, self.break_lock = out_path(out), int(shard), break_lock
         self.path = lock_path(self.out, self.shard)
         self.token: str | None = None
 
@@ -92,33 +100,45 @@ class ShardLock:
         raise ShardLocked(f"could not take {self.path}: other processes keep taking it")
 
     def release(self) -> None:
-        """Remove the lock file if it is still this object's (idempotent)."""
+        """Remove the lock file if it is still this object's (idempotent). A store that does not answer leaves the
+        file (the release runs on the way out of a run that failed, often for that very reason): the next run on
+        this host finds its holder dead and takes it over; elsewhere, --break-lock."""
         if self.token is None:
             return
-        holder = self._read()
-        if holder is not None and holder.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        _held.discard(str(self.path))
-        self.token = None
+        try:
+            holder = self._read()
+            if holder is not None and holder.get("token") == self.token:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        except EnvironmentFault:
+            pass
+        finally:
+            _held.discard(str(self.path))
+            self.token = None
 
     # internals
     def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
         token = uuid.uuid4().hex
         info = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
                 "pid_start": _pid_start(os.getpid()), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "token": token, "command": " ".join(sys.argv)[:500]}
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(info))
-            f.flush()
-            os.fsync(f.fileno())
+        if not create_file(self.path, json.dumps(info).encode()):
+            holder = self._read()  # an object store's create retried after a lost answer finds its own object
+            if holder is None or holder.get("token") != token:
+                return False
         self.token = token
         _held.add(str(self.path))
         return True
+
+    def fence(self) -> None:
+        """Raise ShardLocked unless the lock file still holds this object's token: called before every commit (the
+        writer's before_commit), so a writer whose lock was taken over writes nothing more."""
+        holder = self._read()
+        if self.token is None or holder is None or holder.get("token") != self.token:
+            who = "removed" if holder is None else (f"taken over by pid {holder.get('pid')} on host "
+                                                    f"{holder.get('host')} since {holder.get('started_utc', '?')}")
+            raise ShardLocked(f"the lock of shard {self.shard} of {self.out} ({self.path}) was {who}; this run stops "
+                              "without writing more: another process writes this shard now")
 
     def _read(self) -> dict | None:
         try:
@@ -161,13 +181,4 @@ class ShardLock:
 
     def _remove_if_unchanged(self, holder: dict | None) -> None:
         """Remove the stale lock file, unless another process replaced it meanwhile (then the loop looks again)."""
-        import fcntl
-
-        guard = os.open(self.path.parent / ".guard", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            if self._read() == holder:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-        finally:
-            os.close(guard)  # closing releases the flock
+        backend(self.path).remove_if(self.path, lambda: self._read() == holder)

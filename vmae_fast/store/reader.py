@@ -5,31 +5,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .layout import ERRORS_DIR, clip_parts, has_video_table, list_parts, load_run, video_parts
 from .schemas import TOP, error_schema, file_metadata, schemas_for_run, video_schema
+from .storage import out_path, parquet_file, read_schema, read_table
 from .videos import VideoAccumulator
 
 
-def _read_parts(directory: Path, columns: list[str] | None = None):
+def _read_parts(directory, columns: list[str] | None = None):
 
-    return [pq.read_table(directory / part.name, columns=columns) for part in list_parts(directory)]
+    return [read_table(directory / part.name, columns=columns) for part in list_parts(directory)]
 
 
 def read_clip_part(path: str | os.PathLike, columns: list[str] | None = None):
     """One clips part as a pyarrow Table; a part of format 1 (no crop_index: every row is the center crop) gets
     crop_index = 1 after clip_index, so old and new outputs read alike."""
 
-    names = pq.read_schema(path).names
+    names = read_schema(path).names
     if "crop_index" in names:
-        return pq.read_table(path, columns=columns)
+        return read_table(path, columns=columns)
     wanted = None if columns is None else [c for c in columns if c != "crop_index"]
-    table = pq.read_table(path, columns=wanted)
+    table = read_table(path, columns=wanted)
     if columns is not None and "crop_index" not in columns:
         return table
     ones = pa.array(np.ones(table.num_rows, np.int8), pa.int8())
@@ -41,7 +40,7 @@ def read_clip_part(path: str | os.PathLike, columns: list[str] | None = None):
     return table.add_column(at, field, ones)
 
 
-def _read_clip_parts(out: Path, columns: list[str] | None = None):
+def _read_clip_parts(out, columns: list[str] | None = None):
     return [read_clip_part(path, columns) for path in clip_parts(out)]
 
 
@@ -59,7 +58,7 @@ def read_clips(out: str | os.PathLike, columns: list[str] | None = None):
     (video_id, clip_index, crop_index); parts of format 1 (before crops) read with crop_index 1.
     """
 
-    tables = _read_clip_parts(Path(out), columns)
+    tables = _read_clip_parts(out_path(out), columns)
     if not tables:
         return _empty(schemas_for_run(load_run(out))[0], columns)
     return pa.concat_tables(tables)
@@ -68,7 +67,7 @@ def read_clips(out: str | os.PathLike, columns: list[str] | None = None):
 def read_errors(out: str | os.PathLike):
     """All error rows of OUT (path, video_id, stage, error, attempts) as one pyarrow Table."""
 
-    tables = _read_parts(Path(out) / ERRORS_DIR)
+    tables = _read_parts(out_path(out) / ERRORS_DIR)
     if not tables:
         return _empty(error_schema())
     return pa.concat_tables(tables)
@@ -77,7 +76,7 @@ def read_errors(out: str | os.PathLike):
 def read_embeddings(out: str | os.PathLike):
     """(metadata Table without `embedding`, float32 numpy (n, D)) with rows in the same order as read_clips(out)."""
 
-    out = Path(out)
+    out = out_path(out)
     paths = clip_parts(out)
     tables = [read_clip_part(path) for path in paths]
     if not tables:
@@ -111,7 +110,7 @@ def aggregate_clip_part(path: str | os.PathLike, id2label: dict | None, dim: int
     without OUT/videos (written before the video table existed). duration_s is then the span of the views."""
 
     acc = VideoAccumulator(dim, num_labels)
-    with pq.ParquetFile(path) as f:
+    with parquet_file(path) as f:
         names = set(f.schema_arrow.names)
         wanted = [c for c in ("video_id", "path", "clip_index", "crop_index", "start_s", "end_s", "embedding",
                               "logits") if c in names]
@@ -130,10 +129,10 @@ def aggregate_clip_part(path: str | os.PathLike, id2label: dict | None, dim: int
 def iter_videos(out: str | os.PathLike, columns: list[str] | None = None) -> Iterator:
     """pyarrow Tables of video rows, one per committed part, in (shard, seq) order (see read_videos)."""
 
-    out = Path(out)
+    out = out_path(out)
     if has_video_table(out):
         for path in video_parts(out):
-            yield pq.read_table(path, columns=columns)
+            yield read_table(path, columns=columns)
         return
     id2label, dim, num_labels = run_labels(out)  # an output from before the video table: aggregate its clips
     for path in clip_parts(out):

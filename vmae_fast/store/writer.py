@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from .layout import (
     temp_name,
 )
 from .schemas import schemas_for_run, video_schema_for_run
+from .storage import out_path, read_table
 from .videos import columns_table, video_columns
 
 
@@ -63,7 +63,7 @@ class PartWriter:
     with group=True `part-g<group>-<seq>` (layout.part_name); numbering goes on after the writer's committed parts."""
 
     def __init__(self, directory: str | os.PathLike, shard: int, schema, *, group: bool = False):
-        self.directory = Path(directory)
+        self.directory = out_path(directory)  # pathlib.Path, or storage.ObjectPath on an object store
         self.shard, self.group = shard, group
         self.schema = schema
         if group:  # a group's parts are found by name: no listing of a folder that holds a whole cluster's parts
@@ -80,11 +80,11 @@ class PartWriter:
         """A pyarrow Table with this writer's schema from column arrays (the schema's names; extra keys ignored)."""
         return pa.Table.from_pydict({name: columns[name] for name in self.schema.names}, schema=self.schema)
 
-    def write(self, columns: dict[str, Any]) -> Path:
+    def write(self, columns: dict[str, Any]):
         """Write one part from column arrays (names and order of the schema); returns the committed path."""
         return self.write_table(self.table(columns))
 
-    def write_table(self, table, seq: int | None = None) -> Path:
+    def write_table(self, table, seq: int | None = None):
         """Write one part holding `table` (with this writer's schema), as part <seq> (default: the next); returns
         the committed path. A given seq is how a videos part takes the number of the clips part it belongs to."""
         seq = self.next_seq if seq is None else seq
@@ -119,11 +119,11 @@ class RunWriter:
     actor of a driver that was replaced stops at its next commit).
     """
 
-    def __init__(self, out: Path, run: dict, shard: int, *, group: bool = False, part_rows: int = 100_000,
+    def __init__(self, out, run: dict, shard: int, *, group: bool = False, part_rows: int = 100_000,
                  part_bytes: int = 256 << 20, commit_interval_s: float = 60.0,
                  before_commit: Callable[[], None] | None = None):
         clip_schema_, error_schema_ = schemas_for_run(run)
-        out = Path(out)
+        out = out_path(out)
         self.clips = PartWriter(out / CLIPS_DIR, shard, clip_schema_, group=group)
         self.videos = PartWriter(out / VIDEOS_DIR, shard, video_schema_for_run(run), group=group)
         self.errors = PartWriter(out / ERRORS_DIR, shard, error_schema_, group=group)
@@ -143,7 +143,7 @@ class RunWriter:
         self.write_s = 0.0
 
     @classmethod
-    def for_group(cls, out: Path, run: dict, group: int, **options) -> RunWriter:
+    def for_group(cls, out, run: dict, group: int, **options) -> RunWriter:
         """The writer of Ray group `group` (options as RunWriter's). A retried group (its actor was lost) writes on
         after the parts its earlier attempts committed, whose video_ids are in `writer.committed` for the retry to
         skip; the orphan videos part of a commit that died half-way, and the temporary files at the next numbers,
@@ -151,7 +151,7 @@ class RunWriter:
         writer = cls(out, run, group, group=True, **options)
         for part in (writer.clips, writer.errors):
             for path in group_attempt(part.directory, group):
-                writer.committed.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique()
+                writer.committed.update(read_table(path, columns=["video_id"]).column("video_id").unique()
                                         .to_pylist())
             (part.directory / temp_name(part.name(part.next_seq))).unlink(missing_ok=True)
         videos, seq = writer.videos, writer.clips.next_seq  # the video table's part shares the clips part's number
