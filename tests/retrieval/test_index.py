@@ -93,7 +93,7 @@ def test_video_level_is_the_mean_of_its_clip_embeddings(small_out):
         assert (top.start_s, top.end_s) == (0.0, 2.0 * top.num_clips)
 
 
-def write_video_table(out, replace=None) -> None:
+def write_video_table(out, replace=None, row_group_size=None) -> None:
     """OUT/videos/<name> for every OUT/clips/<name>: the video rows extract commits with the clips (views.py's
     aggregation of that part); replace(embedding float32 (n, D)) -> other vectors, to tell the table from the clips."""
     from vmae_fast.store import VIDEOS_DIR
@@ -110,7 +110,7 @@ def write_video_table(out, replace=None) -> None:
                 table.schema.field("embedding"),
                 pa.FixedSizeListArray.from_arrays(pa.array(new.ravel()), type=column.type),
             )
-        pq.write_table(table, out / VIDEOS_DIR / part.name)
+        pq.write_table(table, out / VIDEOS_DIR / part.name, row_group_size=row_group_size)
 
 
 def test_video_level_reads_the_video_table_when_it_exists(small_out):
@@ -371,6 +371,132 @@ def test_build_memory_stays_bounded(tmp_path, monkeypatch):
     # the id-map columns kept for the index (~60 B a row). numpy: a batch and its normalized copy.
     assert pool.max_memory() < 8 * batch_bytes + 100 * n
     assert numpy_peak < 3 * batch_bytes
+
+
+def test_video_build_memory_stays_bounded(tmp_path, monkeypatch):
+    """The video level streams like the clip level: 20 000 videos of 768-d in a video table (61 MB of embeddings) in
+    4 parts of 5 000-row row groups, read 500 rows at a time: numpy never holds more than a batch and its normalized
+    copy (the build before this one concatenated every video's vector, then normalized them all: 2 x 61 MB), Arrow a
+    few batches plus the id map's columns. Measured as test_build_memory_stays_bounded measures the clip level."""
+    n, dim, batch = 20_000, 768, 500
+    vectors, video = clustered_vectors(n, dim, seed=3, max_clips=1)  # one clip a video: the video table is n rows
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video, parts=4, row_group_size=5000)
+    del vectors
+    write_video_table(out, row_group_size=5000)
+    rows_seen, normalized = [], []
+    real_batch, real_normalize = index_module._batch_vectors, index_module.normalize
+    monkeypatch.setattr(index_module, "_batch_vectors", lambda col, d: rows_seen.append(len(col)) or real_batch(col, d))
+    monkeypatch.setattr(index_module, "normalize", lambda x: normalized.append(len(x)) or real_normalize(x))
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    _KEEP_ALIVE.append(pool)
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    tracemalloc.start()
+    try:
+        index = Index.build(out, level="video", kind="flat", batch_size=batch, save=False)
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    batch_bytes = batch * dim * 4
+    print(f"peak arrow {pool.max_memory() / 1e6:.1f} MB, numpy {numpy_peak / 1e6:.1f} MB, "
+          f"batch {batch_bytes / 1e6:.1f} MB, data {n * dim * 4 / 1e6:.0f} MB")
+    assert len(index) == n and index.metadata.num_rows == n
+    assert max(rows_seen) <= batch and max(normalized) <= batch and sum(normalized) == n
+    assert pool.max_memory() < 8 * batch_bytes + 100 * n
+    assert numpy_peak < 3 * batch_bytes
+
+
+def test_training_sample_is_picked_and_compacted_in_place():
+    """The build holds its training sample once: _Rows.pick fills one array in one pass, _take_rows moves the training
+    rows to its front in place. Both must give exactly the rows fancy indexing gives, in chunks of 8192 and across
+    them (idx[j] >= j: a row is read before anything overwrites it), and pick must notice data shorter than counted."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30_000, 5)).astype(np.float32)
+    rows = index_module._Rows.from_array(x, batch_size=999)
+    union = np.unique(rng.integers(0, len(x), 20_000))
+    picked = rows.pick(union)
+    np.testing.assert_array_equal(picked, x[union])
+    keep = np.sort(rng.choice(len(union), len(union) - 700, replace=False))
+    moved = index_module._take_rows(picked, keep)
+    np.testing.assert_array_equal(moved, x[union[keep]])
+    assert moved.flags.c_contiguous and np.shares_memory(moved, picked)
+    short = index_module._Rows(len(x) + 5, 5, rows.batches)  # counted 5 rows more than the data has
+    with pytest.raises(RuntimeError, match="picked 1 of 2 rows"):
+        short.pick(np.array([0, len(x) + 1]))
+
+
+def _old_video_rows(files, dim, meta_cols, batch_size):
+    """The video level as index.py built it before it streamed (e3db56a's _video_vectors, verbatim but for names):
+    every video's vector and metadata concatenated in memory, normalized at once, then sliced into batches."""
+    from vmae_fast.store import VideoAccumulator
+
+    video_meta = ("video_id", "path", "start_s", "end_s", "num_clips")
+    vectors, tables = [], []
+    for f in files:
+        table_part = f.parent.parent / "videos" / f.name
+        if table_part.is_file():
+            table = pq.read_table(table_part, columns=["embedding", *video_meta])
+            vectors.append(index_module._batch_vectors(table.column("embedding").combine_chunks(), dim))
+        else:
+            acc = VideoAccumulator(dim)
+            for batch in index_module._scan([f], ["embedding", *meta_cols], batch_size):
+                cols = {c: batch.column(c).to_pylist() for c in ("path", "clip_index", "start_s", "end_s")
+                        if c in meta_cols}
+                acc.add(batch.column("video_id").to_pylist(),
+                        index_module._batch_vectors(batch.column("embedding"), dim), **cols)
+            table = acc.table()
+            vectors.append(table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim))
+        tables.append(table.select([c for c in video_meta if c in ("video_id", "num_clips") or c in meta_cols]))
+    x = index_module.normalize(np.concatenate(vectors))
+    return index_module._Rows.from_array(x, pa.concat_tables(tables), batch_size)
+
+
+@pytest.mark.parametrize("source", ["video table", "clips", "clips with 3 crops"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_streamed_video_build_equals_the_in_memory_build(tmp_path, monkeypatch, kind, source):
+    """The streamed video level builds the index the in-memory build built (_old_video_rows): the same FAISS index
+    byte for byte (rows, vectors, trained quantizers and codes), the same id map, the same measured recall and tuned
+    setting, the same search results; batches of 23 rows straddle parts and videos."""
+    faiss = pytest.importorskip("faiss")
+    vectors, video = clustered_vectors(1500, 32, seed=4, topics=20, max_clips=3)
+    out = tmp_path / "out"
+    side = None
+    if source == "clips with 3 crops":
+        rng = np.random.default_rng(8)
+        side = tuple(unit(vectors + 0.3 * rng.standard_normal(vectors.shape) / np.sqrt(32)) for _ in range(2))
+    write_dataset(out, vectors, video, parts=4, side_views=side)
+    if source == "video table":
+        write_video_table(out)
+    streamed = Index.build(out, level="video", kind=kind, batch_size=23, tune_queries=100)
+    with monkeypatch.context() as m:
+        m.setattr(index_module, "_level_rows",
+                  lambda out, level, part_order, dim, meta_cols, batch_size: _old_video_rows(
+                      [out / "clips" / name for name in part_order], dim, meta_cols, batch_size))
+        in_memory = Index.build(out, level="video", kind=kind, batch_size=23, tune_queries=100, save=False,
+                                rebuild=True)
+    n_videos = int(video[-1]) + 1
+    assert len(streamed) == len(in_memory) == n_videos and streamed.kind == kind
+    assert faiss.serialize_index(streamed.faiss_index).tobytes() == \
+        faiss.serialize_index(in_memory.faiss_index).tobytes()
+    assert streamed.metadata.equals(in_memory.metadata)
+    assert streamed.metadata.column("num_clips").to_pylist() == np.bincount(video).tolist()
+    timed = ("latency_ms_p50", "latency_ms_p99", "batch_ms_per_query")  # the rest: recall, setting, tried, ...
+    assert {k: v for k, v in streamed.quality.items() if k not in timed} == \
+        {k: v for k, v in in_memory.quality.items() if k not in timed}
+    queries = queries_near(unit(np.stack([vectors[video == v].mean(0) for v in range(0, n_videos, 7)])), 60, seed=1)
+    loaded = Index.load(out, level="video")
+    assert _keys(loaded.search(queries, 10)) == _keys(in_memory.search(queries, 10))
+    # what dedup reads: the same rows, batch by batch, with their metadata
+    parts = sorted((out / "clips").glob("part-*.parquet"))
+    meta_cols = [c for c in index_module.META_COLUMNS if c in pq.read_schema(parts[0]).names]
+    old = list(_old_video_rows(parts, 32, meta_cols, 23).batches(with_metadata=True))
+    rows = list(index_module.stream_rows(out, "video", batch_size=23))
+    assert [first for first, _, _ in rows] == np.cumsum([0] + [len(x) for _, x, _ in rows[:-1]]).tolist()
+    assert max(len(x) for _, x, _ in rows) <= 23 and all(len(x) == meta.num_rows for _, x, meta in rows)
+    np.testing.assert_array_equal(np.concatenate([x for _, x, _ in rows]), np.concatenate([x for _, x, _ in old]))
+    assert pa.concat_tables([meta for _, _, meta in rows]).equals(pa.concat_tables([meta for _, _, meta in old]))
 
 
 def test_stale_index_is_refused(small_out):

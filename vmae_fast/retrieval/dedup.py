@@ -21,7 +21,7 @@ How:
    The rule looks at the output only: it knows no model, so it means the same for random and real weights.
 3. Groups: union-find over the edges above the threshold, streamed batch by batch. Memory beyond the index: per row
    8 bytes (the union-find parent), 4 (its best similarity) and 4 (its number of clips), and the index's row map, so
-   10^7 videos take ~160 MB; never the vectors of more than one batch (or one part's videos).
+   10^7 videos take ~160 MB; never the vectors of more than one batch (stream_rows: the video level too).
 4. Per group: the representative is the member with the most clips (the longest: an original beside its trims), then
    the first in the output's order; `similarity` is a member's highest cosine similarity to another member.
 """

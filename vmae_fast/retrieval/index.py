@@ -196,8 +196,8 @@ def _scan(files: list[Path], columns: list[str], batch_size: int) -> Iterator:
 
 class _Rows:
     """The vectors of an index in row order, read as (first row, unit vectors float32 (b, D), metadata Table | None)
-    batches: streamed from clip part files (clip level) or sliced from an array held in memory (vectors, video
-    level)."""
+    batches: streamed from clip part files (clip level), from video parts or one clips part's aggregation at a time
+    (video level), or sliced from an array held in memory (from_vectors)."""
 
     def __init__(self, n: int, dim: int, batches: Callable[[bool], Iterator]):
         self.n, self.dim, self._batches = n, dim, batches
@@ -206,13 +206,18 @@ class _Rows:
         return self._batches(with_metadata)
 
     def pick(self, rows: np.ndarray) -> np.ndarray:
-        """The unit vectors of the given sorted row numbers, float32 (len(rows), D), in one pass."""
-        picked = []
+        """The unit vectors of the given sorted, distinct row numbers (all < n), float32 (len(rows), D), in one pass,
+        filled into one array (no list of pieces to concatenate: the pick is held once)."""
+        picked = np.empty((len(rows), self.dim), np.float32)
+        filled = 0
         for first, x, _ in self.batches():
             lo, hi = np.searchsorted(rows, [first, first + len(x)])
             if hi > lo:
-                picked.append(x[rows[lo:hi] - first])
-        return np.concatenate(picked) if picked else np.zeros((0, self.dim), np.float32)
+                picked[lo:hi] = x[rows[lo:hi] - first]
+                filled += hi - lo
+        if filled != len(rows):
+            raise RuntimeError(f"picked {filled} of {len(rows)} rows: the data has fewer rows than {self.n} counted")
+        return picked
 
     @classmethod
     def from_array(cls, x: np.ndarray, metadata=None, batch_size: int = 65_536) -> _Rows:
@@ -358,8 +363,9 @@ class Index:
         holds an index of this level built with the same kind and parameters, and OUT only gained part files since,
         only their rows are added (trained IVF quantizers kept) and recall is measured again; it is rebuilt instead
         when a part was removed or rewritten, the run configuration changed, the data grew past RETRAIN_GROWTH times
-        the rows it was trained on, or rebuild=True. Memory beyond the index: one batch, the training sample, the
-        held-out queries (and for level "video" one running sum per video, the size of the index itself).
+        the rows it was trained on, or rebuild=True. Memory beyond the index: the row map (the metadata of every row,
+        as Arrow columns), one batch, the training sample (held once), the held-out queries; at level "video" of an
+        output without a video table also one clips part's running sums. Never every row's vector.
         """
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -391,12 +397,11 @@ class Index:
                     index._save(out)
                 return index
         part_order = [name for name, _, _ in fingerprint["parts"]]
-        rows, metadata = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
+        rows = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
         plan = plan_index(rows.n, dim, kind, max_memory, **params)
         log(f"{plan['kind']} ({plan['factory']}) for {rows.n} {level}s of {dim} dims: {plan['why']}")
-        faiss_index, collected, quality = _build_faiss(rows, plan, target_recall, tune_queries, _fixed_setting(params),
-                                                       progress=progress, with_metadata=metadata is None)
-        metadata = collected if metadata is None else metadata
+        faiss_index, metadata, quality = _build_faiss(rows, plan, target_recall, tune_queries, _fixed_setting(params),
+                                                      progress=progress, with_metadata=True)
         index = cls(faiss_index, metadata, kind=plan["kind"], level=level, params=plan, setting=quality["setting"],
                     quality=quality)
         if len(index) != rows.n or metadata.num_rows != rows.n:
@@ -430,7 +435,7 @@ class Index:
             return None
         train_rows = previous["train"]["rows"]
         part_order = previous["part_order"] + changes["added"]
-        rows, new_meta = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
+        rows = _level_rows(out, level, part_order, dim, meta_cols, batch_size)
         if rows.n > RETRAIN_GROWTH * train_rows:
             log(f"rebuilding: {rows.n} rows outgrew the {train_rows} the index was planned and trained for "
                 f"(> {RETRAIN_GROWTH:g}x)")
@@ -449,24 +454,24 @@ class Index:
         _, qrows, _ = _sample_rows(rows.n, 0, tune_queries, previous["train"])
         queries, added_meta = [], []
         bar = _progress(rows.n - old_n, "add", progress)
-        for first, x, meta in rows.batches(with_metadata=new_meta is None):
+        old_ids = old.metadata.column("video_id") if level == "video" else None
+        for first, x, meta in rows.batches(with_metadata=True):
             lo, hi = np.searchsorted(qrows, [first, first + len(x)])
             if hi > lo:
                 queries.append(x[qrows[lo:hi] - first])
+            if old_ids is not None and first < old_n:  # the indexed videos must be the rows they were
+                seen = min(len(x), old_n - first)
+                if not meta.column("video_id").slice(0, seen).equals(old_ids.slice(first, seen)):
+                    bar.close()
+                    log("rebuilding: new parts add clips to videos already in the index")
+                    return None
             if first + len(x) > old_n:
                 skip = max(0, old_n - first)
                 old.faiss_index.add(x[skip:])
-                if meta is not None:
-                    added_meta.append(meta.slice(skip))
+                added_meta.append(meta.slice(skip))
                 bar.update(len(x) - skip)
         bar.close()
-        if new_meta is None:
-            metadata = pa.concat_tables([old.metadata, *added_meta]) if added_meta else old.metadata
-        elif new_meta.slice(0, old_n).column("video_id").equals(old.metadata.column("video_id")):
-            metadata = new_meta
-        else:  # a new part holds clips of a video indexed before: its vector changed
-            log("rebuilding: new parts add clips to videos already in the index")
-            return None
+        metadata = pa.concat_tables([old.metadata, *added_meta]) if added_meta else old.metadata
         queries = np.concatenate(queries) if queries else np.zeros((0, dim), np.float32)
         quality = _measure(old.faiss_index, rows, old.params, queries, target_recall, _fixed_setting(params), progress)
         if len(old) != rows.n or metadata.num_rows != rows.n:
@@ -587,15 +592,14 @@ def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixe
     exact_kind = plan["kind"] == "flat"
     train_size = 0 if index.is_trained else int(plan.get("train_size") or min(rows.n, 100_000))
     train, qrows, rule = _sample_rows(rows.n, train_size, 0 if exact_kind else tune_queries)
-    picked = rows.pick(np.union1d(train, qrows)) if len(train) or len(qrows) else None
-    if picked is not None:
+    queries = np.zeros((0, rows.dim), np.float32)
+    if len(train) or len(qrows):
         union = np.union1d(train, qrows)
+        picked = rows.pick(union)
         queries = picked[np.searchsorted(union, qrows)]
-        if not index.is_trained:
-            index.train(picked[np.searchsorted(union, train)])
+        if not index.is_trained:  # the training rows moved to the front in place: the sample is held once
+            index.train(_take_rows(picked, np.searchsorted(union, train)))
         del picked
-    else:
-        queries = np.zeros((0, rows.dim), np.float32)
     meta, probes = [], []
     bar = _progress(rows.n, "index", progress)
     for _, x, m in rows.batches(with_metadata=with_metadata):
@@ -612,6 +616,17 @@ def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixe
     quality = _measure(index, rows, plan, queries, target, fixed, progress)
     quality["train_rule"] = rule
     return index, metadata, quality
+
+
+def _take_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """x[idx] for increasing row numbers idx, moved to the front of x in place (x is overwritten); returns that
+    view, C-contiguous. In place because the training sample is the largest thing a build holds besides the index
+    (655,360 rows of 768 floats = 2 GB for IVF16384 at 10^7 rows). Safe: every chunk's rows are copied (the right
+    side of the assignment) before they are written, and idx[j] >= j, so no row is overwritten before it is read."""
+    for s in range(0, len(idx), 8192):
+        chunk = idx[s:s + 8192]
+        x[s:s + len(chunk)] = x[chunk]
+    return x[: len(idx)]
 
 
 def _measure(index, rows: _Rows, plan: dict, queries: np.ndarray, target: float, fixed: dict, progress) -> dict:
@@ -637,20 +652,20 @@ def _previous_manifest(out: Path, level: str) -> dict | None:
     return manifest if manifest.get("format") == FORMAT_VERSION and "train" in manifest else None
 
 
-def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_cols: list[str], batch_size: int):
-    """(rows, metadata Table or None) of a level over the named part files, in that order. Clip level streams (its
-    metadata is collected while adding): one row per clip, its center view (crop_index 1) when the clips have
-    several crops (extract --crops 3; the side views count in the video level); video level is computed here, in
-    one place (`_video_rows`)."""
+def _level_rows(out: Path, level: str, part_order: list[str], dim: int, meta_cols: list[str],
+                batch_size: int) -> _Rows:
+    """The rows of a level over the named part files, in that order, streamed (their metadata is collected while
+    adding). Clip level: one row per clip, its center view (crop_index 1) when the clips have several crops
+    (extract --crops 3; the side views count in the video level); video level: one row per video (`_video_rows`)."""
     files = [out / CLIPS_DIR / name for name in part_order]
     if level == "video":
         return _video_rows(files, dim, meta_cols, batch_size)
     if "crop_index" in meta_cols:
         n = sum(_center_rows(f) for f in files)
-        return _Rows.from_parts(files, n, dim, meta_cols, batch_size, center_only=True), None
+        return _Rows.from_parts(files, n, dim, meta_cols, batch_size, center_only=True)
     fingerprint_rows = {name: rows for name, _, rows in data_fingerprint(out)["parts"]}
     n = sum(fingerprint_rows[name] for name in part_order)
-    return _Rows.from_parts(files, n, dim, meta_cols, batch_size), None
+    return _Rows.from_parts(files, n, dim, meta_cols, batch_size)
 
 
 def _center_rows(path: Path) -> int:
@@ -658,48 +673,68 @@ def _center_rows(path: Path) -> int:
     return int(pc.sum(pc.equal(read_table(path, columns=["crop_index"]).column("crop_index"), 1)).as_py() or 0)
 
 
-def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
-    """Video level: one unit vector per video, its video embedding (the mean of its views' embeddings, views.py)
-    normalized, with metadata video_id, path, start_s (first view start), end_s (last view end), num_clips; videos in
-    part order. A clips part's videos come from the video table (OUT/videos/<same name>) when it exists, else they
-    are aggregated from the part's clips with the same arithmetic (outputs written before the video table)."""
-    vectors, metadata = _video_vectors(files, dim, meta_cols, batch_size)
-    return _Rows.from_array(normalize(vectors), metadata, batch_size), metadata
-
-
-# --- helpers -----------------------------------------------------------------------------------------------
+# --- video level -----------------------------------------------------------------------------------------------------
 _VIDEO_META = ("video_id", "path", "start_s", "end_s", "num_clips")
 
 
-def _video_vectors(files: list[Path], dim: int, meta_cols: list[str], batch_size: int):
-    """(video embeddings float32 (n, D), not normalized; metadata Table) over the clips parts `files`, in order."""
+def _video_rows(files: list[Path], dim: int, meta_cols: list[str], batch_size: int, count: bool = True) -> _Rows:
+    """Video level: one unit vector per video, its video embedding (the mean of its views' embeddings, views.py)
+    normalized, with metadata video_id, path, start_s (first view start), end_s (last view end), num_clips; videos in
+    part order, streamed: a clips part's videos come from the video table (OUT/videos/<same name>) when it exists,
+    batch_size rows at a time, else they are aggregated from the part's clips with the same arithmetic (outputs
+    written before the video table; one part's running sums held at a time). count: count the videos first (footers
+    of the video table, else the distinct video ids of each clips part) for n; stream_rows does not need n."""
     if "video_id" not in meta_cols:
         raise UnusableOutput("clips have no 'video_id' column; cannot build a video-level index")
-    vectors, tables = [], []
-    for f in files:
-        table_part = video_part_of(f)
-        if table_part.is_file():
-            table = read_table(table_part, columns=["embedding", *_VIDEO_META])
-            vectors.append(_batch_vectors(table.column("embedding").combine_chunks(), dim))
-        else:
-            acc = VideoAccumulator(dim)
-            for batch in _scan([f], ["embedding", *meta_cols], batch_size):
-                cols = {c: batch.column(c).to_pylist() for c in ("path", "clip_index", "start_s", "end_s")
-                        if c in meta_cols}
-                acc.add(batch.column("video_id").to_pylist(), _batch_vectors(batch.column("embedding"), dim), **cols)
-            table = acc.table()
-            vectors.append(table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim))
-        tables.append(table.select([c for c in _VIDEO_META if c in ("video_id", "num_clips") or c in meta_cols]))
-    metadata = pa.concat_tables(tables) if tables else None
-    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), metadata
+    keep = [c for c in _VIDEO_META if c in ("video_id", "num_clips") or c in meta_cols]
+
+    def batches(with_metadata):
+        first = 0
+        for f in files:
+            for x, meta in _video_part(f, dim, meta_cols, keep, batch_size, with_metadata):
+                yield first, normalize(x), meta
+                first += len(x)
+
+    return _Rows(sum(_video_count(f) for f in files) if count else 0, dim, batches)
+
+
+def _video_count(clips_part: Path) -> int:
+    """Videos of a clips part: its video table's row count (a footer), else its distinct video ids."""
+    table_part = video_part_of(clips_part)
+    if table_part.is_file():
+        return read_metadata(table_part).num_rows
+    ids = read_table(clips_part, columns=["video_id"]).column("video_id")
+    return int(pc.count_distinct(ids).as_py())
+
+
+def _video_part(clips_part: Path, dim: int, meta_cols: list[str], keep: list[str], batch_size: int,
+                with_metadata: bool) -> Iterator[tuple[np.ndarray, Any]]:
+    """(video embeddings float32 (b, D), not normalized; metadata Table of the `keep` columns or None) batches of the
+    videos of one clips part, in the part's order."""
+    table_part = video_part_of(clips_part)
+    if table_part.is_file():
+        for batch in _scan([table_part], ["embedding", *keep] if with_metadata else ["embedding"], batch_size):
+            meta = pa.Table.from_batches([batch.select(keep)]) if with_metadata else None
+            yield _batch_vectors(batch.column("embedding"), dim), meta
+        return
+    acc = VideoAccumulator(dim)
+    for batch in _scan([clips_part], ["embedding", *meta_cols], batch_size):
+        cols = {c: batch.column(c).to_pylist() for c in ("path", "clip_index", "start_s", "end_s") if c in meta_cols}
+        acc.add(batch.column("video_id").to_pylist(), _batch_vectors(batch.column("embedding"), dim), **cols)
+    table = acc.table()
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    meta = table.select(keep) if with_metadata else None
+    del table, acc
+    for s in range(0, len(vectors), batch_size):
+        yield vectors[s:s + batch_size], meta.slice(s, batch_size) if with_metadata else None
 
 
 def stream_rows(out: str | os.PathLike, level: str = "clip", part_order: list[str] | None = None,
                 batch_size: int = 65_536) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
     """The rows of a level as an index of OUT holds them, streamed: (first row, unit vectors float32 (b, D), metadata
     Table of b rows) batches in index row order, over the clips parts named by part_order (an index's
-    manifest["part_order"]; default every committed part, sorted). Clip level: one row per clip (its center view),
-    a batch at a time; video level: one row per video, one part's videos at a time (`_video_vectors`)."""
+    manifest["part_order"]; default every committed part, sorted). Clip level: one row per clip (its center view);
+    video level: one row per video (`_video_rows`); at most batch_size rows a batch."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     out = out_path(out)
@@ -713,14 +748,9 @@ def stream_rows(out: str | os.PathLike, level: str = "clip", part_order: list[st
     files = [out / CLIPS_DIR / name for name in part_order]
     if level == "clip":
         rows = _Rows.from_parts(files, 0, dim, meta_cols, batch_size, center_only="crop_index" in meta_cols)
-        yield from rows.batches(with_metadata=True)
-        return
-    first = 0
-    for f in files:
-        vectors, metadata = _video_vectors([f], dim, meta_cols, batch_size)
-        for s in range(0, len(vectors), batch_size):
-            yield first + s, normalize(vectors[s:s + batch_size]), metadata.slice(s, batch_size)
-        first += len(vectors)
+    else:
+        rows = _video_rows(files, dim, meta_cols, batch_size, count=False)
+    yield from rows.batches(with_metadata=True)
 
 
 def clip_vector(out: str | os.PathLike, video_id: str, clip_index: int,
