@@ -14,6 +14,14 @@ components at each threshold: dedup's own rule, checked against find_groups at a
 
     python tools/bench_dedup.py [--work /tmp/dedup-bench] [--seeds 0 1] [--json bench/results/dedup-planted.json]
     python tools/bench_dedup.py --memory-rows 1000000 [--json bench/results/dedup-memory-1m.json]
+    flock -x /tmp/vmae-cpu.lock python tools/bench_dedup.py --video-memory 100000 1000000 --dim 768 --kind ivfpq \
+        --before /tmp/videoindex-before [--json bench/results/dedup-video-memory.json]
+
+--video-memory: the peak RSS of `vmae-fast index OUT --level video` and `vmae-fast dedup OUT --level video`, each in
+a fresh process, over synthetic outputs of that many videos with their video table (tests/helpers/synthetic_out.py
+write_video_output), beside a process that only imports the modules and one that only loads the built index (the
+floor: the index and its id map); with --before DIR the same commands run the code of another checkout too (e.g. a
+worktree of main before a change), in their own processes, on the same outputs.
 
 What it can show: whether the pipeline (embedding, neighbours, the threshold rule, components) separates copies of
 a video from other videos that look alike, with these weights. What it cannot: how a real checkpoint behaves, or
@@ -27,6 +35,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -256,6 +265,74 @@ def memory(work: Path, rows: int, dim: int = 32) -> dict:
             "dedup_extra_mb": round(extra, 1), "bytes_per_row": round(extra * 2 ** 20 / rows, 1)}
 
 
+VIDEO_CHILD = """
+import json, resource, sys, time, io, contextlib
+sys.path.insert(0, {code!r})
+out, mode, argv = {out!r}, {mode!r}, {argv!r}
+t0 = time.perf_counter()
+import faiss, numpy, pyarrow  # noqa: the libraries every mode loads
+import vmae_fast
+from vmae_fast import cli
+from vmae_fast.retrieval import Index, find_groups  # noqa
+result = {{"code": vmae_fast.__file__}}
+if mode == "load":
+    index = Index.load(out, "video")
+    result.update(rows=len(index), metadata_bytes=index.metadata.nbytes, describe=index.describe())
+elif mode in ("index", "dedup"):
+    screen = io.StringIO()
+    with contextlib.redirect_stdout(screen):
+        status = cli.main([mode, out, "--level", "video", *argv])
+    result.update(status=status, stdout=screen.getvalue()[-600:])
+    if mode == "dedup":  # --json: the summary
+        summary = json.loads(screen.getvalue())
+        result.update(stdout=None, found={{k: summary[k] for k in ("rows", "groups", "members", "search")}})
+result.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              s=round(time.perf_counter() - t0, 1))
+print(json.dumps(result))
+"""
+
+
+def _child(code: str, out: Path, mode: str, argv: list[str]) -> dict:
+    """One fresh process running `mode` (imports, load, index, dedup) with the code of checkout `code`."""
+    done = subprocess.run([sys.executable, "-c", VIDEO_CHILD.format(code=code, out=str(out), mode=mode, argv=argv)],
+                          capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} with {code} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["log"] = done.stderr.strip()[-600:]
+    return result
+
+
+def video_memory(work: Path, videos: int, dim: int, kind: str, threshold: float, codes: dict[str, str]) -> dict:
+    """Peak RSS of `index --level video` and `dedup --level video` over `videos` synthetic videos for each checkout in
+    `codes` ({"before": DIR, "after": DIR}), fresh processes, beside the import-only and load-only floors."""
+    from tests.helpers.synthetic_out import write_video_output
+
+    out = work / f"video-memory-{videos}-{dim}"
+    ready = out / "clips" / ".complete"
+    if not ready.is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        planted = write_video_output(out, videos, dim, parts=8)
+        ready.write_text(json.dumps({**planted, "write_s": round(time.perf_counter() - t0, 1)}))
+    planted = json.loads(ready.read_text())
+    runs = {}
+    for name, code in codes.items():
+        run = {"imports": _child(code, out, "imports", [])}
+        run["index"] = _child(code, out, "index", ["--kind", kind, "--rebuild"])
+        run["load"] = _child(code, out, "load", [])
+        run["dedup"] = _child(code, out, "dedup", ["--threshold", str(threshold), "--use-index", "--json"])
+        floor, base = run["load"]["peak_rss_mb"], run["imports"]["peak_rss_mb"]
+        for step in ("index", "dedup"):
+            run[step]["above_imports_bytes_per_video"] = round((run[step]["peak_rss_mb"] - base) * 2 ** 20 / videos, 1)
+            run[step]["above_loaded_index_mb"] = round(run[step]["peak_rss_mb"] - floor, 1)
+        run["load"]["above_imports_bytes_per_video"] = round((floor - base) * 2 ** 20 / videos, 1)
+        runs[name] = run
+    files = {p.name: p.stat().st_size for p in sorted((out / "index").glob("video.*"))}
+    return {"videos": videos, "dim": dim, "kind": kind, "threshold": threshold, "parts": 8,
+            "planted_copies": planted["copies"], "index_files_bytes": files, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/vmae-dedup-bench", help="folder for the videos, models and OUTs")
@@ -263,8 +340,33 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="random weights, one run each")
     parser.add_argument("--memory-rows", type=int,
                         help="instead: dedup's peak memory over this many synthetic clips (IVF index, streamed)")
+    parser.add_argument("--video-memory", type=int, nargs="+", metavar="VIDEOS",
+                        help="instead: peak RSS of `index --level video` and `dedup --level video` at these sizes")
+    parser.add_argument("--dim", type=int, default=768, help="--video-memory: embedding dimension")
+    parser.add_argument("--kind", default="ivfpq", help="--video-memory: index kind (`vmae-fast index --kind`)")
+    parser.add_argument("--threshold", type=float, default=0.99, help="--video-memory: dedup --threshold")
+    parser.add_argument("--before", metavar="DIR", help="--video-memory: also run the code of this checkout")
     args = parser.parse_args()
     work = Path(args.work)
+    if args.video_memory:
+        codes = {"before": str(Path(args.before).resolve())} if args.before else {}
+        codes["after"] = str(ROOT)
+        env = environment()
+        if args.before:
+            env["before_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.before, capture_output=True,
+                                                  text=True).stdout.strip()
+        result = {"what": "peak RSS (ru_maxrss) of `vmae-fast index OUT --level video` and `vmae-fast dedup OUT "
+                          "--level video --use-index --threshold T`, each in a fresh process, beside one that only "
+                          "imports and one that only loads the built index",
+                  "sizes": [], **env, "load_avg_1m_start": os.getloadavg()[0],
+                  "command": "python tools/bench_dedup.py " + " ".join(sys.argv[1:])}
+        for videos in args.video_memory:
+            result["sizes"].append(video_memory(work, videos, args.dim, args.kind, args.threshold, codes))
+            result["load_avg_1m_end"] = os.getloadavg()[0]
+            print(json.dumps(result["sizes"][-1], indent=1), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return
     if args.memory_rows:
         result = {"what": "peak RSS of find_groups (clip level, threshold given, IVF index) minus loading the index",
                   **memory(work, args.memory_rows), **environment(),
