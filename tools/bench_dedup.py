@@ -19,9 +19,12 @@ components at each threshold: dedup's own rule, checked against find_groups at a
 
 --video-memory: the peak RSS of `vmae-fast index OUT --level video` and `vmae-fast dedup OUT --level video`, each in
 a fresh process, over synthetic outputs of that many videos with their video table (tests/helpers/synthetic_out.py
-write_video_output), beside a process that only imports the modules and one that only loads the built index (the
-floor: the index and its id map); with --before DIR the same commands run the code of another checkout too (e.g. a
-worktree of main before a change), in their own processes, on the same outputs.
+write_video_output), beside a process that only loads the built index (the floor: the index and its id map). Each
+process imports first (torch, faiss: ~480 MB), then resets its peak (Linux: /proc/self/clear_refs "5" resets
+VmHWM) and reports the step's peak above the RSS left after the imports, so that no peak of the imports can hide a
+smaller step. With --before DIR the same commands run the code of another checkout too (e.g. a worktree of main before a
+change), in their own processes, on the same outputs; --steps picks the processes (e.g. `--steps imports index load`
+to leave out dedup's long neighbour search at 10^6).
 
 What it can show: whether the pipeline (embedding, neighbours, the threshold rule, components) separates copies of
 a video from other videos that look alike, with these weights. What it cannot: how a real checkpoint behaves, or
@@ -274,20 +277,30 @@ import faiss, numpy, pyarrow  # noqa: the libraries every mode loads
 import vmae_fast
 from vmae_fast import cli
 from vmae_fast.retrieval import Index, find_groups  # noqa
-result = {{"code": vmae_fast.__file__}}
+
+
+def status(key):
+    line = [s for s in open("/proc/self/status").read().splitlines() if s.startswith(key + ":")][0]
+    return round(int(line.split()[1]) / 1024, 1)
+
+
+# importing peaks above what stays resident (torch, faiss): measure the step from here, not from that peak
+result = {{"code": vmae_fast.__file__, "import_peak_rss_mb": status("VmHWM"), "rss_after_imports_mb": status("VmRSS")}}
+open("/proc/self/clear_refs", "w").write("5")  # Linux: resets VmHWM (the peak RSS) to the current RSS
 if mode == "load":
     index = Index.load(out, "video")
     result.update(rows=len(index), metadata_bytes=index.metadata.nbytes, describe=index.describe())
 elif mode in ("index", "dedup"):
     screen = io.StringIO()
     with contextlib.redirect_stdout(screen):
-        status = cli.main([mode, out, "--level", "video", *argv])
-    result.update(status=status, stdout=screen.getvalue()[-600:])
+        status_code = cli.main([mode, out, "--level", "video", *argv])
+    result.update(status=status_code, stdout=screen.getvalue()[-600:])
     if mode == "dedup":  # --json: the summary
         summary = json.loads(screen.getvalue())
         result.update(stdout=None, found={{k: summary[k] for k in ("rows", "groups", "members", "search")}})
-result.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              s=round(time.perf_counter() - t0, 1))
+result.update(peak_rss_mb=status("VmHWM"), s=round(time.perf_counter() - t0, 1),
+              ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+result["above_imports_mb"] = round(result["peak_rss_mb"] - result["rss_after_imports_mb"], 1)
 print(json.dumps(result))
 """
 
@@ -303,7 +316,8 @@ def _child(code: str, out: Path, mode: str, argv: list[str]) -> dict:
     return result
 
 
-def video_memory(work: Path, videos: int, dim: int, kind: str, threshold: float, codes: dict[str, str]) -> dict:
+def video_memory(work: Path, videos: int, dim: int, kind: str, threshold: float, codes: dict[str, str],
+                 steps: list[str]) -> dict:
     """Peak RSS of `index --level video` and `dedup --level video` over `videos` synthetic videos for each checkout in
     `codes` ({"before": DIR, "after": DIR}), fresh processes, beside the import-only and load-only floors."""
     from tests.helpers.synthetic_out import write_video_output
@@ -317,16 +331,18 @@ def video_memory(work: Path, videos: int, dim: int, kind: str, threshold: float,
         ready.write_text(json.dumps({**planted, "write_s": round(time.perf_counter() - t0, 1)}))
     planted = json.loads(ready.read_text())
     runs = {}
+    argv = {"imports": [], "index": ["--kind", kind, "--rebuild"], "load": [],
+            "dedup": ["--threshold", str(threshold), "--use-index", "--json"]}
     for name, code in codes.items():
-        run = {"imports": _child(code, out, "imports", [])}
-        run["index"] = _child(code, out, "index", ["--kind", kind, "--rebuild"])
-        run["load"] = _child(code, out, "load", [])
-        run["dedup"] = _child(code, out, "dedup", ["--threshold", str(threshold), "--use-index", "--json"])
-        floor, base = run["load"]["peak_rss_mb"], run["imports"]["peak_rss_mb"]
-        for step in ("index", "dedup"):
-            run[step]["above_imports_bytes_per_video"] = round((run[step]["peak_rss_mb"] - base) * 2 ** 20 / videos, 1)
-            run[step]["above_loaded_index_mb"] = round(run[step]["peak_rss_mb"] - floor, 1)
-        run["load"]["above_imports_bytes_per_video"] = round((floor - base) * 2 ** 20 / videos, 1)
+        run = {step: _child(code, out, step, argv[step]) for step in steps}
+        for step, r in run.items():
+            if step != "imports":
+                r["above_imports_bytes_per_video"] = round(r["above_imports_mb"] * 2 ** 20 / videos, 1)
+        if "load" in run:
+            for step in ("index", "dedup"):
+                if step in run:
+                    run[step]["above_loaded_index_mb"] = round(run[step]["above_imports_mb"]
+                                                               - run["load"]["above_imports_mb"], 1)
         runs[name] = run
     files = {p.name: p.stat().st_size for p in sorted((out / "index").glob("video.*"))}
     return {"videos": videos, "dim": dim, "kind": kind, "threshold": threshold, "parts": 8,
@@ -346,6 +362,9 @@ def main() -> None:
     parser.add_argument("--kind", default="ivfpq", help="--video-memory: index kind (`vmae-fast index --kind`)")
     parser.add_argument("--threshold", type=float, default=0.99, help="--video-memory: dedup --threshold")
     parser.add_argument("--before", metavar="DIR", help="--video-memory: also run the code of this checkout")
+    parser.add_argument("--steps", nargs="+", default=["imports", "index", "load", "dedup"],
+                        choices=["imports", "index", "load", "dedup"],
+                        help="--video-memory: the processes to run, in this order (dedup needs a built index)")
     args = parser.parse_args()
     work = Path(args.work)
     if args.video_memory:
@@ -361,7 +380,7 @@ def main() -> None:
                   "sizes": [], **env, "load_avg_1m_start": os.getloadavg()[0],
                   "command": "python tools/bench_dedup.py " + " ".join(sys.argv[1:])}
         for videos in args.video_memory:
-            result["sizes"].append(video_memory(work, videos, args.dim, args.kind, args.threshold, codes))
+            result["sizes"].append(video_memory(work, videos, args.dim, args.kind, args.threshold, codes, args.steps))
             result["load_avg_1m_end"] = os.getloadavg()[0]
             print(json.dumps(result["sizes"][-1], indent=1), flush=True)
             if args.json:
