@@ -21,6 +21,10 @@ from tests.helpers.kernel_target import kernel_target
 
 _DEVICE, _INTERPRET = kernel_target(torch.cuda.is_available(), os.environ.get("TRITON_INTERPRET"))
 os.environ["TRITON_INTERPRET"] = _INTERPRET
+# every Ray cluster a test starts (and every process it starts) listens on 127.0.0.1 only: Ray 2.60 turns
+# ray.init(_node_ip_address="127.0.0.1") into the routable address and binds every port on all interfaces, unless
+# told it is a one-machine cluster (read when ray is imported: before any test module imports it)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def pytest_report_header(config):

@@ -43,8 +43,9 @@ KEY = ("video_id", "clip_index", "crop_index")
 
 @pytest.fixture(scope="module")
 def cluster():
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"  # tests/conftest.py: loopback only
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-             logging_level="WARNING")
+             logging_level="WARNING", _node_ip_address="127.0.0.1")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -137,7 +138,7 @@ def test_rows_errors_run_file_and_schema_equal_the_local_engine(tmp_path, cluste
         got, want = videos(tmp_path / "ray"), videos(tmp_path / "local")
         assert [r["video_id"] for r in got] == [r["video_id"] for r in want]
         np.testing.assert_allclose([r["embedding"] for r in got], [r["embedding"] for r in want], atol=ATOL, rtol=0)
-    # a group's parts are numbered from 0 under the group's number, above the driver's own (discovery errors)
+    # a group's parts are numbered from 0 under the group's number
     assert all(seqs == list(range(len(seqs))) for seqs in group_parts(tmp_path / "ray").values())
     assert all(p.group for d in ("clips", "videos", "errors") for p in store.list_parts(tmp_path / "ray" / d))
     assert no_temp_files(tmp_path / "ray") == []
@@ -293,11 +294,13 @@ def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt,
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
-    fence = ray_engine._Fence(out, ray_engine._take_over(out))
+    token = "a" * 32
+    ray_engine._take_over(out, token)
+    fence = ray_engine._Fence(out, token)
     writer = store.RunWriter.for_group(out, store.load_run(out), 99, before_commit=fence)
     assert writer.committed == set()
     writer.add_error("/x.mp4", "x.mp4", "open", "test", 1)
-    ray_engine._take_over(out)  # a new driver
+    ray_engine._take_over(out, "b" * 32)  # a new driver
     with pytest.raises(RuntimeError, match="belongs to another run"):
         writer.flush()
     assert not (out / "errors" / "part-g000099-000000.parquet").exists()
@@ -343,6 +346,77 @@ def test_an_old_ray_output_resumes_with_group_names_beside_its_old_parts(tmp_pat
     summary = extract([inputs], out, engine="ray", ray_options={"actors": 1, "cpus_per_actor": 1, "group_videos": 3},
                       **RESUME)
     assert (summary["videos_skipped"], summary["videos_ok"], summary["videos_failed"]) == (8, 0, 1)
-    # group 1 (no old part has a group name: base 0, the driver's own, had nothing to write)
-    assert [p.name for p in store.list_parts(out / "errors")] == ["part-g000001-000000.parquet"]
+    # group 0: no old part has a group name, so this driver numbers its groups from 0
+    assert [p.name for p in store.list_parts(out / "errors")] == ["part-g000000-000000.parquet"]
     assert rows_of(out) == before and store.committed_video_ids(out) == COMMITTED | {"broken.mp4"}
+
+
+# --- the streaming driver ------------------------------------------------------------------------------------------
+def test_list_files_stream_through_rays_readers_with_the_local_engines_rules(tmp_path, cluster, ckpt, small_videos,
+                                                                             reference):
+    """The same 8 videos named by a .parquet list (video_id given), a .csv (relative paths, start_s/end_s empty)
+    and a .txt (comments, blank lines, absolute paths) read by Ray's readers: the same rows as the local engine
+    reading the folder; then a list naming a video twice stops the run with the id and both lists named."""
+    import pyarrow as pa
+
+    paths = sorted(p for p in small_videos.rglob("*.mp4"))
+    ids = [p.relative_to(small_videos).as_posix() for p in paths]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    pq.write_table(pa.table({"path": [str(p) for p in paths[:3]], "video_id": ids[:3]}), lists / "a.parquet")
+    rel = [os.path.relpath(p, lists) for p in paths[3:6]]
+    (lists / "b.csv").write_text("path,video_id,start_s,end_s\n" +
+                                 "".join(f"{r},{i},,\n" for r, i in zip(rel, ids[3:6], strict=True)))
+    (lists / "c.txt").write_text("# the rest\n\n" + "".join(f"{p}\n" for p in paths[6:]))
+    c_ids = [str(p) for p in paths[6:]]  # a .txt list's video_id is the path as written
+    summary = extract([lists / "a.parquet", lists / "b.csv", lists / "c.txt"], tmp_path / "out", model=ckpt, **RAY)
+    assert (summary["videos"], summary["videos_ok"], summary["videos_skipped"]) == (8, 8, 0)
+    renamed = {c: i for c, i in zip(c_ids, ids[6:], strict=True)}
+    got = [{**r, "video_id": renamed.get(r["video_id"], r["video_id"])} for r in rows_of(tmp_path / "out")]
+    got = sorted(got, key=lambda r: tuple(r.get(k, 1) for k in KEY))
+    want = rows_of(reference)
+    assert [r["video_id"] for r in got] == [r["video_id"] for r in want]
+    for row, ref in zip(got, want, strict=True):
+        np.testing.assert_allclose(row["embedding"], ref["embedding"], atol=ATOL, rtol=0)
+        assert Path(row["path"]).resolve() == Path(ref["path"]).resolve()
+    # resume: every entry of every list is committed; a list naming one of them twice is refused by the coordinator
+    again = extract([lists / "a.parquet", lists / "b.csv", lists / "c.txt"], tmp_path / "out", model=ckpt, **RAY)
+    assert (again["videos_skipped"], again["groups"]) == (8, 0)
+    pq.write_table(pa.table({"path": [str(paths[0])], "video_id": [ids[3]]}), lists / "d.parquet")
+    with pytest.raises(ValueError, match=rf"video_id '{ids[3]}' appears twice \(.*b.csv and .*d.parquet\)|"
+                                         rf"video_id '{ids[3]}' appears twice \(.*d.parquet and .*b.csv\)"):
+        extract([lists / "b.csv", lists / "d.parquet"], tmp_path / "out2", model=ckpt, **RAY)
+
+
+def test_the_coordinator_answers_a_rerun_batch_alike_and_refuses_a_repeated_id(tmp_path, ckpt, reference,
+                                                                                monkeypatch):
+    """_Coordinator without a cluster: OUT prepared from the first run handed to it (its committed ids skipped),
+    groups numbered from next_group, a batch asked again under the same task key gets the same groups (a task Ray
+    re-runs after a node loss), an id met twice is answered with where it was met first."""
+    from vmae_fast.ids import id_keys
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
+    spec = ray_engine.RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray")
+    coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
+    run = store.load_run(reference)
+    assert coordinator.prepare(run) == run and coordinator.base == store.layout.next_group(out)
+    done = sorted(store.committed_video_ids(reference))
+    ids = [done[0], "new/a.mp4", "new/b.mp4", done[1], "new/c.mp4"]
+    keys, sources = id_keys(ids), np.zeros(len(ids), np.int32)
+    first = coordinator.admit(("task1", 0), "d1", keys, sources)
+    assert first[0] == "ok" and first[1] == coordinator.base
+    assert first[2].tolist() == [False, True, True, False, True]  # 3 to do: groups base, base + 1
+    assert coordinator.next == coordinator.base + 2
+    again = coordinator.admit(("task1", 0), "d1", keys, sources)  # the same task, re-run
+    assert again[1] == first[1] and again[2].tolist() == first[2].tolist() and coordinator.next == first[1] + 2
+    repeat = coordinator.admit(("task2", 0), "d2", id_keys(["x.mp4", "new/b.mp4"]), np.array([1, 1], np.int32))
+    assert repeat == ("repeat", 1, 0)  # entry 1 was met first in input 0
+    counts = coordinator.take()["counts"]
+    assert (counts["entries"], counts["skipped"], counts["admitted"], counts["groups"]) == (5, 2, 3, 2)
+    other = {**run, "config_hash": "0" * 16, "config": {**run["config"], "keep": "tube:0.5"}}
+    from vmae_fast.faults import UserError
+
+    with pytest.raises(UserError, match="another configuration.*keep"):
+        coordinator.prepare(other)

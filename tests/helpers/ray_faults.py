@@ -61,3 +61,26 @@ def decode_slow(task, sampling, image_size, backend="auto", **options):
     if "vmae-test-slow" in Path(task.path).name:
         time.sleep(6)
     yield from decode_clips(task, sampling, image_size, backend, **options)
+
+
+def decode_hold_for_node_loss(task, sampling, image_size, backend="auto", **options):
+    """A task whose file name contains "vmae-test-nodeloss", on its first attempt only: writes `<file>.holding`
+    (the pids above this decode worker: its forkserver, the actor, the actor's raylet...) and waits for the test to
+    remove the node it runs on (its raylet killed: this worker dies with it). Later attempts, and every other task,
+    decode like decode_clips."""
+    if "vmae-test-nodeloss" in Path(task.path).name and _first_attempt(task.path):
+        chain, pid = [], os.getpid()
+        for _ in range(8):
+            pid = _parent_of(pid)
+            if pid <= 1:
+                break
+            chain.append(pid)
+        Path(task.path + ".holding").write_text(json.dumps({"ancestors": chain}))
+        time.sleep(120)  # the node is removed meanwhile
+    yield from decode_clips(task, sampling, image_size, backend, **options)
+
+
+def decode_paced(task, sampling, image_size, backend="auto", **options):
+    """Every task waits 1 s before decoding: a run long enough for nodes added mid-run to get actors."""
+    time.sleep(1.0)
+    yield from decode_clips(task, sampling, image_size, backend, **options)

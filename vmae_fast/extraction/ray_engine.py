@@ -1,59 +1,88 @@
 """`vmae-fast extract --engine ray`: the local engine's extraction on a Ray cluster, through Ray Data. A peer of
 local_engine.py: both run a RunSpec (spec.py) through the engine-independent core (core.py).
 
-The driver (this process) discovers the inputs, skips what OUT already holds, cuts the rest into groups of
-`group_videos` videos and feeds them to `ray.data.from_items(groups).map_batches(_GroupWorker, concurrency=n)`.
+The job is one streaming Ray Data pipeline; the driver (this process) starts it and watches it, and holds nothing
+per video:
+
+    inputs (ray_inputs.py: Ray's readers, a streaming folder walk) -> entries with their id keys, in read tasks
+      -> _admit: the resume filter and the duplicate check (_Coordinator), groups of `group_videos` cut and numbered
+      -> one group a block -> _GroupWorker actors (ActorPoolStrategy): decode, model, write the group's parts
+
 A _GroupWorker is one GPU's worth of work (num_gpus=1; num_cpus=C on a CPU-only cluster): a Ray actor that owns
 the model, a DecodePool on its own node and a RunWriter, and runs each group exactly as the local engine runs a
-shard (core.Extraction: a video is all its clips or one error row; a bad video is an error row, never a
-failed Ray task). Frames never leave the actor's node: only group descriptions go out and small report rows
-(counts, timings) come back, which drive the tqdm bar and the per-actor time split of the summary.
+shard (core.Extraction: a video is all its clips or one error row; a bad video is an error row, never a failed Ray
+task). Frames never leave the actor's node: only group descriptions go to it; its reports (counts, timings) go to
+the coordinator, which the driver polls for the tqdm bar and the per-actor time split of the summary.
 
-Part names: a group has a number (`group`), unique to this output: the driver numbers its groups above every
-group number OUT holds (store.layout.next_group: `base + 1 ...`; the driver's own discovery errors use `base`), and
-the group's parts are `part-g<group>-<seq>` (store/layout.py), seq counting from 0: a part says it is a group's, so
-the resume reads it as a mix of shards without looking. Ray Data restarts a killed actor and retries its
-unfinished groups (actor max_restarts, max_task_retries); a retried group's writer (store.RunWriter.for_group)
-finds the parts its dead attempt committed (`part-g<group>-000000`, `-000001`, ... until the first missing: an
-attempt commits them in order), the retry skips the videos they hold and writes on from the first missing number
-(the writer removes that number's temporary file and orphan videos part). So two actors never write the same
-name, and a retried group never writes a video twice; no listing of the whole output per group. A dead driver's
-rerun gets new group numbers (the old ones are taken).
+_Coordinator: the run's one stateful place, a threaded Ray actor on the driver's node (no CPU, never restarted:
+a worker node's loss cannot take it). The first actor that has loaded the model hands it the run (_run.json's
+content): the coordinator prepares OUT with it (store.prepare_output: a different configuration is refused; the
+run token; --retry-errors; the temporary files of dead groups) and builds the resume set (store.committed_ids, 16+8
+bytes an id). There was a probe task for this before: now no model is loaded twice. _admit tasks (parallel, beside
+the readers) send it each batch's id keys; it answers which entries to do (not committed, not seen before: a
+video_id named twice stops the run with an InvalidInput naming it) and the first group number of the batch. A task
+that Ray re-runs (its node died, or its output was lost) gets the same answer (memo by task id and batch index),
+so a group number always names the same videos.
 
-A run token (`OUT/_ray_run.json`) fences off the actors of a dead driver: the driver writes a fresh token, and every
-commit of an actor's writer first checks it (the store's before_commit hook, _Fence), so an actor Ray has not yet
-reaped stops at its next commit instead of duplicating a video the rerun redoes. After a driver that did not
-finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what is committed (covering a write that passed the check
-just before the token changed).
+Part names: a group's number is unique to this output: the coordinator numbers groups from store.layout.next_group
+(above every group number OUT holds), and the group's parts are `part-g<group>-<seq>` (store/layout.py), seq from 0.
+Ray Data restarts a killed actor and retries its unfinished groups (actor max_restarts, max_task_retries); a
+retried group's writer (store.RunWriter.for_group) finds the parts its dead attempt committed (`part-g<group>-000000`,
+`-000001`, ... until the first missing: an attempt commits them in order), the retry skips the videos they hold and
+writes on from the first missing number. So two actors never write the same name, and a retried group never writes
+a video twice. A dead driver's rerun gets new group numbers (the old ones are taken).
+
+A run token (`OUT/_ray_run.json`) fences off the actors of a dead driver: the coordinator writes the driver's fresh
+token, and every commit of an actor's writer first checks it (the store's before_commit hook, _Fence), so an actor
+Ray has not yet reaped stops at its next commit instead of duplicating a video the rerun redoes. After a driver that
+did not finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what is committed (covering a write that passed
+the check just before the token changed).
+
+Ray Data's own checkpointing (CheckpointConfig) is not used: it records ids when a Datasink writes a block and needs
+an id unique per output row, while our rows are clips, a video's commit is its part (clips + videos) written by the
+actor, and a video may also end as one error row: see docs/ray.md.
 
 Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported inside the functions here only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
 from .. import store
-from ..faults import InternalError, InvalidOption, MissingDependency, UserError
+from ..faults import InternalError, InvalidInput, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids, out_path
-from ..store.committed import group_outcomes
-from ..store.layout import RAY_RUN_FILE, clean_temp_files, next_group, read_run_token, write_run_token
+from ..store.layout import (
+    CLIPS_DIR,
+    ERRORS_DIR,
+    RAY_RUN_FILE,
+    clean_temp_files,
+    list_parts,
+    next_group,
+    read_run_token,
+    write_run_token,
+)
+from ..store.storage import read_table
 from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
 from .core import CorePlan, Extraction, decode_pool_options, feed
-from .inputs import discover_inputs
+from .ray_inputs import TASK, input_dataset
 from .runner import ModelRunner
 from .spec import RunSpec
 from .summary import RaySummary
@@ -62,6 +91,7 @@ RUN_TOKEN = RAY_RUN_FILE  # OUT/_ray_run.json (store/layout.py)
 GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a lost actor
 ZOMBIE_GRACE_S = 10.0  # after a driver that did not finish: let its actors' last part writes land or stop
 REPORT_EVERY_S = 1.0  # an actor reports (progress, timings) at most this often, and at the end of each group
+POLL_S = 0.5  # the driver asks the coordinator for reports this often
 
 
 def _require_ray():
@@ -72,11 +102,6 @@ def _require_ray():
         raise MissingDependency("--engine ray needs Ray Data: pip install \"vmae-fast[ray]\" (or \"ray[data]\")"
                                 ) from None
     return ray
-
-
-def _probe(spec: RunSpec) -> dict:
-    """Runs as a Ray task with an actor's resources: the run dict (_run.json) as the actors will build it."""
-    return spec.load().run()
 
 
 class _Fence:
@@ -92,16 +117,179 @@ class _Fence:
                                "this actor stops without writing")
 
 
+# --- the coordinator ------------------------------------------------------------------------------------------------
+class _Coordinator:
+    """The run's state on the cluster (a threaded actor on the driver's node, see the module docstring): OUT's
+    preparation, the resume set, the ids seen, group numbers, the actors' reports, the final count."""
+
+    def __init__(self, spec: RunSpec, token: str, group_videos: int):
+        self.spec, self.token, self.group_videos = spec, token, group_videos
+        self.out = out_path(spec.out)  # a Path, or an ObjectPath for a URL OUT
+        self.lock = threading.Lock()
+        self.ready = threading.Event()  # OUT prepared (or failed): admit() waits for it
+        self.run: dict | None = None
+        self.failure: BaseException | None = None  # the first error of an actor's start or of the preparation
+        self.done = KeySet()  # committed ids (the resume set)
+        self.seen = KeySet()  # every id met, its code the input it came from (the duplicate check)
+        self.base = self.next = 0  # group numbers: this run's first, the next free
+        self.memo: dict[tuple[str, int], tuple[str, int, np.ndarray, int]] = {}
+        self.counts = {"entries": 0, "skipped": 0, "admitted": 0, "groups": 0, "errors_retried": 0}
+        self.reports: list[dict] = []
+        self.started = time.time()
+        self.ready_s: float | None = None
+
+    # preparation: the first actor's run
+    def prepare(self, run: dict) -> dict:
+        """Called by every actor once its model is loaded; the first prepares OUT with its run. Returns the run the
+        actors write with; raises for a run of another configuration, or the preparation's own error."""
+        with self.lock:
+            if self.failure is not None:
+                raise self.failure
+            if self.run is not None:
+                if run["config_hash"] != self.run["config_hash"]:
+                    diff = "; ".join(store.diff_configs(self.run["config"], run["config"])[:3])
+                    raise UserError(f"this node builds another configuration than the first actor's "
+                                       f"({diff or 'hash differs'}): install the same vmae-fast and model files on "
+                                       "every node")
+                return self.run
+            spec = self.spec
+            try:
+                out = store.prepare_output(self.out, run, shard=0, num_shards=1, overwrite=spec.overwrite)
+                _take_over(out, self.token)
+                clean_temp_files(out, None, groups=True)  # of the groups of earlier runs: none of their actors is left
+                if spec.retry_errors and not spec.overwrite:  # every error part, whoever wrote it: redone
+                    self.counts["errors_retried"] = store.retire_errors(out, None)
+                self.done = KeySet() if spec.overwrite else committed_ids(out)
+                self.base = self.next = next_group(out)
+            except BaseException as e:
+                self.failure = e
+                self.ready.set()
+                raise
+            self.run = run
+            self.ready_s = time.time() - self.started
+            self.ready.set()
+            return run
+
+    def fail(self, error: BaseException) -> None:
+        """An actor could not start (its model did not load, say): the driver raises this error."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = error
+        self.ready.set()
+
+    # admission
+    def admit(self, key: tuple[str, int], digest: str, keys: np.ndarray, sources: np.ndarray):
+        """One batch of entries (their (n, 2) id keys and input numbers): ("ok", first group, bool mask of the
+        entries to do) or ("repeat", i, input number where entry i's id was met first). The same `key` (a task Ray
+        re-runs) gets the same answer."""
+        while not self.ready.wait(1.0):
+            pass
+        if self.failure is not None:
+            raise self.failure
+        with self.lock:
+            known = self.memo.get(key)
+            if known is not None:
+                if known[0] != digest:
+                    raise InternalError(f"batch {key} came back with other entries: an input changed during the run")
+                return "ok", known[1], np.unpackbits(known[2], count=known[3]).astype(bool)
+            repeat = self.seen.first_repeat(keys)
+            if repeat is not None:
+                i, code, j = repeat
+                return "repeat", i, int(code if code is not None else sources[j])
+            self.seen.add(keys, sources.astype(np.int64))
+            done = self.done.lookup(keys)[0] if len(self.done) else np.zeros(len(keys), bool)
+            todo = ~done
+            n_todo = int(todo.sum())
+            groups = math.ceil(n_todo / self.group_videos)
+            first = self.next
+            self.next += groups
+            self.counts["entries"] += len(keys)
+            self.counts["skipped"] += len(keys) - n_todo
+            self.counts["admitted"] += n_todo
+            self.counts["groups"] += groups
+            self.memo[key] = (digest, first, np.packbits(todo), len(keys))
+            return "ok", first, todo
+
+    # progress
+    def report(self, row: dict) -> None:
+        with self.lock:
+            self.reports.append(row)
+
+    def take(self) -> dict:
+        """What happened since the last take(): the actors' reports, the counters, the failure if any."""
+        with self.lock:
+            reports, self.reports = self.reports, []
+            return {"reports": reports, "counts": dict(self.counts), "ready_s": self.ready_s, "run": self.run,
+                    "failure": self.failure, "seen_bytes": self.seen.nbytes, "done_bytes": self.done.nbytes}
+
+    def outcome(self) -> dict:
+        """What this run's groups committed (every part of a group number >= base): videos (distinct), clips,
+        failed videos, and the videos found in two parts (a few, for the message); read here, not in the driver."""
+        out = self.out
+        keys, clips, failed = [], 0, 0
+        for folder in (CLIPS_DIR, ERRORS_DIR):
+            for part in list_parts(out / folder):
+                if not part.group or part.number < self.base:
+                    continue
+                ids = read_table(out / folder / part.name, columns=["video_id"]).column("video_id")
+                unique = ids.unique().to_pylist()
+                keys.append(id_keys(unique))
+                if folder == CLIPS_DIR:
+                    clips += len(ids)
+                else:
+                    failed += len(unique)
+        every = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
+        distinct = np.unique(every, axis=0) if len(every) else every
+        twice = len(every) - len(distinct)
+        return {"videos": len(distinct), "clips": clips, "failed": failed, "twice": twice,
+                "admitted": self.counts["admitted"]}
+
+
+# --- admission: a Ray Data task beside the readers --------------------------------------------------------------
+_CALLS: dict[str, int] = {}  # batches seen per task id in this worker process: a re-run task counts them again
+GROUP_SCHEMA = pa.schema([("group", pa.int64()), ("tasks", pa.string())])
+_TASK_FIELDS = ("path", "video_id", "start_s", "end_s", "stage", "error")
+
+
+def _admit(table: pa.Table, *, coordinator, group_videos: int, inputs: tuple[str, ...]) -> pa.Table:
+    """A batch of entries (ray_inputs.ENTRY_SCHEMA) -> its groups to do (GROUP_SCHEMA: one row per group, the
+    group's tasks as JSON), as the coordinator numbers them."""
+    import ray
+
+    task = ray.get_runtime_context().get_task_id() or "driver"
+    call = _CALLS[task] = _CALLS.get(task, -1) + 1
+    keys = np.stack([table.column("key0").to_numpy(), table.column("key1").to_numpy()], axis=1).astype(np.uint64)
+    sources = table.column("source").to_numpy().astype(np.int32)
+    digest = hashlib.blake2b(keys.tobytes() + sources.tobytes(), digest_size=16).hexdigest()
+    answer = ray.get(coordinator.admit.remote((task, call), digest, keys, sources))
+    if answer[0] == "repeat":
+        _, i, first = answer
+        video_id = table.column("video_id")[i].as_py()
+        raise InvalidInput(f"video_id {video_id!r} appears twice ({inputs[first]} and {inputs[int(sources[i])]}); "
+                         "give distinct video_id values in a list file or pass each folder once")
+    _, first_group, todo = answer
+    rows = table.select(list(_TASK_FIELDS)).filter(pa.array(todo)).to_pylist()
+    groups = [first_group + k for k in range(math.ceil(len(rows) / group_videos))]
+    tasks = [json.dumps(rows[k * group_videos:(k + 1) * group_videos]) for k in range(len(groups))]
+    return pa.table({"group": pa.array(groups, pa.int64()), "tasks": pa.array(tasks, pa.string())},
+                    schema=GROUP_SCHEMA)
+
+
+# --- the actors -----------------------------------------------------------------------------------------------------
 class _GroupWorker:
     """The Ray Data actor: one model, one DecodePool and one part writer; __call__ runs groups of videos."""
 
-    def __init__(self, spec: RunSpec, config_hash: str, token: str, cores: int):
-        loaded = spec.load()
-        run = loaded.run()
-        if run["config_hash"] != config_hash:
-            diff = "; ".join(store.diff_configs(store.load_run(spec.out)["config"], run["config"])[:3])
-            raise UserError(f"this node builds another configuration than the driver's ({diff or 'hash differs'}): "
-                               "install the same vmae-fast and model files on every node")
+    def __init__(self, spec: RunSpec, token: str, cores: int, coordinator):
+        import ray
+
+        self.coordinator = coordinator
+        try:
+            loaded = spec.load()
+            run = ray.get(coordinator.prepare.remote(loaded.run()))  # the first actor's run prepares OUT
+        except Exception as e:
+            error = _cause(e)
+            coordinator.fail.remote(error)  # the driver raises it as itself (Ray wraps an actor's start error)
+            raise
         net, dev = loaded.model, loaded.device
         cfg = net.config
         self.plan = CorePlan(dev.type, cores, spec.workers, spec.batch_size)
@@ -120,8 +308,6 @@ class _GroupWorker:
                                            decode_options=dict(spec.decode_options or {}))
         self.pool = DecodePool(self.plan.workers, loaded.sampling, int(cfg.image_size), **pool_options)
         self.runner.release = self.pool.release
-        import ray
-
         context = ray.get_runtime_context()
         self.actor = f"{context.get_node_id()[:8]}/{os.getpid()}"
         self.node = ray.util.get_node_ip_address()
@@ -130,15 +316,23 @@ class _GroupWorker:
 
     def __call__(self, batch: dict):
         for group, tasks in zip(batch["group"], batch["tasks"], strict=True):
-            yield from self._group(int(group), [VideoTask(**t) for t in json.loads(str(tasks))])
+            self._group(int(group), json.loads(str(tasks)))
+            yield {"group": np.asarray([int(group)], np.int64)}  # the driver's stream: one tiny row a group
 
-    def _group(self, group: int, tasks: list):
+    def _group(self, group: int, entries: list[dict]) -> None:
         t0 = time.perf_counter()
         if self.writer is not None:
             self.write_s += self.writer.write_s
         self.writer = store.RunWriter.for_group(self.out, self.run, group, **self.writer_options)
-        todo = [t for t in tasks if t.video_id not in self.writer.committed]
+        given = len(entries)
+        entries = [e for e in entries if e["video_id"] not in self.writer.committed]  # its dead attempt's
+        skipped = given - len(entries)
         state = Extraction(self.runner, self.writer)  # no progress callback: the reports carry its counters
+        for e in entries:  # inputs that failed at discovery (an unreadable folder): their error rows
+            if e.get("error") is not None:
+                state.add_error(e["path"], e["video_id"], e.get("stage") or "discover", e["error"], 1)
+        todo = [VideoTask(path=e["path"], video_id=e["video_id"], start_s=e.get("start_s"), end_s=e.get("end_s"))
+                for e in entries if e.get("error") is None]
         mark = self._totals(state)
         last = time.monotonic()
         if todo:  # the local engine's per-shard loop (core.feed), with a report now and then
@@ -146,14 +340,14 @@ class _GroupWorker:
                 self.writer.maybe_flush()
                 if time.monotonic() - last >= self.report_every_s:
                     now = self._totals(state)
-                    yield self._report(group, now, mark, False, time.perf_counter() - t0)
+                    self._report(group, now, mark, False, time.perf_counter() - t0)
                     mark, last, t0 = now, time.monotonic(), time.perf_counter()
         state.finish()  # writes what is buffered: the group is committed when this returns
         final = self._totals(state)
         self.wait_s += state.wait_s
         self.decode_s += state.decode_s
         self.decode_cpu_s += state.decode_cpu_s or 0.0
-        yield self._report(group, final, mark, True, time.perf_counter() - t0, skipped=len(tasks) - len(todo))
+        self._report(group, final, mark, True, time.perf_counter() - t0, skipped=skipped)
 
     def _totals(self, state: Extraction) -> dict:
         r = self.runner
@@ -164,14 +358,13 @@ class _GroupWorker:
                 "decode_s": self.decode_s + state.decode_s,
                 "decode_cpu_s": self.decode_cpu_s + (state.decode_cpu_s or 0.0)}
 
-    def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> dict:
-        """One row (a batch of one): what changed since the last report."""
-        row = {key: [now[key] - mark[key]] for key in now}
-        row.update(group=[group], final=[final], busy_s=[busy_s], skipped=[skipped], made=[time.time()],
-                   actor=[self.actor],
-                   node=[self.node], workers=[self.pool.workers],
-                   model_threads=[_torch_threads() if self.runner.device.type == "cpu" else 0])
-        return row
+    def _report(self, group: int, now: dict, mark: dict, final: bool, busy_s: float, skipped: int = 0) -> None:
+        """What changed since the last report, to the coordinator (fire and forget)."""
+        row = {key: now[key] - mark[key] for key in now}
+        row.update(group=group, final=final, busy_s=busy_s, skipped=skipped, made=time.time(), actor=self.actor,
+                   node=self.node, workers=self.pool.workers,
+                   model_threads=_torch_threads() if self.runner.device.type == "cpu" else 0)
+        self.coordinator.report.remote(row)
 
     def __del__(self) -> None:
         pool = getattr(self, "pool", None)
@@ -217,13 +410,13 @@ def run_ray(spec: RunSpec) -> RaySummary:
     """Run `spec` (engine "ray") as a Ray Data job: the same rows in spec.out (shared storage every node sees),
     computed by Ray actors; returns its summary.
 
-    spec.ray_address: the cluster (None: RAY_ADDRESS, else a local one started here; "auto": the running one).
-    spec.ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per GPU, or on a CPU-only
-    cluster one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its GPUs; CPU-only: a
-    node's CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU), group_videos (default
-    GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S). The other options are the local engine's (batch_size
-    and workers are per actor); RunSpec has refused those the Ray engine cannot take (shard, a loaded model,
-    decode_device other than cpu).
+    spec.ray_address: the cluster (None: RAY_ADDRESS, else a local one started here, without the dashboard;
+    "auto": the running one). spec.ray_options: actors (N, or (MIN, MAX) / "MIN-MAX" to autoscale; default one per
+    GPU, or on a CPU-only cluster one per `cpus_per_actor` CPUs), cpus_per_actor (default: a GPU node's CPUs / its
+    GPUs; CPU-only: a node's CPUs), gpus_per_actor (default 1 with GPUs, else 0; 0.5 puts two actors on a GPU),
+    group_videos (default GROUP_VIDEOS), report_every_s (default REPORT_EVERY_S). The other options are the local
+    engine's (batch_size and workers are per actor); RunSpec has refused those the Ray engine cannot take (shard, a
+    loaded model, decode_device other than cpu).
     """
     if spec.engine != "ray":
         raise ValueError(f"run_ray runs specs of engine 'ray', got {spec.engine!r}")
@@ -233,77 +426,59 @@ def run_ray(spec: RunSpec) -> RaySummary:
     ray_options = dict(spec.ray_options or {})
     group_videos = int(ray_options.get("group_videos", GROUP_VIDEOS))
     require_backend(spec.decode_backend)
-    found = discover_inputs(spec.inputs)
-    out = spec.out
+    out = out_path(spec.out)
 
     lock = None
-    timing: dict = {"probe_s": None, "first_report_s": None}  # setup costs: the probe task, the first actor report
+    timing: dict = {"ready_s": None, "first_report_s": None}  # setup costs: OUT prepared, the first actor report
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=spec.ray_address, logging_level=logging.WARNING, log_to_driver=True)
+        local = spec.ray_address is None and not os.environ.get("RAY_ADDRESS")
+        ray.init(address=spec.ray_address, logging_level=logging.WARNING, log_to_driver=True,
+                 **({"include_dashboard": False} if local else {}))
+    context, saved = _data_context(ray)
     try:
+        inputs = input_dataset(spec.inputs)  # checks the INPUTs (missing, a list without `path`) before OUT
         concurrency, cpus, gpus = _resources(ray, ray_options.get("actors"), ray_options.get("cpus_per_actor"),
                                              ray_options.get("gpus_per_actor"))
-        try:
-            t_probe = time.perf_counter()
-            run = ray.get(ray.remote(_probe).options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(spec))
-            timing["probe_s"] = time.perf_counter() - t_probe
-        except ray.exceptions.RayTaskError as e:  # the probe's own error (bad model, bad arguments): raise it here
-            raise e.cause if isinstance(e.cause, Exception) else e from None
         # shard 0's lock: what prepare_output(shard=0) acts for; a second driver, or a local shard 0, is refused
         lock = ShardLock(out, 0, break_lock=spec.break_lock).acquire()
-        out = store.prepare_output(out, run, shard=0, num_shards=1, overwrite=spec.overwrite)
-        token = _take_over(out)
-        clean_temp_files(out, None, groups=True)  # of the groups of earlier runs: none of their actors is left
-        retried = 0
-        if spec.retry_errors and not spec.overwrite:  # every error part, whoever wrote it: redone
-            retried = store.retire_errors(out, None)
-        done = KeySet() if spec.overwrite else committed_ids(out)  # compact, as the local engine's resume set
-        skip, _ = done.lookup(id_keys([t.video_id for t in found.tasks]))
-        todo = [t for t, skipped in zip(found.tasks, skip, strict=True) if not skipped]
-        discovery_errors = [e for e in found.errors if e["video_id"] not in done]
-        base = next_group(out)
-        groups = [{"group": base + 1 + i,
-                   "tasks": json.dumps([{"path": str(t.path), "video_id": t.video_id, "start_s": t.start_s,
-                                         "end_s": t.end_s} for t in todo[k:k + group_videos]])}
-                  for i, k in enumerate(range(0, len(todo), group_videos))]
+        token = uuid.uuid4().hex
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        coordinator = ray.remote(_Coordinator).options(
+            num_cpus=0, max_concurrency=64, max_restarts=0, scheduling_strategy=here).remote(spec, token, group_videos)
         bar = None
         if spec.progress or (spec.progress is None and sys.stderr.isatty()):
-            bar = tqdm(total=len(todo) + len(discovery_errors), unit="video", file=sys.stderr, dynamic_ncols=True,
-                       desc="extract (ray)")
-        if discovery_errors:  # the driver's own part: group number `base`
-            writer = store.RunWriter.for_group(out, run, base)
-            for error in discovery_errors:
-                writer.add_error(**error)
-            writer.flush()
-            if bar is not None:
-                bar.update(len(discovery_errors))
+            bar = tqdm(total=0, unit="video", file=sys.stderr, dynamic_ncols=True, desc="extract (ray)")
         per_actor: dict[str, dict] = {}
-        if groups:
-            t_job = time.perf_counter()
-            try:
-                _run_groups(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
-            except Exception as e:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
-                raise _cause(e) from e
-            timing["job_s"] = time.perf_counter() - t_job
-        parts, clips, failed = group_outcomes(out, base)
+        t_job = time.perf_counter()
+        state = _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar,
+                         per_actor, timing)
+        timing["job_s"] = time.perf_counter() - t_job
+        result = ray.get(coordinator.outcome.remote())
         if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
-            bar.update(max(0, len(parts) - bar.n))
+            bar.total = state["counts"]["admitted"]
+            bar.update(max(0, result["videos"] - bar.n))
             bar.close()
-        wanted = {t.video_id for t in todo} | {e["video_id"] for e in discovery_errors}
-        missing, twice = wanted - set(parts), sorted(v for v, n in parts.items() if n > 1)
-        if missing or twice:  # cannot happen with correct retries; never report a lost or doubled video as done
-            raise InternalError(f"ray run ended with {len(missing)} videos missing (e.g. {sorted(missing)[:3]}) and "
-                               f"{len(twice)} in two parts (e.g. {twice[:3]}); rerun to redo the missing ones")
+        missing = result["admitted"] - result["videos"]
+        if missing or result["twice"]:  # cannot happen with correct retries; never report them as done
+            raise InternalError(f"ray run ended with {missing} videos missing and {result['twice']} in two parts; "
+                               "rerun to redo the missing ones")
         _finish(out, token)
     finally:
+        for key, value in saved.items():
+            setattr(context, key, value)
         if lock is not None:
             lock.release()
         if started_ray:
             ray.shutdown()
-    return _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed, per_actor,
+    counts = state["counts"]
+    timing["ready_s"] = state.get("ready_s")
+    timing["coordinator_keys_mb"] = round((state["seen_bytes"] + state["done_bytes"]) / 1e6, 1)
+    return _summary(out, state["run"], spec, counts, result, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
-                    len(groups), time.perf_counter() - t_start, retried)
+                    time.perf_counter() - t_start)
 
 
 def extract_ray(inputs, out, model: Any = "random:small", **options) -> RaySummary:
@@ -324,15 +499,13 @@ def _cause(error: BaseException) -> BaseException:
     return error
 
 
-def _take_over(out: Path) -> str:
-    """Write a fresh run token; after a driver that did not finish, give its actors ZOMBIE_GRACE_S to stop."""
+def _take_over(out: Path, token: str) -> None:
+    """Write this driver's run token; after a driver that did not finish, give its actors ZOMBIE_GRACE_S to stop."""
     previous = read_run_token(out)
-    token = uuid.uuid4().hex
     write_run_token(out, {"token": token, "finished": False,
                           "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if previous is not None and not previous.get("finished"):
         time.sleep(ZOMBIE_GRACE_S)
-    return token
 
 
 def _finish(out: Path, token: str) -> None:
@@ -341,27 +514,10 @@ def _finish(out: Path, token: str) -> None:
         write_run_token(out, {**data, "finished": True})
 
 
-def _run_groups(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
-    """The Ray Data job: groups -> actors; consumes the report rows (progress, per-actor totals)."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    # every report row its own block, so the driver gets it while the group runs: Ray Data would otherwise gather
-    # a task's small outputs into one block until the task (the group) ends. A row still reaches the driver only
-    # when the actor makes its next one (Ray Data hands a generator's output on at its next step): progress lags
-    # by about one report interval, longer while one video holds up its actor. Restored after the job.
-    settings = {"enable_progress_bars": False, "print_on_execution_start": False, "target_max_block_size": 1}
-    saved = {key: getattr(ctx, key) for key in settings}
-    for key, value in settings.items():
-        setattr(ctx, key, value)
-    try:
-        _consume(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing)
-    finally:
-        for key, value in saved.items():
-            setattr(ctx, key, value)
-
-
-def _consume(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_actor, timing) -> None:
+def _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar, per_actor,
+             timing) -> dict:
+    """The Ray Data job: entries -> admission -> one group a block -> actors, consumed in a thread while this one
+    polls the coordinator (progress, per-actor totals). Returns the coordinator's last state."""
     cores = max(1, int(cpus))
     if isinstance(concurrency, tuple):
         compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1],
@@ -370,43 +526,114 @@ def _consume(ray, spec, run, token, groups, concurrency, cpus, gpus, bar, per_ac
         compute = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=2)
     # actors are restarted and their groups retried without limit (Ray Data's defaults for actor pools): a
     # group's retry skips what its dead attempt committed (see the module docstring)
-    ds = ray.data.from_items(groups, override_num_blocks=len(groups)).map_batches(
-        _GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus, num_gpus=gpus,
-        fn_constructor_kwargs={"spec": spec, "config_hash": run["config_hash"], "token": token, "cores": cores})
-    # Report rows are progress and timings only, never the record: after an actor died, some reports of its
-    # retried group were observed not to arrive (the retry's final row with it; consistent with Ray deduplicating
-    # a retried streaming task's outputs by index, the dead attempt's having come first). Counts in the summary
-    # come from the committed parts.
+    groups = _one_group_a_block(inputs.map_batches(
+        _admit, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **TASK,
+        fn_kwargs={"coordinator": coordinator, "group_videos": group_videos, "inputs": tuple(spec.inputs)}))
+    ds = (groups
+          .map_batches(_GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus,
+                       num_gpus=gpus, fn_constructor_kwargs={"spec": spec, "token": token, "cores": cores,
+                                                             "coordinator": coordinator}))
+    return _consume(ray, ds, coordinator, bar, per_actor, timing)
+
+
+def _data_context(ray) -> tuple[Any, dict]:
+    """Ray Data settings for the job (a dataset keeps a copy of the context it was made with: set before the inputs
+    are read): no progress bars of its own (the driver's bar), and a UDF's exception raised as itself (an InvalidInput
+    from the admission or a reader, not Ray's UserCodeException around it, whose cause does not reach the driver).
+    Returns (the context, what to restore)."""
+    context = ray.data.DataContext.get_current()
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False,
+                "raise_original_map_exception": True}
+    saved = {key: getattr(context, key) for key in settings}
+    for key, value in settings.items():
+        setattr(context, key, value)
+    return context, saved
+
+
+def _one_group_a_block(ds):
+    """ds (one row per group) split into one-row blocks, so that each group goes to whichever actor is free (Ray
+    Data would hand a block of many groups to one actor), by a streaming repartition fused into the admission
+    tasks. Like them it must ask for no CPU (an actor pool holding every CPU would starve it: the job would wait
+    forever), which repartition() has no argument for: its logical operator's ray_remote_args are set here
+    (Ray 2.60's layout; tests/extraction/test_ray_engine.py runs it on a cluster whose actors hold every CPU)."""
+    ds = ds.repartition(target_num_rows_per_block=1)
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if op is None or not isinstance(getattr(op, "ray_remote_args", None), dict):
+        raise MissingDependency("this Ray version lays out Dataset.repartition differently from Ray 2.60: the Ray "
+                                f"engine cannot run its admission without a CPU (ray {_ray_version()}); "
+                                "install ray[data]==2.60.*")
+    object.__setattr__(op, "ray_remote_args", {**op.ray_remote_args, "num_cpus": 0})
+    from ray.data._internal.compute import TaskPoolStrategy
+
+    object.__setattr__(op, "compute", TaskPoolStrategy(size=TASK["concurrency"]))  # fused with the readers
+    return ds
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
+    """Iterate the job in a thread (one tiny row per group reaches the driver); meanwhile take the actors'
+    reports from the coordinator every POLL_S. An actor's report is progress and timings, never the record: some
+    reports of a group whose actor died are lost, so the summary's counts come from the parts."""
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            for _ in ds.iter_internal_ref_bundles():
+                pass
+        except BaseException as e:  # noqa: BLE001 - raised in the driver's thread below
+            failure.append(e)
+
+    thread = threading.Thread(target=drain, daemon=True, name="vmae-fast-ray-job")
     t0 = time.perf_counter()
+    thread.start()
+    state: dict = {}
     first_seen: dict[int, float] = {}
-    for row in ds.iter_rows():
-        if timing["first_report_s"] is None:  # the actors' start: process, imports, model, decode pool, 1 s of work
-            timing["first_report_s"] = time.perf_counter() - t0
-        timing["reports"] = timing.get("reports", 0) + 1
-        # how late a report arrives (clocks of other nodes may differ: a diagnostic, exact on one node)
-        timing["report_lag_max_s"] = max(timing.get("report_lag_max_s", 0.0), time.time() - float(row["made"]))
-        first_seen.setdefault(int(row["group"]), time.perf_counter())
-        if row["final"]:  # how long before its end a group's first report came: > 0 when progress streams
-            lead = time.perf_counter() - first_seen[int(row["group"])]
-            timing["report_lead_max_s"] = max(timing.get("report_lead_max_s", 0.0), lead)
-        totals = per_actor.setdefault(row["actor"], {"actor": row["actor"], "node": row["node"], "groups": 0})
-        for key in ("videos", "videos_ok", "videos_failed", "clips", "skipped", "video_seconds", "compute_s",
-                    "gather_s", "batches", "padded_rows", "wait_s", "write_s", "decode_s", "decode_cpu_s", "busy_s"):
-            totals[key] = totals.get(key, 0) + _plain(row[key])
-        totals["groups"] += int(bool(row["final"]))
-        totals["workers"], totals["model_threads"] = int(row["workers"]), int(row["model_threads"])
+    while True:
+        thread.join(POLL_S)
+        alive = thread.is_alive()
+        state = ray.get(coordinator.take.remote())
+        for row in state["reports"]:
+            _tally(row, per_actor, timing, first_seen, t0)
         if bar is not None:
-            bar.update(min(int(row["videos"]), bar.total - bar.n))
+            counts = state["counts"]
+            bar.total = max(counts["admitted"], bar.n)
+            bar.update(min(sum(int(r["videos"]) for r in state["reports"]), bar.total - bar.n))
             clips = sum(a.get("clips", 0) for a in per_actor.values())
-            bar.set_postfix(clips=clips, actors=len(per_actor), refresh=False)
+            bar.set_postfix(clips=clips, actors=len(per_actor), done_before=counts["skipped"], refresh=False)
+            bar.refresh()
+        if not alive:
+            break
+    if state.get("failure") is not None:  # an actor's start or OUT's preparation: its own error
+        raise state["failure"]
+    if failure:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
+        raise _cause(failure[0]) from failure[0]
+    return state
 
 
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
+def _tally(row: dict, per_actor: dict, timing: dict, first_seen: dict, t0: float) -> None:
+    if timing["first_report_s"] is None:  # the actors' start: process, imports, model, decode pool, 1 s of work
+        timing["first_report_s"] = time.perf_counter() - t0
+    timing["reports"] = timing.get("reports", 0) + 1
+    # how late a report arrives (clocks of other nodes may differ: a diagnostic, exact on one node)
+    timing["report_lag_max_s"] = max(timing.get("report_lag_max_s", 0.0), time.time() - float(row["made"]))
+    first_seen.setdefault(int(row["group"]), time.perf_counter())
+    if row["final"]:  # how long before its end a group's first report came: > 0 when progress streams
+        lead = time.perf_counter() - first_seen[int(row["group"])]
+        timing["report_lead_max_s"] = max(timing.get("report_lead_max_s", 0.0), lead)
+    totals = per_actor.setdefault(row["actor"], {"actor": row["actor"], "node": row["node"], "groups": 0})
+    for key in ("videos", "videos_ok", "videos_failed", "clips", "skipped", "video_seconds", "compute_s",
+                "gather_s", "batches", "padded_rows", "wait_s", "write_s", "decode_s", "decode_cpu_s", "busy_s"):
+        totals[key] = totals.get(key, 0) + row[key]
+    totals["groups"] += int(bool(row["final"]))
+    totals["workers"], totals["model_threads"] = int(row["workers"]), int(row["model_threads"])
 
 
-def _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed, per_actor, ray_info,
-             groups, wall, retried) -> RaySummary:
+def _summary(out, run, spec, counts, result, per_actor, ray_info, wall) -> RaySummary:
     actors = sorted(per_actor.values(), key=lambda a: a["actor"])
 
     def total(key):
@@ -424,12 +651,12 @@ def _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed
         workers=total("workers"),
         model_threads=None,
         batch_size=spec.batch_size,
-        videos=len(found.tasks) + len(found.errors),
-        videos_ok=len(parts) - len(failed),
-        videos_failed=len(failed),
-        videos_skipped=len(found.tasks) - len(todo) + len(found.errors) - len(discovery_errors),
+        videos=counts["entries"],
+        videos_ok=result["videos"] - result["failed"],
+        videos_failed=result["failed"],
+        videos_skipped=counts["skipped"],
         videos_other_shards=0,
-        clips=clips,
+        clips=result["clips"],
         video_seconds=total("video_seconds"),
         wall_s=wall,
         compute_s=total("compute_s"),
@@ -440,10 +667,10 @@ def _summary(out, run, spec, found, todo, discovery_errors, parts, clips, failed
         write_s=total("write_s"),
         decode_s=total("decode_s"),
         decode_cpu_s=total("decode_cpu_s"),
-        clips_per_s=clips / wall if wall > 0 else 0.0,
+        clips_per_s=result["clips"] / wall if wall > 0 else 0.0,
         parts_written=None,
-        errors_retried=retried,
-        groups=groups,
+        errors_retried=counts["errors_retried"],
+        groups=counts["groups"],
         actors=actors,
         ray=ray_info,
     )
