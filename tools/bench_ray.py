@@ -12,6 +12,12 @@ the process (shared-memory slots, what the actor does) vs Ray CPU tasks on the n
 its frames through the object store; clips/s with every core decoding.
 
     python tools/bench_ray.py --rounds 2 --decode --json bench/results/ray-overhead-cpu.json
+
+--before-tree PATH adds a third side, the Ray engine of another source tree (a worktree of an earlier commit: the
+side's process and its cluster's workers import vmae_fast from PATH), alternating with the other two:
+
+    python tools/bench_ray.py --videos 48 --rounds 2 --before-tree /tmp/wt-e23aa2f \
+        --json bench/results/ray-overhead-cpu-48videos-after.json
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray process of this benchmark on 127.0.0.1 only
 
 
 def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
@@ -35,7 +42,7 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     t0 = time.perf_counter()
     started = t0
     options = {} if batch_size is None else {"batch_size": batch_size}
-    if kind == "ray":
+    if kind.startswith("ray"):
         import ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
@@ -51,7 +58,7 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     row["load_1min"] = [load_before, os.getloadavg()[0]]
     row["clips_per_s_total"] = row["clips"] / row["total_s"]
     row["clips_per_s_extract"] = row["clips"] / row["extract_s"]
-    if kind == "ray":
+    if kind.startswith("ray"):
         row["actors"] = summary["actors"]
         row["ray_timing"] = summary["ray"]
         ray.shutdown()
@@ -117,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", action="store_true", help="also: DecodePool vs Ray tasks for decoding")
     p.add_argument("--videos-dir", type=Path, default=Path(tempfile.gettempdir()) / "vmae_bench_videos")
     p.add_argument("--json", type=Path)
-    p.add_argument("--side", choices=("local", "ray", "decode"), help=argparse.SUPPRESS)  # one fresh-process side
+    p.add_argument("--before-tree", type=Path, help="also: the Ray engine of this source tree (side ray-before)")
+    p.add_argument("--side", choices=("local", "ray", "ray-before", "decode"),
+                   help=argparse.SUPPRESS)  # one fresh-process side
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -151,23 +160,28 @@ def main(argv: list[str] | None = None) -> int:
                "--image-size", str(args.image_size), "--num-frames", str(args.num_frames)]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        env = dict(os.environ)
+        if kind == "ray-before":
+            env["PYTHONPATH"] = str(args.before_tree.resolve())
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
+    kinds = ("local", "ray", "ray-before") if args.before_tree else ("local", "ray")
     rows = []
     for r in range(args.rounds):
-        for kind in ("local", "ray"):
+        for kind in kinds:
             row = {"round": r, **run(kind)}
             rows.append(row)
             print(f"round {r} {kind:5s}: {row['clips']} clips, {row['clips_per_s_total']:.2f} clips/s end to end "
                   f"({row['total_s']:.1f} s), {row['clips_per_s_extract']:.2f} clips/s in extract "
                   f"({row['extract_s']:.1f} s); model {row['compute_s']:.1f} s, waiting {row['wait_s']:.1f} s"
-                  + (f"; probe {row['ray_timing']['probe_s']:.1f} s, first report at "
+                  + (f"; probe {row['ray_timing'].get('probe_s') or 0:.1f} s, OUT ready at "
+                     f"{row['ray_timing'].get('ready_s') or 0:.1f} s, first report at "
                      f"{row['ray_timing']['first_report_s']:.1f} s, actor busy "
-                     f"{sum(a['busy_s'] for a in row['actors']):.1f} s" if kind == "ray" else ""),
+                     f"{sum(a['busy_s'] for a in row['actors']):.1f} s" if kind.startswith("ray") else ""),
                   flush=True)
     best = {kind: max((r for r in rows if r["side"] == kind), key=lambda r: r["clips_per_s_extract"])
-            for kind in ("local", "ray")}
+            for kind in kinds}
     result = {
         "bench": "ray_overhead",
         "environment": {**environment(torch.device("cpu"), git_commit()), "ray": _version("ray"),
@@ -178,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         "ray_over_local_extract": best["ray"]["clips_per_s_extract"] / best["local"]["clips_per_s_extract"],
         "ray_over_local_total": best["ray"]["clips_per_s_total"] / best["local"]["clips_per_s_total"],
     }
+    if args.before_tree:
+        before = best["ray-before"]
+        result["before_tree"] = {"path": str(args.before_tree), "commit": subprocess.run(
+            ["git", "-C", str(args.before_tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
+        result["ray_before_over_local_extract"] = before["clips_per_s_extract"] / best["local"]["clips_per_s_extract"]
+        result["ray_before_over_local_total"] = before["clips_per_s_total"] / best["local"]["clips_per_s_total"]
+        print(f"Ray before ({result['before_tree']['commit'][:7]}) / local: "
+              f"{result['ray_before_over_local_extract']:.3f}x in extract, "
+              f"{result['ray_before_over_local_total']:.3f}x with the cluster start")
     print(f"Ray / local (best of {args.rounds}): {result['ray_over_local_extract']:.3f}x in extract, "
           f"{result['ray_over_local_total']:.3f}x with the cluster start")
     if args.decode:
