@@ -233,8 +233,12 @@ def format_summary(summary) -> str:
 
 def format_actors(summary) -> str:
     """The per-actor lines of a Ray run's summary (RaySummary): where each actor's time went."""
-    lines = [(f"ray: {summary['groups']} groups on {len(summary['actors'])} actors "
-              f"({summary['ray']['cpus_per_actor']:g} CPU, {summary['ray']['gpus_per_actor']:g} GPU each)")]
+    ray, ran = summary["ray"], len(summary["actors"])
+    pool = ray.get("concurrency")  # the pool's size (N, or (MIN, MAX)); Ray decides which actors get the groups
+    pool = f"{pool[0]}-{pool[1]}" if isinstance(pool, (tuple, list)) else pool
+    lines = [(f"ray: {summary['groups']} groups run by {ran} {'actor' if ran == 1 else 'actors'}"
+              + (f" of a pool of {pool}" if pool is not None else "")
+              + f" ({ray['cpus_per_actor']:g} CPU, {ray['gpus_per_actor']:g} GPU each)")]
     for a in summary["actors"]:
         busy = a.get("compute_s", 0) + a.get("wait_s", 0)
         lines.append(f"  actor {a['actor']} on {a['node']}: {a['groups']} groups, {a.get('videos', 0)} videos, "

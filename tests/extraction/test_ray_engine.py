@@ -253,8 +253,13 @@ def test_driver_sigkilled_mid_run_then_rerun_completes_exactly(
     assert match, printed.out
     ok, skipped = int(match[1]), int(match[2])
     assert ok + skipped == 8 and len(done) == 8 and skipped >= len(committed), (ok, skipped, len(committed))
-    assert "ray: " in printed.out and "groups on 2 actors (1 CPU, 0 GPU each)" in printed.out
-    assert printed.out.count("  actor ") >= 1 and "model busy" in printed.out  # the per-actor time split
+    # which of the pool's 2 actors get the rerun's groups is Ray's choice (on a loaded machine one may take all):
+    # the line counts the actors that ran groups, one per-actor line each (the time split)
+    line = re.search(r"ray: (\d+) groups run by (\d+) actors? of a pool of 2 \(1 CPU, 0 GPU each\)", printed.out)
+    assert line, printed.out
+    ran = int(line[2])
+    assert printed.out.count("  actor ") == ran and (ran >= 1 and "model busy" in printed.out if ok else ran == 0)
+    assert ran <= min(2, int(line[1]))
     assert f"{ok}/{ok}" in printed.err  # the tqdm bar reached the end
     got = rows_of(out)
     assert len({tuple(r[k] for k in KEY) for r in got}) == len(got)

@@ -26,7 +26,7 @@ import pytest
 
 from tests.extraction.test_ray_engine import ATOL, KEY, LOCAL, REPO, assert_same_rows, no_temp_files, rows_of
 from tests.helpers.hf_checkpoints import make_checkpoint
-from tests.helpers.ray_faults import decode_hold_for_node_loss, decode_paced
+from tests.helpers.ray_faults import decode_gated, decode_hold_for_node_loss
 from tests.helpers.videos import make_small_videos
 from vmae_fast import cli, store
 from vmae_fast.extraction import extract, ray_engine
@@ -99,30 +99,34 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_doubles_nothing(tmp_path, 
     shutil.copy(small_videos / "clip1.mp4", holder)
     expected = extract([root], tmp_path / "local", model=ckpt, **LOCAL)
     removed: dict = {}
+    result: dict = {}
 
-    def remove_the_node():
-        deadline = time.monotonic() + 120
-        marker = Path(str(holder) + ".holding")
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not marker.exists():
-            return
+    def driver():
+        try:
+            result["summary"] = extract([root], tmp_path / "out", model=ckpt, **_ray(2),
+                                        decode_options={"decode": decode_hold_for_node_loss})
+        except BaseException as e:  # noqa: BLE001 - raised below
+            result["error"] = e
+
+    # the driver in a thread, the cluster changed from this one (Ray's Node sets a SIGTERM handler: main thread only)
+    runner = threading.Thread(target=driver, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    marker = Path(str(holder) + ".holding")
+    while runner.is_alive() and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if marker.exists():
         ancestors = json.loads(marker.read_text())["ancestors"]
+        removed["not_found"] = ancestors
         for node in list(nodes.worker_nodes):
             if _raylet_pid(node) in ancestors:
-                removed["node_id"] = node.node_id
+                removed = {"node_id": node.node_id}
                 nodes.remove_node(node, allow_graceful=False)  # SIGKILL: the raylet and its workers
                 nodes.add_node(**NODE, node_ip_address="127.0.0.1")  # its replacement (as an autoscaler would)
-                return
-        removed["not_found"] = ancestors
-
-    killer = threading.Thread(target=remove_the_node, daemon=True)
-    killer.start()
-    try:
-        summary = extract([root], tmp_path / "out", model=ckpt, **_ray(2),
-                          decode_options={"decode": decode_hold_for_node_loss})
-    finally:
-        killer.join(5)
+                break
+    runner.join(300)
+    assert not runner.is_alive() and "error" not in result, result
+    summary = result["summary"]
     print(cli.format_actors(summary))
     assert "node_id" in removed, removed  # the holding video's actor ran on a worker node, which was removed
     assert expected["videos_ok"] == 9
@@ -135,10 +139,12 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_doubles_nothing(tmp_path, 
 def test_nodes_added_mid_run_get_actors_when_the_pool_may_grow(tmp_path, nodes, ckpt, small_videos, reference):
     """--ray-actors 1-3 on a cluster where one worker node is busy with something else at the start (a CPU-taking
     placeholder): one actor starts on the other; two nodes added (from this thread, the driver running in another)
-    once the first part is committed get actors of their own while groups wait (24 videos, one a group, each
-    decode paced to 1 s), and the rows are the same: three copies of the reference's."""
+    once the first part is committed get actors of their own while groups wait (24 videos, one a group). The last
+    8 videos wait at a gate that this thread opens once an actor on an added node has started a group, so the run
+    cannot end before the pool has grown, however slowly the added nodes start on a loaded machine; the rows are
+    the same: three copies of the reference's."""
     root = tmp_path / "videos"
-    for copy in ("a", "b", "c"):
+    for copy in ("a", "b", "gated/c"):
         shutil.copytree(small_videos, root / copy)
     before = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
     blocker = ray.remote(num_cpus=1)(lambda: time.sleep(600))
@@ -149,9 +155,19 @@ def test_nodes_added_mid_run_get_actors_when_the_pool_may_grow(tmp_path, nodes, 
     def driver():
         try:
             result["summary"] = extract([root], tmp_path / "out", model=ckpt, **_ray("1-3", group_videos=1),
-                                        decode_options={"decode": decode_paced})
+                                        decode_options={"decode": decode_gated})
         except BaseException as e:  # noqa: BLE001 - raised below
             result["error"] = e
+
+    def added_node_started_a_group() -> bool:
+        raylets = {_raylet_pid(node) for node in added}
+        for chain in root.rglob("*.chain"):
+            try:
+                if raylets & set(json.loads(chain.read_text())):
+                    return True
+            except ValueError:  # being written
+                continue
+        return False
 
     runner = threading.Thread(target=driver, daemon=True)
     runner.start()
@@ -162,12 +178,18 @@ def test_nodes_added_mid_run_get_actors_when_the_pool_may_grow(tmp_path, nodes, 
             time.sleep(0.05)
         for _ in range(2):
             added.append(nodes.add_node(**NODE, node_ip_address="127.0.0.1"))
+        deadline = time.monotonic() + 150
+        while runner.is_alive() and not added_node_started_a_group() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        opened_after_s = 150 - (deadline - time.monotonic())
+        (root / "gate").touch()
         runner.join(300)
     finally:
+        (root / "gate").touch()
         ray.cancel(hold, force=True)
     assert not runner.is_alive() and "error" not in result, result
     summary = result["summary"]
-    print(cli.format_actors(summary))
+    print(cli.format_actors(summary), f"\ngate opened {opened_after_s:.1f} s after the nodes were added")
     for node in added:
         nodes.remove_node(node)
     new_nodes = {node.node_id[:8] for node in added}
@@ -177,9 +199,9 @@ def test_nodes_added_mid_run_get_actors_when_the_pool_may_grow(tmp_path, nodes, 
     assert summary["videos_ok"] == 24
     _exactly_once(tmp_path / "out")
     want = rows_of(reference)
-    for copy in ("a", "b", "c"):
-        got = [{**r, "video_id": r["video_id"][2:], "path": r["path"].replace(f"/videos/{copy}/", "/")}
-               for r in rows_of(tmp_path / "out") if r["video_id"].startswith(copy + "/")]
+    for copy in ("a/", "b/", "gated/c/"):
+        got = [{**r, "video_id": r["video_id"][len(copy):], "path": r["path"].replace(f"/videos/{copy}", "/")}
+               for r in rows_of(tmp_path / "out") if r["video_id"].startswith(copy)]
         assert [r["video_id"] for r in got] == [r["video_id"] for r in want]
         for row, ref in zip(got, want, strict=True):
             np.testing.assert_allclose(row["embedding"], ref["embedding"], atol=ATOL, rtol=0)

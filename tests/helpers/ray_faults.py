@@ -69,18 +69,32 @@ def decode_hold_for_node_loss(task, sampling, image_size, backend="auto", **opti
     remove the node it runs on (its raylet killed: this worker dies with it). Later attempts, and every other task,
     decode like decode_clips."""
     if "vmae-test-nodeloss" in Path(task.path).name and _first_attempt(task.path):
-        chain, pid = [], os.getpid()
-        for _ in range(8):
-            pid = _parent_of(pid)
-            if pid <= 1:
-                break
-            chain.append(pid)
-        Path(task.path + ".holding").write_text(json.dumps({"ancestors": chain}))
+        Path(task.path + ".holding").write_text(json.dumps({"ancestors": _ancestors(os.getpid())}))
         time.sleep(120)  # the node is removed meanwhile
     yield from decode_clips(task, sampling, image_size, backend, **options)
 
 
-def decode_paced(task, sampling, image_size, backend="auto", **options):
-    """Every task waits 1 s before decoding: a run long enough for nodes added mid-run to get actors."""
-    time.sleep(1.0)
+def _ancestors(pid: int, depth: int = 8) -> list[int]:
+    chain = []
+    for _ in range(depth):
+        pid = _parent_of(pid)
+        if pid <= 1:
+            break
+        chain.append(pid)
+    return chain
+
+
+def decode_gated(task, sampling, image_size, backend="auto", **options):
+    """Every task writes `<file>.chain` (the pids above its decode worker: forkserver, actor, the actor's raylet...)
+    and waits 0.5 s; a task whose path has a folder `gated` among its parents then waits (at most 150 s) until the
+    file `gate` beside that folder exists: the run cannot end before the test opens the gate, which it does once an
+    actor on a node it added has started a group (its raylet's pid in a chain). Then every task decodes like
+    decode_clips."""
+    Path(task.path + ".chain").write_text(json.dumps(_ancestors(os.getpid())))
+    time.sleep(0.5)
+    gated = [p for p in Path(task.path).parents if p.name == "gated"]
+    if gated:
+        deadline = time.monotonic() + 150
+        while not (gated[0].parent / "gate").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     yield from decode_clips(task, sampling, image_size, backend, **options)
