@@ -134,9 +134,11 @@ def measure(tree: Path, list_path: Path, out: Path, model: Path, timeout_s: floa
     """One driver run on a fresh cluster: seconds to the first new clips part, peak RSS then and AFTER_S later."""
     import ray
 
-    env = {**os.environ, "PYTHONPATH": str(tree)}
     os.environ["PYTHONPATH"] = str(tree)  # the cluster's workers import the same tree as the driver
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    # after ray.init: the driver needs what it put in the environment (Ray 2.60's cluster auth token, when the
+    # cluster has token authentication on; without it the first run of a process was refused: InvalidAuthToken)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     address = ray.get_runtime_context().gcs_address
     before = {p.name for p in (out / "clips").glob("*.parquet")} if (out / "clips").is_dir() else set()
     load = os.getloadavg()[0]
