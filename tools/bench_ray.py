@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if kind == "ray-before":
             env["PYTHONPATH"] = str(args.before_tree.resolve())
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"side {kind} exited {done.returncode}:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     kinds = ("local", "ray", "ray-before") if args.before_tree else ("local", "ray")
