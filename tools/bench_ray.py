@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if kind == "ray-before":
             env["PYTHONPATH"] = str(args.before_tree.resolve())
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        # cwd outside every source tree: Ray gives its workers the driver's sys.path, whose '' is the cwd (from
+        # this checkout, the ray-before side's workers imported this tree's vmae_fast instead of --before-tree's)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
         if done.returncode != 0:
             raise RuntimeError(f"side {kind} exited {done.returncode}:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
