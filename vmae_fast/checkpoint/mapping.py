@@ -1,10 +1,11 @@
 """What both encoders' weight imports share: checkpoint tensors mapped onto our parameter names through a key
 table (fused parts concatenated, every missing, unexpected and mis-shaped key collected), the expected shapes, and
-the config overrides a caller passes."""
+what a checkpoint folder's config.json and processor config say, and the config overrides a caller passes."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -64,7 +65,6 @@ def expected_shapes(model_class, config) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
 
 
-
 def from_hf(config_class, hf_config: dict):
     """config_class.from_hf of a checkpoint's config.json: what it cannot take (another model_type, a non-square
     patch, an activation we do not implement, sizes that do not divide) is the checkpoint's problem (InvalidModel)."""
@@ -72,7 +72,6 @@ def from_hf(config_class, hf_config: dict):
         return config_class.from_hf(hf_config)
     except (ValueError, TypeError) as e:
         raise InvalidModel(f"config.json: {e}") from None
-
 
 
 def without_architecture(override: Mapping | None, architecture: str) -> dict:
@@ -83,3 +82,39 @@ def without_architecture(override: Mapping | None, architecture: str) -> dict:
     if named != architecture:
         raise ValueError(f"config names architecture {named!r} but the checkpoint is a {architecture!r} model")
     return override
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict with every leading wrapper prefix (`_orig_mod.`, `module.`, a model's own name, ...) removed,
+    in any order and repeated."""
+    out = {}
+    for key, tensor in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = tensor
+    return out
+
+
+def labels_from_hf(cfg, num_labels: int):
+    """The config of config.json with the head the weights have: num_labels from the weights, id2label kept only
+    when it names exactly that many classes."""
+    id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
+    return cfg.replace(num_labels=num_labels, id2label=id2label)
+
+
+def with_processor(cfg, preprocessor: Mapping, size_name: str, why: str = ""):
+    """mean/std from a checkpoint folder's processor config; a crop size other than the model's is warned about
+    (frames are prepared at the model's size). size_name and why word the warning for the family."""
+    mean, std = preprocessor.get("image_mean"), preprocessor.get("image_std")
+    if mean is not None and std is not None:
+        cfg = cfg.replace(image_mean=tuple(mean), image_std=tuple(std))
+    crop = preprocessor.get("crop_size")
+    crop = crop.get("height") if isinstance(crop, Mapping) else crop
+    if crop is not None and crop != cfg.image_size:
+        warnings.warn(f"processor crop_size {crop} differs from the model's {size_name} {cfg.image_size}{why}; frames "
+                      f"are prepared at {cfg.image_size}", stacklevel=4)  # the caller of load_model
+    return cfg

@@ -4,8 +4,6 @@ implies (config.json, or its shapes plus the presets), and the conversion to our
 from __future__ import annotations
 
 import re
-import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -13,7 +11,16 @@ import torch
 from ..config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEConfig, VJEPA2Config
 from ..faults import InvalidModel
 from ..model import VideoMAE, sincos_table
-from .mapping import expected_shapes, from_hf, key_problems, map_weights, without_architecture
+from .mapping import (
+    expected_shapes,
+    from_hf,
+    key_problems,
+    labels_from_hf,
+    map_weights,
+    strip_prefixes,
+    with_processor,
+    without_architecture,
+)
 
 # Our parameter name -> the checkpoint key(s) it is built from, per layout ("{}" = block index). A tuple is
 # concatenated along dim 0 (the fused qkv); None in a tuple is a zero block (the key projection has no bias).
@@ -65,6 +72,7 @@ ORIGINAL_WEIGHT_MAP: dict[str, Any] = {
     "head.bias": "head.bias",
 }
 WEIGHT_MAPS = {"hf": HF_WEIGHT_MAP, "original": ORIGINAL_WEIGHT_MAP}
+# transformers 4.x names of the q/v biases (5.x uses query.bias / value.bias; both are read)
 HF_LEGACY_NAMES = {".attention.attention.q_bias": ".attention.attention.query.bias",
                    ".attention.attention.v_bias": ".attention.attention.value.bias"}
 PREFIXES = {"hf": ("_orig_mod.", "videomae."), "original": ("_orig_mod.", "module.", "backbone.", "encoder.")}
@@ -98,13 +106,7 @@ def normalize_keys(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, 
                          "table): load its transformers conversion instead (a hub id such as "
                          "facebook/vjepa2-vitl-fpc64-256, or convert it with transformers' convert_vjepa2_to_hf.py)")
     out = {}
-    for key, tensor in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in PREFIXES[layout]:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+    for key, tensor in strip_prefixes(state_dict, PREFIXES[layout]).items():
         if layout == "hf":
             for old, new in HF_LEGACY_NAMES.items():
                 if key.endswith(old):
@@ -126,20 +128,11 @@ def build_config(state_dict, layout, hf_config, preprocessor, override) -> Video
     head_key = names["head.weight"]
     num_labels = state_dict[head_key].shape[0] if head_key in state_dict else 0
     if hf_config is not None:
-        cfg = from_hf(VideoMAEConfig, hf_config)
-        id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
-        cfg = cfg.replace(num_labels=num_labels, id2label=id2label, has_fc_norm=has["fc_norm.weight"])
+        cfg = labels_from_hf(from_hf(VideoMAEConfig, hf_config), num_labels).replace(has_fc_norm=has["fc_norm.weight"])
     else:
         cfg = infer_config(state_dict, layout, num_labels, has, override or {})
     if preprocessor is not None:
-        mean, std = preprocessor.get("image_mean"), preprocessor.get("image_std")
-        if mean is not None and std is not None:
-            cfg = cfg.replace(image_mean=tuple(mean), image_std=tuple(std))
-        crop = preprocessor.get("crop_size")
-        crop = crop.get("height") if isinstance(crop, Mapping) else crop
-        if crop is not None and crop != cfg.image_size:
-            warnings.warn(f"preprocessor crop_size {crop} differs from the model's image_size {cfg.image_size}; "
-                          f"frames are prepared at image_size", stacklevel=3)
+        cfg = with_processor(cfg, preprocessor, "image_size")
     return cfg.replace(**dict(override)) if override else cfg
 
 

@@ -4,7 +4,6 @@ config a checkpoint implies, and the conversion to our state dict (the pre-train
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +12,16 @@ import torch
 from ..config import VJEPA2_PRESETS, VJEPA2Config
 from ..faults import InvalidModel
 from ..vjepa2 import VJEPA2
-from .mapping import expected_shapes, from_hf, key_problems, map_weights, without_architecture
+from .mapping import (
+    expected_shapes,
+    from_hf,
+    key_problems,
+    labels_from_hf,
+    map_weights,
+    strip_prefixes,
+    with_processor,
+    without_architecture,
+)
 
 # V-JEPA 2 (transformers' VJEPA2Model / VJEPA2ForVideoClassification, after the `vjepa2.` prefix is stripped): q, k and
 # v all have biases; the classifier's attentive pooler has self-attention layers and one cross-attention layer.
@@ -74,21 +82,12 @@ VJEPA2_PREFIXES = ("_orig_mod.", "vjepa2.")
 # the pre-training predictor (VJEPA2Model carries it, classifiers too): not part of the encoder, dropped on purpose
 VJEPA2_IGNORED = re.compile(r"^predictor\.")
 VJEPA2_PATCH_KEY = VJEPA2_WEIGHT_MAP["patch_embed.weight"]
-# transformers 4.x names of the q/v biases (5.x uses query.bias / value.bias; both are read)
 
 
 def normalize_vjepa2_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers' VJEPA2 keys with the classifier's `vjepa2.` (and torch.compile's `_orig_mod.`) prefix stripped;
     a patch embedding that is not a Conv3d is a ValueError saying what was found."""
-    out = {}
-    for key, tensor in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in VJEPA2_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = tensor
+    out = strip_prefixes(state_dict, VJEPA2_PREFIXES)
     if VJEPA2_PATCH_KEY not in out:
         raise InvalidModel(f"not a V-JEPA 2 checkpoint: no patch embedding key {VJEPA2_PATCH_KEY!r} (transformers' "
                          f"VJEPA2Model layout; original Meta .pt files are not read: convert them with "
@@ -112,20 +111,11 @@ def build_vjepa2_config(state_dict, hf_config, preprocessor, override) -> VJEPA2
     head = "classifier.weight"
     num_labels = state_dict[head].shape[0] if head in state_dict else 0
     if hf_config is not None:
-        cfg = from_hf(VJEPA2Config, hf_config)
-        id2label = cfg.id2label if num_labels and cfg.id2label and len(cfg.id2label) == num_labels else None
-        cfg = cfg.replace(num_labels=num_labels, id2label=id2label)
+        cfg = labels_from_hf(from_hf(VJEPA2Config, hf_config), num_labels)
     else:
         cfg = infer_vjepa2_config(state_dict, num_labels, override)
     if preprocessor is not None:
-        mean, std = preprocessor.get("image_mean"), preprocessor.get("image_std")
-        if mean is not None and std is not None:
-            cfg = cfg.replace(image_mean=tuple(mean), image_std=tuple(std))
-        crop = preprocessor.get("crop_size")
-        crop = crop.get("height") if isinstance(crop, Mapping) else crop
-        if crop is not None and crop != cfg.image_size:
-            warnings.warn(f"processor crop_size {crop} differs from the model's crop_size {cfg.image_size} (which "
-                          f"sets the rotary position grid); frames are prepared at {cfg.image_size}", stacklevel=3)
+        cfg = with_processor(cfg, preprocessor, "crop_size", " (which sets the rotary position grid)")
         size = preprocessor.get("size")
         short = size.get("shortest_edge") if isinstance(size, Mapping) else None
         if isinstance(short, int) and short >= cfg.image_size and not isinstance(short, bool):
