@@ -42,7 +42,7 @@ def git_commit() -> str | None:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _version(distribution: str) -> str | None:
+def version(distribution: str) -> str | None:
     """Installed version, read from the package metadata (importing transformers would take seconds)."""
     try:
         return importlib.metadata.version(distribution)
@@ -59,6 +59,6 @@ def device_name(device: torch.device) -> str:
 def environment(device: torch.device, commit: str | None = None) -> dict:
     """Device, versions (python, torch, triton, CUDA, transformers), git commit and the interpreter switch."""
     return {"device": device_name(device), "device_type": device.type, "python": platform.python_version(),
-            "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
-            "transformers": _version("transformers"), "commit": commit or git_commit(),
+            "torch": torch.__version__, "triton": version("triton"), "cuda": torch.version.cuda,
+            "transformers": version("transformers"), "commit": commit or git_commit(),
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-    from bench_env import environment, git_commit
+    from bench_env import environment, git_commit, version
     from bench_pipeline import make_videos, video_facts
 
     from vmae_fast.checkpoint import load_model, save_hf
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds}
     result = {
         "bench": "ray_overhead",
-        "environment": {**environment(torch.device("cpu"), git_commit()), "ray": _version("ray"),
+        "environment": {**environment(torch.device("cpu"), git_commit()), "ray": version("ray"),
                         "cores": os.cpu_count()},
         "videos": len(paths), "frames": frames, "video_seconds": seconds, "size": args.size,
         "model": args.model, "image_size": args.image_size, "num_frames": args.num_frames, "rounds": rows,
@@ -221,14 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
-
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

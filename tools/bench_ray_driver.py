@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     import torch
-    from bench_env import environment
+    from bench_env import environment, version
     from bench_inputs import make_video
 
     from vmae_fast.checkpoint import load_model, save_hf
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             row["extra_peak_rss_mb"] = row["peak_rss_mb"] - base["peak_rss_mb"]
     result = {"bench": "ray_driver", "environment": {**environment(torch.device("cpu"), commit + ("-dirty" if dirty
                                                                                                    else "")),
-                                                      "ray": _version("ray"), "cores": os.cpu_count(),
+                                                      "ray": version("ray"), "cores": os.cpu_count(),
                                                       "tree": str(tree)},
               "after_s": AFTER_S, "rows": rows}
     for row in rows:
@@ -253,14 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
-
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":
