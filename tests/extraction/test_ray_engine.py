@@ -288,10 +288,23 @@ def test_an_environment_fault_stops_the_run_and_is_no_error_row(tmp_path, cluste
     shutil.copy(small_videos / "clip1.mp4", root / "clip3_vmae-test-envfault.mp4")  # in the first group
     from vmae_fast.faults import EnvironmentFault
 
-    with pytest.raises(EnvironmentFault, match="shared disk went away"):
+    with pytest.raises(EnvironmentFault, match="shared disk went away") as failed:
         extract([root], tmp_path / "out", model=ckpt, **RAY, decode_options={"decode": decode_environment_fault})
     assert "clip3_vmae-test-envfault.mp4" not in store.committed_video_ids(tmp_path / "out")
     assert store.read_errors(tmp_path / "out").num_rows == 0
+    # the failed run gave back the cluster's CPUs while its exception is still held (its traceback reaches Ray
+    # Data's actor pool: before _stop_actors, the actors held both CPUs until the garbage collector freed the
+    # exception, and the next run on this cluster waited forever for an actor)
+    assert _cpus_free_within(2.0, 30.0) and failed.value is not None
+
+
+def _cpus_free_within(cpus: float, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0.0) < cpus:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_a_stale_actor_cannot_write_after_a_new_driver_took_over(tmp_path, ckpt, reference, monkeypatch):

@@ -38,6 +38,10 @@ Ray has not yet reaped stops at its next commit instead of duplicating a video t
 did not finish, the rerun waits `ZOMBIE_GRACE_S` before it reads what is committed (covering a write that passed
 the check just before the token changed).
 
+However the run ends, the driver kills its actors (each hands the coordinator its handle when it starts) and the
+coordinator, before it releases OUT's lock (_stop_actors): a failed job's exception would keep Ray Data's pool,
+and the CPUs and GPUs it reserves, alive for as long as the caller holds the exception.
+
 Ray Data's own checkpointing (CheckpointConfig) is not used: it records ids when a Datasink writes a block and needs
 an id unique per output row, while our rows are clips, a video's commit is its part (clips + videos) written by the
 actor, and a video may also end as one error row: see docs/ray.md.
@@ -137,6 +141,7 @@ class _Coordinator:
         self.reports: list[dict] = []
         self.started = time.time()
         self.ready_s: float | None = None
+        self.actors: dict[str, Any] = {}  # every _GroupWorker that started, by actor id: the driver stops them
 
     # preparation: the first actor's run
     def prepare(self, run: dict) -> dict:
@@ -176,6 +181,15 @@ class _Coordinator:
             if self.failure is None:
                 self.failure = error
         self.ready.set()
+
+    def hello(self, actor_id: str, actor) -> None:
+        """A _GroupWorker starting (again, after a restart: the same id) hands its own handle: see _stop_actors."""
+        with self.lock:
+            self.actors[actor_id] = actor
+
+    def started_actors(self) -> list:
+        with self.lock:
+            return list(self.actors.values())
 
     # admission
     def admit(self, key: tuple[str, int], digest: str, keys: np.ndarray, sources: np.ndarray):
@@ -283,6 +297,8 @@ class _GroupWorker:
         import ray
 
         self.coordinator = coordinator
+        context = ray.get_runtime_context()
+        coordinator.hello.remote(context.get_actor_id(), context.current_actor)  # the driver stops it at the end
         try:
             loaded = spec.load()
             run = ray.get(coordinator.prepare.remote(loaded.run()))  # the first actor's run prepares OUT
@@ -308,7 +324,6 @@ class _GroupWorker:
                                            decode_options=dict(spec.decode_options or {}))
         self.pool = DecodePool(self.plan.workers, loaded.sampling, int(cfg.image_size), **pool_options)
         self.runner.release = self.pool.release
-        context = ray.get_runtime_context()
         self.actor = f"{context.get_node_id()[:8]}/{os.getpid()}"
         self.node = ray.util.get_node_ip_address()
         self.wait_s = self.decode_s = self.decode_cpu_s = 0.0
@@ -428,7 +443,7 @@ def run_ray(spec: RunSpec) -> RaySummary:
     require_backend(spec.decode_backend)
     out = out_path(spec.out)
 
-    lock = None
+    lock = coordinator = None
     timing: dict = {"ready_s": None, "first_report_s": None}  # setup costs: OUT prepared, the first actor report
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -469,6 +484,8 @@ def run_ray(spec: RunSpec) -> RaySummary:
     finally:
         for key, value in saved.items():
             setattr(context, key, value)
+        if coordinator is not None:
+            _stop_actors(ray, coordinator)  # before the lock goes: no actor of this run writes after it
         if lock is not None:
             lock.release()
         if started_ray:
@@ -506,6 +523,23 @@ def _take_over(out: Path, token: str) -> None:
                           "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if previous is not None and not previous.get("finished"):
         time.sleep(ZOMBIE_GRACE_S)
+
+
+def _stop_actors(ray, coordinator) -> None:
+    """Kill this run's actors and its coordinator, however the run ended. Ray Data drops its actor pool when a job
+    ends, but the handles live on while anything references the pool: a failed job's exception does (its traceback
+    holds the executor), so the actors, and every CPU and GPU they reserve, stayed for as long as the caller kept the
+    exception (a notebook keeps the last one; pytest until the garbage collector ran): the next run on the cluster
+    waited forever for resources. A driver stopped by Ctrl-C stops its actors the same way."""
+    try:
+        actors = ray.get(coordinator.started_actors.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - the coordinator is gone (it died with its node): its actors are Ray Data's
+        actors = []
+    for actor in [*actors, coordinator]:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
 
 
 def _finish(out: Path, token: str) -> None:
