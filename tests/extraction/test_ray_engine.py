@@ -406,6 +406,53 @@ def test_list_files_stream_through_rays_readers_with_the_local_engines_rules(tmp
         extract([lists / "b.csv", lists / "d.parquet"], tmp_path / "out2", model=ckpt, **RAY)
 
 
+def _error_part(out, group: int, video_id: str) -> None:
+    """An errors part of group `group` holding `video_id` (a dead driver's actor might commit one during the
+    take-over's grace)."""
+    writer = store.RunWriter.for_group(out, store.load_run(out), group)
+    writer.add_error(f"/{video_id}", video_id, "open", "test", 1)
+    writer.flush()
+
+
+def _same_ids(keyset, ids: set[str]) -> bool:
+    return len(keyset) == len(ids) and all(i in keyset for i in ids)
+
+
+@pytest.mark.parametrize("case", ["part committed after the early read", "retry errors", "a part read early is gone"])
+def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(tmp_path, ckpt, reference,
+                                                                               monkeypatch, case):
+    """_Coordinator reads OUT's resume set as soon as it starts (beside the actors' start); prepare() adds the parts
+    committed after that read, or reads OUT again when a part it read is gone; --retry-errors reads clips only.
+    Each time the set equals the ids OUT holds once prepared."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    _error_part(out, 400, "broken.mp4")  # OUT holds an error row before the run
+    monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
+    spec = ray_engine.RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray",
+                                            retry_errors=case == "retry errors")
+    coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
+    coordinator.early_thread.join(60)
+    early = coordinator.early["done"]
+    before = store.committed_video_ids(out)
+    clips_only = set(store.read_clips(out).column("video_id").to_pylist())
+    assert _same_ids(early, clips_only if case == "retry errors" else before)
+    if case == "a part read early is gone":
+        gone = store.list_parts(out / "clips")[0].name
+        lost = set(pq.read_table(out / "clips" / gone, columns=["video_id"]).column("video_id").to_pylist())
+        (out / "clips" / gone).unlink()
+    else:
+        _error_part(out, 500, "late.mp4")
+    coordinator.prepare(store.load_run(reference))
+    after = store.committed_video_ids(out)  # --retry-errors has retired every errors part by now
+    assert _same_ids(coordinator.done, after)
+    if case == "part committed after the early read":
+        assert after == before | {"late.mp4"} and coordinator.done is early  # the early read, completed
+    elif case == "retry errors":
+        assert after == clips_only and "late.mp4" not in coordinator.done
+    else:
+        assert lost and not lost & after and coordinator.done is not early  # read again
+
+
 def test_the_coordinator_answers_a_rerun_batch_alike_and_refuses_a_repeated_id(tmp_path, ckpt, reference,
                                                                                 monkeypatch):
     """_Coordinator without a cluster: OUT prepared from the first run handed to it (its committed ids skipped),

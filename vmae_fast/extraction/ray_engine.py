@@ -17,8 +17,10 @@ the coordinator, which the driver polls for the tqdm bar and the per-actor time 
 _Coordinator: the run's one stateful place, a threaded Ray actor on the driver's node (no CPU, never restarted:
 a worker node's loss cannot take it). The first actor that has loaded the model hands it the run (_run.json's
 content): the coordinator prepares OUT with it (store.prepare_output: a different configuration is refused; the
-run token; --retry-errors; the temporary files of dead groups) and builds the resume set (store.committed_ids, 16+8
-bytes an id). There was a probe task for this before: now no model is loaded twice. _admit tasks (parallel, beside
+run token; --retry-errors; the temporary files of dead groups) and completes the resume set (store.committed_ids,
+16+8 bytes an id): the coordinator starts reading it from OUT's committed parts as soon as it starts, while the
+actors start, and adds the parts committed after that read (a dead driver's actors, until the take-over's grace).
+There was a probe task for this before: now no model is loaded twice. _admit tasks (parallel, beside
 the readers) send it each batch's id keys; it answers which entries to do (not committed, not seen before: a
 video_id named twice stops the run with an InvalidInput naming it) and the first group number of the batch. A task
 that Ray re-runs (its node died, or its output was lost) gets the same answer (memo by task id and batch index),
@@ -71,7 +73,8 @@ from tqdm import tqdm
 from .. import store
 from ..faults import InternalError, InvalidInput, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
-from ..store import ShardLock, committed_ids, out_path
+from ..store import ShardLock, committed_ids, committed_parts, out_path
+from ..store.committed import committed_keys
 from ..store.layout import (
     CLIPS_DIR,
     ERRORS_DIR,
@@ -142,6 +145,23 @@ class _Coordinator:
         self.started = time.time()
         self.ready_s: float | None = None
         self.actors: dict[str, Any] = {}  # every _GroupWorker that started, by actor id: the driver stops them
+        self.early: dict = {}  # the resume set read while the actors start (_read_early)
+        self.resume_s: float | None = None  # how long building the resume set took, from the coordinator's start
+        self.early_thread: threading.Thread | None = None
+        if not spec.overwrite:
+            self.early_thread = threading.Thread(target=self._read_early, daemon=True, name="vmae-fast-resume-set")
+            self.early_thread.start()
+
+    def _read_early(self) -> None:
+        """Read the resume set of OUT as it is now, while the actors start (10M committed ids take ~15 s here, an
+        actor's start ~10 s): prepare() adds the parts committed since (a dead driver's actors may commit until its
+        take-over's grace ends) instead of reading everything after the model loaded. Read-only: OUT is checked
+        (configuration, format) by prepare() as before; an error here is left for prepare() to meet again."""
+        try:
+            parts = committed_parts(self.out, include_errors=not self.spec.retry_errors)
+            self.early = {"parts": set(parts), "done": committed_ids(self.out, parts=parts)}
+        except Exception as e:  # noqa: BLE001 - prepare() reads OUT again and raises its own error
+            self.early = {"error": e}
 
     # preparation: the first actor's run
     def prepare(self, run: dict) -> dict:
@@ -164,7 +184,8 @@ class _Coordinator:
                 clean_temp_files(out, None, groups=True)  # of the groups of earlier runs: none of their actors is left
                 if spec.retry_errors and not spec.overwrite:  # every error part, whoever wrote it: redone
                     self.counts["errors_retried"] = store.retire_errors(out, None)
-                self.done = KeySet() if spec.overwrite else committed_ids(out)
+                self.done = KeySet() if spec.overwrite else self._resume_set(out)
+                self.resume_s = time.time() - self.started
                 self.base = self.next = next_group(out)
             except BaseException as e:
                 self.failure = e
@@ -174,6 +195,23 @@ class _Coordinator:
             self.ready_s = time.time() - self.started
             self.ready.set()
             return run
+
+    def _resume_set(self, out) -> KeySet:
+        """The ids committed in OUT now (after the take-over's grace and --retry-errors): the early read plus the
+        parts that appeared since; read whole again if a part it read is gone (nothing but --retry-errors removes
+        one, and then the early read skipped the errors parts)."""
+        include_errors = not self.spec.retry_errors  # retry_errors: every errors part was just retired
+        if self.early_thread is not None:
+            self.early_thread.join()
+        now = committed_parts(out, include_errors=include_errors)
+        read = self.early.get("parts")
+        if read is None or not read <= set(now):
+            return committed_ids(out, include_errors=include_errors)
+        done = self.early["done"]
+        new = [part for part in now if part not in read]
+        if new:
+            done.add(committed_keys(out, parts=new), unique=False)
+        return done
 
     def fail(self, error: BaseException) -> None:
         """An actor could not start (its model did not load, say): the driver raises this error."""
@@ -234,6 +272,7 @@ class _Coordinator:
         with self.lock:
             reports, self.reports = self.reports, []
             return {"reports": reports, "counts": dict(self.counts), "ready_s": self.ready_s, "run": self.run,
+                    "resume_s": self.resume_s,
                     "failure": self.failure, "seen_bytes": self.seen.nbytes, "done_bytes": self.done.nbytes}
 
     def outcome(self) -> dict:
@@ -492,6 +531,7 @@ def run_ray(spec: RunSpec) -> RaySummary:
             ray.shutdown()
     counts = state["counts"]
     timing["ready_s"] = state.get("ready_s")
+    timing["resume_set_s"] = state.get("resume_s")
     timing["coordinator_keys_mb"] = round((state["seen_bytes"] + state["done_bytes"]) / 1e6, 1)
     return _summary(out, state["run"], spec, counts, result, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},

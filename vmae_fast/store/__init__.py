@@ -20,7 +20,7 @@ Every function here that takes OUT takes a local path or an fsspec URL (`s3://bu
 the path type of its backend.
 """
 
-from .committed import committed_ids, committed_video_ids
+from .committed import committed_ids, committed_parts, committed_video_ids
 from .layout import (
     CLIPS_DIR,
     ERRORS_DIR,
@@ -44,7 +44,7 @@ from .writer import PartWriter, RunWriter, deferred_signals, fixed_size_list
 
 __all__ = [
     "CLIPS_DIR", "EMBEDDING_DTYPES", "ERRORS_DIR", "FORMAT", "RUN_FILE", "VIDEOS_DIR", "ObjectPath", "PartWriter",
-    "RunWriter", "ShardLock", "VideoAccumulator", "aggregate_video", "clip_schema", "committed_ids",
+    "RunWriter", "ShardLock", "VideoAccumulator", "aggregate_video", "clip_schema", "committed_ids", "committed_parts",
     "committed_video_ids", "config_hash", "deferred_signals", "diff_configs", "error_schema", "file_metadata",
     "fixed_size_list", "is_url", "list_parts", "load_run", "out_path", "prepare_output", "read_clip_part",
     "read_clips", "read_embeddings", "read_errors", "read_videos", "retire_errors", "schemas_for_run", "video_labels",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -58,27 +58,44 @@ def _holds_one_shard(path, part: Part, num_shards: int) -> bool:
     return len(ids) == SAMPLE and bool((shards_of(ids, num_shards) == part.number).all())
 
 
+def committed_parts(out: str | os.PathLike, *, include_errors: bool = True) -> list[tuple[str, Part]]:
+    """The committed parts committed_ids reads: (CLIPS_DIR, part)s, then (ERRORS_DIR, part)s unless
+    include_errors=False. A part, once committed, never changes: ids read from some stay true as others appear."""
+    out = out_path(out)
+    folders = [CLIPS_DIR] + ([ERRORS_DIR] if include_errors else [])
+    return [(folder, part) for folder in folders for part in list_parts(out / folder)]
+
+
 def committed_ids(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *,
-                  include_errors: bool = True) -> KeySet:
+                  include_errors: bool = True, parts: Collection[tuple[str, Part]] | None = None) -> KeySet:
     """The video_ids of shard `shard` of `num_shards` committed in OUT: in a clips part, or in an errors part unless
-    include_errors=False. A KeySet: `video_id in s`, s.lookup(id_keys(batch)), len(s).
+    include_errors=False; or in `parts` only (as committed_parts gives them). A KeySet: `video_id in s`,
+    s.lookup(id_keys(batch)), len(s).
 
     A part whose sampled ids show it holds one other shard's ids is skipped after reading its first row group; a
     part of this shard is taken whole; any other part (a Ray group's, one of another shard count) is read whole and
     its ids hashed to keep this shard's: resuming costs about this shard's share of OUT."""
+    return KeySet(committed_keys(out, shard, num_shards, include_errors=include_errors, parts=parts))
+
+
+def committed_keys(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, *,
+                   include_errors: bool = True, parts: Collection[tuple[str, Part]] | None = None) -> np.ndarray:
+    """committed_ids' keys before they become a set: (n, 2) uint64 (ids.id_keys), repeats possible (a video's
+    clips across two row groups), for KeySet.add(keys, unique=False)."""
     out = out_path(out)
-    folders = [out / CLIPS_DIR] + ([out / ERRORS_DIR] if include_errors else [])
-    keys = []
-    for folder in folders:
-        for part in list_parts(folder):
-            one_shard = num_shards > 1 and _holds_one_shard(folder / part.name, part, num_shards)
-            if one_shard and part.number != shard:
-                continue
-            for ids in _row_group_ids(folder / part.name):
-                if num_shards > 1 and not one_shard:
-                    ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
-                keys.append(id_keys(ids))
-    return KeySet(np.concatenate(keys) if keys else None)  # one sort; repeats (row-group boundaries) dropped
+    if parts is None:
+        parts = committed_parts(out, include_errors=include_errors)
+    keys = [np.zeros((0, 2), np.uint64)]
+    for folder, part in parts:
+        path = out / folder / part.name
+        one_shard = num_shards > 1 and _holds_one_shard(path, part, num_shards)
+        if one_shard and part.number != shard:
+            continue
+        for ids in _row_group_ids(path):
+            if num_shards > 1 and not one_shard:
+                ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
+            keys.append(id_keys(ids))
+    return np.concatenate(keys) if len(keys) > 1 else keys[0]
 
 
 def committed_video_ids(out: str | os.PathLike) -> set[str]:
