@@ -24,10 +24,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.extraction import test_ray_engine as engine_tests
 from tests.extraction.test_ray_engine import ATOL, KEY, LOCAL, REPO, assert_same_rows, no_temp_files, rows_of
-from tests.helpers.hf_checkpoints import make_checkpoint
 from tests.helpers.ray_faults import decode_gated, decode_hold_for_node_loss
-from tests.helpers.videos import make_small_videos
 from vmae_fast import cli, store
 from vmae_fast.extraction import extract, ray_engine
 
@@ -54,21 +53,9 @@ def nodes():
     cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", kind="classification", seed=3)
-
-
-@pytest.fixture(scope="module")
-def small_videos(tmp_path_factory) -> Path:
-    return make_small_videos(tmp_path_factory.mktemp("small"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, small_videos, ckpt) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "out"
-    assert extract([small_videos], out, model=ckpt, **LOCAL)["videos_ok"] == 8
-    return out
+# test_ray_engine's module fixtures (the tiny checkpoint, the 8 small videos, the local engine's run of them),
+# made again for this module's scope
+ckpt, small_videos, reference = engine_tests.ckpt, engine_tests.small_videos, engine_tests.reference
 
 
 def _ray(actors, group_videos: int = 2) -> dict:
