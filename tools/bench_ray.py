@@ -45,7 +45,9 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
     if kind.startswith("ray"):
         import ray
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+        # address="local": a cluster of its own, even while another one runs on the machine (without it, ray.init
+        # joins the last one started here, e.g. a test's, and refuses num_cpus)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
                  _node_ip_address="127.0.0.1")
         started = time.perf_counter()
         options.update(engine="ray")
@@ -77,7 +79,8 @@ def decode_side(videos: Path, image_size: int, num_frames: int, rounds: int) -> 
     sampling = Sampling(num_frames=num_frames)
     tasks = [VideoTask(str(p), p.name) for p in sorted(videos.glob("*.mp4"))]
     rows = []
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="WARNING",
+             _node_ip_address="127.0.0.1")
 
     @ray.remote(num_cpus=1)
     def decode_video(task):
