@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .inputs import Discovery, discover_inputs, iter_tasks, resolve_shard, split_list
-from .local_engine import run_local
-from .spec import RunSpec
 from .summary import RaySummary, RunSummary
+
+if TYPE_CHECKING:
+    from .spec import RunSpec
 
 __all__ = ["Discovery", "RaySummary", "RunSpec", "RunSummary", "discover_inputs", "extract", "iter_tasks",
            "resolve_shard", "run", "split_list"]
@@ -31,6 +32,8 @@ def run(spec: RunSpec) -> RunSummary:
         from .ray_engine import run_ray  # Ray is an optional dependency
 
         return run_ray(spec)
+    from .local_engine import run_local
+
     return run_local(spec)
 
 
@@ -63,4 +66,17 @@ def extract(inputs, out, model: Any = "random:small", **options) -> RunSummary |
     Faults (faults.py): a video's own fault is its error row; an environment fault (EnvironmentFault) or our bug
     stops the run, finished videos committed first and nothing recorded for the video at fault.
     """
+    from .spec import RunSpec
+
     return run(RunSpec.from_keywords(inputs, out, model, **options))
+
+
+def __getattr__(name: str):
+    """RunSpec on first use: spec.py (and local_engine.py) import torch and the model, which the Ray engine's
+    coordinator and admission processes, importing this package for ray_engine.py, must not pay for (~1.5 s of
+    CPU each, beside the actors' own start: docs/ray.md)."""
+    if name == "RunSpec":
+        from .spec import RunSpec
+
+        return RunSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

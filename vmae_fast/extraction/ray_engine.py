@@ -49,6 +49,10 @@ an id unique per output row, while our rows are clips, a video's commit is its p
 actor, and a video may also end as one error row: see docs/ray.md.
 
 Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported inside the functions here only.
+So are torch and the modules of the model (spec, core, runner): this module is what the coordinator's process and
+the admission tasks' import too (Ray finds _Coordinator and _admit here by name), and neither needs them; on one
+2-core node those imports cost ~1.5 s of CPU each, taken from the actors' start (docs/ray.md). The coordinator
+gets a _CoordinatorSpec, not the RunSpec, for the same reason.
 """
 
 from __future__ import annotations
@@ -62,12 +66,12 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from .. import store
@@ -88,11 +92,12 @@ from ..store.layout import (
 from ..store.storage import read_table
 from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
-from .core import CorePlan, Extraction, decode_pool_options, feed
 from .ray_inputs import TASK, input_dataset
-from .runner import ModelRunner
-from .spec import RunSpec
 from .summary import RaySummary
+
+if TYPE_CHECKING:
+    from .core import Extraction
+    from .spec import RunSpec
 
 RUN_TOKEN = RAY_RUN_FILE  # OUT/_ray_run.json (store/layout.py)
 GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a lost actor
@@ -125,11 +130,20 @@ class _Fence:
 
 
 # --- the coordinator ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _CoordinatorSpec:
+    """What the coordinator reads of the RunSpec (unpickling a RunSpec imports spec.py, so torch and the model)."""
+
+    out: Any
+    overwrite: bool
+    retry_errors: bool
+
+
 class _Coordinator:
     """The run's state on the cluster (a threaded actor on the driver's node, see the module docstring): OUT's
     preparation, the resume set, the ids seen, group numbers, the actors' reports, the final count."""
 
-    def __init__(self, spec: RunSpec, token: str, group_videos: int):
+    def __init__(self, spec: _CoordinatorSpec, token: str, group_videos: int):
         self.spec, self.token, self.group_videos = spec, token, group_videos
         self.out = out_path(spec.out)  # a Path, or an ObjectPath for a URL OUT
         self.lock = threading.Lock()
@@ -334,6 +348,10 @@ class _GroupWorker:
 
     def __init__(self, spec: RunSpec, token: str, cores: int, coordinator):
         import ray
+        import torch
+
+        from .core import CorePlan, decode_pool_options
+        from .runner import ModelRunner
 
         self.coordinator = coordinator
         context = ray.get_runtime_context()
@@ -374,6 +392,8 @@ class _GroupWorker:
             yield {"group": np.asarray([int(group)], np.int64)}  # the driver's stream: one tiny row a group
 
     def _group(self, group: int, entries: list[dict]) -> None:
+        from .core import Extraction, feed
+
         t0 = time.perf_counter()
         if self.writer is not None:
             self.write_s += self.writer.write_s
@@ -427,6 +447,8 @@ class _GroupWorker:
 
 
 def _torch_threads() -> int:
+    import torch
+
     return torch.get_num_threads()
 
 
@@ -501,7 +523,8 @@ def run_ray(spec: RunSpec) -> RaySummary:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         coordinator = ray.remote(_Coordinator).options(
-            num_cpus=0, max_concurrency=64, max_restarts=0, scheduling_strategy=here).remote(spec, token, group_videos)
+            num_cpus=0, max_concurrency=64, max_restarts=0, scheduling_strategy=here).remote(
+            _CoordinatorSpec(spec.out, spec.overwrite, spec.retry_errors), token, group_videos)
         bar = None
         if spec.progress or (spec.progress is None and sys.stderr.isatty()):
             bar = tqdm(total=0, unit="video", file=sys.stderr, dynamic_ncols=True, desc="extract (ray)")
@@ -538,8 +561,19 @@ def run_ray(spec: RunSpec) -> RaySummary:
                     time.perf_counter() - t_start)
 
 
+def __getattr__(name: str):
+    """ray_engine.RunSpec (as before this module stopped importing spec.py: see its docstring), on first use."""
+    if name == "RunSpec":
+        from .spec import RunSpec
+
+        return RunSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def extract_ray(inputs, out, model: Any = "random:small", **options) -> RaySummary:
     """`vmae_fast.extract(inputs, out, model, engine="ray", **options)`: run_ray(RunSpec.from_keywords(...))."""
+    from .spec import RunSpec
+
     return run_ray(RunSpec.from_keywords(inputs, out, model, **{"engine": "ray", **options}))
 
 

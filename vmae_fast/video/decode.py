@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..faults import BUG, ENVIRONMENT, EnvironmentFault, InvalidOption, MissingDependency, VideoError, classify
 from .crop import CROP_INDICES
@@ -99,6 +98,9 @@ def check_device(device: str, backend: str) -> None:
     if why:
         raise MissingDependency(f"decoding on {device} needs torchcodec built for this torch and CUDA, which does not "
                            f"load here: {why}")
+    # torch here only: the decode workers (DecodePool's forkserver preloads this package) and the Ray engine's
+    # coordinator and admission processes never import it, each ~1.5 s of CPU to start (docs/ray.md)
+    import torch
 
     if not torch.cuda.is_available():
         raise MissingDependency(f"decoding on {device}: torch sees no CUDA device here (torch {torch.__version__})")
@@ -244,5 +246,7 @@ def _assemble(reader, plans: list[ClipPlan], image_size: int, alloc=None, crops:
 def _stack(crops: list, alloc):
     """(T, S, S, 3) from T crops: into alloc() when given; torch tensors (frames decoded on a GPU) stay torch."""
     if not isinstance(crops[0], np.ndarray):
+        import torch  # already loaded: the frames are its tensors
+
         return torch.stack(crops)
     return np.stack(crops, out=alloc() if alloc else None)
