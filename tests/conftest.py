@@ -12,6 +12,7 @@ short videos: what a test needs to run extract end to end), s3 (a real S3 server
 """
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ os.environ["TRITON_INTERPRET"] = _INTERPRET
 # ray.init(_node_ip_address="127.0.0.1") into the routable address and binds every port on all interfaces, unless
 # told it is a one-machine cluster (read when ray is imported: before any test module imports it)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ctrl-C as in a terminal: a runner that starts pytest as a background job of a non-interactive shell (`cmd &`)
+# hands it SIGINT ignored, which its children inherit; the tests of Ctrl-C (tests/extraction/test_signals.py,
+# tests/video/test_pool.py) then saw no signal at all
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):
