@@ -509,7 +509,9 @@ def run_ray(spec: RunSpec) -> RaySummary:
     started_ray = not ray.is_initialized()
     if started_ray:
         local = spec.ray_address is None and not os.environ.get("RAY_ADDRESS")
-        ray.init(address=spec.ray_address, logging_level=logging.WARNING, log_to_driver=True,
+        # "local": a cluster of this run's own, as documented (address=None would join whatever cluster was started
+        # last on this machine, another user's or job's, and then refuse include_dashboard)
+        ray.init(address="local" if local else spec.ray_address, logging_level=logging.WARNING, log_to_driver=True,
                  **({"include_dashboard": False} if local else {}))
     context, saved = _data_context(ray)
     try:
