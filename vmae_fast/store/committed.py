@@ -95,7 +95,7 @@ def committed_keys(out: str | os.PathLike, shard: int = 0, num_shards: int = 1, 
             if num_shards > 1 and not one_shard:
                 ids = [ids[i] for i in np.flatnonzero(shards_of(ids, num_shards) == shard)]
             keys.append(id_keys(ids))
-    return np.concatenate(keys) if len(keys) > 1 else keys[0]
+    return np.concatenate(keys)
 
 
 def committed_video_ids(out: str | os.PathLike) -> set[str]:
