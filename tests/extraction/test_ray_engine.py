@@ -30,6 +30,7 @@ from tests.helpers.ray_faults import decode_environment_fault, decode_kill_actor
 from tests.helpers.videos import make_bad_files, make_small_videos, make_video_zoo
 from vmae_fast import cli, store
 from vmae_fast.extraction import extract, ray_engine  # imports ray only when a Ray run starts
+from vmae_fast.extraction.spec import RunSpec
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (the test extra installs it)")
 
@@ -428,7 +429,7 @@ def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(
     shutil.copytree(reference, out)
     _error_part(out, 400, "broken.mp4")  # OUT holds an error row before the run
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
-    spec = ray_engine.RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray",
+    spec = RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray",
                                             retry_errors=case == "retry errors")
     coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
     coordinator.early_thread.join(60)
@@ -463,7 +464,7 @@ def test_the_coordinator_answers_a_rerun_batch_alike_and_refuses_a_repeated_id(t
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
-    spec = ray_engine.RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray")
+    spec = RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray")
     coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
     run = store.load_run(reference)
     assert coordinator.prepare(run) == run and coordinator.base == store.layout.next_group(out)

@@ -174,8 +174,8 @@ class _Coordinator:
         try:
             parts = committed_parts(self.out, include_errors=not self.spec.retry_errors)
             self.early = {"parts": set(parts), "done": committed_ids(self.out, parts=parts)}
-        except Exception as e:  # noqa: BLE001 - prepare() reads OUT again and raises its own error
-            self.early = {"error": e}
+        except Exception:  # noqa: BLE001 - nothing read early: prepare() reads OUT again and raises its own error
+            pass
 
     # preparation: the first actor's run
     def prepare(self, run: dict) -> dict:
@@ -561,15 +561,6 @@ def run_ray(spec: RunSpec) -> RaySummary:
     return _summary(out, state["run"], spec, counts, result, per_actor,
                     {"concurrency": concurrency, "cpus_per_actor": cpus, "gpus_per_actor": gpus, **timing},
                     time.perf_counter() - t_start)
-
-
-def __getattr__(name: str):
-    """ray_engine.RunSpec (as before this module stopped importing spec.py: see its docstring), on first use."""
-    if name == "RunSpec":
-        from .spec import RunSpec
-
-        return RunSpec
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def extract_ray(inputs, out, model: Any = "random:small", **options) -> RaySummary:
