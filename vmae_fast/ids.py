@@ -29,8 +29,7 @@ def shards_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
     """shard_of for a batch of ids (int64 array): the same blake2b digests, turned into numbers all at once."""
     if not len(ids):
         return np.zeros(0, np.int64)
-    blake2b = hashlib.blake2b
-    digests = np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=8).digest() for v in ids]), ">u8")
+    digests = np.frombuffer(_digests(ids, _SHARD_HASH), ">u8")
     return (digests % np.uint64(num_shards)).astype(np.int64)
 
 
@@ -39,22 +38,52 @@ def id_keys(ids: Sequence[str]) -> np.ndarray:
     """The 16-byte keys of `ids`, in order: a (n, 2) uint64 array (the digest's two halves)."""
     if not ids:
         return _EMPTY
-    blake2b = hashlib.blake2b
-    return np.frombuffer(b"".join([blake2b(v.encode("utf-8"), digest_size=16).digest()
-                                   for v in ids]), np.uint64).reshape(-1, 2)
+    return np.frombuffer(_digests(ids, _KEY_HASH), np.uint64).reshape(-1, 2)
+
+
+_SHARD_HASH = hashlib.blake2b(digest_size=8)  # empty hashers: copying one costs ~40% less than a new blake2b(...)
+_KEY_HASH = hashlib.blake2b(digest_size=16)
+
+
+def _digests(ids: Sequence[str], empty) -> bytes:
+    """The digests of the UTF-8 ids, end to end: copies of the `empty` hasher, each fed one id."""
+    copy = empty.copy
+    out = []
+    append = out.append
+    for v in ids:
+        h = copy()
+        h.update(v.encode("utf-8"))
+        append(h.digest())
+    return b"".join(out)
 
 
 def _order(keys: np.ndarray) -> np.ndarray:
-    """Stable sorting order of (n, 2) keys by (first, second) half: by the first half (one fast argsort), then the
-    keys that share a first half (repeated ids; distinct ids only once in 2^64) re-sorted among themselves."""
-    order = np.argsort(keys[:, 0], kind="stable")
-    first = keys[order, 0]
-    tied = np.flatnonzero(first[1:] == first[:-1])
+    """Stable sorting order of (n, 2) keys by (first, second) half. numpy sorts plain numbers several times faster
+    than it argsorts them (10M: 0.7 s vs 2.1 s stable, here), so: one sort of numbers that are each a key's first
+    half with its low b bits replaced by its position (b: enough bits for n positions), which orders the keys by
+    their first half's high bits and then by position; the positions read back from the low bits are the order.
+    The keys whose high bits tie (repeated ids; distinct ids ~n^2 / 2^(65 - b) times: ~45 for 10M), which come out
+    by position, are then re-sorted stably among themselves by (first half, second half)."""
+    n = len(keys)
+    low = np.uint64((1 << max(1, (n - 1).bit_length())) - 1)
+    packed = (keys[:, 0] & ~low) | np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & low).astype(np.intp)
+    high = packed & ~low
+    tied = np.flatnonzero(high[1:] == high[:-1])
     if len(tied):
         at = np.unique(np.concatenate([tied, tied + 1]))  # the positions of every tie group, contiguous blocks
         members = order[at]
-        order[at] = members[np.lexsort((keys[members, 1], keys[members, 0]))]
+        order[at] = members[np.lexsort((keys[members, 1], keys[members, 0]))]  # stable: repeats by position
     return order
+
+
+_ROW = np.dtype([("first", np.uint64), ("second", np.uint64)])
+
+
+def _take(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """keys[order] for (n, 2) keys, as one gather of 16-byte records (4x faster than numpy's row gather)."""
+    return np.ascontiguousarray(keys).view(_ROW).ravel()[order].view(np.uint64).reshape(-1, 2)
 
 
 class KeySet:
@@ -102,24 +131,28 @@ class KeySet:
     def add(self, keys: np.ndarray, codes: np.ndarray | None = None, *, unique: bool = True) -> None:
         """Add keys (with their codes; default -1). unique=True: the caller checked that none is present and that
         they are distinct (see first_repeat); unique=False: repeats are dropped (the first code is kept)."""
-        codes = np.full(len(keys), -1, np.int64) if codes is None else np.asarray(codes, np.int64)
         if not len(keys):
             return
-        if not unique:
-            present, _ = self.lookup(keys)
-            keys, codes = keys[~present], codes[~present]
+        if codes is not None:
+            codes = np.asarray(codes, np.int64)
+        if not unique and len(self):
+            new = ~self.lookup(keys)[0]
+            keys, codes = keys[new], (None if codes is None else codes[new])
         order = _order(keys)
-        keys, codes = keys[order], codes[order]
+        keys = _take(keys, order)
+        codes = np.full(len(keys), -1, np.int64) if codes is None else codes[order]
         if not unique and len(keys) > 1:
-            new = np.ones(len(keys), bool)
-            new[1:] = (keys[1:] != keys[:-1]).any(axis=1)  # sorted stably: the first of equal keys is kept
-            keys, codes = keys[new], codes[new]
+            new = np.ones(len(keys), bool)  # sorted stably: the first of equal keys is kept
+            new[1:] = (keys[1:, 0] != keys[:-1, 0]) | (keys[1:, 1] != keys[:-1, 1])
+            if not new.all():
+                kept = np.flatnonzero(new)
+                keys, codes = _take(keys, kept), codes[kept]
         self._runs.append((keys, codes))
         while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
             (k1, c1), (k2, c2) = self._runs.pop(), self._runs.pop()
             k, c = np.concatenate([k2, k1]), np.concatenate([c2, c1])
             order = _order(k)
-            self._runs.append((k[order], c[order]))
+            self._runs.append((_take(k, order), c[order]))
 
     def first_repeat(self, keys: np.ndarray) -> tuple[int, int | None, int | None] | None:
         """(i, code, None) for the first position i whose key is already in the set (code: the one stored with it),
@@ -128,8 +161,7 @@ class KeySet:
         present, codes = self.lookup(keys)
         i_set = int(np.argmax(present)) if present.any() else len(keys)
         i_batch, j_batch = len(keys), None
-        order = _order(keys)
-        ordered = keys[order]
+        ordered = _take(keys, _order(keys))
         if len(keys) > 1 and (ordered[1:] == ordered[:-1]).all(axis=1).any():  # a repeat: find the first (rare)
             first_at: dict[tuple[int, int], int] = {}
             for i, (a, b) in enumerate(keys.tolist()):

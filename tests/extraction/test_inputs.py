@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vmae_fast import ids as ids_module
 from vmae_fast import store
 from vmae_fast.extraction import inputs as inputs_module
-from vmae_fast.extraction.inputs import Discovery, discover_inputs, split_list
+from vmae_fast.extraction.inputs import Discovery, _ListFile, discover_inputs, split_list
+from vmae_fast.extraction.ray_inputs import _ListEntries
 from vmae_fast.ids import KeySet, id_keys, shard_of, shards_of
 from vmae_fast.store import committed_ids
 
@@ -128,6 +130,71 @@ def test_folder_walk_streams_with_symlink_loops_and_skip(tmp_path, small_batches
     discovery = Discovery(root, skip=KeySet(id_keys(["c.mp4", "a/1.mp4"])))
     assert [t.video_id for t in discovery] == ["a/b/2.MKV", "d/e/3.webm", "folder.mp4"]
     assert (discovery.mine, discovery.skipped, discovery.entries) == (5, 2, 5)
+
+
+TRICKY_ENTRIES = ["/abs/v.mp4", "rel/v.mp4", "v.mp4", ".hidden/v.mp4", "a/.b/c..mp4", "/a/./b.mp4", "/a/../b.mp4",
+                  "a/./b.mp4", "../up/v.mp4", "./v.mp4", "a//b.mp4", "//net/v.mp4", "///x/v.mp4", "/a/b/", "/",
+                  " /padded/v.mp4 ", "\t/tab/v.mp4", "/trail/v.mp4\x1c", "\u3000/ideo/v.mp4", "~/home/v.mp4",
+                  "~user/v.mp4", "x~/v.mp4", "/é/v.mp4", "é/v.mp4", "/a/vidé", "https://h/v.mp4", "s3://b/k.mp4",
+                  "file:///f/v.mp4", "C:/win/v.mp4", "a:b/v.mp4", "/a/b.mp4/.", "/a/b/..", "..", ".", "..v/x.mp4",
+                  "/x\ny/v.mp4", "a/ b .mp4", "/a/{b}/[c]!$&'()*+,;=@.mp4", "a|b/v.mp4", "/a/\x7f.mp4"]
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute", "root", "url"])
+def test_plain_entries_shortcut_gives_the_task_path_of_each_entry(tmp_path, monkeypatch, where):
+    """_task_paths (arrow kernels for the plain entries) equals _task_path one entry at a time, for lists read by
+    the local engine (_ListFile) and by Ray (_ListEntries), wherever the list lies."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lists").mkdir()
+    raw = {"relative": "lists/l.txt", "absolute": str(tmp_path / "lists" / "l.txt"), "root": "/l.txt",
+           "url": "https://host/lists/l.txt"}[where]
+    sources = [_ListEntries(raw, [])]
+    if where != "url":
+        (tmp_path / "lists" / "l.txt").write_text("x\n")
+        sources.append(_ListFile(str(tmp_path / "lists" / "l.txt") if where == "absolute" else raw))
+        if where == "root":
+            sources[-1].path = inputs_module.Path("/l.txt")
+    entries = TRICKY_ENTRIES + [f"/{i}/{i}.mp4" for i in range(50)] + [f"r{i}/{i}.mp4" for i in range(50)]
+    for source in sources:
+        want = [source._task_path(e) for e in entries]
+        one_by_one: list[str] = []
+        monkeypatch.setattr(source, "_task_path",
+                            lambda e, rule=source._task_path, seen=one_by_one: seen.append(e) or rule(e))
+        assert source._task_paths(pa.array(entries)) == want
+        assert source._task_paths(pa.array(entries, pa.large_string())) == want
+        plain = 50 + (14 + 50 if where != "url" else 4)  # of TRICKY_ENTRIES: 14 plain, 4 of them absolute
+        assert len(one_by_one) == 2 * (len(entries) - plain)
+    assert want[:3] == ["/abs/v.mp4", *(os.path.join(os.path.abspath(os.path.dirname(raw)), e)
+                                        for e in ("rel/v.mp4", "v.mp4"))] or where == "url"
+
+
+def test_id_keys_are_the_blake2b_digests_of_before():
+    ids = [f"{i}/vidéo.mp4" for i in range(500)] + ["", "日本/x.mp4"]
+    want = [hashlib.blake2b(v.encode("utf-8"), digest_size=16).digest() for v in ids]
+    assert [row.tobytes() for row in id_keys(ids)] == want
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 1000, 5000])
+def test_key_order_is_a_stable_sort_by_both_halves(n):
+    """ids._order packs a position into the low bits of each first half: keys that differ only there, that share a
+    first half, or repeat, must still come out in (first, second, position) order."""
+    rng = np.random.default_rng(n)
+    keys = rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    if n > 3:
+        keys[: n // 4, 0] = keys[0, 0] ^ rng.integers(0, 2**12, n // 4, dtype=np.uint64)  # ties in the high bits
+        keys[n // 4: n // 2, 0] = 7  # one first half, several second halves
+        keys[n // 4: n // 2, 1] = rng.integers(0, 3, n // 2 - n // 4, dtype=np.uint64)  # and repeated keys
+    want = np.lexsort((np.arange(n), keys[:, 1], keys[:, 0]))
+    assert ids_module._order(keys).tolist() == want.tolist()
+    assert np.array_equal(ids_module._take(keys, want), keys[want])
+    ks = KeySet()
+    ks.add(keys, np.arange(n), unique=False)  # repeats: the first one's code stays
+    found, codes = ks.lookup(keys)
+    first_at = {}
+    for i, row in enumerate(map(tuple, keys.tolist())):
+        first_at.setdefault(row, i)
+    assert found.all() and codes.tolist() == [first_at[tuple(row)] for row in keys.tolist()]
+    assert len(ks) == len(first_at)
 
 
 def test_keyset_equals_a_python_set():

@@ -37,6 +37,11 @@ from ..video import VIDEO_EXTENSIONS, VideoTask
 from ..video.remote import is_url, url_video_id
 
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
+# a list entry that is a plain path (_ListFile._task_paths): matches PLAIN_PATH and not NOT_PLAIN: components of one
+# or more characters, none '.' or '..', after an optional '/' a printable ASCII character but '/', '~' or a space,
+# no '://', a printable ASCII character last
+PLAIN_PATH = r"^/?[!-.0-}][^/]*(/[^/]+)*$"
+NOT_PLAIN = r"(^|/)\.\.?(/|$)|://|[^!-~]$"
 BATCH_ROWS = 65536  # list entries read (and hashed) at a time
 WALK_BATCH = 4096  # folder entries hashed at a time
 PROGRESS_EVERY_S = 1.0
@@ -213,6 +218,31 @@ class _ListFile(_Source):
         entry = Path(os.path.expanduser(written))
         return os.path.abspath(entry if entry.is_absolute() else self.path.parent / entry)
 
+    def _relative_base(self) -> str | None:
+        """The folder a plain relative entry is joined to (_task_paths' shortcut); None: every relative entry
+        through _task_path."""
+        return os.path.abspath(self.path.parent)
+
+    def _task_paths(self, written: pa.Array) -> list[str]:
+        """[_task_path(p) for p in written] (no null), at ~0.1 s a million entries instead of ~6 s: an entry that is
+        a plain path already (PLAIN_PATH: no empty, '.' or '..' component, no '~' or '://', a printable ASCII
+        character at both ends, so nothing for strip() or normalization to do) is its own task path when absolute,
+        the list's folder + '/' + it when relative; the others go through _task_path."""
+        written = written.cast(pa.string())
+        plain = pc.and_(pc.match_substring_regex(written, PLAIN_PATH),
+                        pc.invert(pc.match_substring_regex(written, NOT_PLAIN)))
+        base = self._relative_base()
+        if base is not None:
+            joined = pc.binary_join_element_wise(pa.scalar(base.rstrip("/")), written, "/")
+            fast = pc.if_else(pc.starts_with(written, "/"), written, joined)
+        else:
+            plain = pc.and_(plain, pc.starts_with(written, "/"))
+            fast = written
+        paths = pc.if_else(plain, fast, pa.nulls(len(written), pa.string())).to_pylist()
+        for i in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)):
+            paths[i] = self._task_path(written[int(i)].as_py())
+        return paths
+
     def fields(self, batch: _Batch, own: np.ndarray) -> tuple[list[str], list, list]:
         """Only this shard's entries are checked here: an empty path or a bad start_s/end_s of another shard's
         entry is reported by the process that owns its video_id."""
@@ -224,7 +254,7 @@ class _ListFile(_Source):
                 raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
         starts = self._seconds(batch.starts.take(take), "start_s", rows) if batch.starts is not None else None
         ends = self._seconds(batch.ends.take(take), "end_s", rows) if batch.ends is not None else None
-        for i in range(len(own)):
+        for i in range(len(own) if starts is not None or ends is not None else 0):
             start = None if starts is None or np.isnan(starts[i]) else float(starts[i])
             end = None if ends is None or np.isnan(ends[i]) else float(ends[i])
             if start is not None and start < 0:
@@ -233,7 +263,7 @@ class _ListFile(_Source):
                 raise InvalidInput(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
                                  f"start_s={start} end_s={end}")
         none = [None] * len(own)
-        return ([self._task_path(p) for p in written],
+        return (self._task_paths(batch.paths.take(take)),
                 none if starts is None else [None if np.isnan(v) else float(v) for v in starts],
                 none if ends is None else [None if np.isnan(v) else float(v) for v in ends])
 

@@ -69,6 +69,9 @@ class _ListEntries(_ListFile):
             return posixpath.join(self.raw.rsplit("/", 1)[0], written)  # relative to the list's URL
         return super()._task_path(written)
 
+    def _relative_base(self) -> str | None:
+        return None if self.url else super()._relative_base()
+
 
 def list_header(raw: str) -> list[str]:
     """The columns of a .csv / .parquet list (local path or URL); [] for .txt. A list without `path` is refused."""
