@@ -420,11 +420,11 @@ def _same_ids(keyset, ids: set[str]) -> bool:
 
 
 @pytest.mark.parametrize("case", ["part committed after the early read", "retry errors", "a part read early is gone"])
-def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(tmp_path, ckpt, reference,
+def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(tmp_path, cluster, ckpt, reference,
                                                                                monkeypatch, case):
-    """_Coordinator reads OUT's resume set as soon as it starts (beside the actors' start); prepare() adds the parts
-    committed after that read, or reads OUT again when a part it read is gone; --retry-errors reads clips only.
-    Each time the set equals the ids OUT holds once prepared."""
+    """_Coordinator reads OUT's resume set as soon as it starts (beside the actors' start), by RESUME_TASKS Ray
+    tasks; prepare() adds the parts committed after that read, or reads OUT again when a part it read is gone;
+    --retry-errors reads clips only. Each time the set equals the ids OUT holds once prepared."""
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     _error_part(out, 400, "broken.mp4")  # OUT holds an error row before the run
@@ -434,6 +434,7 @@ def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(
     coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
     coordinator.early_thread.join(60)
     early = coordinator.early["done"]
+    assert coordinator.early["tasks"] == ray_engine.RESUME_TASKS < len(store.committed_parts(out))
     before = store.committed_video_ids(out)
     clips_only = set(store.read_clips(out).column("video_id").to_pylist())
     assert _same_ids(early, clips_only if case == "retry errors" else before)

@@ -104,6 +104,7 @@ GROUP_VIDEOS = 32  # videos per group: the unit of balancing and of redo after a
 ZOMBIE_GRACE_S = 10.0  # after a driver that did not finish: let its actors' last part writes land or stop
 REPORT_EVERY_S = 1.0  # an actor reports (progress, timings) at most this often, and at the end of each group
 POLL_S = 0.5  # the driver asks the coordinator for reports this often
+RESUME_TASKS = 4  # Ray tasks at most that read the committed parts into the resume set (_Coordinator._read_early)
 
 
 def _require_ray():
@@ -167,13 +168,26 @@ class _Coordinator:
             self.early_thread.start()
 
     def _read_early(self) -> None:
-        """Read the resume set of OUT as it is now, while the actors start (10M committed ids take ~15 s here, an
-        actor's start ~10 s): prepare() adds the parts committed since (a dead driver's actors may commit until its
-        take-over's grace ends) instead of reading everything after the model loaded. Read-only: OUT is checked
+        """Read the resume set of OUT as it is now, while the actors start: prepare() adds the parts committed since
+        (a dead driver's actors may commit until its take-over's grace ends) instead of reading everything after
+        the model loaded. The parts are read by up to RESUME_TASKS Ray tasks (no CPU asked, like the readers: the
+        actors may hold every CPU) wherever the cluster has room, each returning its parts' keys (16 bytes an id);
+        the coordinator only makes them a set (10M ids: ~9 s of reading and hashing, ~1 s for the set, here).
+        Outside a Ray worker (a test's coordinator) the thread reads them itself. Read-only: OUT is checked
         (configuration, format) by prepare() as before; an error here is left for prepare() to meet again."""
+        import ray
+
         try:
             parts = committed_parts(self.out, include_errors=not self.spec.retry_errors)
-            self.early = {"parts": set(parts), "done": committed_ids(self.out, parts=parts)}
+            chunks = [parts[i::RESUME_TASKS] for i in range(min(RESUME_TASKS, len(parts)))]
+            if len(chunks) > 1 and ray.is_initialized():
+                task = ray.remote(num_cpus=0)(_committed_keys)
+                keys = ray.get([task.remote(self.spec.out, chunk) for chunk in chunks])
+                tasks = len(chunks)
+            else:
+                keys, tasks = [committed_keys(self.out, parts=parts)], 0
+            self.early = {"parts": set(parts), "done": KeySet(np.concatenate([np.zeros((0, 2), np.uint64), *keys])),
+                          "tasks": tasks}
         except Exception:  # noqa: BLE001 - nothing read early: prepare() reads OUT again and raises its own error
             pass
 
@@ -310,6 +324,11 @@ class _Coordinator:
         twice = len(every) - len(distinct)
         return {"videos": len(distinct), "clips": clips, "failed": failed, "twice": twice,
                 "admitted": self.counts["admitted"]}
+
+
+def _committed_keys(out, parts: list) -> np.ndarray:
+    """The Ray task of _Coordinator._read_early: the id keys of OUT's committed `parts` (store.committed_keys)."""
+    return committed_keys(out_path(out), parts=parts)
 
 
 # --- admission: a Ray Data task beside the readers --------------------------------------------------------------
