@@ -17,9 +17,10 @@ the coordinator, which the driver polls for the tqdm bar and the per-actor time 
 _Coordinator: the run's one stateful place, a threaded Ray actor on the driver's node (no CPU, never restarted:
 a worker node's loss cannot take it). The first actor that has loaded the model hands it the run (_run.json's
 content): the coordinator prepares OUT with it (store.prepare_output: a different configuration is refused; the
-run token; --retry-errors; the temporary files of dead groups) and completes the resume set (store.committed_ids,
+run token; --retry-errors; the temporary files of dead groups) and completes the resume set (an ids.KeySet,
 16+8 bytes an id): the coordinator starts reading it from OUT's committed parts as soon as it starts, while the
-actors start, and adds the parts committed after that read (a dead driver's actors, until the take-over's grace).
+actors start (RESUME_TASKS Ray tasks read the parts and return their ids' keys), and adds the parts committed after
+that read (a dead driver's actors, until the take-over's grace).
 There was a probe task for this before: now no model is loaded twice. _admit tasks (parallel, beside
 the readers) send it each batch's id keys; it answers which entries to do (not committed, not seen before: a
 video_id named twice stops the run with an InvalidInput naming it) and the first group number of the batch. A task
