@@ -248,8 +248,8 @@ class _ListFile(_Source):
         entry is reported by the process that owns its video_id."""
         take = pa.array(own, pa.int64())
         rows = batch.rows[own]
-        written = batch.paths.take(take).to_pylist()
-        for i, path in enumerate(written):
+        written = batch.paths.take(take)
+        for i, path in enumerate(written.to_pylist()):
             if path is None or not str(path).strip():
                 raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
         starts = self._seconds(batch.starts.take(take), "start_s", rows) if batch.starts is not None else None
@@ -263,7 +263,7 @@ class _ListFile(_Source):
                 raise InvalidInput(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
                                  f"start_s={start} end_s={end}")
         none = [None] * len(own)
-        return (self._task_paths(batch.paths.take(take)),
+        return (self._task_paths(written),
                 none if starts is None else [None if np.isnan(v) else float(v) for v in starts],
                 none if ends is None else [None if np.isnan(v) else float(v) for v in ends])
 

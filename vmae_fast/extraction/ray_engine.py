@@ -187,7 +187,7 @@ class _Coordinator:
                 tasks = len(chunks)
             else:
                 keys, tasks = [committed_keys(self.out, parts=parts)], 0
-            self.early = {"parts": set(parts), "done": KeySet(np.concatenate([np.zeros((0, 2), np.uint64), *keys])),
+            self.early = {"parts": set(parts), "done": KeySet(np.concatenate(keys)),
                           "tasks": tasks}
         except Exception:  # noqa: BLE001 - nothing read early: prepare() reads OUT again and raises its own error
             pass
