@@ -18,7 +18,7 @@ REMOVED_IN = "0.3"
 # old module -> the modules that hold its names now, searched in order (the first is named in the warning)
 MOVED = {
     "vmae_fast.pipeline": ("vmae_fast.extraction", "vmae_fast.extraction.local_engine", "vmae_fast.extraction.core",
-                           "vmae_fast.extraction.spec"),
+                           "vmae_fast.extraction.spec", "vmae_fast.extraction.devices"),
     "vmae_fast.inputs": ("vmae_fast.extraction.inputs", "vmae_fast.ids"),
     "vmae_fast.committed": ("vmae_fast.store.committed", "vmae_fast.ids"),
     "vmae_fast.views": ("vmae_fast.store.videos", "vmae_fast.store.reader", "vmae_fast.store.layout",

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._options import KeepSpelling, check_keep_ratio, check_motion_threshold, parse_keep_spelling
+
 
 class KeepPolicy:
     """Base of the keep policies: `mask(frames, config)` -> bool (B, N) on frames' device, True = kept.
@@ -135,12 +137,11 @@ class TubeKeep(KeepPolicy):
     seed: int = 0
 
     def __post_init__(self):
-        if not 0 < self.ratio <= 1:
-            raise ValueError(f"tube keep ratio must be in (0, 1], got {self.ratio}")
+        check_keep_ratio("tube", self.ratio)
 
     @property
     def spec(self) -> str:
-        return f"tube:{self.ratio:g}" + (f":random:{self.seed}" if self.random else "")
+        return KeepSpelling("tube", ratio=self.ratio, random=self.random, seed=self.seed).spec
 
     def spatial_positions(self, n_h: int, n_w: int) -> torch.Tensor:
         """Sorted int64 ids (k,) of the kept positions in the n_h x n_w grid."""
@@ -190,14 +191,14 @@ class MotionKeep(KeepPolicy):
     def __post_init__(self):
         if (self.ratio is None) == (self.threshold is None):
             raise ValueError("MotionKeep needs exactly one of ratio or threshold")
-        if self.ratio is not None and not 0 < self.ratio <= 1:
-            raise ValueError(f"motion keep ratio must be in (0, 1], got {self.ratio}")
-        if self.threshold is not None and not self.threshold >= 0:
-            raise ValueError(f"motion threshold must be >= 0, got {self.threshold}")
+        if self.ratio is not None:
+            check_keep_ratio("motion", self.ratio)
+        if self.threshold is not None:
+            check_motion_threshold(self.threshold)
 
     @property
     def spec(self) -> str:
-        return f"motion:{self.ratio:g}" if self.ratio is not None else f"motion:t={self.threshold:g}"
+        return KeepSpelling("motion", ratio=self.ratio, threshold=self.threshold).spec
 
     def scores(self, frames: torch.Tensor, config) -> torch.Tensor:
         """frames uint8 (B, T, H, W, C) or normalized float (B, T, C, H, W) -> float32 (B, N) change per tubelet;
@@ -248,22 +249,12 @@ def parse_keep(spec) -> KeepPolicy | None:
         return spec  # a user policy with the same interface
     if not isinstance(spec, str):
         raise TypeError(f"keep must be None, a policy string or a KeepPolicy, got {type(spec).__name__}")
-    forms = "'all', 'tube:R', 'tube:R:random[:SEED]', 'motion:R', 'motion:t=X' (R in (0, 1])"
-    parts = spec.strip().lower().split(":")
-    try:
-        if parts == ["all"]:
-            return KeepAll()
-        if parts[0] == "tube" and len(parts) == 2:
-            return TubeKeep(float(parts[1]))
-        if parts[0] == "tube" and len(parts) in (3, 4) and parts[2] == "random":
-            return TubeKeep(float(parts[1]), random=True, seed=int(parts[3]) if len(parts) == 4 else 0)
-        if parts[0] == "motion" and len(parts) == 2:
-            if parts[1].startswith("t="):
-                return MotionKeep(threshold=float(parts[1][2:]))
-            return MotionKeep(ratio=float(parts[1]))
-    except ValueError as e:
-        raise ValueError(f"bad keep policy {spec!r}: {e}; expected one of {forms}") from None
-    raise ValueError(f"unknown keep policy {spec!r}; expected one of {forms}")
+    spelling = parse_keep_spelling(spec)  # the grammar (and its checks) lives in _options.py, without torch
+    if spelling.kind == "all":
+        return KeepAll()
+    if spelling.kind == "tube":
+        return TubeKeep(spelling.ratio, random=spelling.random, seed=spelling.seed)
+    return MotionKeep(ratio=spelling.ratio, threshold=spelling.threshold)
 
 
 def pack(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

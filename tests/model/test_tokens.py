@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vmae_fast import VideoMAEConfig
+from vmae_fast._options import parse_keep_spelling
 from vmae_fast.tokens import KeepAll, MotionKeep, TubeKeep, pack, parse_keep
 
 CONFIG = VideoMAEConfig(image_size=64, patch_size=16, num_frames=8)  # grid (4, 4, 4), 64 tokens
@@ -24,6 +25,7 @@ def test_parse_keep_and_canonical_spec(text, spec, policy):
     parsed = parse_keep(text)
     assert parsed == policy and parsed.spec == spec and str(parsed) == spec
     assert parse_keep(parsed.spec) == parsed  # the recorded spec parses back to the same policy
+    assert parse_keep_spelling(text).spec == spec  # the torch-free grammar a Ray driver checks a run's keep with
 
 
 def test_parse_keep_none_and_objects():
@@ -45,6 +47,21 @@ def test_parse_keep_none_and_objects():
 def test_parse_keep_errors(text, error, message):
     with pytest.raises(error, match=message):
         parse_keep(text)
+    if isinstance(text, str):  # the torch-free grammar refuses it with the same message
+        with pytest.raises(error, match=message):
+            parse_keep_spelling(text)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TubeKeep(0.0), r"tube keep ratio must be in \(0, 1\], got 0.0"),
+    (lambda: TubeKeep(1.5), r"tube keep ratio must be in \(0, 1\], got 1.5"),
+    (lambda: MotionKeep(ratio=float("nan")), r"motion keep ratio must be in \(0, 1\], got nan"),
+    (lambda: MotionKeep(threshold=-1.0), "motion threshold must be >= 0, got -1.0"),
+    (lambda: MotionKeep(), "exactly one of ratio or threshold"),
+])
+def test_policies_made_directly_check_their_numbers(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def frames(batch: int = 2, seed: int = 0) -> torch.Tensor:

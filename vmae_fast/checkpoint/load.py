@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .._options import DTYPE_NAMES
 from ..config import PRESETS, VJEPA2_PRESETS, VideoMAEConfig, VJEPA2Config
 from ..faults import InvalidModel, MissingFile
 from ..model import KERNEL_BACKENDS, VideoEncoder, VideoMAE
@@ -27,8 +28,7 @@ from .vjepa2_keys import VJEPA2_PATCH_KEY, build_vjepa2_config, convert_vjepa2_s
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}
 
 
 def load_model(source: str | os.PathLike, device=None, dtype=None, backend: str = "auto",

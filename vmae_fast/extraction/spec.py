@@ -15,28 +15,26 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..checkpoint import load_model
-from ..checkpoint.load import DTYPES, resolve_dtype
+from .._options import DTYPE_NAMES, KERNEL_BACKENDS, dtype_short, parse_keep_spelling
 from ..faults import InvalidOption, UnsupportedOption, UserError
-from ..model import KERNEL_BACKENDS
 from ..store import EMBEDDING_DTYPES, FORMAT, config_hash, load_run
-from ..tokens import parse_keep
 from ..video import Sampling
 from ..video.crop import CROPS, check_crops
 from ..video.decode import DECODE_BACKENDS
-from .devices import resolve_device
 from .inputs import parse_shard
 
+if TYPE_CHECKING:
+    import torch
+
 _VIEWS_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(:\d+)?$")  # the usual devices, checked without torch (others: torch.device)
 ENGINES = ("local", "ray")
 RAY_OPTIONS = ("actors", "cpus_per_actor", "gpus_per_actor", "group_videos", "report_every_s")
 ORIGINS = ("python", "cli", "run")
@@ -48,8 +46,10 @@ def load_run_model(model: Any, device: torch.device, dtype: torch.dtype, backend
     (_run.json must name it from any working directory). The user's mistake, where load_model knows it (a missing
     file, a checkpoint whose keys or shapes are no model's: a UserError), says which model; anything else (our bug,
     the environment's fault) is raised as it is, with its traceback."""
-    if isinstance(model, torch.nn.Module):
+    if _is_torch(model, "nn", "Module"):
         return model
+    from ..checkpoint import load_model  # torch and the model's modules: only where a model is loaded
+
     source = _model_source(model)
     try:
         return load_model(source, device=device, dtype=dtype, backend=backend, config=config)
@@ -59,7 +59,7 @@ def load_run_model(model: Any, device: torch.device, dtype: torch.dtype, backend
 
 
 def _model_source(model: Any) -> Any:
-    if isinstance(model, torch.nn.Module):
+    if _is_torch(model, "nn", "Module"):
         return model
     source = str(model)
     if os.path.exists(os.path.expanduser(source)):  # every process (and node) must find it: absolute path
@@ -71,10 +71,22 @@ def parse_keep_spec(keep: Any):
     """(policy for the model or None for all tokens, canonical spec recorded in the output)."""
     if keep is None or keep == "all":
         return None, "all"
+    from ..tokens import parse_keep  # torch: only where the policy is used (keep_spec checks a spelling without)
+
     policy = parse_keep(keep)
     if policy is None:
         return None, "all"
     return policy, policy.spec
+
+
+def keep_spec(keep: Any) -> str:
+    """The canonical spec of `keep` (a spelling, None, or a policy object), as parse_keep_spec gives it; a
+    spelling is checked without importing torch (_options.py)."""
+    if keep is None:
+        return "all"
+    if isinstance(keep, str):
+        return parse_keep_spelling(keep).spec
+    return parse_keep_spec(keep)[1]
 
 
 def parse_views(spec: str, option: str = "--views") -> tuple[int, int]:
@@ -163,6 +175,8 @@ class RunSpec:
         run = load_run(out)
         config = run["config"]
         source = run["model"].get("source")
+        import torch
+
         if device is None:
             device = "cuda" if config["device_type"] == "cuda" and torch.cuda.is_available() else "cpu"
         same_type = torch.device(device).type == config["device_type"]
@@ -224,13 +238,15 @@ class RunSpec:
                 raise InvalidOption(f"{opt('crops')} must be 1 (the center crop) or 3 (start, center and end of the "
                                     f"long side), got {self.crops!r}") from None
         try:
-            self._set("keep", parse_keep_spec(self.keep)[1])
+            self._set("keep", keep_spec(self.keep))
         except (ValueError, TypeError) as e:
             raise InvalidOption(f"{opt('keep')}: {e}") from None
         self._set("shard", parse_shard(self.shard, opt("shard")))
-        if self.dtype is not None and not isinstance(self.dtype, torch.dtype) and str(self.dtype).lower() not in DTYPES:
+        if self.dtype is not None and not _is_torch(self.dtype, "dtype") and str(self.dtype).lower() not in DTYPE_NAMES:
             raise InvalidOption(f"{opt('dtype')} must be bf16, fp16 or fp32, got {self.dtype!r}")
-        if self.device is not None and not isinstance(self.device, torch.device):
+        if self.device is not None and not _is_torch(self.device, "device") and not _DEVICE_RE.match(str(self.device)):
+            import torch  # what torch.device takes beyond cpu / cuda[:N] (e.g. "cuda: 0" is refused, "meta" is not)
+
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError):
@@ -256,7 +272,7 @@ class RunSpec:
         if self.shard is not None:
             raise InvalidOption(f"{opt('shard')} splits the work between static processes; {ray} balances it itself: "
                                 "give one of them")
-        if isinstance(self.model, torch.nn.Module):
+        if _is_torch(self.model, "nn", "Module"):
             raise UnsupportedOption(f"{ray} loads the model on every actor: pass its source (a folder or file every "
                                     "node sees, a hub id, random:<preset>), not a loaded module")
         if self.decode_device != "cpu":
@@ -290,8 +306,10 @@ class RunSpec:
     def resolve_device(self) -> torch.device:
         """The device this process computes on: a loaded model's own, else the device option (None: cuda:LOCAL_RANK
         when CUDA is there, else cpu); a CUDA device this machine lacks is an InvalidOption naming the option."""
-        if isinstance(self.model, torch.nn.Module):
+        if _is_torch(self.model, "nn", "Module"):
             return next(self.model.parameters()).device
+        from .devices import resolve_device  # torch
+
         return resolve_device(self.device, option=self.option("device"))
 
     def load(self, device: torch.device | None = None) -> LoadedRun:
@@ -299,9 +317,11 @@ class RunSpec:
         model's frames), the keep policy and the _run.json content. `clip_frames` other than the model's frames
         is an InvalidOption."""
         dev = self.resolve_device() if device is None else device
-        if isinstance(self.model, torch.nn.Module):
+        if _is_torch(self.model, "nn", "Module"):
             dtype = next(self.model.parameters()).dtype
         else:
+            from ..checkpoint.load import resolve_dtype
+
             try:
                 dtype = resolve_dtype(self.dtype, dev)
             except ValueError as e:
@@ -337,7 +357,7 @@ class LoadedRun:
 
     @property
     def dtype_name(self) -> str:
-        return _DTYPE_NAMES[self.dtype]
+        return dtype_short(self.dtype)
 
     def run(self, num_shards: int = 1) -> dict:
         """The content of _run.json; `config` holds everything that changes the rows and is what config_hash
@@ -359,7 +379,7 @@ def build_run(model, sampling, keep_spec: str, dtype: torch.dtype, device: torch
         "sampling": sampling.to_dict(),
         "image_size": int(cfg.image_size),
         "keep": keep_spec,
-        "dtype": _DTYPE_NAMES[dtype],
+        "dtype": dtype_short(dtype),
         "device_type": device.type,
         "embedding_dtype": embedding_dtype,
         "embedding_dim": int(cfg.hidden_size),
@@ -379,6 +399,17 @@ def build_run(model, sampling, keep_spec: str, dtype: torch.dtype, device: torch
 
 def _has_head(model) -> bool:
     return getattr(model, "head", None) is not None
+
+
+def _is_torch(value: Any, *name: str) -> bool:
+    """isinstance(value, torch.<name>) without importing torch: a torch object exists only once torch is imported."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    cls = torch
+    for part in name:
+        cls = getattr(cls, part)
+    return isinstance(value, cls)
 
 
 def _number(value: Any) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-KERNEL_BACKENDS = ("auto", "triton", "torch")
+from .._options import KERNEL_BACKENDS
 
 
 def interpreter_enabled() -> bool:
