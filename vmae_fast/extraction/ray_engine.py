@@ -53,7 +53,8 @@ Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported i
 So are torch and the modules of the model (spec, core, runner): this module is what the coordinator's process and
 the admission tasks' import too (Ray finds _Coordinator and _admit here by name), and neither needs them; on one
 2-core node those imports cost ~1.5 s of CPU each, taken from the actors' start (docs/ray.md). The coordinator
-gets a _CoordinatorSpec, not the RunSpec, for the same reason.
+gets a _CoordinatorSpec, not the RunSpec, for the same reason. The driver imports spec.py, whose checks need neither
+(vmae_fast/_options.py): only the actors load torch and the model.
 """
 
 from __future__ import annotations

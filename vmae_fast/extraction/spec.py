@@ -6,7 +6,9 @@ A RunSpec is made from Python keywords (RunSpec.from_keywords: `vmae_fast.extrac
 arguments (RunSpec.from_options(..., origin="cli")) or from an output's _run.json (RunSpec.from_run). Its checks run
 when it is made, before anything is read or written, and their messages name the option as the user gave it:
 `--batch-size` from the CLI, `batch_size=` from Python. What needs the machine (the device, the model, the decoder
-libraries) is checked when it is loaded (RunSpec.load) or when the engine starts.
+libraries) is checked when it is loaded (RunSpec.load) or when the engine starts. The checks import neither torch nor
+the model's modules (the spellings of keep, dtype and backend are vmae_fast/_options.py's; torch is imported where a
+model is loaded or a torch object was given): a Ray driver checks a run and starts it without them.
 """
 
 from __future__ import annotations
