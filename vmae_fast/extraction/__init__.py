@@ -72,9 +72,9 @@ def extract(inputs, out, model: Any = "random:small", **options) -> RunSummary |
 
 
 def __getattr__(name: str):
-    """RunSpec on first use: spec.py (and local_engine.py) import torch and the model, which the Ray engine's
-    coordinator and admission processes, importing this package for ray_engine.py, must not pay for (~1.5 s of
-    CPU each, beside the actors' own start: docs/ray.md)."""
+    """RunSpec on first use: the Ray engine's coordinator and admission processes import this package for
+    ray_engine.py and need none of spec.py (its checks no longer import torch, but local_engine.py, which imports it
+    here too, does: ~1.5 s of CPU a process beside the actors' own start, docs/ray.md)."""
     if name == "RunSpec":
         from .spec import RunSpec
 

@@ -53,7 +53,7 @@ Ray is an optional dependency (`pip install "vmae-fast[ray]"`): it is imported i
 So are torch and the modules of the model (spec, core, runner): this module is what the coordinator's process and
 the admission tasks' import too (Ray finds _Coordinator and _admit here by name), and neither needs them; on one
 2-core node those imports cost ~1.5 s of CPU each, taken from the actors' start (docs/ray.md). The coordinator
-gets a _CoordinatorSpec, not the RunSpec, for the same reason. The driver imports spec.py, whose checks need neither
+gets a _CoordinatorSpec (three fields), not the RunSpec. The driver imports spec.py, whose checks need no torch
 (vmae_fast/_options.py): only the actors load torch and the model.
 """
 
@@ -135,7 +135,8 @@ class _Fence:
 # --- the coordinator ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _CoordinatorSpec:
-    """What the coordinator reads of the RunSpec (unpickling a RunSpec imports spec.py, so torch and the model)."""
+    """What the coordinator reads of the RunSpec: three fields (a RunSpec would bring spec.py and its checks into
+    the coordinator's process, which needs none of them)."""
 
     out: Any
     overwrite: bool
