@@ -17,6 +17,12 @@ its frames through the object store; clips/s with every core decoding.
 driver process, untimed): Ray Data's helper actors (detached, named: they outlive a job) and Ray's worker pool are
 then up, as on a cluster that stays up; the clock starts after that first job.
 
+--helpers adds two sides that take a piece of Ray's start off the clock, to say what it costs: ray-data (the
+driver imports `ray.data` before the clock) and ray-helpers (that, and Ray Data's three helper actors, which a job
+creates when a cluster has none: `_StatsActor`, `_AutoscalingCoordinatorActor`, `ActorLocationTracker`, created
+and ready before the clock through Ray Data's own get-or-create functions). Both wait 3 s before the clock, as does
+the plain ray side then, so that all three start from a quiet cluster.
+
 --before-tree PATH adds a third side, the Ray engine of another source tree (a worktree of an earlier commit: the
 side's process and its cluster's workers import vmae_fast from PATH), alternating with the other two:
 
@@ -68,7 +74,26 @@ def _warm_up(ray, videos: Path, model: Path) -> float:
     return time.perf_counter()
 
 
-def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
+def _before_clock(ray, kind: str, quiet_s: float) -> float:
+    """--helpers: take `ray.data`'s import (ray-data) and also Ray Data's helper actors (ray-helpers) off the clock,
+    then let the cluster settle for quiet_s (every side of that run, the plain ray one too); returns the time the
+    clock starts. The helpers are made by the functions Ray Data's executor calls (Ray 2.60's private layout: this
+    is a measurement, not something the engine does)."""
+    if kind in ("ray-data", "ray-helpers"):
+        import ray.data  # noqa: F401
+    if kind == "ray-helpers":
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+        from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        helpers = [get_or_create_stats_actor(), get_or_create_actor_location_tracker(),
+                   get_or_create_autoscaling_coordinator()]
+        ray.get([h.__ray_ready__.remote() for h in helpers])
+    time.sleep(quiet_s)
+    return time.perf_counter()
+
+
+def side(kind: str, videos: Path, model: Path, batch_size: int | None, quiet_s: float | None = None) -> dict:
     """One measurement in this (fresh) process: kind 'local' or 'ray'."""
     load_before = os.getloadavg()[0]  # the machine must be otherwise idle for a figure to mean anything
     steal_before = _steal_s()  # a virtual machine's cores may be taken by other guests: recorded with each figure
@@ -86,6 +111,8 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None) -> dict:
         options.update(engine="ray")
         if kind == "ray-warm":
             started = _warm_up(ray, videos, model)
+        elif quiet_s is not None:
+            started = _before_clock(ray, kind, quiet_s)
     import vmae_fast
 
     with tempfile.TemporaryDirectory(prefix="vmae_bench_ray_") as out:
@@ -167,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--before-tree", type=Path, help="also: the Ray engine of this source tree (side ray-before)")
     p.add_argument("--warm", action="store_true", help="also: Ray on a cluster that has run a job (ray-warm)")
-    p.add_argument("--side", choices=("local", "ray", "ray-before", "ray-warm", "decode"),
+    p.add_argument("--helpers", action="store_true",
+                   help="also: ray-data, ray-helpers (ray.data's import, and Ray Data's helper actors, off the clock)")
+    p.add_argument("--side", choices=("local", "ray", "ray-before", "ray-warm", "ray-data", "ray-helpers", "decode"),
                    help=argparse.SUPPRESS)  # one fresh-process side
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--quiet-s", type=float, help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -177,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(decode_side(args.dir, args.image_size, args.num_frames, args.rounds)))
         return 0
     if args.side:
-        print(json.dumps(side(args.side, args.dir, args.model_dir, args.batch_size)))
+        print(json.dumps(side(args.side, args.dir, args.model_dir, args.batch_size, args.quiet_s)))
         return 0
 
     import torch
@@ -202,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                "--image-size", str(args.image_size), "--num-frames", str(args.num_frames)]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
+        if args.helpers and kind in ("ray", "ray-data", "ray-helpers"):
+            cmd += ["--quiet-s", "3"]
         env = dict(os.environ)
         if kind == "ray-before":
             env["PYTHONPATH"] = str(args.before_tree.resolve())
@@ -212,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"side {kind} exited {done.returncode}:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    kinds = ("local", "ray", *(("ray-before",) if args.before_tree else ()), *(("ray-warm",) if args.warm else ()))
+    kinds = ("local", "ray", *(("ray-before",) if args.before_tree else ()), *(("ray-warm",) if args.warm else ()),
+             *(("ray-data", "ray-helpers") if args.helpers else ()))
     rows = []
     for r in range(args.rounds):
         for kind in kinds:
@@ -250,6 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         result["ray_warm_over_local_extract"] = best["ray-warm"]["clips_per_s_extract"] / best["local"][
             "clips_per_s_extract"]
         print(f"Ray on a cluster that has run a job / local: {result['ray_warm_over_local_extract']:.3f}x in extract")
+    if args.helpers:
+        for kind in ("ray-data", "ray-helpers"):
+            result[f"{kind.replace('-', '_')}_over_local_extract"] = (
+                best[kind]["clips_per_s_extract"] / best["local"]["clips_per_s_extract"])
+        # the job's fixed part: extract minus the actor's busy time (what is not the loop)
+        result["fixed_s_median"] = {kind: statistics.median(
+            r["extract_s"] - sum(a["busy_s"] for a in r["actors"]) for r in rows if r["side"] == kind)
+            for kind in ("ray", "ray-data", "ray-helpers")}
+        print("fixed part (extract - actor busy), median: " + ", ".join(
+            f"{kind} {value:.2f} s" for kind, value in result["fixed_s_median"].items()))
     if args.before_tree:
         before = best["ray-before"]
         result["before_tree"] = {"path": str(args.before_tree), "commit": subprocess.run(
