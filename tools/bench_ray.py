@@ -76,9 +76,9 @@ def _warm_up(ray, videos: Path, model: Path) -> float:
 
 def _before_clock(ray, kind: str, quiet_s: float) -> float:
     """--helpers: take `ray.data`'s import (ray-data) and also Ray Data's helper actors (ray-helpers) off the clock,
-    then let the cluster settle for quiet_s (every side of that run, the plain ray one too); returns the time the
-    clock starts. The helpers are made by the functions Ray Data's executor calls (Ray 2.60's private layout: this
-    is a measurement, not something the engine does)."""
+    then let the cluster settle for quiet_s (every Ray side of that run but ray-before: the plain ray one, ray-warm
+    after its first job); returns the time the clock starts. The helpers are made by the functions Ray Data's
+    executor calls (Ray 2.60's private layout: this is a measurement, not something the engine does)."""
     if kind in ("ray-data", "ray-helpers"):
         import ray.data  # noqa: F401
     if kind == "ray-helpers":
@@ -94,7 +94,8 @@ def _before_clock(ray, kind: str, quiet_s: float) -> float:
 
 
 def side(kind: str, videos: Path, model: Path, batch_size: int | None, quiet_s: float | None = None) -> dict:
-    """One measurement in this (fresh) process: kind 'local' or 'ray'."""
+    """One measurement in this (fresh) process: kind 'local' or one of the Ray sides (ray, ray-before, ray-warm,
+    ray-data, ray-helpers; quiet_s: see _before_clock)."""
     load_before = os.getloadavg()[0]  # the machine must be otherwise idle for a figure to mean anything
     steal_before = _steal_s()  # a virtual machine's cores may be taken by other guests: recorded with each figure
     t0 = time.perf_counter()
@@ -111,10 +112,7 @@ def side(kind: str, videos: Path, model: Path, batch_size: int | None, quiet_s: 
         options.update(engine="ray")
         if kind == "ray-warm":
             started = _warm_up(ray, videos, model)
-            if quiet_s is not None:  # the first job's teardown off the clock too
-                time.sleep(quiet_s)
-                started = time.perf_counter()
-        elif quiet_s is not None:
+        if quiet_s is not None:  # (ray-warm: its first job's teardown off the clock too)
             started = _before_clock(ray, kind, quiet_s)
     import vmae_fast
 
@@ -266,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds}
     # the median of each side too, and each round's ratio: on a shared 2-core VM one fast round can make the best
     median = {kind: statistics.median(r["clips_per_s_extract"] for r in rows if r["side"] == kind) for kind in kinds}
+
+    def over_local(kind: str, key: str = "clips_per_s_extract") -> float:  # best of a side / best of the local side
+        return best[kind][key] / best["local"][key]
+
     per_round = [{kind: next(r["clips_per_s_extract"] for r in rows if r["round"] == n and r["side"] == kind)
                   / next(r["clips_per_s_extract"] for r in rows if r["round"] == n and r["side"] == "local")
                   for kind in kinds if kind != "local"} for n in range(args.rounds)]
@@ -276,20 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         "videos": len(paths), "frames": frames, "video_seconds": seconds, "size": args.size,
         "model": args.model, "image_size": args.image_size, "num_frames": args.num_frames, "rounds": rows,
         "best": best,
-        "ray_over_local_extract": best["ray"]["clips_per_s_extract"] / best["local"]["clips_per_s_extract"],
-        "ray_over_local_total": best["ray"]["clips_per_s_total"] / best["local"]["clips_per_s_total"],
+        "ray_over_local_extract": over_local("ray"),
+        "ray_over_local_total": over_local("ray", "clips_per_s_total"),
         "median_clips_per_s_extract": median,
         "ray_over_local_extract_median": median["ray"] / median["local"],
         "ray_over_local_extract_per_round": per_round,
     }
     if args.warm:
-        result["ray_warm_over_local_extract"] = best["ray-warm"]["clips_per_s_extract"] / best["local"][
-            "clips_per_s_extract"]
+        result["ray_warm_over_local_extract"] = over_local("ray-warm")
         print(f"Ray on a cluster that has run a job / local: {result['ray_warm_over_local_extract']:.3f}x in extract")
     if args.helpers:
         for kind in ("ray-data", "ray-helpers"):
-            result[f"{kind.replace('-', '_')}_over_local_extract"] = (
-                best[kind]["clips_per_s_extract"] / best["local"]["clips_per_s_extract"])
+            result[f"{kind.replace('-', '_')}_over_local_extract"] = over_local(kind)
         # the job's fixed part: extract minus the actor's busy time (what is not the loop)
         result["fixed_s_median"] = {kind: statistics.median(
             r["extract_s"] - sum(a["busy_s"] for a in r["actors"]) for r in rows if r["side"] == kind)
@@ -297,11 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         print("fixed part (extract - actor busy), median: " + ", ".join(
             f"{kind} {value:.2f} s" for kind, value in result["fixed_s_median"].items()))
     if args.before_tree:
-        before = best["ray-before"]
         result["before_tree"] = {"path": str(args.before_tree), "commit": subprocess.run(
             ["git", "-C", str(args.before_tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
-        result["ray_before_over_local_extract"] = before["clips_per_s_extract"] / best["local"]["clips_per_s_extract"]
-        result["ray_before_over_local_total"] = before["clips_per_s_total"] / best["local"]["clips_per_s_total"]
+        result["ray_before_over_local_extract"] = over_local("ray-before")
+        result["ray_before_over_local_total"] = over_local("ray-before", "clips_per_s_total")
         print(f"Ray before ({result['before_tree']['commit'][:7]}) / local: "
               f"{result['ray_before_over_local_extract']:.3f}x in extract, "
               f"{result['ray_before_over_local_total']:.3f}x with the cluster start")
