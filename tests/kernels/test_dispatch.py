@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,7 @@ def test_auto_on_cpu_never_launches_triton(monkeypatch):
 
 _TRACE_SCRIPT = r"""
 import torch
+torch.version.cuda = torch.version.cuda or "12.8"  # register as a CUDA build does (triton_op), also on CPU-only torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from vmae_fast.kernels import layer_norm, mean_pool_layernorm, patch_embed
@@ -90,9 +92,10 @@ print(tuple(out.shape), out.dtype, out.device, tuple(s.shape))
 
 
 def test_triton_route_traces_without_a_gpu():
-    """The CUDA route (real Triton JIT kernels, TRITON_INTERPRET=0) traces on fake CUDA tensors into a graph of our
-    custom ops: the launchers read shapes only (no sync, no data-dependent branch), which torch.compile and CUDA
-    graph capture need. Run in a subprocess because the interpreter choice is made at import."""
+    """The CUDA route (real Triton JIT kernels, TRITON_INTERPRET=0, the ops registered as a CUDA build of torch
+    registers them: triton_op) traces on fake CUDA tensors into a graph of our custom ops: the launchers read shapes
+    only (no sync, no data-dependent branch), which torch.compile and CUDA graph capture need. Run in a subprocess
+    because the interpreter choice is made at import."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     result = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], capture_output=True, text=True, env=env,
                             timeout=300, check=False)
@@ -146,3 +149,53 @@ def test_wrap_triton_under_the_interpreter_is_the_kernel_itself():
             assert wrapped is kernel
         else:
             assert wrapped is not kernel and callable(getattr(wrapped, "__getitem__", None))
+
+
+_REGISTRATION_SCRIPT = r"""
+import json, sys
+import torch
+if sys.argv[1] == "cuda":
+    torch.version.cuda = torch.version.cuda or "12.8"  # register as a CUDA build of torch does
+import torch.nn.functional as F
+from torch._library.triton import get_triton_kernels_for_op
+from vmae_fast.checkpoint import load_model
+from vmae_fast.kernels._dispatch import cuda_build
+
+OPS = json.loads(sys.argv[2])
+net = load_model("random:small", device="cpu", config={"image_size": 32, "num_frames": 4})
+with torch.inference_mode():
+    out = net(torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8))
+facts = {"cuda_build": cuda_build(), "dynamo": "torch._dynamo" in sys.modules,
+         "inductor": "torch._inductor" in sys.modules, "out": list(out.embeddings.shape),
+         "kernels": {op: len(get_triton_kernels_for_op(f"vmae_fast::{op}")) for op in OPS},
+         "schemas": {op: str(getattr(torch.ops.vmae_fast, op).default._schema) for op in OPS}}
+x, w, b = torch.randn(5, 8), torch.randn(8), torch.randn(8)
+y = torch.ops.vmae_fast.layer_norm(x, w, b, 1e-5)  # its CPU kernel: the torch path, bit for bit
+facts["cpu_kernel_is_torch"] = torch.equal(y, F.layer_norm(x, (8,), w, b, 1e-5))
+print(json.dumps(facts))
+"""
+
+
+def _registration(kind: str) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", _REGISTRATION_SCRIPT, kind, json.dumps(OPS)], capture_output=True,
+                            text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_only_torch_registers_the_ops_without_importing_dynamo():
+    """A CPU-only torch build (no interpreter) registers the same ops, schemas and CPU kernels as a CUDA build, as
+    plain custom ops: triton_op's kernel search imports torch._inductor and torch._dynamo (~1.3 s of every CPU
+    process's start, the local engine's and each Ray actor's), and the model's CPU forward never calls the ops, so
+    such a process (CI's, this machine's) loads and runs a model without importing them. On a CUDA build the ops are
+    triton_ops (the kernel search found each op's Triton kernels)."""
+    here, cuda = _registration("as-is"), _registration("cuda")
+    assert cuda["cuda_build"] and all(n >= 1 for n in cuda["kernels"].values()), cuda["kernels"]
+    assert here["schemas"] == cuda["schemas"]
+    assert here["out"] == cuda["out"] and here["cpu_kernel_is_torch"] and cuda["cpu_kernel_is_torch"]
+    if here["cuda_build"]:  # a CUDA build of torch (a GPU machine): the triton_op route, as above
+        assert here["kernels"] == cuda["kernels"]
+    else:
+        assert not here["dynamo"] and not here["inductor"]
+        assert all(n == 0 for n in here["kernels"].values()), here["kernels"]

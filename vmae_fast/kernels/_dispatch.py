@@ -97,6 +97,11 @@ def wrap_triton(kernel):
     return torch.library.wrap_triton(kernel)
 
 
+def cuda_build() -> bool:
+    """torch was built with CUDA (or ROCm): CUDA tensors, and so the Triton route, can exist in this process."""
+    return torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+
+
 def register_triton_op(name: str, launcher: Callable, torch_impl: Callable):
     """Register `launcher` (shape-only Python + wrap_triton(kernel)[grid](...), wrap_triton from this module) as the
     custom op `vmae_fast::<name>`
@@ -104,8 +109,18 @@ def register_triton_op(name: str, launcher: Callable, torch_impl: Callable):
     arguments), or the launcher itself when kernels run in the Triton interpreter (TRITON_INTERPRET=1), which is how
     CPU tests reach the op route. Under the interpreter wrap_triton (above) hands back the plain interpreted kernel, so
     the op runs eagerly there but cannot be traced (FakeTensor / torch.compile of the Triton route need a GPU); on the
-    CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher)."""
-    op = torch.library.triton_op(f"vmae_fast::{name}", launcher, mutates_args=())
+    CPU torch.compile traces the public functions' torch path instead. Returns the op (callable like the launcher).
+
+    A CPU-only torch build without the interpreter registers the same op (name, schema, CPU kernel, fake kernel) as a
+    plain torch.library.custom_op: no Triton kernel can run in such a process, and triton_op's search for the kernels
+    inside the launcher imports torch._inductor and torch._dynamo, ~1.3 s of every CPU process's start (the local
+    engine's, each Ray actor's) for nothing. The model's CPU forward never calls the ops (the public functions take
+    their torch path), so that process never imports torch._dynamo (tests/kernels/test_dispatch.py)."""
+    if _INTERPRETED_AT_IMPORT or cuda_build():
+        op = torch.library.triton_op(f"vmae_fast::{name}", launcher, mutates_args=())
+    else:
+        op = torch.library.custom_op(f"vmae_fast::{name}", launcher, mutates_args=())
+        op.register_fake(launcher)
 
     def cpu_kernel(*args):
         return launcher(*args) if _INTERPRETED_AT_IMPORT else torch_impl(*args)
