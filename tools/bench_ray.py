@@ -23,8 +23,9 @@ creates when a cluster has none: `_StatsActor`, `_AutoscalingCoordinatorActor`, 
 and ready before the clock through Ray Data's own get-or-create functions). Both wait 3 s before the clock, as does
 the plain ray side then (and ray-warm, after its first job), so that all of them start from a quiet cluster.
 
---before-tree PATH adds a third side, the Ray engine of another source tree (a worktree of an earlier commit: the
-side's process and its cluster's workers import vmae_fast from PATH), alternating with the other two:
+--before-tree PATH adds two sides, the Ray engine (ray-before) and the local engine (local-before) of another source
+tree (a worktree of an earlier commit: the side's process and its cluster's workers import vmae_fast from PATH),
+alternating with the others: a change that moves both engines is then measured as both ratios, before and after:
 
     python tools/bench_ray.py --videos 48 --rounds 2 --before-tree /tmp/wt-e23aa2f \
         --json bench/results/ray-overhead-cpu-48videos-after.json
@@ -94,8 +95,8 @@ def _before_clock(ray, kind: str, quiet_s: float) -> float:
 
 
 def side(kind: str, videos: Path, model: Path, batch_size: int | None, quiet_s: float | None = None) -> dict:
-    """One measurement in this (fresh) process: kind 'local' or one of the Ray sides (ray, ray-before, ray-warm,
-    ray-data, ray-helpers; quiet_s: see _before_clock)."""
+    """One measurement in this (fresh) process: kind 'local' (or 'local-before') or one of the Ray sides (ray,
+    ray-before, ray-warm, ray-data, ray-helpers; quiet_s: see _before_clock)."""
     load_before = os.getloadavg()[0]  # the machine must be otherwise idle for a figure to mean anything
     steal_before = _steal_s()  # a virtual machine's cores may be taken by other guests: recorded with each figure
     t0 = time.perf_counter()
@@ -193,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", action="store_true", help="also: DecodePool vs Ray tasks for decoding")
     p.add_argument("--videos-dir", type=Path, default=Path(tempfile.gettempdir()) / "vmae_bench_videos")
     p.add_argument("--json", type=Path)
-    p.add_argument("--before-tree", type=Path, help="also: the Ray engine of this source tree (side ray-before)")
+    p.add_argument("--before-tree", type=Path,
+                   help="also: the Ray and the local engine of this source tree (sides ray-before, local-before)")
     p.add_argument("--warm", action="store_true", help="also: Ray on a cluster that has run a job (ray-warm)")
     p.add_argument("--helpers", action="store_true",
                    help="also: ray-data, ray-helpers (ray.data's import, and Ray Data's helper actors, off the clock)")
-    p.add_argument("--side", choices=("local", "ray", "ray-before", "ray-warm", "ray-data", "ray-helpers", "decode"),
+    p.add_argument("--side", choices=("local", "ray", "local-before", "ray-before", "ray-warm", "ray-data",
+                                      "ray-helpers", "decode"),
                    help=argparse.SUPPRESS)  # one fresh-process side
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--quiet-s", type=float, help=argparse.SUPPRESS)
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.helpers and kind in ("ray", "ray-warm", "ray-data", "ray-helpers"):
             cmd += ["--quiet-s", "3"]
         env = dict(os.environ)
-        if kind == "ray-before":
+        if kind.endswith("-before"):
             env["PYTHONPATH"] = str(args.before_tree.resolve())
         # cwd outside every source tree: Ray gives its workers the driver's sys.path, whose '' is the cwd (from
         # this checkout, the ray-before side's workers imported this tree's vmae_fast instead of --before-tree's)
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"side {kind} exited {done.returncode}:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    kinds = ("local", "ray", *(("ray-before",) if args.before_tree else ()), *(("ray-warm",) if args.warm else ()),
+    kinds = ("local", "ray", *(("local-before", "ray-before") if args.before_tree else ()),
+             *(("ray-warm",) if args.warm else ()),
              *(("ray-data", "ray-helpers") if args.helpers else ()))
     rows = []
     for r in range(args.rounds):
@@ -301,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             ["git", "-C", str(args.before_tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
         result["ray_before_over_local_extract"] = over_local("ray-before")
         result["ray_before_over_local_total"] = over_local("ray-before", "clips_per_s_total")
+        # the before tree's own ratio: its Ray engine over its local engine, best of each and medians
+        result["ray_before_over_local_before_extract"] = (best["ray-before"]["clips_per_s_extract"]
+                                                          / best["local-before"]["clips_per_s_extract"])
+        result["ray_before_over_local_before_extract_median"] = median["ray-before"] / median["local-before"]
+        print(f"before tree, its Ray / its local: {result['ray_before_over_local_before_extract']:.3f}x in extract "
+              f"(best), {result['ray_before_over_local_before_extract_median']:.3f}x (medians)")
         print(f"Ray before ({result['before_tree']['commit'][:7]}) / local: "
               f"{result['ray_before_over_local_extract']:.3f}x in extract, "
               f"{result['ray_before_over_local_total']:.3f}x with the cluster start")
