@@ -196,6 +196,52 @@ def test_pool_ctrl_c_in_subprocess(hook_videos, tmp_path):
 
 
 
+def _run_script(path: Path, body: str) -> subprocess.CompletedProcess:
+    path.write_text(textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_pool_workers_do_not_run_an_unguarded_main_script(zoo, tmp_path):
+    """A script without `if __name__ == "__main__":` (the README's example saved as a file): workers start without
+    running it again (forkserver/spawn children otherwise import the parent's main module, and an unguarded one
+    starts the pool again inside each worker, which dies). The script runs once; every video is decoded."""
+    videos = [str(p) for p, _ in list(zoo.values())[:2]]
+    result = _run_script(tmp_path / "unguarded.py", f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        print("MAIN RAN", flush=True)
+        from vmae_fast.video import DecodePool, DoneEvent, Sampling, VideoTask
+        with DecodePool(2, Sampling(num_frames=4), 32) as pool:
+            done = [ev for ev in pool.run([VideoTask(p) for p in {videos!r}]) if isinstance(ev, DoneEvent)]
+        print("DONE", len(done), sum(ev.num_clips for ev in done) > 0, flush=True)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("MAIN RAN") == 1, result.stdout
+    assert "DONE 2 True" in result.stdout
+
+
+def test_pool_workers_import_the_main_script_that_holds_the_decode_function(zoo, tmp_path):
+    """A decode function defined in the (guarded) main script: the workers import that script to find it (the one
+    case they still do), and run it."""
+    videos = [str(p) for p, _ in list(zoo.values())[:2]]
+    result = _run_script(tmp_path / "own_decode.py", f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from vmae_fast.video import DecodePool, DoneEvent, Sampling, VideoTask, decode_clips
+
+        def my_decode(task, sampling, image_size, backend, **kwargs):
+            for clip in decode_clips(task, sampling, image_size, backend, **kwargs):
+                yield clip
+
+        if __name__ == "__main__":
+            with DecodePool(2, Sampling(num_frames=4), 32, decode=my_decode) as pool:
+                done = [ev for ev in pool.run([VideoTask(p) for p in {videos!r}]) if isinstance(ev, DoneEvent)]
+            print("DONE", len(done), sum(ev.num_clips for ev in done) > 0, flush=True)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DONE 2 True" in result.stdout
+
+
 def test_pool_workers_die_with_a_main_process_killed_by_sigkill(hook_videos, tmp_path):
     """kill -9 of the main process alone (not its group) while a worker hangs in its decoder: no worker outlives it."""
     script = tmp_path / "run_pool.py"

@@ -18,6 +18,7 @@ default they are copied out and the slot is free again before the event is yield
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.spawn
 import os
 import pickle
 import signal
@@ -239,14 +240,38 @@ def _mp_context():
     fork would copy a parent that may hold torch/CUDA state and running threads (unsafe after fork). forkserver
     forks each worker from a small server process that imported only this module, numpy, PyAV and decord, so
     starting or replacing a worker costs a fork, not a fresh interpreter and its imports. Workers run
-    vmae_fast.video code only; like every spawn/forkserver child they import the parent's main module (guard
-    scripts with `if __name__ == "__main__":`), so torch reaches them only if that module imports it at top level.
+    vmae_fast.video code only and, unlike other spawn/forkserver children, do not import the parent's main module
+    (_preparation_data) unless the decode function lives there: a script without `if __name__ == "__main__":`
+    works, and a Ray actor's workers do not import Ray again (its main module is Ray's worker script).
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["vmae_fast.video", "av", "decord"])  # missing ones are skipped
         return ctx
     return mp.get_context("spawn")
+
+
+# The name of a worker process that needs nothing of the parent's main module: see _preparation_data.
+_NO_MAIN = "vmae-decode"
+
+
+def _preparation_data(name, *args, **kwargs):
+    """multiprocessing.spawn.get_preparation_data, which forkserver and spawn call (with the process's name) for what
+    a child sets up before it unpickles its target; for our decode workers (name _NO_MAIN) without the parent's main
+    module. That module (a user's script, Ray's default_worker.py in an actor, ...) would be run again in every worker
+    as __mp_main__: an unguarded script starts the whole job again there and its workers die ("An attempt has been
+    made to start a new process before the current process has finished its bootstrapping phase"), and in a Ray
+    actor every worker imports Ray (~0.3 s of CPU). Other processes' data is unchanged."""
+    data = _spawn_preparation_data(name, *args, **kwargs)
+    if name == _NO_MAIN:
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+_spawn_preparation_data = getattr(mp.spawn.get_preparation_data, "_vmae_fast_original", mp.spawn.get_preparation_data)
+_preparation_data._vmae_fast_original = _spawn_preparation_data  # a reload of this module wraps the original again
+mp.spawn.get_preparation_data = _preparation_data
 
 
 class _Worker:
@@ -257,7 +282,8 @@ class _Worker:
         self.progress = ctx.RawValue("q", 0)  # clips sent by this worker
         self.beats = ctx.RawValue("q", 0)  # packets its decoder read (video.progress.tick)
         self.process = ctx.Process(
-            target=_worker_main, name="vmae-decode",
+            # a decode function of the parent's main module (a script's): only then does the worker import that module
+            target=_worker_main, name="vmae-decode-main" if pool._main_decode else _NO_MAIN,
             args=(inbox, outbox, self.ack, self.progress, self.beats, pool._ring, pool.sampling, pool.image_size,
                   pool.threads, pool.decode, pool.nice),
             daemon=True)
@@ -358,9 +384,10 @@ class DecodePool:
         if not isinstance(nice, int) or not 0 <= nice <= 19:
             raise ValueError(f"nice must be an int in [0, 19], got {nice!r}")
         self.nice = nice
+        self._main_decode = False  # the decode function is the parent's main module's: workers import that module
         if workers > 0:
             try:
-                pickle.dumps(self.decode)
+                self._main_decode = b"__main__" in pickle.dumps(self.decode)
             except Exception as e:  # noqa: BLE001 - lambdas, closures, bound methods of unpicklable objects
                 raise TypeError(f"decode must be a module-level function that worker processes can import by name, "
                                 f"got {self.decode!r} ({one_line(e)})") from None
