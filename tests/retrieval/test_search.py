@@ -313,8 +313,12 @@ def test_index_tells_the_truth_about_recall_on_test_video_embeddings(dense_out, 
     (["--kind", "ivf", "--max-memory", "1K"], None),  # an explicit kind is built whatever the budget says
     (["--max-memory", "1K"], "too small for 32 vectors"),
     (["--kind", "ivfpq"], "ivfpq needs at least 256 vectors to train, got 32"),
+    # 32 clips less 6 held-out queries leave 26 to train on: fewer than the lists (or PQ centroids) asked for
+    (["--kind", "ivf", "--nlist", "32"], "FAISS cannot train 'IVF32,Flat' on 26 vectors"),
+    (["--factory", "IVF64,Flat"], "at least as large as number of clusters (64); ask for fewer lists"),
+    (["--factory", "PQ8"], "FAISS cannot train 'PQ8' on 26 vectors"),
 ], ids=["param-for-other-kind", "target-out-of-range", "no-queries", "bad-memory", "explicit-kind",
-        "budget-too-small", "too-few"])
+        "budget-too-small", "too-few", "nlist-above-training-rows", "factory-lists", "factory-pq"])
 def test_index_arguments(out, capsys, tmp_path, args, message):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

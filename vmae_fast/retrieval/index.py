@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..faults import InvalidInput, UnusableOutput
+from ..faults import InvalidInput, InvalidOption, UnusableOutput
 from ..store import CLIPS_DIR, VideoAccumulator
 from ..store.layout import atomic_file, clip_parts, index_dir, run_path, video_part_of, write_atomic
 from ..store.storage import dataset, out_path, parquet_file, read_metadata, read_schema, read_table
@@ -598,7 +598,7 @@ def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixe
         picked = rows.pick(union)
         queries = picked[np.searchsorted(union, qrows)]
         if not index.is_trained:  # the training rows moved to the front in place: the sample is held once
-            index.train(_take_rows(picked, np.searchsorted(union, train)))
+            _train(index, _take_rows(picked, np.searchsorted(union, train)), plan, rows.n)
         del picked
     meta, probes = [], []
     bar = _progress(rows.n, "index", progress)
@@ -616,6 +616,19 @@ def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixe
     quality = _measure(index, rows, plan, queries, target, fixed, progress)
     quality["train_rule"] = rule
     return index, metadata, quality
+
+
+def _train(index, x: np.ndarray, plan: dict, n: int) -> None:
+    """index.train(x); FAISS's refusal of too few training vectors for the lists or centroids asked for (--nlist, a
+    --factory string) is the user's to fix: InvalidOption naming it, not a traceback."""
+    try:
+        index.train(x)
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        detail = detail.split(" failed: ", 1)[-1]  # FAISS's own words, without its source location
+        raise InvalidOption(f"FAISS cannot train {plan['factory']!r} on {len(x)} vectors ({n} rows less the "
+                            f"held-out queries): {detail}; ask for fewer lists or centroids (--nlist, the --factory "
+                            "string), or use --kind flat") from None
 
 
 def _take_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
