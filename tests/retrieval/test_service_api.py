@@ -301,6 +301,10 @@ def test_cli_refuses_what_it_cannot_serve(served_out, tmp_path, capsys):
         assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
     finally:
         taken.close()
+    # a host name that does not resolve is the user's typo (socket.gaierror), not a bug of ours with a traceback
+    assert cli.main(["serve", str(served_out), "--host", "no-such-host.invalid", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot listen on no-such-host.invalid:0: " in err and "Traceback" not in err, err
 
 
 def test_accepted_connections_send_without_delay():

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from ..faults import InvalidOption
 from .catalog import MAX_K, Catalog, NotFound
 from .upload import Busy, UploadEmbedder, UploadRejected, UploadTooLarge
 
@@ -364,6 +365,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host.strip("[]"), port))
+    except socket.gaierror as e:  # a name that does not resolve: the --host the user typed
+        sock.close()
+        raise InvalidOption(f"cannot listen on {host}:{port}: {e.strerror} (--host)") from None
     except OSError as e:
         sock.close()
         raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
