@@ -307,6 +307,24 @@ def test_cli_refuses_what_it_cannot_serve(served_out, tmp_path, capsys):
     assert "error: cannot listen on no-such-host.invalid:0: " in err and "Traceback" not in err, err
 
 
+def test_a_server_that_cannot_listen_leaves_no_upload_folder(served_out, tmp_path, monkeypatch, capsys):
+    """The upload folder is made once the socket listens: a server that never started leaves no
+    vmae-fast-serve-* folder behind in the temporary directory."""
+    import tempfile
+
+    from vmae_fast import cli
+    from vmae_fast.retrieval.service import bind
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    taken = bind("127.0.0.1", 0)
+    try:
+        assert cli.main(["serve", str(served_out), "--port", str(taken.getsockname()[1])]) == 2
+    finally:
+        taken.close()
+    assert "Address already in use" in capsys.readouterr().err
+    assert not list(tmp_path.glob("vmae-fast-serve-*")), list(tmp_path.iterdir())
+
+
 def test_accepted_connections_send_without_delay():
     """The listening socket carries TCP_NODELAY, which accepted connections inherit: without it a kept-alive client
     waited ~40 ms a request for its own delayed ACK (tools/bench_serve.py measured 44 ms vs 0.15 ms)."""

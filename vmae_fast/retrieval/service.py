@@ -383,8 +383,12 @@ def serve(out: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, 
     loopback = host.strip("[]") in ("127.0.0.1", "localhost", "::1")
     if allowed_hosts is None and not loopback:
         allowed_hosts = ["*"]  # reachable by other names on purpose (--host 0.0.0.0): any Host header
-    app = create_app(out, allowed_hosts=allowed_hosts, **options)
-    sock = bind(host, port)
+    sock = bind(host, port)  # first: a port in use fails before the indexes load, and leaves no upload folder
+    try:
+        app = create_app(out, allowed_hosts=allowed_hosts, **options)
+    except BaseException:
+        sock.close()
+        raise
     bound = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     catalog = app.state.catalog
