@@ -4,6 +4,8 @@ or from the Parquet rows where PQ codes are lossy), and lookups by video answer 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,39 @@ def test_lookups_by_video(synthetic):
     # a row names a file this machine does not have (/data/...): nothing to serve
     with pytest.raises(NotFound, match="not available on this server"):
         catalog.media_path(video_id)
+
+
+def test_media_is_checked_on_every_request_and_unknown_ids_are_not_kept(tmp_path):
+    """A video served once, then replaced by a symlink to a file that is no video (an attacker with write access to
+    the videos folder), is not served any more: the check of the file and where its symlinks lead is made on every
+    request, not once per video id. Ids no row names are refused without being remembered (any number of them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, videos = tmp_path / "out", tmp_path / "videos"
+    write_dataset(out, np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32), np.repeat([0, 1, 2], 2),
+                  parts=1)
+    videos.mkdir()
+    (part,) = (out / "clips").glob("part-*.parquet")
+    table = pq.read_table(part)
+    paths = [str(videos / name.split("/")[-1]) for name in table.column("video_id").to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), part)
+    for path in set(paths):
+        Path(path).write_bytes(b"a video")
+    Index.build(out, kind="flat")
+    catalog = Catalog(out)
+    video = videos / "v00000.mp4"
+    assert catalog.media_path("clips/v00000.mp4") == video.resolve()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not a video")
+    video.unlink()
+    video.symlink_to(secret)
+    with pytest.raises(NotFound, match="not available on this server"):
+        catalog.media_path("clips/v00000.mp4")
+    video.unlink()
+    video.write_bytes(b"a video again")
+    assert catalog.media_path("clips/v00000.mp4") == video.resolve()
+    for i in range(50):
+        with pytest.raises(NotFound, match="not available on this server"):
+            catalog.media_path(f"clips/unknown-{i}.mp4")
+    assert set(catalog._media) <= {"clips/v00000.mp4", "clips/v00001.mp4", "clips/v00002.mp4"}, len(catalog._media)

@@ -78,6 +78,15 @@ class _Level:
         return self.index.faiss_index.reconstruct(int(row))
 
 
+def _video_file(named: Path) -> Path | None:
+    """The regular file `named` leads to, when it and where its symlinks lead both have a video extension (a row
+    names a video: not /etc/passwd behind a symlink); else None."""
+    real = Path(os.path.realpath(named))
+    if named.suffix.lower() not in VIDEO_EXTENSIONS or real.suffix.lower() not in VIDEO_EXTENSIONS:
+        return None
+    return real if real.is_file() else None
+
+
 class Catalog:
     """The indexes of OUT and everything a query needs (see the module docstring). Thread-safe for queries."""
 
@@ -87,7 +96,7 @@ class Catalog:
         if Index.paths(out, "video")["manifest"].is_file():
             self.levels["video"] = _Level(Index.load(out, "video", check=check))
         self.dim = self.levels["clip"].index.dim
-        self._media: dict[str, Path | None] = {}
+        self._media: dict[str, Path] = {}  # video id -> the file its rows name (ids of the rows only)
         self._media_lock = threading.Lock()
         self._search_ids = sorted(self.levels["clip"].video_ids)
         self._search_keys = [v.casefold() for v in self._search_ids]
@@ -211,27 +220,29 @@ class Catalog:
     def media_path(self, video_id: str) -> Path:
         """The video file the output's rows name for `video_id`, resolved (symlinks followed) to a regular file with a
         video extension; NotFound for anything else. The request never names a path: it only picks a video id, a key
-        of the rows, so `..`, absolute paths and encoded tricks match no video."""
-        with self._media_lock:
-            if video_id not in self._media:
-                self._media[video_id] = self._resolve_media(video_id)
-            path = self._media[video_id]
-        if path is None or not path.is_file():
+        of the rows, so `..`, absolute paths and encoded tricks match no video. Which file a row names is remembered
+        (for ids the rows have, never for others: an unknown id costs no memory); where it leads is checked on every
+        request, so a file replaced by a symlink to something else after it was served is not served."""
+        named = None
+        if video_id in self.levels["clip"].slot:
+            with self._media_lock:
+                named = self._media.get(video_id)
+                if named is None:
+                    named = self._named_media(video_id)
+                    if named is not None:  # a file missing now may appear later: looked for again then
+                        self._media[video_id] = named
+        path = _video_file(named) if named is not None else None
+        if path is None:
             raise NotFound(f"the video of {video_id!r} is not available on this server")
         return path
 
-    def _resolve_media(self, video_id: str) -> Path | None:
+    def _named_media(self, video_id: str) -> Path | None:
+        """The file the first row of a video names (as stored, or relative to OUT or its folder), if it exists."""
         lv = self.levels["clip"]
-        if lv.paths is None or video_id not in lv.slot:
+        if lv.paths is None:
             return None
         named = resolve_media_path(self.out, lv.paths[int(lv.rows_of(video_id)[0])].as_py())
-        if named is None:
-            return None
-        real = Path(os.path.realpath(named))
-        # a row names a video: its file, and where a symlink leads, must both be one (not /etc/passwd)
-        if Path(named).suffix.lower() not in VIDEO_EXTENSIONS or real.suffix.lower() not in VIDEO_EXTENSIONS:
-            return None
-        return real if real.is_file() else None
+        return Path(named) if named is not None else None
 
     def media_url(self, video_id: str | None) -> str | None:
         if not video_id or video_id not in self.levels["clip"].slot:
