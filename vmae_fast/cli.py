@@ -534,6 +534,12 @@ def _run_dedup(args) -> int:
         raise FatalError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}")
     if args.k < 1:
         raise FatalError(f"-k must be a positive integer, got {args.k}")
+    if args.keep_list:  # checked before the search for groups, which may take hours, not after it
+        folder = os.path.dirname(os.path.abspath(args.keep_list))
+        if not os.path.isdir(folder):
+            raise FatalError(f"--keep-list {args.keep_list}: the folder {folder} does not exist")
+        if os.path.isdir(args.keep_list):
+            raise FatalError(f"--keep-list {args.keep_list} is a folder: name the file to write")
     exact = True if args.exact else (False if args.use_index else None)
     result = find_groups(args.out, args.level, args.threshold, exact=exact, k=args.k,
                          log=lambda msg: print(f"vmae-fast dedup: {msg}", file=sys.stderr))

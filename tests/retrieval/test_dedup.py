@@ -233,6 +233,14 @@ def test_cli_refuses_what_it_cannot_do(planted, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["dedup", str(tmp_path / "empty")]) == 2
     assert "has no clips" in capsys.readouterr().err
+    # a keep list that cannot be written is refused before the groups are searched (hours at 10^6 rows), not after
+    monkeypatch.setattr(dedup_module, "find_groups", lambda *a, **k: pytest.fail("searched for groups"))
+    missing = tmp_path / "no-such-folder" / "keep.txt"
+    assert cli.main(["dedup", str(out), "--threshold", "0.9", "--keep-list", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --keep-list {missing}: the folder {missing.parent} does not exist" in err, err
+    assert cli.main(["dedup", str(out), "--threshold", "0.9", "--keep-list", str(tmp_path)]) == 2
+    assert f"error: --keep-list {tmp_path} is a folder" in capsys.readouterr().err
 
 
 def test_overwrite_removes_the_groups(tmp_path):
