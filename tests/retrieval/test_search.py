@@ -225,11 +225,13 @@ def test_non_ascii_file_name_in_table_sheet_and_page(tmp_path, capsys):
     (["--clip", "orbit_red.mp4"], "--clip must be VIDEO_ID:CLIP_INDEX"),
     (["--vector", "{tmp}/wrong_dim.npy"], "query vectors have dimension 65, the index has 64"),
     (["--vector", "{tmp}/missing.npy"], "does not exist"),
+    (["--vector", "{tmp}/zeros.npy"], "row 1 of"),  # no direction: every score would be 0 (serve answers 422)
 ], ids=["missing-video", "unreadable-video", "time-beyond-end", "negative-time", "unknown-video-id",
-        "unknown-clip-index", "malformed-clip-id", "wrong-dimension", "missing-vector-file"])
+        "unknown-clip-index", "malformed-clip-id", "wrong-dimension", "missing-vector-file", "zero-vector"])
 def test_bad_queries_fail_in_one_line(out, capsys, tmp_path, args, message):
     (tmp_path / "not_a_video.mp4").write_text("this is not a video\n")
     np.save(tmp_path / "wrong_dim.npy", np.ones(65, np.float32))
+    np.save(tmp_path / "zeros.npy", np.stack([np.ones(64), np.zeros(64)]).astype(np.float32))
     argv = [a.format(samples=sample_dir(), tmp=tmp_path) for a in args]
     code, stdout, stderr = run(capsys, "search", out, *argv)
     assert code == 2 and stdout == ""

@@ -103,7 +103,11 @@ def load_vectors(file: str | os.PathLike) -> np.ndarray:
     if x.ndim not in (1, 2) or x.size == 0 or not np.issubdtype(x.dtype, np.number):
         raise InvalidInput(f"{os.fspath(file)!r} must hold a numeric (D,) or (n, D) array, got shape {x.shape} "
                            f"{x.dtype}")
-    return np.atleast_2d(x).astype(np.float32)
+    x = np.atleast_2d(x).astype(np.float32)
+    zero = np.flatnonzero(~x.any(axis=1))
+    if len(zero):  # no direction to compare: every match would score 0, in no meaningful order
+        raise InvalidInput(f"row {zero[0]} of {os.fspath(file)!r} is all zeros: a query vector needs a direction")
+    return x
 
 
 def run_query(index: Index, out: str | os.PathLike, *, video: str | None = None, at_s: float = 0.0,
