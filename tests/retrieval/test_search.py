@@ -245,6 +245,9 @@ def test_folder_without_clips_and_stale_index(out, capsys, tmp_path):
     assert code == 2 and "has no clips" in stderr and stderr.count("\n") == 1
     code, _, stderr = run(capsys, "index", tmp_path / "empty")
     assert code == 2 and "has no clips" in stderr
+    part = min((out / "clips").glob("part-*.parquet"))  # a file given where the output folder belongs
+    code, _, stderr = run(capsys, "index", part)
+    assert code == 2 and f"'{part}' is a file, not an output folder of `vmae-fast extract`" in stderr, stderr
 
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

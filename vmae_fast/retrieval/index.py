@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..faults import InvalidInput, InvalidOption, UnusableOutput
+from ..faults import InvalidInput, InvalidOption, OutputNotADirectory, UnusableOutput
 from ..store import CLIPS_DIR, VideoAccumulator
 from ..store.layout import atomic_file, clip_parts, index_dir, run_path, video_part_of, write_atomic
 from ..store.storage import dataset, out_path, parquet_file, read_metadata, read_schema, read_table
@@ -108,6 +108,8 @@ def clip_files(out: str | os.PathLike) -> list[Path]:
     """The committed clips parts of OUT in reading order (store.layout.clip_parts); ValueError when there are none."""
     out = out_path(out)
     if not out.is_dir():
+        if out.exists():
+            raise OutputNotADirectory(f"{str(out)!r} is a file, not an output folder of `vmae-fast extract`")
         raise UnusableOutput(f"output folder {str(out)!r} does not exist")
     files = clip_parts(out)
     if not files:
