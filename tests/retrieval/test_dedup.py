@@ -32,7 +32,7 @@ def test_threshold_falls_in_the_valley_between_the_modes(distinct, duplicates):
     rng = np.random.default_rng(0)
     far = similarities(rng, distinct, -1.0, 0.2)  # distinct videos: 1 - s ~ 0.1
     near = similarities(rng, duplicates, -3.5, 0.3)  # near-duplicates: 1 - s ~ 0.0003
-    info = choose_threshold(np.concatenate([far, near]))
+    info = choose_threshold(np.concatenate([far, near]), far)  # each row's 4th neighbour: another video
     assert info["how"] == "valley", info
     t = info["value"]
     assert near.min() > t > far.max(), (near.min(), t, far.max())
@@ -45,21 +45,40 @@ def test_threshold_falls_in_the_valley_between_the_modes(distinct, duplicates):
 
 def test_no_separate_mode_no_threshold():
     rng = np.random.default_rng(1)
-    info = choose_threshold(similarities(rng, 5000, -1.0, 0.3))
+    one = similarities(rng, 5000, -1.0, 0.3)
+    info = choose_threshold(one, one)
     assert info["value"] is None and info["how"] == "none" and "one mode" in info["reason"] or \
         "no separate mode" in info["reason"], info
     # two modes that overlap: a dip, not a valley
     overlapping = np.concatenate([similarities(rng, 3000, -1.0, 0.3), similarities(rng, 3000, -1.5, 0.3)])
-    info = choose_threshold(overlapping)
+    info = choose_threshold(overlapping, overlapping)
     assert info["value"] is None, info
-    assert choose_threshold(np.array([0.5, 0.6]))["value"] is None
-    assert choose_threshold(np.full(100, 0.3))["value"] is None
+    assert choose_threshold(np.array([0.5, 0.6]), np.array([0.5]))["value"] is None
+    assert choose_threshold(np.full(100, 0.3), np.full(25, 0.3))["value"] is None
+    assert choose_threshold(np.linspace(0, 0.99, 100), np.zeros(0))["value"] is None
 
 
 def test_identical_vectors_are_the_top_mode():
     rng = np.random.default_rng(2)
-    info = choose_threshold(np.concatenate([similarities(rng, 1000, -1.0, 0.2), np.ones(30)]))
+    far = similarities(rng, 1000, -1.0, 0.2)
+    info = choose_threshold(np.concatenate([far, np.ones(30)]), far)
     assert info["how"] == "valley" and 0.95 < info["value"] < 1.0, info
+
+
+
+def test_distinct_videos_in_two_modes_are_not_near_duplicates():
+    """Distinct videos need not make one mode: most scenes alike to the model (1 - s ~ 0.15) and a few unlike them all
+    (s ~ 0, also the 4th neighbour of a quarter of the rows). The near-duplicate pairs (1 - s ~ 0.003) are the
+    separate mode; the alike scenes are not, though a deep valley parts them from the unlike ones (taking the least
+    similar mode for the distinct videos grouped every alike scene: 5 of the 7 sample videos, 0.41 here)."""
+    rng = np.random.default_rng(3)
+    alike, unlike = similarities(rng, 300, -0.8, 0.15), similarities(rng, 100, 0.0, 0.05)
+    near = similarities(rng, 12, -2.5, 0.2)
+    others = np.concatenate([alike[:75], unlike[:25]])  # each row's 4th neighbour, 100 rows
+    info = choose_threshold(np.concatenate([alike, unlike, near]), others)
+    assert info["how"] == "valley", info
+    assert near.min() > info["value"] > alike.max(), (near.min(), info, alike.max())
+    assert info["modes"][1] == pytest.approx(1 - 10 ** -0.8, abs=0.05), info
 
 
 # --- groups on a planted output ---------------------------------------------------------------------------------------
@@ -255,7 +274,12 @@ def test_overwrite_removes_the_groups(tmp_path):
 
 def test_served_sample_copy_is_found(served_out):
     """On real videos: orbit_red_copy.mp4 (shifted 0.4 s, 256x192, brighter, re-encoded at crf 34) groups with
-    orbit_red.mp4 under the tiny random model of conftest.py. Random weights: this shows the pipeline runs on real
-    embeddings, not that the threshold means anything for a real model."""
+    orbit_red.mp4, and with nothing else, under the tiny random model of conftest.py; bounce_blue.mp4, unlike every
+    other scene to that model (similarity -0.09 to 0.63), is in no group (it was once taken for the distinct videos'
+    mode, which put the other four in one group at 0.35). Random weights: this shows the pipeline runs on real
+    embeddings, not that the threshold means anything for a real model (the same model finds bars_scroll.mp4 and
+    checker_spin.mp4 0.996 alike, and groups them)."""
     result = find_groups(served_out, "video")
-    assert any({"orbit_red.mp4", "orbit_red_copy.mp4"} <= g for g in found_groups(result)), found_groups(result)
+    groups = found_groups(result)
+    assert {"orbit_red.mp4", "orbit_red_copy.mp4"} in groups, (groups, result.threshold_info)
+    assert not any("bounce_blue.mp4" in g for g in groups), (groups, result.threshold_info)

@@ -14,10 +14,13 @@ How:
 2. The threshold, unless given: the similarities of THRESHOLD_RANKS nearest neighbours of up to THRESHOLD_SAMPLE rows,
    as log10(1 - similarity) (near-duplicates differ from each other by orders of magnitude less than distinct videos
    do), smoothed (a Gaussian kernel density, Silverman's bandwidth kept within 0.1-0.25 decades). Distinct videos
-   make the least similar of the substantial modes; near-duplicates form a separate mode far above it: the nearest
-   mode above it with a deep valley between (at most VALLEY_RATIO of the lower peak), and the threshold is the middle
-   of the widest gap between samples from that mode's peak to the distinct one's. No such valley (one mode, or only
-   shallow dips): no threshold, no groups, and the summary says so.
+   make the mode that holds the median of the rows' 4th nearest neighbours (another video unless the row has 4
+   copies or more, which takes half the rows to move the median; in an output of fewer than 8 rows, where the 4th
+   is among a row's least similar, the farthest of its nearer half); those less similar (scenes unlike all others)
+   are never taken for near-duplicates. Near-duplicates form a separate mode above it: the nearest mode above it
+   with a deep valley between (at most VALLEY_RATIO of the lower peak), and the threshold is the middle of the widest
+   gap between samples from that mode's peak to the distinct one's. No such valley (one mode, or only shallow dips):
+   no threshold, no groups, and the summary says so.
    The rule looks at the output only: it knows no model, so it means the same for random and real weights.
 3. Groups: union-find over the edges above the threshold, streamed batch by batch. Memory beyond the index: per row
    8 bytes (the union-find parent), 4 (its best similarity) and 4 (its number of clips), and the index's row map, so
@@ -59,7 +62,6 @@ VALLEY_RATIO = 0.5  # a valley counts when it is at most this fraction of the lo
 GRID = 1024  # points of the density estimate
 MIN_BANDWIDTH = 0.1  # decades of 1 - similarity: modes closer than a few of these are not "far apart"
 MAX_BANDWIDTH = 0.25  # Silverman's rule over-smooths several modes (their spread counts as the width of one)
-SUBSTANTIAL = 0.1  # a mode this high relative to the highest may be the distinct videos' mode
 MIN_DISTANCE = 1e-7  # 1 - similarity below this counts as this (identical vectors)
 BATCH = 16_384
 
@@ -106,15 +108,19 @@ def _distance_log(similarities: np.ndarray) -> np.ndarray:
     return np.log10(np.clip(1.0 - np.asarray(similarities, np.float64), MIN_DISTANCE, 2.0))
 
 
-def choose_threshold(similarities: np.ndarray) -> dict[str, Any]:
-    """The near-duplicate threshold from neighbour similarities (see the module docstring, step 2).
+def choose_threshold(similarities: np.ndarray, others: np.ndarray) -> dict[str, Any]:
+    """The near-duplicate threshold from neighbour similarities (see the module docstring, step 2): `similarities`
+    of each sampled row's 1st..THRESHOLD_RANKS-th nearest neighbours, `others` one of them per row that is another
+    video unless the row has THRESHOLD_RANKS copies (its THRESHOLD_RANKS-th; _threshold_sample).
 
     Returns {"value": threshold or None, "how": "valley" | "none", "reason", "samples", "bandwidth" (decades of
     1 - s), "modes": [similarity of the near-duplicate mode, of the distinct mode], "valley_ratio"}."""
     s = np.asarray(similarities, np.float64)
     s = s[np.isfinite(s)]
     info: dict[str, Any] = {"value": None, "how": "none", "samples": int(len(s)), "modes": None, "valley_ratio": None}
-    if len(s) < 4:
+    f = np.asarray(others, np.float64)
+    f = f[np.isfinite(f)]
+    if len(s) < 4 or not len(f):
         return {**info, "reason": f"too few neighbour similarities ({len(s)}) to see two modes"}
     x = _distance_log(s)
     spread = min(float(np.std(x)), float(np.subtract(*np.percentile(x, [75, 25]))) / 1.34)
@@ -136,11 +142,12 @@ def choose_threshold(similarities: np.ndarray) -> dict[str, Any]:
     peaks = [i for i in range(1, GRID - 1) if density[i] > density[i - 1] and density[i] >= density[i + 1]]
     if len(peaks) < 2:
         return {**info, "reason": "the neighbour similarities form one mode: no separate mode of near-duplicates"}
-    # The distinct videos' mode is the least similar of the substantial modes (at least SUBSTANTIAL of the highest):
-    # a row's few nearest neighbours include other videos even when it has copies. The near-duplicates are what a
-    # deep valley separates from it on the similar side: of the modes there, the nearest one with a deep valley
-    # between (further ones, e.g. exact copies beside re-encodes, are more of the same).
-    distinct = max(p for p in peaks if density[p] >= SUBSTANTIAL * density[peaks].max())
+    # The distinct videos' mode is the one that holds the median of `others` (another video for any row with fewer
+    # than THRESHOLD_RANKS copies); modes of distinct videos less similar than it (scenes unlike all others) are not
+    # near-duplicates of anything. The near-duplicates are what a deep valley separates from it on the similar side:
+    # of the modes there, the nearest one with a deep valley between (further ones, e.g. exact copies beside
+    # re-encodes, are more of the same).
+    distinct = _uphill(density, int(np.searchsorted(grid, np.median(_distance_log(f)))))
     best = deepest = None  # (ratio, near-duplicate peak, valley, distinct peak)
     for p in sorted((p for p in peaks if p < distinct), reverse=True):
         valley = p + int(np.argmin(density[p:distinct + 1]))
@@ -174,6 +181,20 @@ def choose_threshold(similarities: np.ndarray) -> dict[str, Any]:
     return {**info, "value": round(value, 6), "how": "valley",
             "reason": f"the valley between the mode of near-duplicates (similarity ~{info['modes'][0]:.4g}) and the "
                       f"mode of distinct videos (~{info['modes'][1]:.4g})"}
+
+
+def _uphill(density: np.ndarray, i: int) -> int:
+    """The peak of `density` that climbing from grid point i (clipped to the grid) reaches."""
+    i = min(max(i, 0), len(density) - 1)
+    while True:
+        j = i
+        if i > 0 and density[i - 1] > density[j]:
+            j = i - 1
+        if i + 1 < len(density) and density[i + 1] > density[j]:
+            j = i + 1
+        if j == i:
+            return i
+        i = j
 
 
 def similarity_histogram(similarities: np.ndarray, threshold: float | None, edges: tuple = (
@@ -324,9 +345,9 @@ def find_groups(out: str | os.PathLike, level: str = "video", threshold: float |
     nearest = np.full(n, np.nan, np.float32)  # each row's nearest-neighbour similarity, for the histogram
     cached = None  # the sample's edges when the sample is every row (searched once)
     if threshold is None:
-        sample, cached, sampled_nearest = _threshold_sample(searcher, out, level, k, batch_size)
+        sample, others, cached, sampled_nearest = _threshold_sample(searcher, out, level, k, batch_size)
         nearest[sampled_nearest[0]] = sampled_nearest[1]
-        info = choose_threshold(sample)
+        info = choose_threshold(sample, others)
         threshold = info["value"]
         log(f"threshold {threshold}: {info['reason']}" if threshold is not None else info["reason"])
     else:
@@ -379,13 +400,14 @@ def find_groups(out: str | os.PathLike, level: str = "video", threshold: float |
 
 def _threshold_sample(searcher: _Searcher, out: Path, level: str, k: int, batch_size: int):
     """(similarities of the 1st..THRESHOLD_RANKS-th neighbours of up to THRESHOLD_SAMPLE rows spread over the
-    output; when those rows are all of them, their edges (rows, neighbours, similarities, 0, k searched) to reuse,
-    else None; (sampled rows, their nearest neighbour's similarity))."""
+    output; per row, the one choose_threshold anchors the distinct videos' mode on; when those rows are all of
+    them, their edges (rows, neighbours, similarities, 0, k searched) to reuse, else None; (sampled rows, their
+    nearest neighbour's similarity))."""
     n = searcher.n
     every = n <= THRESHOLD_SAMPLE
     wanted = np.unique((np.arange(min(n, THRESHOLD_SAMPLE)) * (n / min(n, THRESHOLD_SAMPLE))).astype(np.int64))
     k = max(k, THRESHOLD_RANKS)
-    sims, edges, firsts = [], [], []
+    sims, others, edges, firsts = [], [], [], []
     for first, x in searcher.batches(out, level, batch_size):
         lo, hi = np.searchsorted(wanted, [first, first + len(x)])
         if hi == lo:
@@ -394,14 +416,21 @@ def _threshold_sample(searcher: _Searcher, out: Path, level: str, k: int, batch_
         a, b, s, _ = _neighbours(searcher, rows, x[rows - first], k, None)
         rank = _rank_in_row(a)
         sims.append(s[rank < THRESHOLD_RANKS])
+        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.zeros(0, np.int64)
+        found = np.diff(np.r_[starts, len(a)])  # neighbours found per row
+        # the THRESHOLD_RANKS-th nearest, or in an output of fewer than 2 * THRESHOLD_RANKS rows the farthest of the
+        # nearer half of the others (there the THRESHOLD_RANKS-th is among a row's least similar: of 5 rows, the
+        # least, biased to the scenes unlike all others)
+        others.append(s[starts + np.minimum(found, min(THRESHOLD_RANKS, n // 2)) - 1])
         firsts.append((a[rank == 0], s[rank == 0]))
         if every:
             edges.append((a, b, s))
     sample = np.concatenate(sims) if sims else np.zeros(0, np.float32)
+    other = np.concatenate(others) if others else np.zeros(0, np.float32)
     nearest = tuple(np.concatenate([f[i] for f in firsts]) if firsts else np.zeros(0) for i in range(2))
     if not every:
-        return sample, None, nearest
-    return sample, (*(np.concatenate([e[i] for e in edges]) for i in range(3)), 0, k), nearest
+        return sample, other, None, nearest
+    return sample, other, (*(np.concatenate([e[i] for e in edges]) for i in range(3)), 0, k), nearest
 
 
 def _saturated(a: np.ndarray, b: np.ndarray, s: np.ndarray, lost: int, k: int, threshold: float, n: int) -> bool:
