@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -230,3 +231,29 @@ def test_a_missing_bucket_is_the_users_problem(s3):
     assert faults.exit_status(info.value) == faults.EXIT_USER
     with pytest.raises(faults.MissingFile, match="is not an output of `vmae-fast extract`"):
         store.read_clips(out)
+
+
+def test_no_credentials_or_a_bad_bucket_name_is_the_users_problem(s3, monkeypatch, tmp_path):
+    """A refusal only the user can change: a 4xx other than 404/403 (InvalidBucketName) or no credentials to sign
+    with. One line naming the object and what to check, exit 2: never a traceback asking to report a bug."""
+    import fsspec.config
+
+    refused = r"s3://Not_A_Bucket/out/_locks/shard-00000.lock: create refused \(OSError: .*bucket is not valid"
+    with pytest.raises(faults.UnusableOutput, match=refused + r".*\): check the bucket name") as info:
+        store.ShardLock("s3://Not_A_Bucket/out", 0).acquire()
+    assert faults.exit_status(info.value) == faults.EXIT_USER
+    out = f"s3://{s3.bucket()}/out"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3.endpoint, "skip_instance_cache": True})
+    refused = r"/\S+: (create|list) refused \(NoCredentialsError: Unable to locate credentials\): check the bucket"
+    for call in (lambda: store.ShardLock(out, 0).acquire(), lambda: store.read_clips(out)):
+        with pytest.raises(faults.UnusableOutput, match=re.escape(out) + refused) as info:
+            call()
+        assert faults.exit_status(info.value) == faults.EXIT_USER
+

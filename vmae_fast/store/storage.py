@@ -20,7 +20,9 @@ invisible until completed). Parquet is read and written through pyarrow with the
 (`read_table`, `parquet_file`, `read_schema`, `read_metadata` below take either kind of path).
 
 Errors of an object store that may pass (HTTP 5xx, 429, a connection refused or reset, a timeout) become
-faults.EnvironmentFault: a run stops (exit 75) and its rerun resumes; nothing is recorded as a video's fault.
+faults.EnvironmentFault: a run stops (exit 75) and its rerun resumes; nothing is recorded as a video's fault. A
+refusal only the user can change (no credentials, another HTTP 4xx: a bad bucket name, a bucket in another region;
+404 and 403 stay FileNotFoundError and PermissionError) is faults.UnusableOutput (exit 2, one line).
 
 The store's options come from fsspec's configuration (`FSSPEC_S3_ENDPOINT_URL`, `FSSPEC_S3_KEY`, ... or
 `fsspec.config.conf`) and the backend's own (AWS_* variables, ~/.aws, GOOGLE_APPLICATION_CREDENTIALS, ...).
@@ -41,7 +43,7 @@ from typing import IO, Any, NamedTuple
 
 import pyarrow.parquet as pq
 
-from ..faults import TRANSIENT_ERRNOS, EnvironmentFault, MissingDependency
+from ..faults import TRANSIENT_ERRNOS, EnvironmentFault, MissingDependency, UnusableOutput
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 SPOOL_BYTES = 64 << 20  # an object up to this size is assembled in memory before its upload, a larger one on disk
@@ -487,6 +489,22 @@ def _precondition_failed(exc: BaseException) -> bool:
     return False
 
 
+def _refused(exc: BaseException) -> bool:
+    """True when the store refused the request for a reason only the user can change: an HTTP 4xx answer other than
+    412 (a bad bucket name, a bucket in another region, a malformed authorization), or no credentials to sign with."""
+    for _ in range(16):
+        if exc is None:
+            return False
+        status = _status(exc)
+        if status is not None:
+            return 400 <= status < 500 and status != 412
+        module = type(exc).__module__ or ""
+        if module.startswith(("botocore", "aiobotocore", "google", "azure")) and "Credential" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _status(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (botocore ClientError, aiohttp, google, azure), if any."""
     response = getattr(exc, "response", None)
@@ -517,6 +535,10 @@ def _faults(backend: ObjectBackend, what: str, key: str, call: Callable, *args, 
         if transient(e):
             raise EnvironmentFault(f"object store {backend.url(key)}: {what} failed ({type(e).__name__}: "
                                    f"{str(e).strip()[:200]}): the store did not answer properly") from e
+        if _refused(e) and not _precondition_failed(e):  # the user's configuration (exit 2), not our bug
+            raise UnusableOutput(f"object store {backend.url(key)}: {what} refused ({type(e).__name__}: "
+                                 f"{str(e).strip()[:200]}): check the bucket name, the credentials and the endpoint "
+                                 "(docs/object-storage.md)") from e
         raise
 
 
