@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from tests.helpers.hf_checkpoints import TINY, make_checkpoint, make_hf_checkpoint, make_hf_model
 from vmae_fast import VideoMAEConfig, load_model
+from vmae_fast.faults import InvalidModel
 
 TOL = 1e-4
 TINY_OVERRIDE = {"image_size": TINY["image_size"], "num_frames": TINY["num_frames"],
@@ -320,6 +321,11 @@ def test_bad_sources(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="weights_only=True"):
         load_model(tmp_path / "junk.pth", device="cpu")
+    # files that are no pickle at all: torch's legacy reader raises IndexError (text) or KeyError (b"hello")
+    for name, data in (("text.pth", b"this is not a video\n" * 20), ("hello.pth", b"hello")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidModel, match=f"cannot read {tmp_path / name} as a weights file"):
+            load_model(tmp_path / name, device="cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         load_model("random:small", device="cpu", backend="cuda")
 

@@ -157,7 +157,9 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         # original training checkpoints often carry their argparse.Namespace of arguments: harmless, allow it
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    # a file that is no pickle at all (a text file, a video): torch's legacy reader fails with whatever its first
+    # bytes lead to, an IndexError or KeyError included
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, IndexError, KeyError) as e:
         raise InvalidModel(f"cannot read {path} as a weights file with torch.load(weights_only=True): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     for wrapper in ("model", "module", "state_dict"):
