@@ -163,11 +163,11 @@ def extract_spec(args):
     from .extraction.spec import RunSpec
 
     options = {name: getattr(args, name) for name in _EXTRACT_OPTIONS}
-    if args.engine == "ray":
-        ray = {"actors": args.ray_actors, "cpus_per_actor": args.ray_cpus_per_actor,
-               "gpus_per_actor": args.ray_gpus_per_actor, "group_videos": args.ray_group_videos}
-        options.update(ray_address=args.ray_address,
-                       ray_options={key: value for key, value in ray.items() if value is not None})
+    ray = {"actors": args.ray_actors, "cpus_per_actor": args.ray_cpus_per_actor,
+           "gpus_per_actor": args.ray_gpus_per_actor, "group_videos": args.ray_group_videos}
+    ray = {key: value for key, value in ray.items() if value is not None}
+    if args.engine == "ray" or ray or args.ray_address is not None:  # --ray-* without --engine ray: the spec refuses
+        options.update(ray_address=args.ray_address, ray_options=ray)
     return RunSpec.from_options(options, origin="cli")
 
 

@@ -43,6 +43,11 @@ BAD = [
      "shard= splits the work between static processes; engine='ray' balances it"),
     (["--engine", "ray", "--ray-group-videos", "0"], {"engine": "ray", "ray_options": {"group_videos": 0}},
      "--ray-group-videos must be a positive integer", "ray_options['group_videos'] must be a positive integer"),
+    # forgotten --engine ray: a job meant for a cluster must not run on this machine alone
+    (["--ray-address", "auto"], {"ray_address": "auto"},
+     "--ray-address is for --engine ray; without it the run is local", "ray_address= and ray_options= are for engine"),
+    (["--ray-actors", "4", "--ray-group-videos", "8"], {"ray_options": {"actors": "4", "group_videos": 8}},
+     "--ray-actors and --ray-group-videos are for --engine ray", "ray_address= and ray_options= are for engine='ray'"),
     (["--engine", "ray", "--decode-device", "cuda"], {"engine": "ray", "decode_device": "cuda"},
      "--engine ray decodes on the CPUs of each actor's node (--decode-device cpu)",
      "engine='ray' decodes on the CPUs of each actor's node (decode_device= cpu)"),

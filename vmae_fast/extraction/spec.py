@@ -261,8 +261,12 @@ class RunSpec:
         if self.engine == "ray":
             self._check_ray()
         elif self.ray_address is not None or self.ray_options is not None:
-            raise InvalidOption(f"{opt('ray_address')} and {opt('ray_options')} are for "
-                                f"{'--engine ray' if self.origin == 'cli' else 'engine=' + repr('ray')}")
+            if self.origin == "cli":  # the flags given, e.g. --ray-address auto without --engine ray
+                given = [opt("ray_address")] * (self.ray_address is not None) + \
+                    [opt("ray." + key) for key in self.ray_options or {}]
+                raise InvalidOption(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --engine ray; "
+                                    "without it the run is local, on this machine")
+            raise InvalidOption(f"{opt('ray_address')} and {opt('ray_options')} are for engine='ray'")
 
     def _check_ray(self) -> None:
         opt = self.option
