@@ -188,9 +188,13 @@ def _run_extract(args) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    print(format_summary(summary))
-    if summary.engine == "ray":
-        print(format_actors(summary))
+    try:
+        print(format_summary(summary))
+        if summary.engine == "ray":
+            print(format_actors(summary))
+        sys.stdout.flush()  # a pipe's reader that left shows here, not after main returned
+    except BrokenPipeError:  # `vmae-fast extract ... | head -1`: the run is done and committed, nothing to rerun
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,22 @@ def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos)
     assert len(err) == 1 and "gpu-node-3" in err[0] and "--break-lock" in err[0]
     assert cli.main([*args, "--break-lock"]) == 0
     assert len(store.read_clips(out)) == 4 and not (out / "_locks" / "shard-00000.lock").exists()
+
+
+def test_extract_into_a_pipe_whose_reader_left_exits_0(tmp_path, ckpt, videos):
+    """`vmae-fast extract ... | head -1`: the summary cannot be written, but the run is done and committed; that is
+    neither an environment fault (75, 'rerun the same command') nor our bug."""
+    out = tmp_path / "out"
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before the summary: writing it fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vmae_fast.cli", "extract", str(videos), "-o", str(out), "--model",
+                               str(ckpt), "--workers", "0", "--no-progress"], stdout=write, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert len(store.read_clips(out)) == 4 and len(store.read_videos(out)) == 3
 
 
 def assert_bug_report(err: str, error_type: str, text: str) -> None:
