@@ -49,6 +49,7 @@ def test_cli_the_users_problems_and_the_environments_are_one_line(tmp_path, monk
     (tmp_path / "file").write_text("x")
     cases = [  # (arguments, injected error or None, exit status, text of the one line)
         (["-o", str(tmp_path / "file" / "out")], None, 2, "file"),  # unwritable output: under a plain file
+        (["-o", str(tmp_path / "file")], None, 2, f"output {tmp_path / 'file'} exists and is not a directory"),
         (["-o", str(tmp_path / "o1")], faults.GPUOutOfMemory("cuda:0 ran out of memory with one clip per batch"), 2,
          "one clip per batch"),
         (["-o", str(tmp_path / "o2")], faults.ShardLocked("shard 0 of o2 is being written by pid 7"), 2, "pid 7"),

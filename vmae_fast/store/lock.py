@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..faults import EnvironmentFault, ShardLocked
+from ..faults import EnvironmentFault, OutputNotADirectory, ShardLocked
 from .layout import create_file, lock_path
 from .storage import backend, out_path
 
@@ -83,6 +83,8 @@ class ShardLock:
         self.release()
 
     def acquire(self) -> ShardLock:
+        if self.out.exists() and not self.out.is_dir():  # before the mkdir below, whose ENOTDIR names OUT/_locks
+            raise OutputNotADirectory(f"output {self.out} exists and is not a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(200):
             if self._create():
