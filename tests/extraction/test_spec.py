@@ -65,6 +65,13 @@ def test_a_bad_option_is_named_as_the_user_gave_it(args, keywords, from_cli, fro
     assert isinstance(e.value, ValueError) and isinstance(e.value, UserError)  # `except ValueError` still catches
 
 
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder():
+    with pytest.raises(InvalidOption, match="--out must name an output folder or URL, got ''"):
+        cli_spec("-o", "")
+    with pytest.raises(InvalidOption, match="out= must name an output folder or URL, got ''"):
+        RunSpec.from_keywords(["in"], "")
+
+
 def test_the_cli_and_python_make_the_same_spec():
     spec = cli_spec("--views", "5x3", "--keep", "tube:0.5", "--batch-size", "4", "--shard", "1/3", "--fps", "5")
     same = RunSpec.from_keywords(["in"], "out", views="5x3", keep="tube:0.5", batch_size=4, shard=(1, 3), fps=5.0)

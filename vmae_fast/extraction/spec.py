@@ -206,6 +206,8 @@ class RunSpec:
             inputs = [inputs]
         self._set("inputs", tuple(os.fspath(i) for i in inputs))
         self._set("out", os.fspath(self.out))
+        if not self.out:  # pathlib reads "" as the current folder: an unset "$OUT" must not fill it with parts
+            raise InvalidOption(f"{opt('out')} must name an output folder or URL, got {self.out!r}")
         self._set("model", _model_source(self.model))
         for name in ("batch_size", "part_rows", "clip_frames", "frame_step", "clips_per_video"):
             value = getattr(self, name)
