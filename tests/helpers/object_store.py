@@ -7,6 +7,8 @@ folder; stopped (SIGTERM, then SIGKILL) by stop(). It accepts any access key whe
 S3Proxy: a TCP proxy on 127.0.0.1 that reads each HTTP/1.1 request's head, then
 - mode "pass": forwards the request and the server's answer;
 - mode "503": answers 503 ServiceUnavailable itself (the body read and dropped): a 5xx storm;
+- mode "409": answers every PUT 409 ConditionalRequestConflict (what S3 answers a conditional write that races
+  another one in flight: "retry the request"), passes the rest;
 - stall(substring, after_bytes): a PUT whose path contains `substring` is forwarded with only the first
   `after_bytes` bytes of its body, then held (the client blocks sending the rest) until release(), which closes
   both sides: the server sees an upload cut short. `stalled` is set when that happens.
@@ -137,6 +139,10 @@ class SeaweedS3:
 # the tests)
 _SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code>"
               b"<Message>Service is unable to handle request.</Message></Error>")
+_CONFLICT = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ConditionalRequestConflict</Code>"
+             b"<Message>A conflicting operation occurred. If using PutObject you can retry the request.</Message>"
+             b"</Error>")
+_ANSWERS = {"503": (b"503 Service Unavailable", _SLOW_DOWN), "409": (b"409 Conflict", _CONFLICT)}
 
 
 class S3Proxy:
@@ -147,6 +153,7 @@ class S3Proxy:
         self.stalled = threading.Event()
         self.requests: list[str] = []  # "METHOD path" of every request seen
         self.answered_503 = 0
+        self.answered_409 = 0
         self._release = threading.Event()
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -203,16 +210,20 @@ class S3Proxy:
                         name, value = line.split(b":", 1)
                         headers[name.strip().lower()] = value.strip()
                 length = int(headers.get(b"content-length", b"0") or 0)
-                if self.mode == "503":
+                if self.mode == "503" or (self.mode == "409" and method == b"PUT"):
                     # a client that asked `Expect: 100-continue` sends no body: answer and close the connection
                     waits = headers.get(b"expect", b"").lower() == b"100-continue"
                     if not waits:
                         self._drop(reader, length)
-                    body = b"" if method == b"HEAD" else _SLOW_DOWN
-                    client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+                    status, error = _ANSWERS[self.mode]
+                    body = b"" if method == b"HEAD" else error
+                    client.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\n"
                                    b"Content-Length: %d\r\nRetry-After: 0\r\n%s\r\n"
-                                   % (len(_SLOW_DOWN), b"Connection: close\r\n" if waits else b"") + body)
-                    self.answered_503 += 1
+                                   % (status, len(error), b"Connection: close\r\n" if waits else b"") + body)
+                    if self.mode == "503":
+                        self.answered_503 += 1
+                    else:
+                        self.answered_409 += 1
                     if waits:
                         return
                     continue

@@ -210,6 +210,30 @@ def test_a_store_that_answers_503_or_nothing_is_an_environment_fault(s3, through
     assert store.read_clips(f"s3://{bucket}/out").column("video_id").to_pylist() == ["a", "a"]
 
 
+def test_a_conditional_write_in_conflict_is_an_environment_fault(s3, through):
+    """S3 answers 409 ConditionalRequestConflict to a conditional write racing another in flight ("retry the
+    request"): the shard lock's create and a part's upload stop the run as an environment fault (exit 75: the rerun
+    retries), not as the user's configuration (exit 2, 'check the bucket name') nor a bug."""
+    bucket = s3.bucket()
+    run = make_run()
+    proxy = S3Proxy(s3.port)
+    try:
+        through(proxy.endpoint)
+        out = store.prepare_output(f"s3://{bucket}/out", run, shard=0, num_shards=1, overwrite=False)
+        writer = store.RunWriter(out, run, 0, part_rows=1, commit_interval_s=1e9)
+        proxy.mode = "409"
+        for call in (lambda: store.ShardLock(f"s3://{bucket}/out", 0).acquire(),
+                     lambda: layout.create_file(out / "x", b"x"), lambda: writer.add_video(video_rows("a", 2))):
+            with pytest.raises(faults.EnvironmentFault, match="ConditionalRequestConflict|did not answer") as info:
+                call()
+            assert faults.exit_status(info.value) == faults.EXIT_ENVIRONMENT
+        assert proxy.answered_409 >= 3
+    finally:
+        proxy.close()
+    through(s3.endpoint)
+    assert store.read_clips(f"s3://{bucket}/out").num_rows == 0  # no part committed while the writes conflicted
+
+
 def test_a_store_without_conditional_create_is_refused_for_writing(tmp_path):
     out = f"memory://vmae-fast-test-{os.getpid()}/out"
     assert layout.create_file(storage.out_path(out) / "a", b"1")  # fsspec's memory filesystem: in-process, exclusive

@@ -47,7 +47,9 @@ from ..faults import TRANSIENT_ERRNOS, EnvironmentFault, MissingDependency, Unus
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 SPOOL_BYTES = 64 << 20  # an object up to this size is assembled in memory before its upload, a larger one on disk
-_TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+# 409: S3's ConditionalRequestConflict / OperationAborted, a conditional write racing another in flight ("retry the
+# request"; s3fs also reads it as EIO); never the user's to fix, unlike the other 4xx (_refused)
+_TRANSIENT_STATUS = (409, 429, 500, 502, 503, 504)
 
 
 def is_url(location: Any) -> bool:
@@ -491,7 +493,8 @@ def _precondition_failed(exc: BaseException) -> bool:
 
 def _refused(exc: BaseException) -> bool:
     """True when the store refused the request for a reason only the user can change: an HTTP 4xx answer other than
-    412 (a bad bucket name, a bucket in another region, a malformed authorization), or no credentials to sign with."""
+    412 (a bad bucket name, a bucket in another region, a malformed authorization; 409 and 429 are transient()'s,
+    checked first), or no credentials to sign with."""
     for _ in range(16):
         if exc is None:
             return False
