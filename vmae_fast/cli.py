@@ -230,6 +230,9 @@ def format_summary(summary) -> str:
                          "more --workers (or a lower resolution source) would help")
         else:
             lines.append(f"model-bound: the model was busy {100 * s['compute_s'] / busy:.0f}% of the time")
+    if not s["videos"] and not s["videos_other_shards"]:  # a mistyped folder, a list of nothing: say so
+        lines.append("note: the inputs hold no video (a folder is searched recursively for files with a video "
+                     "extension; a list file names its videos): nothing was done")
     if str(s.get("model", "")).startswith("random:"):
         lines.append("note: the model has random weights (--model random:...); pass a checkpoint for real embeddings")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from tests.helpers.rows import fails_with
-from vmae_fast import cli, store
+from vmae_fast import cli, faults, store
 from vmae_fast.extraction import local_engine
 from vmae_fast.video import DecodePool, DoneEvent
 
@@ -82,6 +82,24 @@ def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos)
     assert len(err) == 1 and "gpu-node-3" in err[0] and "--break-lock" in err[0]
     assert cli.main([*args, "--break-lock"]) == 0
     assert len(store.read_clips(out)) == 4 and not (out / "_locks" / "shard-00000.lock").exists()
+
+
+def test_inputs_without_a_video_are_said_to_be_so(tmp_path, capsys, ckpt):
+    """A folder with no video in it (a typo'd path that exists, files of other kinds) is nothing to do, exit 0, and
+    the summary says so in words; a run that found videos, even all done already, does not."""
+    from vmae_fast import cli
+
+    empty = tmp_path / "docs"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a video")
+    args = ["extract", str(empty), "-o", str(tmp_path / "out"), "--model", str(ckpt), "--workers", "0",
+            "--no-progress"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "0 videos in shard" in printed and "note: the inputs hold no video" in printed, printed
+    assert store.read_errors(tmp_path / "out").num_rows == 0 and store.read_clips(tmp_path / "out").num_rows == 0
+    with pytest.raises(faults.MissingFile, match="is not an output of `vmae-fast extract`"):
+        store.read_errors(empty)  # not an output: as the other readers say, not 'no errors'
 
 
 def test_extract_into_a_pipe_whose_reader_left_exits_0(tmp_path, ckpt, videos):

@@ -65,10 +65,12 @@ def read_clips(out: str | os.PathLike, columns: list[str] | None = None):
 
 
 def read_errors(out: str | os.PathLike):
-    """All error rows of OUT (path, video_id, stage, error, attempts) as one pyarrow Table."""
+    """All error rows of OUT (path, video_id, stage, error, attempts) as one pyarrow Table; none yet: an empty one
+    (a folder that is not an output is MissingFile, as for the other readers: not 'no errors')."""
 
     tables = _read_parts(out_path(out) / ERRORS_DIR)
     if not tables:
+        load_run(out)
         return _empty(error_schema())
     return pa.concat_tables(tables)
 
