@@ -217,6 +217,7 @@ def test_non_ascii_file_name_in_table_sheet_and_page(tmp_path, capsys):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--video", "{samples}/missing.mp4"], "does not exist"),
+    (["--video", "{samples}"], "is a folder: name one video file"),
     (["--video", "{tmp}/not_a_video.mp4"], "cannot read video"),
     (["--video", "{samples}/orbit_red.mp4", "--at", "99"], "is beyond the end of"),
     (["--video", "{samples}/orbit_red.mp4", "--at", "-1"], "--at must be a time >= 0"),
@@ -226,7 +227,7 @@ def test_non_ascii_file_name_in_table_sheet_and_page(tmp_path, capsys):
     (["--vector", "{tmp}/wrong_dim.npy"], "query vectors have dimension 65, the index has 64"),
     (["--vector", "{tmp}/missing.npy"], "does not exist"),
     (["--vector", "{tmp}/zeros.npy"], "row 1 of"),  # no direction: every score would be 0 (serve answers 422)
-], ids=["missing-video", "unreadable-video", "time-beyond-end", "negative-time", "unknown-video-id",
+], ids=["missing-video", "a-folder", "unreadable-video", "time-beyond-end", "negative-time", "unknown-video-id",
         "unknown-clip-index", "malformed-clip-id", "wrong-dimension", "missing-vector-file", "zero-vector"])
 def test_bad_queries_fail_in_one_line(out, capsys, tmp_path, args, message):
     (tmp_path / "not_a_video.mp4").write_text("this is not a video\n")

@@ -66,6 +66,8 @@ def embed_video_at(out: str | os.PathLike, path: str | os.PathLike, at_s: float,
 def video_duration(path: str | os.PathLike) -> float:
     """Length of a video in seconds from its container (PyAV), for checking a query time; ValueError if unreadable."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InvalidInput(f"video {path!r} is a folder: name one video file")
     if not os.path.isfile(path):
         raise InvalidInput(f"video {path!r} does not exist")
     try:
