@@ -94,7 +94,7 @@ from ..store.layout import (
 from ..store.storage import read_table
 from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
-from .ray_inputs import TASK, input_dataset
+from .ray_inputs import READ_TASKS, input_dataset, task_options
 from .summary import RaySummary
 
 if TYPE_CHECKING:
@@ -650,7 +650,7 @@ def _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, c
     # actors are restarted and their groups retried without limit (Ray Data's defaults for actor pools): a
     # group's retry skips what its dead attempt committed (see the module docstring)
     groups = _one_group_a_block(inputs.map_batches(
-        _admit, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **TASK,
+        _admit, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **task_options(),
         fn_kwargs={"coordinator": coordinator, "group_videos": group_videos, "inputs": tuple(spec.inputs)}))
     ds = (groups
           .map_batches(_GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus,
@@ -688,7 +688,7 @@ def _one_group_a_block(ds):
     object.__setattr__(op, "ray_remote_args", {**op.ray_remote_args, "num_cpus": 0})
     from ray.data._internal.compute import TaskPoolStrategy
 
-    object.__setattr__(op, "compute", TaskPoolStrategy(size=TASK["concurrency"]))  # fused with the readers
+    object.__setattr__(op, "compute", TaskPoolStrategy(size=READ_TASKS))  # fused with the readers
     return ds
 
 

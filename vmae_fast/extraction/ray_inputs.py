@@ -41,7 +41,14 @@ READ_TASKS = 4  # read tasks at a time per input: the actors take the CPUs, so r
 # Readers and the admission run with num_cpus=0: an actor pool that holds every CPU of the cluster (one actor a GPU
 # with all its node's cores, or a CPU-only cluster's actors) must not starve the stage that feeds it (it would wait
 # forever); READ_TASKS bounds them instead. Their work is small beside decoding and the model.
-TASK = {"num_cpus": 0, "concurrency": READ_TASKS}
+
+
+def task_options() -> dict:
+    """map_batches options of the stages beside the readers (normalize, the admission): no CPU, READ_TASKS at a time
+    (`compute`: Ray 2.51+ logs a deprecation warning on every job for map_batches' `concurrency`)."""
+    import ray.data
+
+    return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=READ_TASKS)}
 
 # the columns of an entry after normalize(): one row per video (or per input that failed at discovery: stage/error)
 ENTRY_SCHEMA = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("start_s", pa.float64()),
@@ -187,7 +194,7 @@ def input_dataset(inputs: tuple[str, ...] | list[str]) -> Any:
     datasets = []
     for source, raw in enumerate(os.fspath(i) for i in inputs):
         suffix = Path(raw).suffix.lower()
-        options = {"batch_format": "pyarrow", "batch_size": BATCH_ROWS, "zero_copy_batch": True, **TASK}
+        options = {"batch_format": "pyarrow", "batch_size": BATCH_ROWS, "zero_copy_batch": True, **task_options()}
         read = {"num_cpus": 0, "concurrency": READ_TASKS}
         if (is_url(raw) and suffix in LIST_EXTENSIONS) or (not is_url(raw) and os.path.isfile(raw)
                                                          and suffix in LIST_EXTENSIONS):
