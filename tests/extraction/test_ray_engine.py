@@ -321,6 +321,32 @@ def test_an_environment_fault_stops_the_run_and_is_no_error_row(tmp_path, cluste
     assert _cpus_free_within(2.0, 30.0) and failed.value is not None
 
 
+def test_a_users_mistake_is_one_line_not_rays_tracebacks(tmp_path, cluster, ckpt, small_videos):
+    """An OUT written with another configuration, met by the first actor once its model has loaded: the driver says
+    so in one line (exit 2) and Ray's tracebacks of the failed actor start, its retries and the job's failure stay
+    out of the terminal (there were ~360 lines of them around the one that matters); the actors are stopped and the
+    cluster's CPUs given back; the output is untouched and a run with the right options resumes it."""
+    out = tmp_path / "out"
+    first = extract([small_videos], out, model=ckpt, workers=0, progress=False)
+    assert first["videos_ok"] == 8
+    before = sorted(p.name for p in (out / "clips").iterdir())
+    args = ["extract", str(small_videos), "-o", str(out), "--model", str(ckpt), "--workers", "1", "--no-progress",
+            "--engine", "ray", "--ray-address", cluster, "--ray-actors", "1", "--ray-cpus-per-actor", "1"]
+    done = subprocess.run([sys.executable, "-m", "vmae_fast.cli", *args, "--keep", "tube:0.5"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert err[-1].startswith("vmae-fast extract: error: ") and 'keep: "all" -> "tube:0.5"' in err[-1], err[-5:]
+    noise = [line for line in done.stderr.splitlines() + done.stdout.splitlines()
+             if "Traceback" in line or "Exception raised in creation task" in line or "(raylet)" in line]
+    assert not noise, (noise[:5], len(done.stderr.splitlines()), done.stdout[-2000:])
+    assert _cpus_free_within(2.0, 30.0)
+    assert sorted(p.name for p in (out / "clips").iterdir()) == before
+    done = subprocess.run([sys.executable, "-m", "vmae_fast.cli", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "8 already done" in done.stdout, done.stderr[-3000:]
+
+
 def _cpus_free_within(cpus: float, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while ray.available_resources().get("CPU", 0.0) < cpus:

@@ -68,6 +68,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from .. import store
-from ..faults import InternalError, InvalidInput, InvalidOption, MissingDependency, UserError
+from ..faults import EnvironmentFault, InternalError, InvalidInput, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids, committed_parts, out_path
 from ..store.committed import committed_keys
@@ -263,12 +264,12 @@ class _Coordinator:
     # admission
     def admit(self, key: tuple[str, int], digest: str, keys: np.ndarray, sources: np.ndarray):
         """One batch of entries (their (n, 2) id keys and input numbers): ("ok", first group, bool mask of the
-        entries to do) or ("repeat", i, input number where entry i's id was met first). The same `key` (a task Ray
-        re-runs) gets the same answer."""
+        entries to do), ("repeat", i, input number where entry i's id was met first), or ("failed",) once the run
+        has failed. The same `key` (a task Ray re-runs) gets the same answer."""
         while not self.ready.wait(1.0):
             pass
-        if self.failure is not None:
-            raise self.failure
+        if self.failure is not None:  # the driver raises it; the admission stops quietly (no task error to log)
+            return ("failed",)
         with self.lock:
             known = self.memo.get(key)
             if known is not None:
@@ -351,11 +352,14 @@ def _admit(table: pa.Table, *, coordinator, group_videos: int, inputs: tuple[str
     sources = table.column("source").to_numpy().astype(np.int32)
     digest = hashlib.blake2b(keys.tobytes() + sources.tobytes(), digest_size=16).hexdigest()
     answer = ray.get(coordinator.admit.remote((task, call), digest, keys, sources))
-    if answer[0] == "repeat":
+    if answer[0] == "repeat":  # the run's failure: the driver raises it (a task's error would be logged by Ray)
         _, i, first = answer
         video_id = table.column("video_id")[i].as_py()
-        raise InvalidInput(f"video_id {video_id!r} appears twice ({inputs[first]} and {inputs[int(sources[i])]}); "
-                         "give distinct video_id values in a list file or pass each folder once")
+        ray.get(coordinator.fail.remote(InvalidInput(
+            f"video_id {video_id!r} appears twice ({inputs[first]} and {inputs[int(sources[i])]}); give distinct "
+            "video_id values in a list file or pass each folder once")))
+    if answer[0] != "ok":
+        return GROUP_SCHEMA.empty_table()
     _, first_group, todo = answer
     rows = table.select(list(_TASK_FIELDS)).filter(pa.array(todo)).to_pylist()
     groups = [first_group + k for k in range(math.ceil(len(rows) / group_videos))]
@@ -383,7 +387,12 @@ class _GroupWorker:
             run = ray.get(coordinator.prepare.remote(loaded.run()))  # the first actor's run prepares OUT
         except Exception as e:
             error = _cause(e)
-            coordinator.fail.remote(error)  # the driver raises it as itself (Ray wraps an actor's start error)
+            try:
+                ray.get(coordinator.fail.remote(error))  # the driver raises it as itself (Ray wraps an actor's)
+            except Exception:  # noqa: BLE001 - the coordinator is gone: the run is over, raise as it is
+                raise e from None
+            if isinstance(error, (UserError, EnvironmentFault)):
+                _park(error)
             raise
         net, dev = loaded.model, loaded.device
         cfg = net.config
@@ -554,8 +563,11 @@ def run_ray(spec: RunSpec) -> RaySummary:
             bar = tqdm(total=0, unit="video", file=sys.stderr, dynamic_ncols=True, desc="extract (ray)")
         per_actor: dict[str, dict] = {}
         t_job = time.perf_counter()
-        state = _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar,
-                         per_actor, timing)
+        with warnings.catch_warnings():
+            # Ray Data's advice for a job that reads fewer inputs than READ_TASKS tasks could (every small job)
+            warnings.filterwarnings("ignore", "The maximum number of concurrent tasks for", UserWarning)
+            state = _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar,
+                             per_actor, timing)
         timing["job_s"] = time.perf_counter() - t_job
         result = ray.get(coordinator.outcome.remote())
         if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
@@ -603,6 +615,44 @@ def _cause(error: BaseException) -> BaseException:
         if not type(seen).__module__.startswith("ray"):
             return seen
     return error
+
+
+PARK_S = 600.0  # an actor whose start failed waits this long for the driver to stop it before it raises
+
+
+def _park(error: BaseException) -> None:
+    """An actor whose start failed for a reason the driver reports in one line (the user's, or the environment's)
+    waits to be stopped instead of raising: Ray would print the failed start's traceback, and Ray Data its retries
+    and the job's failure, in the driver's terminal around the one line that matters. The driver sees the failure
+    at its next poll of the coordinator (POLL_S) and kills the actors. Raises `error` after PARK_S (a driver that
+    stopped polling: the failure is not hidden for ever)."""
+    threading.Event().wait(PARK_S)
+    raise error
+
+
+class _QuietJob(logging.Filter):
+    """Drops Ray Data's log records while the job of a run that has failed winds down (see quiet_ray_data)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def quiet_ray_data(job: threading.Thread) -> None:
+    """A run failed with its own one-line error: its job, still running in `job`, ends when the driver kills the
+    actors, and Ray Data then logs the job's failure with tracebacks that are not news. Silence the `ray.data`
+    logger until that thread ends (a thread of its own waits for it)."""
+    quiet, logger = _QuietJob(), logging.getLogger("ray.data")
+    logger.addFilter(quiet)
+    for handler in logger.handlers:
+        handler.addFilter(quiet)
+
+    def restore() -> None:
+        job.join()
+        logger.removeFilter(quiet)
+        for handler in logger.handlers:
+            handler.removeFilter(quiet)
+
+    threading.Thread(target=restore, daemon=True, name="vmae-fast-ray-quiet").start()
 
 
 def _take_over(out: Path, token: str) -> None:
@@ -729,9 +779,10 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
             clips = sum(a.get("clips", 0) for a in per_actor.values())
             bar.set_postfix(clips=clips, actors=len(per_actor), done_before=counts["skipped"], refresh=False)
             bar.refresh()
-        if not alive:
+        if not alive or state.get("failure") is not None:  # a failed run stops now, not when Ray's job gives up
             break
-    if state.get("failure") is not None:  # an actor's start or OUT's preparation: its own error
+    if state.get("failure") is not None:  # an actor's start, OUT's preparation, the admission: its own error
+        quiet_ray_data(thread)
         raise state["failure"]
     if failure:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
         raise _cause(failure[0]) from failure[0]
