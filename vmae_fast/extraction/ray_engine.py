@@ -618,6 +618,7 @@ def _cause(error: BaseException) -> BaseException:
 
 
 PARK_S = 600.0  # an actor whose start failed waits this long for the driver to stop it before it raises
+QUIET_S = 60.0  # Ray Data's logs of a failed run's job winding down are kept out of the terminal this long at most
 
 
 def _park(error: BaseException) -> None:
@@ -640,14 +641,15 @@ class _QuietJob(logging.Filter):
 def quiet_ray_data(job: threading.Thread) -> None:
     """A run failed with its own one-line error: its job, still running in `job`, ends when the driver kills the
     actors, and Ray Data then logs the job's failure with tracebacks that are not news. Silence the `ray.data`
-    logger until that thread ends (a thread of its own waits for it)."""
+    logger until that thread ends, QUIET_S at most (a thread of its own waits for it): never for good in a
+    long-lived process such as a notebook's."""
     quiet, logger = _QuietJob(), logging.getLogger("ray.data")
     logger.addFilter(quiet)
     for handler in logger.handlers:
         handler.addFilter(quiet)
 
     def restore() -> None:
-        job.join()
+        job.join(QUIET_S)
         logger.removeFilter(quiet)
         for handler in logger.handlers:
             handler.removeFilter(quiet)
