@@ -184,25 +184,31 @@ def through(monkeypatch):
     return use
 
 
-def test_a_store_that_answers_503_or_nothing_is_an_environment_fault(s3, through):
-    bucket = s3.bucket()
-    run = make_run()
+@pytest.fixture
+def proxied(s3, through):
+    """An output on the store through an S3Proxy that passes requests until told otherwise: (proxy, bucket, OUT, a
+    writer of shard 0 committing every video); the proxy is closed after the test."""
+    bucket, run = s3.bucket(), make_run()
     proxy = S3Proxy(s3.port)
     try:
         through(proxy.endpoint)
         out = store.prepare_output(f"s3://{bucket}/out", run, shard=0, num_shards=1, overwrite=False)
-        writer = store.RunWriter(out, run, 0, part_rows=1, commit_interval_s=1e9)
-        writer.add_video(video_rows("a", 2))
-        proxy.mode = "503"
-        for call in (lambda: writer.add_video(video_rows("b", 2)), lambda: store.list_parts(out / "clips"),
-                     lambda: layout.create_file(out / "x", b"x"), lambda: store.read_clips(out),
-                     lambda: store.committed_ids(out)):
-            with pytest.raises(faults.EnvironmentFault, match="object store s3://.*did not answer") as info:
-                call()
-            assert faults.exit_status(info.value) == faults.EXIT_ENVIRONMENT
-        assert proxy.answered_503 > 0
+        yield proxy, bucket, out, store.RunWriter(out, run, 0, part_rows=1, commit_interval_s=1e9)
     finally:
         proxy.close()
+
+
+def test_a_store_that_answers_503_or_nothing_is_an_environment_fault(s3, through, proxied):
+    proxy, bucket, out, writer = proxied
+    writer.add_video(video_rows("a", 2))
+    proxy.mode = "503"
+    for call in (lambda: writer.add_video(video_rows("b", 2)), lambda: store.list_parts(out / "clips"),
+                 lambda: layout.create_file(out / "x", b"x"), lambda: store.read_clips(out),
+                 lambda: store.committed_ids(out)):
+        with pytest.raises(faults.EnvironmentFault, match="object store s3://.*did not answer") as info:
+            call()
+        assert faults.exit_status(info.value) == faults.EXIT_ENVIRONMENT
+    assert proxy.answered_503 > 0
     through(f"http://127.0.0.1:{free_port()}")  # nothing listens there: connection refused
     with pytest.raises(faults.EnvironmentFault, match="did not answer"):
         store.read_clips(f"s3://{bucket}/out")
@@ -210,26 +216,18 @@ def test_a_store_that_answers_503_or_nothing_is_an_environment_fault(s3, through
     assert store.read_clips(f"s3://{bucket}/out").column("video_id").to_pylist() == ["a", "a"]
 
 
-def test_a_conditional_write_in_conflict_is_an_environment_fault(s3, through):
+def test_a_conditional_write_in_conflict_is_an_environment_fault(s3, through, proxied):
     """S3 answers 409 ConditionalRequestConflict to a conditional write racing another in flight ("retry the
     request"): the shard lock's create and a part's upload stop the run as an environment fault (exit 75: the rerun
     retries), not as the user's configuration (exit 2, 'check the bucket name') nor a bug."""
-    bucket = s3.bucket()
-    run = make_run()
-    proxy = S3Proxy(s3.port)
-    try:
-        through(proxy.endpoint)
-        out = store.prepare_output(f"s3://{bucket}/out", run, shard=0, num_shards=1, overwrite=False)
-        writer = store.RunWriter(out, run, 0, part_rows=1, commit_interval_s=1e9)
-        proxy.mode = "409"
-        for call in (lambda: store.ShardLock(f"s3://{bucket}/out", 0).acquire(),
-                     lambda: layout.create_file(out / "x", b"x"), lambda: writer.add_video(video_rows("a", 2))):
-            with pytest.raises(faults.EnvironmentFault, match="ConditionalRequestConflict|did not answer") as info:
-                call()
-            assert faults.exit_status(info.value) == faults.EXIT_ENVIRONMENT
-        assert proxy.answered_409 >= 3
-    finally:
-        proxy.close()
+    proxy, bucket, out, writer = proxied
+    proxy.mode = "409"
+    for call in (lambda: store.ShardLock(f"s3://{bucket}/out", 0).acquire(),
+                 lambda: layout.create_file(out / "x", b"x"), lambda: writer.add_video(video_rows("a", 2))):
+        with pytest.raises(faults.EnvironmentFault, match="ConditionalRequestConflict|did not answer") as info:
+            call()
+        assert faults.exit_status(info.value) == faults.EXIT_ENVIRONMENT
+    assert proxy.answered_409 >= 3
     through(s3.endpoint)
     assert store.read_clips(f"s3://{bucket}/out").num_rows == 0  # no part committed while the writes conflicted
 

@@ -632,13 +632,13 @@ def _park(error: BaseException) -> None:
 
 
 class _QuietJob(logging.Filter):
-    """Drops Ray Data's log records while the job of a run that has failed winds down (see quiet_ray_data)."""
+    """Drops Ray Data's log records while the job of a run that has failed winds down (see _quiet_ray_data)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return False
 
 
-def quiet_ray_data(job: threading.Thread) -> None:
+def _quiet_ray_data(job: threading.Thread) -> None:
     """A run failed with its own one-line error: its job, still running in `job`, ends when the driver kills the
     actors, and Ray Data then logs the job's failure with tracebacks that are not news. Silence the `ray.data`
     logger until that thread ends, QUIET_S at most (a thread of its own waits for it): never for good in a
@@ -784,7 +784,7 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
         if not alive or state.get("failure") is not None:  # a failed run stops now, not when Ray's job gives up
             break
     if state.get("failure") is not None:  # an actor's start, OUT's preparation, the admission: its own error
-        quiet_ray_data(thread)
+        _quiet_ray_data(thread)
         raise state["failure"]
     if failure:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
         raise _cause(failure[0]) from failure[0]
