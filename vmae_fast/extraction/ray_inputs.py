@@ -40,7 +40,7 @@ from .inputs import _COLUMNS, BATCH_ROWS, LIST_EXTENSIONS, _Folder, _ListFile, _
 READ_TASKS = 4  # read tasks at a time per input: the actors take the CPUs, so readers ask for none (see below)
 # Readers and the admission run with num_cpus=0: an actor pool that holds every CPU of the cluster (one actor a GPU
 # with all its node's cores, or a CPU-only cluster's actors) must not starve the stage that feeds it (it would wait
-# forever); READ_TASKS bounds them instead. Their work is small beside decoding and the model.
+# forever); READ_TASKS bounds them instead. Their work is small beside decoding and the model (task_options).
 
 
 def task_options() -> dict:
@@ -49,6 +49,7 @@ def task_options() -> dict:
     import ray.data
 
     return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=READ_TASKS)}
+
 
 # the columns of an entry after normalize(): one row per video (or per input that failed at discovery: stage/error)
 ENTRY_SCHEMA = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("start_s", pa.float64()),
