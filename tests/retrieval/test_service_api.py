@@ -247,6 +247,33 @@ def test_media_serves_the_named_video_with_ranges(client):
     assert client.get("/media/orbit_red%2Emp4").content == whole  # an encoded character of the id itself: same id
 
 
+def test_media_head_answers_like_get_without_a_body(client):
+    size = (sample_dir() / "orbit_red.mp4").stat().st_size
+    get, head = client.get("/media/orbit_red.mp4"), client.head("/media/orbit_red.mp4")
+    assert head.status_code == 200 and head.content == b"", (head.status_code, head.content[:200])
+    assert head.headers["content-length"] == str(size)
+    for name in ("content-type", "accept-ranges", "etag", "last-modified", "cache-control", "x-content-type-options"):
+        assert head.headers[name] == get.headers[name], name
+    part = client.head("/media/orbit_red.mp4", headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206 and part.content == b"" and part.headers["content-range"] == f"bytes 100-1099/{size}"
+    for target in ("/media/bounce_blue.mp4", "/media/escape/etc/passwd", "/media/unlisted.mp4", "/media/nothing.mp4"):
+        response = client.head(target)  # the same checks as GET: a symlink out, an unnamed file, an unknown id
+        assert response.status_code == 404 and response.content == b"", (target, response.status_code)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_media_range_errors_are_json_like_the_api(client, method):
+    size = (sample_dir() / "orbit_red.mp4").stat().st_size
+    past = client.request(method, "/media/orbit_red.mp4", headers={"Range": f"bytes={size + 10}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}", past.headers
+    assert past.headers["content-type"] == "application/json"
+    malformed = client.request(method, "/media/orbit_red.mp4", headers={"Range": "pages=1-2"})
+    assert malformed.status_code == 400 and malformed.headers["content-type"] == "application/json"
+    if method == "GET":
+        error(past, 416, f"bytes={size + 10}-", f"{size} bytes")
+        error(malformed, 400, "pages=1-2")
+
+
 @pytest.mark.parametrize("target", [
     "/media/../../../../etc/passwd",
     "/media/..%2F..%2F..%2F..%2Fetc%2Fpasswd",

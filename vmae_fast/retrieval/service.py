@@ -9,15 +9,15 @@
     POST /api/search/vector      {"vector": [D floats], "k", "level"}
     POST /api/search/upload?at_s=&k=&level=   the request body is a video file: by its clip at at_s
     POST /api/metadata           {"rows": [...], "level"}: what the index holds for those rows
-    GET  /media/{video_id}       the video file a row names, with Range requests (so <video> seeks)
+    GET  /media/{video_id}       the video file a row names, with Range requests (so <video> seeks); HEAD too
     GET  /openapi.json           the OpenAPI description of all of the above
 
 Safe by default: bound to 127.0.0.1 (and answering only requests addressed to a loopback name, against DNS
 rebinding) unless told otherwise; /media serves only the files the output's rows name (catalog.py); request bodies
 are bounded (JSON: JSON_BODY_MAX, uploads: --max-upload-mb) and an upload is decoded and embedded in a worker
 process (upload.py): a hostile file is a 4xx, never a dead server. Errors are JSON {"error": "..."} with a 4xx status:
-400 malformed JSON, 404 unknown video/clip/row/level, 413 too large, 422 invalid values (wrong vector dimension,
-k out of range, a file that is no video), 503 the upload worker is busy.
+400 malformed JSON or Range, 404 unknown video/clip/row/level, 413 too large, 416 a Range past the file's end, 422
+invalid values (wrong vector dimension, k out of range, a file that is no video), 503 the upload worker is busy.
 """
 
 from __future__ import annotations
@@ -185,6 +185,38 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class _MediaFile(FileResponse):
+    """A FileResponse whose Range errors are the API's JSON errors: Starlette answers a malformed Range (400) and an
+    unsatisfiable one (416, with Content-Range: bytes */SIZE) in text/plain, from inside the response; those two
+    statuses come from nowhere else in it, so they are recognised as they are sent and answered again as JSON."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        refused: dict = {}
+
+        async def json_errors(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (400, 416):
+                refused.update(status=message["status"], headers=dict(message.get("headers", [])), body=b"")
+            elif not refused:
+                await send(message)
+            elif message["type"] == "http.response.body":
+                refused["body"] += message.get("body", b"")
+                if not message.get("more_body", False):
+                    await _range_error(scope, refused)(scope, receive, send)
+
+        await super().__call__(scope, receive, json_errors)
+
+
+def _range_error(scope, refused: dict) -> JSONResponse:
+    asked = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"range"), "")[:200]
+    if refused["status"] == 416:
+        content_range = refused["headers"].get(b"content-range", b"").decode("latin-1")  # bytes */SIZE
+        return JSONResponse({"error": f"Range {asked!r} is not satisfiable: the file has "
+                                      f"{content_range.rpartition('/')[2]} bytes"},
+                            status_code=416, headers={"content-range": content_range})
+    why = refused["body"].decode("utf-8", "replace").strip().rstrip(".") or "malformed"
+    return _error(400, f"Range {asked!r} is malformed ({why}); ask for bytes=START-END, bytes=START- or bytes=-LENGTH")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -313,11 +345,12 @@ def create_app(out: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UP
     def metadata(q: RowsQuery):
         return JSONResponse(catalog.metadata(q.rows, q.level))
 
-    @app.get("/media/{video_id:path}", responses={404: {"model": Error}},
-             summary="the video file a row names (Range requests: 206 Partial Content)")
+    @app.api_route("/media/{video_id:path}", methods=["GET", "HEAD"],
+                   responses={400: {"model": Error}, 404: {"model": Error}, 416: {"model": Error}},
+                   summary="the video file a row names (Range requests: 206 Partial Content)")
     def media(video_id: str):
-        path = catalog.media_path(video_id)
-        return FileResponse(path, headers={"cache-control": "no-cache"})
+        path = catalog.media_path(video_id)  # HEAD included: the same checks, the same headers, no body
+        return _MediaFile(path, headers={"cache-control": "no-cache"})
 
     app.add_middleware(_Guard, json_max=JSON_BODY_MAX, upload_max=max_upload_bytes)
     hosts = LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts
