@@ -520,7 +520,7 @@ def _add_dedup(sub) -> None:
     p.add_argument("--keep-list", metavar="FILE",
                    help="also write the ones to keep, one per group and every one in no group: FILE.txt one "
                         "video id a line (clip level: VIDEO_ID:CLIP_INDEX), .csv/.parquet with path and video_id "
-                        "(a list `vmae-fast extract` reads)")
+                        "(a list `vmae-fast extract` reads); another extension is refused")
     search = p.add_mutually_exclusive_group()
     search.add_argument("--exact", action="store_true",
                         help="exact search in memory even when an index exists (outputs up to 50,000 rows)")
@@ -535,7 +535,7 @@ def _add_dedup(sub) -> None:
 def _run_dedup(args) -> int:
     import json
 
-    from .retrieval.dedup import find_groups, format_summary, summary, write_groups, write_keep_list
+    from .retrieval.dedup import find_groups, format_summary, keep_list_problem, summary, write_groups, write_keep_list
 
     if args.threshold is not None and not -1 <= args.threshold <= 1:
         raise FatalError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}")
@@ -547,6 +547,9 @@ def _run_dedup(args) -> int:
             raise FatalError(f"--keep-list {args.keep_list}: the folder {folder} does not exist")
         if os.path.isdir(args.keep_list):
             raise FatalError(f"--keep-list {args.keep_list} is a folder: name the file to write")
+        problem = keep_list_problem(args.keep_list)
+        if problem is not None:
+            raise FatalError(f"--keep-list {args.keep_list}: {problem}")
     exact = True if args.exact else (False if args.use_index else None)
     result = find_groups(args.out, args.level, args.threshold, exact=exact, k=args.k,
                          log=lambda msg: print(f"vmae-fast dedup: {msg}", file=sys.stderr))

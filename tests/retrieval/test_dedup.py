@@ -262,6 +262,22 @@ def test_cli_refuses_what_it_cannot_do(planted, tmp_path, monkeypatch, capsys):
     assert f"error: --keep-list {tmp_path} is a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["keep.json", "keep.tsv", "keep"])
+def test_cli_refuses_a_keep_list_of_unknown_format_before_searching(planted, tmp_path, monkeypatch, capsys, name):
+    # the keep list is written in the format its extension names (.txt, .csv, .parquet: what extract reads as a list);
+    # any other name was written as text, which extract would then take for a video: refused up front instead
+    out, _, _ = planted
+    monkeypatch.setattr(dedup_module, "find_groups", lambda *a, **k: pytest.fail("searched for groups"))
+    keep = tmp_path / name
+    assert cli.main(["dedup", str(out), "--threshold", "0.9", "--keep-list", str(keep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"error: --keep-list {keep}: " in err[0], err
+    assert ".txt, .csv or .parquet" in err[0], err
+    assert not keep.exists()
+    with pytest.raises(ValueError, match=r"\.txt, \.csv or \.parquet"):  # the Python function refuses it too
+        dedup_module.write_keep_list(None, keep)
+
+
 def test_overwrite_removes_the_groups(tmp_path):
     out = tmp_path / "out"
     planted_output(out, sources=10)

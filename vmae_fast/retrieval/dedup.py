@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..faults import UnusableOutput
+from ..faults import InvalidOption, UnusableOutput
 from ..store.layout import dedup_files, write_atomic
 from ..store.storage import out_path
 from .index import LEVELS, Index, data_fingerprint, stream_rows
@@ -58,6 +58,7 @@ MAX_NEIGHBOURS = 4096  # a row with more neighbours above the threshold keeps it
 EXACT_MAX_ROWS = 50_000  # without an index: exact search in memory up to here (50k x 50k x 768 ~ 2e12 flops)
 THRESHOLD_SAMPLE = 100_000  # rows whose neighbour similarities choose the threshold
 THRESHOLD_RANKS = 4  # their 1st..4th nearest neighbours: the 4th is another video even for a video with 3 copies
+KEEP_LIST_EXTENSIONS = (".txt", ".csv", ".parquet")  # the keep list's formats: the lists `vmae-fast extract` reads
 VALLEY_RATIO = 0.5  # a valley counts when it is at most this fraction of the lower of the two modes around it
 GRID = 1024  # points of the density estimate
 MIN_BANDWIDTH = 0.1  # decades of 1 - similarity: modes closer than a few of these are not "far apart"
@@ -509,11 +510,24 @@ def write_groups(result: DedupResult) -> dict[str, Path]:
     return paths
 
 
+def keep_list_problem(path: str | os.PathLike) -> str | None:
+    """Why no keep list can be written at `path` by its name (None: it can): its extension names the format, and a
+    file of another extension would be read by `vmae-fast extract` as a video, not as a list."""
+    suffix = Path(path).suffix.lower()
+    if suffix in KEEP_LIST_EXTENSIONS:
+        return None
+    named = f"the extension {suffix!r} names" if suffix else "a name without an extension names"
+    return f"{named} no keep-list format: name a .txt, .csv or .parquet file (the lists `vmae-fast extract` reads)"
+
+
 def write_keep_list(result: DedupResult, path: str | os.PathLike) -> int:
     """The rows to keep (one per group and every row in none), in the output's order; returns how many. By the
     file's extension: .csv or .parquet with path and video_id columns (at clip level also start_s, end_s: a list
-    `vmae-fast extract` reads), else text, one video_id a line (clip level: VIDEO_ID:CLIP_INDEX, as `search --clip`
-    takes it)."""
+    `vmae-fast extract` reads), .txt one video_id a line (clip level: VIDEO_ID:CLIP_INDEX, as `search --clip`
+    takes it); any other extension is refused (InvalidOption, see keep_list_problem)."""
+    problem = keep_list_problem(path)
+    if problem is not None:
+        raise InvalidOption(f"keep list {path}: {problem}")
     path = Path(path)
     kept = result.metadata.filter(pa.array(result.keep()))
     if path.suffix.lower() in (".csv", ".parquet"):
