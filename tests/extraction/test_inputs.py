@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from vmae_fast import ids as ids_module
 from vmae_fast import store
 from vmae_fast.extraction import inputs as inputs_module
 from vmae_fast.extraction.inputs import Discovery, _ListFile, discover_inputs, split_list
-from vmae_fast.extraction.ray_inputs import _ListEntries
+from vmae_fast.extraction.ray_inputs import _ListEntries, normalize
 from vmae_fast.ids import KeySet, id_keys, shard_of, shards_of
 from vmae_fast.store import committed_ids
 
@@ -115,6 +116,41 @@ def test_prime_meets_the_errors_of_a_short_list_before_iteration(tmp_path):
     (tmp_path / "np.csv").write_text("file\nx.mp4\n")
     with pytest.raises(ValueError, match="needs a 'path' column"):
         Discovery(tmp_path / "np.csv")  # the header is read when the Discovery is made
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("a.mp4,1,\nb.mp4,inf,", "start_s must be a finite number of seconds >= 0, got inf"),
+    ("a.mp4,1,\nb.mp4,nan,", "start_s must be a number of seconds, got nan (leave it empty"),
+    ("a.mp4,1,\nb.mp4, NaN ,", "start_s must be a number of seconds, got nan (leave it empty"),
+    ("a.mp4,1,\nb.mp4,1,nan", "end_s must be a number of seconds, got nan (leave it empty"),
+    ("a.mp4,1,\nb.mp4,-inf,", "start_s must be >= 0, got -inf"),
+    ("a.mp4,1,\nb.mp4,-0.5,", "start_s must be >= 0, got -0.5"),
+    ("a.mp4,1,\nb.mp4,5,2", "end_s must be greater than start_s, got start_s=5.0 end_s=2.0"),
+    ("a.mp4,1,\nb.mp4,,-1", "end_s must be greater than 0 (the start, when start_s is empty), got -1.0"),
+    ("a.mp4,1,\nb.mp4,,0", "end_s must be greater than 0 (the start, when start_s is empty), got 0.0"),
+    ("a.mp4,1,\nb.mp4,,-inf", "end_s must be greater than 0"),
+], ids=["start-inf", "start-nan", "start-nan-spaced", "end-nan", "start-minus-inf", "start-negative",
+        "end-before-start", "end-negative", "end-zero", "end-minus-inf"])
+def test_time_ranges_that_select_no_time_are_list_errors_naming_the_line(tmp_path, rows, message):
+    # such an entry was a task, and later an error row of its video ("no frame in [inf, None)"); nan was read as empty
+    (tmp_path / "t.csv").write_text("path,start_s,end_s\n" + rows + "\n")
+    with pytest.raises(ValueError, match=rf"t\.csv:3: {re.escape(message)}"):
+        Discovery(tmp_path / "t.csv").prime()
+    # the same values as floats in a Parquet list: named by its row; Ray's read tasks apply the same rules
+    start, end = (float(v) if v.strip() else None for v in rows.splitlines()[1].split(",")[1:])
+    pq.write_table(pa.table({"path": ["a.mp4", "b.mp4"], "start_s": pa.array([1.0, start], pa.float64()),
+                             "end_s": pa.array([None, end], pa.float64())}), tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match=rf"t\.parquet row 1: {re.escape(message)}"):
+        Discovery(tmp_path / "t.parquet").prime()
+    rules = _ListEntries(str(tmp_path / "t.parquet"), ["path", "start_s", "end_s"])
+    with pytest.raises(ValueError, match=rf"t\.parquet \(entry 'b\.mp4'\): {re.escape(message)}"):
+        normalize(pq.read_table(tmp_path / "t.parquet"), source=0, kind="parquet", rules=rules)
+
+
+def test_empty_and_open_ended_time_ranges_are_kept(tmp_path):
+    (tmp_path / "t.csv").write_text("path,start_s,end_s\na.mp4,,\nb.mp4,2,\nc.mp4,,3\nd.mp4,0,inf\n")
+    got = [(t.video_id, t.start_s, t.end_s) for t in Discovery(tmp_path / "t.csv")]
+    assert got == [("a.mp4", None, None), ("b.mp4", 2.0, None), ("c.mp4", None, 3.0), ("d.mp4", 0.0, float("inf"))]
 
 
 def test_folder_walk_streams_with_symlink_loops_and_skip(tmp_path, small_batches):

@@ -76,12 +76,18 @@ def _derived_id(raw: str) -> str:
 def _optional_float(value: Any, where: str, column: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
     try:
-        return float(value)
+        seconds = float(value)
     except (TypeError, ValueError):
         raise InvalidInput(f"{where}: {column} must be a number of seconds, got {value!r}") from None
+    if np.isnan(seconds):
+        raise InvalidInput(_nan_message(where, column))
+    return seconds
+
+
+def _nan_message(where: str, column: str) -> str:
+    empty = "start at the beginning" if column == "start_s" else "read to the end"
+    return f"{where}: {column} must be a number of seconds, got nan (leave it empty to {empty})"
 
 
 @dataclass
@@ -249,19 +255,29 @@ class _ListFile(_Source):
         take = pa.array(own, pa.int64())
         rows = batch.rows[own]
         written = batch.paths.take(take)
+
+        def at(i: int) -> str:  # where own[i] is written (a Ray read task knows no lines: the list and the id)
+            return self.where(int(rows[i]), batch.ids[int(own[i])])
+
         for i, path in enumerate(written.to_pylist()):
             if path is None or not str(path).strip():
-                raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
-        starts = self._seconds(batch.starts.take(take), "start_s", rows) if batch.starts is not None else None
-        ends = self._seconds(batch.ends.take(take), "end_s", rows) if batch.ends is not None else None
+                raise InvalidInput(f"{at(i)}: empty path")
+        starts = self._seconds(batch.starts.take(take), "start_s", at) if batch.starts is not None else None
+        ends = self._seconds(batch.ends.take(take), "end_s", at) if batch.ends is not None else None
+        # a range that selects no time is the list's mistake, named here, not an error row of its video later
         for i in range(len(own) if starts is not None or ends is not None else 0):
             start = None if starts is None or np.isnan(starts[i]) else float(starts[i])
             end = None if ends is None or np.isnan(ends[i]) else float(ends[i])
             if start is not None and start < 0:
-                raise InvalidInput(f"{self.where(int(rows[i]), '')}: start_s must be >= 0, got {start}")
+                raise InvalidInput(f"{at(i)}: start_s must be >= 0, got {start}")
+            if start is not None and not np.isfinite(start):
+                raise InvalidInput(f"{at(i)}: start_s must be a finite number of seconds >= 0, got {start} (leave "
+                                   "it empty to start at the beginning)")
             if start is not None and end is not None and end <= start:
-                raise InvalidInput(f"{self.where(int(rows[i]), '')}: end_s must be greater than start_s, got "
-                                 f"start_s={start} end_s={end}")
+                raise InvalidInput(f"{at(i)}: end_s must be greater than start_s, got start_s={start} end_s={end}")
+            if start is None and end is not None and end <= 0:
+                raise InvalidInput(f"{at(i)}: end_s must be greater than 0 (the start, when start_s is empty), got "
+                                   f"{end}")
         none = [None] * len(own)
         return (self._task_paths(written),
                 none if starts is None else [None if np.isnan(v) else float(v) for v in starts],
@@ -342,21 +358,27 @@ class _ListFile(_Source):
                 raise InvalidInput(f"{self.where(int(rows[i]), '')}: empty path")
         return _Batch(ids, rows, paths)
 
-    def _seconds(self, column, name: str, rows: np.ndarray) -> np.ndarray:
-        """float64 seconds of a start_s/end_s column, NaN where empty; a value that is not a number is an error
-        naming its line."""
+    def _seconds(self, column, name: str, at: Callable[[int], str]) -> np.ndarray:
+        """float64 seconds of a start_s/end_s column, NaN where empty; a value that is not a number, NaN written
+        out included, is an error naming its line (at(i): where entry i is written)."""
         values = column
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             trimmed = pc.utf8_trim_whitespace(column)
             values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
         try:
-            return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            values = values.cast(pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             out = np.empty(len(column))
             for i, value in enumerate(column.to_pylist()):  # the slow way, to name the bad line
-                seconds = _optional_float(value, self.where(int(rows[i]), ""), name)
+                seconds = _optional_float(value, at(i), name)
                 out[i] = np.nan if seconds is None else seconds
             return out
+        out = values.to_numpy(zero_copy_only=False)  # NaN where empty (null) and where NaN was written
+        written_nan = np.isnan(out) & ~pc.is_null(values).to_numpy(zero_copy_only=False)
+        if written_nan.any():
+            i = int(np.flatnonzero(written_nan)[0])
+            raise InvalidInput(_nan_message(at(i), name))
+        return out
 
 
 def _check_repeats(seen, sources: list[_Source], s: int, batch: _Batch, own: np.ndarray, keys: np.ndarray) -> None:
