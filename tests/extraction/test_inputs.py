@@ -22,7 +22,7 @@ from vmae_fast import ids as ids_module
 from vmae_fast import store
 from vmae_fast.extraction import inputs as inputs_module
 from vmae_fast.extraction.inputs import Discovery, _ListFile, discover_inputs, split_list
-from vmae_fast.extraction.ray_inputs import _ListEntries, normalize
+from vmae_fast.extraction.ray_inputs import _ListEntries, normalize, repeat_places
 from vmae_fast.ids import KeySet, id_keys, shard_of, shards_of
 from vmae_fast.store import committed_ids
 
@@ -151,6 +151,27 @@ def test_empty_and_open_ended_time_ranges_are_kept(tmp_path):
     (tmp_path / "t.csv").write_text("path,start_s,end_s\na.mp4,,\nb.mp4,2,\nc.mp4,,3\nd.mp4,0,inf\n")
     got = [(t.video_id, t.start_s, t.end_s) for t in Discovery(tmp_path / "t.csv")]
     assert got == [("a.mp4", None, None), ("b.mp4", 2.0, None), ("c.mp4", None, 3.0), ("d.mp4", 0.0, float("inf"))]
+
+
+def test_the_places_of_a_repeated_id_are_found_again_for_the_ray_engine(tmp_path, small_batches):
+    """Ray's readers know no line numbers: the driver reads the lists again, a batch at a time, for the two entries
+    of the id its coordinator met twice (inputs numbered as given), and names them as the local engine does."""
+    (tmp_path / "a.csv").write_text("path,video_id\n" + "".join(f"v{i}.mp4,id{i}\n" for i in range(30)) +
+                                    "w.mp4,id7\nx.mp4,id7\n")
+    pq.write_table(pa.table({"path": ["p.mp4", "q.mp4", "r.mp4"], "video_id": ["x", "id7", "id7"]}),
+                   tmp_path / "b.parquet")
+    (tmp_path / "c.txt").write_text("# ids are paths\n\nk.mp4\nid7\n")
+    (tmp_path / "videos").mkdir()
+    inputs = [str(tmp_path / n) for n in ("a.csv", "b.parquet", "c.txt", "videos")] + ["https://h/l/id7"]
+    a, b, c = (str(tmp_path / n) for n in ("a.csv", "b.parquet", "c.txt"))
+    assert repeat_places(inputs, "id7", 0, 0) == (f"{a}:9", f"{a}:32")  # 30 rows in batches of 7
+    assert repeat_places(inputs, "id7", 0, 1) == (f"{a}:9", f"{b} row 1")
+    assert repeat_places(inputs, "id7", 1, 2) == (f"{b} row 1", f"{c}:4")
+    assert repeat_places(inputs, "id7", 2, 3) == (f"{c}:4", f"{tmp_path / 'videos'}/id7")  # a folder: its file
+    assert repeat_places(inputs, "id7", 4, 1) == ("https://h/l/id7", f"{b} row 1")  # a single input: itself
+    assert repeat_places(inputs, "nowhere", 0, 1) is None  # not found again (a list changed): the lists' names
+    (tmp_path / "a.csv").unlink()
+    assert repeat_places(inputs, "id7", 0, 1) is None  # unreadable now: likewise
 
 
 def test_folder_walk_streams_with_symlink_loops_and_skip(tmp_path, small_batches):

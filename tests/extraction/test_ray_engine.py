@@ -423,7 +423,8 @@ def test_list_files_stream_through_rays_readers_with_the_local_engines_rules(tmp
                                                                              reference):
     """The same 8 videos named by a .parquet list (video_id given), a .csv (relative paths, start_s/end_s empty)
     and a .txt (comments, blank lines, absolute paths) read by Ray's readers: the same rows as the local engine
-    reading the folder; then a list naming a video twice stops the run with the id and both lists named."""
+    reading the folder; then a list naming a video twice stops the run with the id and both places named (list and
+    line or row, as the local engine names them)."""
     import pyarrow as pa
 
     paths = sorted(p for p in small_videos.rglob("*.mp4"))
@@ -449,9 +450,12 @@ def test_list_files_stream_through_rays_readers_with_the_local_engines_rules(tmp
     # resume: every entry of every list is committed; a list naming one of them twice is refused by the coordinator
     again = extract([lists / "a.parquet", lists / "b.csv", lists / "c.txt"], tmp_path / "out", model=ckpt, **RAY)
     assert (again["videos_skipped"], again["groups"]) == (8, 0)
-    pq.write_table(pa.table({"path": [str(paths[0])], "video_id": [ids[3]]}), lists / "d.parquet")
-    with pytest.raises(ValueError, match=rf"video_id '{ids[3]}' appears twice \(.*b.csv and .*d.parquet\)|"
-                                         rf"video_id '{ids[3]}' appears twice \(.*d.parquet and .*b.csv\)"):
+    # the places of both entries, as the local engine names them: the list and the line (.csv) or row (.parquet)
+    pq.write_table(pa.table({"path": [str(paths[1]), str(paths[0])], "video_id": [ids[1], ids[4]]}),
+                   lists / "d.parquet")
+    b, d = re.escape(str(lists / "b.csv")), re.escape(str(lists / "d.parquet"))
+    with pytest.raises(ValueError, match=rf"video_id '{ids[4]}' appears twice \(({b}:3 and {d} row 1|"
+                                         rf"{d} row 1 and {b}:3)\); give distinct video_id values"):
         extract([lists / "b.csv", lists / "d.parquet"], tmp_path / "out2", model=ckpt, **RAY)
 
 

@@ -393,9 +393,13 @@ def _check_repeats(seen, sources: list[_Source], s: int, batch: _Batch, own: np.
         first = sources[code >> _ROW_BITS].where(code & ((1 << _ROW_BITS) - 1), video_id)
     else:
         first = sources[s].where(int(batch.rows[own[earlier]]), video_id)
-    raise InvalidInput(f"video_id {video_id!r} appears twice ({first} and "
-                     f"{sources[s].where(int(batch.rows[own[j]]), video_id)}); "
-                     "give distinct video_id values in a list file or pass each folder once")
+    raise InvalidInput(repeat_message(video_id, first, sources[s].where(int(batch.rows[own[j]]), video_id)))
+
+
+def repeat_message(video_id: str, first: str, second: str) -> str:
+    """The message of a video_id met twice (both engines): the id and where it is written each time."""
+    return (f"video_id {video_id!r} appears twice ({first} and {second}); give distinct video_id values in a list "
+            "file or pass each folder once")
 
 
 class Discovery:

@@ -78,7 +78,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from .. import store
-from ..faults import EnvironmentFault, InternalError, InvalidInput, InvalidOption, MissingDependency, UserError
+from ..faults import EnvironmentFault, InternalError, InvalidOption, MissingDependency, UserError
 from ..ids import KeySet, id_keys
 from ..store import ShardLock, committed_ids, committed_parts, out_path
 from ..store.committed import committed_keys
@@ -95,7 +95,7 @@ from ..store.layout import (
 from ..store.storage import read_table
 from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
-from .ray_inputs import READ_TASKS, input_dataset, task_options
+from .ray_inputs import READ_TASKS, RepeatedVideoId, input_dataset, located, repeated_id, task_options
 from .summary import RaySummary
 
 if TYPE_CHECKING:
@@ -355,9 +355,7 @@ def _admit(table: pa.Table, *, coordinator, group_videos: int, inputs: tuple[str
     if answer[0] == "repeat":  # the run's failure: the driver raises it (a task's error would be logged by Ray)
         _, i, first = answer
         video_id = table.column("video_id")[i].as_py()
-        ray.get(coordinator.fail.remote(InvalidInput(
-            f"video_id {video_id!r} appears twice ({inputs[first]} and {inputs[int(sources[i])]}); give distinct "
-            "video_id values in a list file or pass each folder once")))
+        ray.get(coordinator.fail.remote(repeated_id(inputs, video_id, first, int(sources[i]))))
     if answer[0] != "ok":
         return GROUP_SCHEMA.empty_table()
     _, first_group, todo = answer
@@ -527,6 +525,14 @@ def run_ray(spec: RunSpec) -> RaySummary:
     """
     if spec.engine != "ray":
         raise ValueError(f"run_ray runs specs of engine 'ray', got {spec.engine!r}")
+    try:
+        return _run(spec)
+    except RepeatedVideoId as e:  # the run has stopped (actors killed, lock released): now find both entries' lines
+        raise located(e, spec.inputs) from None
+
+
+def _run(spec: RunSpec) -> RaySummary:
+    """run_ray's run (a repeated video_id raises RepeatedVideoId naming the two inputs only)."""
     ray = _require_ray()
 
     t_start = time.perf_counter()

@@ -17,7 +17,9 @@ check (ray_engine._Coordinator) look up. A list may sit on any filesystem Ray's 
 relative paths are then relative to the list's URL.
 
 Entry rows differ from the local engine's in one way: Ray's readers do not say which line or record an entry came
-from, so messages name the list file and the video_id instead of a line number.
+from, so messages name the list file and the video_id instead of a line number. A video_id met twice is the
+exception (repeat_places): once the run has stopped, the driver reads the two inputs again, up to the entries that
+name it, and names their lines as the local engine does.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..faults import InvalidInput, InvalidOption
 from ..ids import id_keys
 from ..video import VIDEO_EXTENSIONS
 from ..video.remote import is_url, url_video_id
-from .inputs import _COLUMNS, BATCH_ROWS, LIST_EXTENSIONS, _Folder, _ListFile, _Source
+from .inputs import _COLUMNS, BATCH_ROWS, LIST_EXTENSIONS, _Folder, _ListFile, _Source, repeat_message
 
 READ_TASKS = 4  # read tasks at a time per input: the actors take the CPUs, so readers ask for none (see below)
 # Readers and the admission run with num_cpus=0: an actor pool that holds every CPU of the cluster (one actor a GPU
@@ -79,6 +81,59 @@ class _ListEntries(_ListFile):
 
     def _relative_base(self) -> str | None:
         return None if self.url else super()._relative_base()
+
+
+class RepeatedVideoId(InvalidInput):
+    """A video_id the coordinator met twice (attributes: video_id, and inputs: the numbers of the INPUT arguments,
+    as given, where it was met first and again); its message names the two inputs (see repeat_places)."""
+
+
+def repeated_id(inputs, video_id: str, first: int, second: int) -> RepeatedVideoId:
+    error = RepeatedVideoId(repeat_message(video_id, os.fspath(inputs[first]), os.fspath(inputs[second])))
+    error.video_id, error.inputs = video_id, (first, second)  # kept through pickling (BaseException.__reduce__)
+    return error
+
+
+def located(error: RepeatedVideoId, inputs) -> RepeatedVideoId:
+    """`error` naming the two entries' places (repeat_places) instead of their inputs, where they are found again."""
+    places = repeat_places(inputs, error.video_id, *error.inputs)
+    return error if places is None else RepeatedVideoId(repeat_message(error.video_id, *places))
+
+
+def repeat_places(inputs, video_id: str, first: int, second: int) -> tuple[str, str] | None:
+    """Where `video_id` is written in inputs[first] and again in inputs[second] (the same input: its first two entries
+    naming it), as the local engine names them (list and line or row, a folder's file, a single input): the lists
+    are read again with the local engine's rules, a batch at a time, up to the entries sought, holding nothing per
+    entry. The driver calls it once a run has stopped on the repeat. None if a place is not found again: a list on
+    a URL (not read again), or one that changed or cannot be read now."""
+    wanted = {first: 1}
+    wanted[second] = wanted.get(second, 0) + 1
+    found = {s: _places(os.fspath(inputs[s]), video_id, n) for s, n in wanted.items()}
+    if any(places is None or len(places) < wanted[s] for s, places in found.items()):
+        return None
+    return (found[first][0], found[first][1]) if first == second else (found[first][0], found[second][0])
+
+
+def _places(raw: str, video_id: str, n: int) -> list[str] | None:
+    """The first n places of `video_id` in the INPUT `raw` (see repeat_places)."""
+    suffix = Path(raw).suffix.lower()
+    if is_url(raw):
+        return None if suffix in LIST_EXTENSIONS else [raw] * n
+    if os.path.isdir(raw):
+        return [_Folder(raw, set()).where(0, video_id)] * n
+    if suffix not in LIST_EXTENSIONS:
+        return [raw] * n
+    places: list[str] = []
+    try:
+        source = _ListFile(raw)
+        for batch in source.batches():
+            for k in (k for k, entry in enumerate(batch.ids) if entry == video_id):
+                places.append(source.where(int(batch.rows[k]), video_id))
+                if len(places) == n:
+                    return places
+    except (OSError, InvalidInput):
+        return None
+    return places
 
 
 def list_header(raw: str) -> list[str]:
