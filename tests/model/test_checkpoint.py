@@ -330,6 +330,33 @@ def test_bad_sources(tmp_path):
         load_model("random:small", device="cpu", backend="cuda")
 
 
+@pytest.mark.parametrize(("name", "data", "detail"), [
+    ("config.pth", b"config: base\nmodel: videomae\n", "it names the Python object 'onfig: base"),  # 'c': GLOBAL
+    ("list.pth", b"(lp0\n.", "unsupported pickle operation 108"),
+    ("junk.pth", b"not a pickle", "unsupported pickle operation"),
+    ("evil.pth", b"cos\nsystem\n(S'echo owned'\ntR.", "it names the Python object 'os.system'"),
+], ids=["yaml-text", "pickled-list", "text", "os-system"])
+def test_a_file_torch_refuses_to_unpickle_is_our_error_without_advice_to_unpickle_it(tmp_path, capsys, name, data,
+                                                                                     detail):
+    """Bytes that unpickle far enough to meet torch's weights_only check: torch's message advises loading with
+    weights_only=False (arbitrary code execution for an untrusted file); ours says what the file is not, what it
+    holds, and what to give instead, in one line."""
+    from vmae_fast.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(InvalidModel) as caught:
+        load_model(path, device="cpu")
+    message = str(caught.value)
+    assert message.startswith(f"cannot read {path} as a weights file") and detail in message, message
+    assert len(message.splitlines()) == 1 and ".safetensors" in message, message
+    for advice in ("False", "trusted source", "add_safe_globals", "safe_globals", "file an issue"):
+        assert advice not in message, message
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot read {path} as a weights file" in err[0] and "False" not in err[0], err
+
+
 def test_config_object_override_is_used_as_is(tiny_original):
     state, root = tiny_original
     cfg = VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, hidden_size=64, num_hidden_layers=2,

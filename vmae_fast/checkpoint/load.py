@@ -160,6 +160,8 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     # a file that is no pickle at all (a text file, a video): torch's legacy reader fails with whatever its first
     # bytes lead to, an IndexError or KeyError included
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, IndexError, KeyError) as e:
+        if "weights_only" in str(e):  # torch's advice to unpickle it anyway: never ours to give (see _refused)
+            raise InvalidModel(_refused(path, str(e))) from None
         raise InvalidModel(f"cannot read {path} as a weights file with torch.load(weights_only=True): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     for wrapper in ("model", "module", "state_dict"):
@@ -170,6 +172,25 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         raise InvalidModel(f"{path} does not hold a state dict of tensors (looked under 'model', 'module', "
                          f"'state_dict' and the top level)")
     return dict(obj)
+
+
+def _refused(path: Path, torch_message: str) -> str:
+    """Our message for a file whose pickle torch's weights_only unpickler refused (another kind of file whose bytes
+    read as pickle operations, or a checkpoint that holds other Python objects). torch's own message advises
+    loading it with weights_only=False, arbitrary code execution for a file of unknown origin: only what it found
+    is kept (the object a GLOBAL names, or the operation's number)."""
+    named = (re.search(r"Unsupported global: GLOBAL (.+?) was not an allowed global", torch_message, re.S)
+             or re.search(r"unsupported GLOBAL (\S+)", torch_message))
+    operand = re.search(r"Unsupported operand (\d+)", torch_message)
+    if named:
+        found = f"it names the Python object {' '.join(named.group(1).split())[:80]!r}"
+    elif operand:
+        found = f"unsupported pickle operation {operand.group(1)}"
+    else:
+        found = "objects other than tensors"
+    return (f"cannot read {path} as a weights file: torch.load(weights_only=True) refused its pickle ({found}); it "
+            "is another kind of file, or a checkpoint holding Python objects besides its tensors, which vmae-fast "
+            "does not unpickle: give a .safetensors file, a Hugging Face folder or a .pth of tensors only")
 
 
 def _read_json(path: Path) -> dict:
