@@ -215,7 +215,8 @@ def format_summary(summary) -> str:
             if s.get("decode_cpu_s") is not None else f"{s['decode_s']:.1f} s of worker time (")
          + f"{s['workers']} workers)"),
         (f"throughput {s['clips_per_s']:.1f} clips/s, {s['video_seconds'] / max(s['wall_s'], 1e-9):.1f} "
-         f"video-seconds/s on {s['device']} ({s['dtype']}, batch {s['batch_size']}"
+         f"video-seconds/s on {s['device']} ({s['dtype']}"
+         + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
          + (f", {s['padded_rows']} padding rows in {s['batches']} batches" if s.get("padded_rows") else "")
          + f", keep {s['keep']})"),
     ]
@@ -251,7 +252,8 @@ def format_actors(summary) -> str:
         lines.append(f"  actor {a['actor']} on {a['node']}: {a['groups']} groups, {a.get('videos', 0)} videos, "
                      f"{a.get('clips', 0)} clips in {a.get('busy_s', 0):.1f} s: model {a.get('compute_s', 0):.1f} s, "
                      f"waiting for clips {a.get('wait_s', 0):.1f} s, writing {a.get('write_s', 0):.1f} s, decoding "
-                     f"{a.get('decode_cpu_s', 0):.1f} s CPU ({a.get('workers', 0)} workers)"
+                     f"{a.get('decode_cpu_s', 0):.1f} s CPU ({a.get('workers', 0)} workers), "
+                     f"batch {a.get('batch_size')}"
                      + (f"; model busy {100 * a['compute_s'] / busy:.0f}%" if busy > 0 else ""))
     return "\n".join(lines)
 

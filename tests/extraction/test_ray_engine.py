@@ -413,6 +413,10 @@ def test_an_old_ray_output_resumes_with_group_names_beside_its_old_parts(tmp_pat
     summary = extract([inputs], out, engine="ray", ray_options={"actors": 1, "cpus_per_actor": 1, "group_videos": 3},
                       **RESUME)
     assert (summary["videos_skipped"], summary["videos_ok"], summary["videos_failed"]) == (8, 0, 1)
+    # no batch size given: the summary gives the actor's own (the local engine's default on a CPU), not None
+    assert summary["batch_size"] == 8 and summary["actors"][0]["batch_size"] == 8
+    assert "(fp32, batch 8, keep all)" in cli.format_summary(summary)
+    assert "(0 workers), batch 8;" in cli.format_actors(summary)
     # group 0: no old part has a group name, so this driver numbers its groups from 0
     assert [p.name for p in store.list_parts(out / "errors")] == ["part-g000000-000000.parquet"]
     assert rows_of(out) == before and store.committed_video_ids(out) == COMMITTED | {"broken.mp4"}

@@ -465,7 +465,7 @@ class _GroupWorker:
         """What changed since the last report, to the coordinator (fire and forget)."""
         row = {key: now[key] - mark[key] for key in now}
         row.update(group=group, final=final, busy_s=busy_s, skipped=skipped, made=time.time(), actor=self.actor,
-                   node=self.node, workers=self.pool.workers,
+                   node=self.node, workers=self.pool.workers, batch_size=self.plan.batch_size,
                    model_threads=_torch_threads() if self.runner.device.type == "cpu" else 0)
         self.coordinator.report.remote(row)
 
@@ -813,6 +813,12 @@ def _tally(row: dict, per_actor: dict, timing: dict, first_seen: dict, t0: float
         totals[key] = totals.get(key, 0) + row[key]
     totals["groups"] += int(bool(row["final"]))
     totals["workers"], totals["model_threads"] = int(row["workers"]), int(row["model_threads"])
+    totals["batch_size"] = int(row["batch_size"])
+
+
+def _one(values: set):
+    """The one value of a set, else None."""
+    return next(iter(values)) if len(values) == 1 else None
 
 
 def _summary(out, run, spec, counts, result, per_actor, ray_info, wall) -> RaySummary:
@@ -832,7 +838,9 @@ def _summary(out, run, spec, counts, result, per_actor, ray_info, wall) -> RaySu
         keep=config["keep"],
         workers=total("workers"),
         model_threads=None,
-        batch_size=spec.batch_size,
+        # --batch-size, else the actors' own default (the local engine's: 8 on a CPU, 32 on a GPU); None when actors on
+        # different devices chose different ones (each actor's line says its own) or none ran
+        batch_size=spec.batch_size or _one({a["batch_size"] for a in actors}),
         videos=counts["entries"],
         videos_ok=result["videos"] - result["failed"],
         videos_failed=result["failed"],
