@@ -548,8 +548,11 @@ def _run(spec: RunSpec) -> RaySummary:
         local = spec.ray_address is None and not os.environ.get("RAY_ADDRESS")
         # "local": a cluster of this run's own, as documented (address=None would join whatever cluster was started
         # last on this machine, another user's or job's, and then refuse include_dashboard)
+        handler = _sigterm_handler()
         ray.init(address="local" if local else spec.ray_address, logging_level=logging.WARNING, log_to_driver=True,
                  **({"include_dashboard": False} if local else {}))
+        if callable(handler):  # ray.init put its own in (sys.exit(15)): the CLI's says "terminated", exit 143
+            _sigterm_handler(handler)
     context, saved = _data_context(ray)
     try:
         inputs = input_dataset(spec.inputs)  # checks the INPUTs (missing, a list without `path`) before OUT
@@ -594,6 +597,7 @@ def _run(spec: RunSpec) -> RaySummary:
             lock.release()
         if started_ray:
             ray.shutdown()
+            _sigterm_handler(handler)  # as the process had it before ray.init
     counts = state["counts"]
     timing["ready_s"] = state.get("ready_s")
     timing["resume_set_s"] = state.get("resume_s")
@@ -625,6 +629,7 @@ def _cause(error: BaseException) -> BaseException:
 
 PARK_S = 600.0  # an actor whose start failed waits this long for the driver to stop it before it raises
 QUIET_S = 60.0  # Ray Data's logs of a failed run's job winding down are kept out of the terminal this long at most
+STOP_JOB_S = 10.0  # an interrupted driver waits this long at most for Ray Data's job to end after its shutdown
 
 
 def _park(error: BaseException) -> None:
@@ -644,23 +649,54 @@ class _QuietJob(logging.Filter):
         return False
 
 
-def _quiet_ray_data(job: threading.Thread) -> None:
-    """A run failed with its own one-line error: its job, still running in `job`, ends when the driver kills the
-    actors, and Ray Data then logs the job's failure with tracebacks that are not news. Silence the `ray.data`
-    logger until that thread ends, QUIET_S at most (a thread of its own waits for it): never for good in a
-    long-lived process such as a notebook's."""
+def _quiet_ray_data(ended: threading.Event) -> None:
+    """A run failed with its own one-line error (or was interrupted): its job, still running, ends when the driver
+    kills the actors, and Ray Data then logs the job's failure with tracebacks that are not news. Silence the
+    `ray.data` logger until the job has `ended`, QUIET_S at most (a thread of its own waits for it): never for good in
+    a long-lived process such as a notebook's."""
     quiet, logger = _QuietJob(), logging.getLogger("ray.data")
     logger.addFilter(quiet)
     for handler in logger.handlers:
         handler.addFilter(quiet)
 
     def restore() -> None:
-        job.join(QUIET_S)
+        ended.wait(QUIET_S)
         logger.removeFilter(quiet)
         for handler in logger.handlers:
             handler.removeFilter(quiet)
 
     threading.Thread(target=restore, daemon=True, name="vmae-fast-ray-quiet").start()
+
+
+def _sigterm_handler(handler: Any = None) -> Any:
+    """SIGTERM's handler (and with `handler`, set it first) where the main thread can: None elsewhere."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+    return signal.getsignal(signal.SIGTERM)
+
+
+def _stop_job(ds, ended: threading.Event) -> None:
+    """The driver was interrupted while its thread iterating `ds` runs: shut down Ray Data's executor of `ds` (its
+    scheduling thread, its tasks and actor pool) and wait until the iteration has `ended`, before the caller kills
+    the actors and disconnects. Left running, the executor kept scheduling through the teardown: Ray's retry
+    notices for the killed actors and a traceback on the terminal, and once the driver had disconnected it called
+    Ray again, which connected this process to whichever cluster was started last on the machine. The executor is
+    found among the process's threads by the dataset's id (Ray 2.60 keeps it nowhere public before the first group
+    is done)."""
+    _quiet_ray_data(ended)  # what the executor logs on the way down is not news
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    for thread in threading.enumerate():
+        if isinstance(thread, StreamingExecutor) and getattr(thread, "_dataset_id", None) == ds.get_dataset_id():
+            try:
+                thread.shutdown(force=True)
+            except Exception:  # noqa: BLE001 - stopping anyway: the caller kills the actors next
+                pass
+    ended.wait(STOP_JOB_S)
 
 
 def _take_over(out: Path, token: str) -> None:
@@ -761,6 +797,9 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
     reports from the coordinator every POLL_S. An actor's report is progress and timings, never the record: some
     reports of a group whose actor died are lost, so the summary's counts come from the parts."""
     failure: list[BaseException] = []
+    # the job's end, as an event: a Thread.join() that Ctrl-C or SIGTERM interrupts can leave the thread marked as
+    # ended while it runs on (CPython 3.11), and the driver then stopped waiting for it
+    ended = threading.Event()
 
     def drain() -> None:
         try:
@@ -768,29 +807,34 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
                 pass
         except BaseException as e:  # noqa: BLE001 - raised in the driver's thread below
             failure.append(e)
+        finally:
+            ended.set()
 
     thread = threading.Thread(target=drain, daemon=True, name="vmae-fast-ray-job")
     t0 = time.perf_counter()
     thread.start()
     state: dict = {}
     first_seen: dict[int, float] = {}
-    while True:
-        thread.join(POLL_S)
-        alive = thread.is_alive()
-        state = ray.get(coordinator.take.remote())
-        for row in state["reports"]:
-            _tally(row, per_actor, timing, first_seen, t0)
-        if bar is not None:
-            counts = state["counts"]
-            bar.total = max(counts["admitted"], bar.n)
-            bar.update(min(sum(int(r["videos"]) for r in state["reports"]), bar.total - bar.n))
-            clips = sum(a.get("clips", 0) for a in per_actor.values())
-            bar.set_postfix(clips=clips, actors=len(per_actor), done_before=counts["skipped"], refresh=False)
-            bar.refresh()
-        if not alive or state.get("failure") is not None:  # a failed run stops now, not when Ray's job gives up
-            break
+    try:
+        while True:
+            alive = not ended.wait(POLL_S)
+            state = ray.get(coordinator.take.remote())
+            for row in state["reports"]:
+                _tally(row, per_actor, timing, first_seen, t0)
+            if bar is not None:
+                counts = state["counts"]
+                bar.total = max(counts["admitted"], bar.n)
+                bar.update(min(sum(int(r["videos"]) for r in state["reports"]), bar.total - bar.n))
+                clips = sum(a.get("clips", 0) for a in per_actor.values())
+                bar.set_postfix(clips=clips, actors=len(per_actor), done_before=counts["skipped"], refresh=False)
+                bar.refresh()
+            if not alive or state.get("failure") is not None:  # a failed run stops now, not when Ray's job gives up
+                break
+    except BaseException:  # Ctrl-C, SIGTERM (`ray job stop`, a preemption): stop Ray Data's job before Ray goes
+        _stop_job(ds, ended)
+        raise
     if state.get("failure") is not None:  # an actor's start, OUT's preparation, the admission: its own error
-        _quiet_ray_data(thread)
+        _quiet_ray_data(ended)
         raise state["failure"]
     if failure:  # an actor's own error (e.g. faults.EnvironmentFault) as itself, not Ray's wrap
         raise _cause(failure[0]) from failure[0]
