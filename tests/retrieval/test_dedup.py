@@ -198,6 +198,19 @@ def test_a_group_larger_than_k(tmp_path, monkeypatch):
     assert found_groups(capped) == found_groups(result) and capped.capped == 41
 
 
+def test_the_histogram_counts_every_row_identical_copies_included(tmp_path):
+    """Identical vectors score a float32 rounding above 1 (1.0000001192...), past the histogram's last edge
+    (1.0000001): those rows, the exact copies, fell out of the summary ('nearest-neighbour similarity of 61 videos'
+    of 86, the top bin missing its 41 copies)."""
+    out = tmp_path / "out"
+    planted_output(out, sources=30, copies=(0, 1), big_group=40)
+    result = find_groups(out, "video", exact=True)
+    assert sum(result.histogram["counts"]) == len(result.group_id) == 86, result.histogram
+    assert result.histogram["counts"][-1] >= 41, result.histogram  # the 41 identical copies, in the top bin
+    above = dedup_module.similarity_histogram(np.array([1.0000001, 0.7], np.float32), None)
+    assert above["counts"][-1] == 1 and sum(above["counts"]) == 2, above
+
+
 def test_clip_level_and_a_given_threshold(planted):
     out, _, _ = planted
     high = find_groups(out, "clip", threshold=0.99, exact=True)

@@ -200,10 +200,12 @@ def _uphill(density: np.ndarray, i: int) -> int:
 
 def similarity_histogram(similarities: np.ndarray, threshold: float | None, edges: tuple = (
         0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0000001)) -> dict[str, Any]:
-    """Counts of similarities per bin (edges in similarity, finer towards 1), for the summary."""
+    """Counts of similarities per bin (edges in similarity, finer towards 1), for the summary. The outer bins stretch
+    to hold every value: identical vectors can score a rounding above 1 (float32 1.0000001 > 1.0000001 in float64)."""
     s = np.asarray(similarities, np.float64)
     lo = min(float(s.min()), edges[0]) if len(s) else edges[0]
-    bins = [lo, *edges[1:]]
+    hi = max(float(s.max()), edges[-1]) if len(s) else edges[-1]
+    bins = [lo, *edges[1:-1], hi]
     counts, _ = np.histogram(s, bins=bins)
     return {"edges": [round(b, 7) for b in bins], "counts": counts.tolist(), "threshold": threshold}
 
