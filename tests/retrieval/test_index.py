@@ -216,6 +216,20 @@ def test_target_not_met_says_so_and_suggests():
     assert "not met" in index.describe().lower()
 
 
+def test_a_mean_above_the_target_missed_at_95_confidence_is_not_called_below_it():
+    """The target is met by the recall's 95 % lower bound. A setting whose mean recall passes the target but whose
+    lower bound does not was reported as 'recall@10 reaches at most 0.775 < target 0.76': false on its face."""
+    x = make("isotropic", 2000, 32, seed=3)
+    first = Index.from_vectors(x, factory="IVF16,Flat", nprobe=4, tune_queries=100, target_recall=0.99).quality
+    recall, low = first["recall_at_10"], first["recall_at_10_low95"]
+    target = round((recall + low) / 2, 3)  # between the two: the mean passes, the bound misses
+    assert low < target < recall, first
+    stats = Index.from_vectors(x, factory="IVF16,Flat", nprobe=4, tune_queries=100, target_recall=target).quality
+    assert not stats["met"] and stats["recall_at_10"] == recall, stats
+    assert f"{recall:.3f} < target" not in stats["suggestion"], stats["suggestion"]
+    assert f"{low:.3f} at 95 % confidence: below the target {target}" in stats["suggestion"], stats["suggestion"]
+
+
 def test_auto_plan_follows_size_and_memory_budget():
     p = plan_index(20_000, 768)
     assert (p["kind"], p["bytes"], "nlist" in p) == ("flat", 20_000 * 768 * 4, False)
