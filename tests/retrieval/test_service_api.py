@@ -72,6 +72,11 @@ def test_openapi_describes_every_route(client):
     assert "application/octet-stream" in upload["requestBody"]["content"]
     assert {"video_id", "clip_index", "k", "level"} <= set(spec["components"]["schemas"]["ClipQuery"]["properties"])
     assert client.get("/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
+    # operationIds are unique (OpenAPI requires it): GET and HEAD /media once shared one, and FastAPI warned
+    # "Duplicate Operation ID" on every /openapi.json
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert {"get", "head"} <= set(spec["paths"]["/media/{video_id}"]), spec["paths"]["/media/{video_id}"]
 
 
 # --- queries --------------------------------------------------------------------------------------------------------
@@ -298,6 +303,11 @@ def test_media_serves_no_file_outside_the_rows(server, target):
 def test_requests_for_another_host_are_refused(server):
     status, body = raw_get(server.url, "/api/stats", host="evil.example")  # DNS rebinding: a page of another site
     assert status == 400, body
+    # JSON like every other error (it was Starlette's text/plain "Invalid host header"), naming the way out
+    message = json.loads(body)["error"]
+    assert "'evil.example'" in message and "--allowed-host" in message and "localhost" in message, message
+    status, body = raw_get(server.url, "/media/orbit_red.mp4", host="evil.example")
+    assert status == 400 and "error" in json.loads(body), body
     status, _ = raw_get(server.url, "/api/stats", host=f"localhost:{urlsplit(server.url).port}")
     assert status == 200
 

@@ -345,9 +345,14 @@ def create_app(out: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UP
     def metadata(q: RowsQuery):
         return JSONResponse(catalog.metadata(q.rows, q.level))
 
-    @app.api_route("/media/{video_id:path}", methods=["GET", "HEAD"],
-                   responses={400: {"model": Error}, 404: {"model": Error}, 416: {"model": Error}},
-                   summary="the video file a row names (Range requests: 206 Partial Content)")
+    # GET and HEAD as two routes: one route of both methods gives both operations one operationId (invalid OpenAPI,
+    # and FastAPI warns "Duplicate Operation ID" on every /openapi.json)
+    media_errors = {400: {"model": Error}, 404: {"model": Error}, 416: {"model": Error}}
+
+    @app.head("/media/{video_id:path}", responses=media_errors, operation_id="media_head",
+              summary="the status and headers GET /media would answer, without the body")
+    @app.get("/media/{video_id:path}", responses=media_errors, operation_id="media",
+             summary="the video file a row names (Range requests: 206 Partial Content)")
     def media(video_id: str):
         path = catalog.media_path(video_id)  # HEAD included: the same checks, the same headers, no body
         return _MediaFile(path, headers={"cache-control": "no-cache"})
@@ -355,8 +360,38 @@ def create_app(out: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UP
     app.add_middleware(_Guard, json_max=JSON_BODY_MAX, upload_max=max_upload_bytes)
     hosts = LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts
     if "*" not in hosts:  # outermost: a request for another Host (DNS rebinding) gets 400 before anything runs
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+        app.add_middleware(_TrustedHost, allowed_hosts=hosts)
     return app
+
+
+class _TrustedHost:
+    """The Host check against DNS rebinding: Starlette's TrustedHostMiddleware decides (its parsing of the header,
+    its patterns), but its refusal is a text/plain 'Invalid host header'; this one answers JSON as every other
+    error does, naming the names answered and the option that adds one."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app, self.allowed_hosts = app, list(allowed_hosts)
+        self.check = TrustedHostMiddleware(self._accepted, allowed_hosts=allowed_hosts, www_redirect=False)
+        self.websocket = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)  # none served
+
+    @staticmethod
+    async def _accepted(scope, receive, send):
+        scope["vmae_fast.host_ok"][0] = True
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await (self.websocket if scope["type"] == "websocket" else self.app)(scope, receive, send)
+        ok = [False]
+
+        async def dropped(message):  # the check's own text/plain refusal
+            pass
+
+        await self.check({**scope, "vmae_fast.host_ok": ok}, receive, dropped)
+        if ok[0]:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        await _json_send(send, 400, f"this server answers requests addressed to {', '.join(self.allowed_hosts)}, "
+                                    f"not {host!r} (vmae-fast serve --allowed-host NAME adds a name)")
 
 
 async def _receive(request: Request, directory: Path, limit: int) -> Path:
