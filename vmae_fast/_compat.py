@@ -1,7 +1,8 @@
 """The module paths of vmae_fast 0.1's flat layout, kept for one release.
 
 `import vmae_fast.pipeline` (and .inputs, .committed, .views, .ray_engine, .index, .search) still works: the module
-it gets forwards every name to where it lives now and warns once, naming the new place. Removed in 0.3.
+it gets forwards every name to where it lives now and warns once, naming the public place to import it from
+(docs/public-api.md). Removed in 0.3.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 
 REMOVED_IN = "0.3"
 
-# old module -> the modules that hold its names now, searched in order (the first is named in the warning)
+# old module -> the modules that hold its names now, searched in order
 MOVED = {
     "vmae_fast.pipeline": ("vmae_fast.extraction", "vmae_fast.extraction.local_engine", "vmae_fast.extraction.core",
                            "vmae_fast.extraction.spec", "vmae_fast.extraction.devices"),
@@ -26,6 +27,18 @@ MOVED = {
     "vmae_fast.ray_engine": ("vmae_fast.extraction.ray_engine", "vmae_fast.cli"),  # cli: format_actors
     "vmae_fast.index": ("vmae_fast.retrieval.index", "vmae_fast.retrieval.plan", "vmae_fast.store.layout"),
     "vmae_fast.search": ("vmae_fast.retrieval.search",),
+}
+
+# old module -> where to import its names from now: the public names and modules (docs/public-api.md), named in the
+# warning; MOVED's modules are internal (they may change in any release), so the warning never sends anyone there
+PUBLIC_HOMES = {
+    "vmae_fast.pipeline": ("vmae_fast.extract", "vmae_fast.extraction"),
+    "vmae_fast.inputs": ("vmae_fast.extraction", "vmae_fast.ids"),
+    "vmae_fast.committed": ("vmae_fast.store", "vmae_fast.ids"),
+    "vmae_fast.views": ("vmae_fast.read_videos", "vmae_fast.store"),
+    "vmae_fast.ray_engine": ("vmae_fast.extract",),  # engine="ray"
+    "vmae_fast.index": ("vmae_fast.Index", "vmae_fast.retrieval"),
+    "vmae_fast.search": ("vmae_fast.embed_video_at", "vmae_fast.retrieval"),
 }
 
 
@@ -57,8 +70,8 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         module.__targets__ = MOVED[module.__name__]
-        warnings.warn(f"{module.__name__} moved to {module.__targets__[0]}; the old path works until vmae_fast "
-                      f"{REMOVED_IN}", VmaeFastDeprecationWarning, stacklevel=2)
+        warnings.warn(f"{module.__name__} moved to {', '.join(PUBLIC_HOMES[module.__name__])}; the old path works "
+                      f"until vmae_fast {REMOVED_IN}", VmaeFastDeprecationWarning, stacklevel=2)
 
 
 def install() -> None:
