@@ -17,6 +17,7 @@ from vmae_fast.retrieval import Index
 from vmae_fast.retrieval import dedup as dedup_module
 from vmae_fast.retrieval.dedup import choose_threshold, find_groups
 from vmae_fast.retrieval.index import stream_rows
+from vmae_fast.store import read_embeddings, read_errors
 from vmae_fast.store.layout import FORMAT, dedup_files, prepare_output
 
 
@@ -299,6 +300,35 @@ def test_overwrite_removes_the_groups(tmp_path):
     files["groups"].write_bytes(b"old")
     prepare_output(out, {"format": FORMAT, "config_hash": "new"}, shard=0, num_shards=1, overwrite=True)
     assert not files["groups"].parent.exists()
+
+
+def test_a_clip_level_keep_list_is_a_list_extract_reads(served_out, tmp_path):
+    """The clip-level .csv keep list had one row per clip under its video's id, so `vmae-fast extract keep.csv`
+    stopped at once ('video_id ... appears twice'). Its ids are VIDEO_ID:CLIP_INDEX now: extract takes each kept clip
+    as a time range of its own, and embeds the very clip that was kept."""
+    keep = tmp_path / "keep.csv"
+    assert cli.main(["dedup", str(served_out), "--level", "clip", "--threshold", "0.999", "--keep-list",
+                     str(keep)]) == 0
+    listed = pacsv.read_csv(keep)
+    assert listed.column_names == ["path", "video_id", "clip_index", "start_s", "end_s"], listed.column_names
+    ids = listed.column("video_id").to_pylist()
+    assert len(set(ids)) == len(ids) and "orbit_red.mp4:0" in ids, ids
+    again = tmp_path / "again"
+    model = served_out.parent / "model"
+    assert cli.main(["extract", str(keep), "-o", str(again), "--model", str(model), "--workers", "1"]) == 0
+    meta, emb = read_embeddings(again)
+    assert meta.num_rows + read_errors(again).num_rows >= len(ids)  # bounce_blue.mp4 is a symlink to a text file
+    stored_meta, stored = read_embeddings(served_out)
+    row = {(v, c): i for i, (v, c) in enumerate(zip(stored_meta.column("video_id").to_pylist(),
+                                                    stored_meta.column("clip_index").to_pylist(), strict=True))}
+    got = meta.column("video_id").to_pylist()
+    assert len(set(got)) == len(got), got  # one clip a kept range
+    orbit = [clip_id for clip_id in ids if clip_id.startswith("orbit_red.mp4:")]
+    assert orbit and set(orbit) <= set(got), (orbit, got)
+    for clip_id in orbit:  # the range embeds the clip that was kept
+        video_id, clip_index = clip_id.rsplit(":", 1)
+        np.testing.assert_allclose(emb[got.index(clip_id)], stored[row[video_id, int(clip_index)]], atol=1e-5,
+                                   err_msg=clip_id)
 
 
 def test_served_sample_copy_is_found(served_out):

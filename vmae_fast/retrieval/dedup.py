@@ -524,18 +524,24 @@ def keep_list_problem(path: str | os.PathLike) -> str | None:
 
 def write_keep_list(result: DedupResult, path: str | os.PathLike) -> int:
     """The rows to keep (one per group and every row in none), in the output's order; returns how many. By the
-    file's extension: .csv or .parquet with path and video_id columns (at clip level also start_s, end_s: a list
-    `vmae-fast extract` reads), .txt one video_id a line (clip level: VIDEO_ID:CLIP_INDEX, as `search --clip`
-    takes it); any other extension is refused (InvalidOption, see keep_list_problem)."""
+    file's extension: .csv or .parquet with path and video_id columns, a list `vmae-fast extract` reads (at clip
+    level also clip_index, start_s, end_s, and video_id VIDEO_ID:CLIP_INDEX: extract takes each kept clip as a time
+    range of its own, and refuses a video_id given twice), .txt one video_id a line (clip level:
+    VIDEO_ID:CLIP_INDEX, as `search --clip` takes it); any other extension is refused (InvalidOption, see
+    keep_list_problem)."""
     problem = keep_list_problem(path)
     if problem is not None:
         raise InvalidOption(f"keep list {path}: {problem}")
     path = Path(path)
     kept = result.metadata.filter(pa.array(result.keep()))
+    clip_ids = (pc.binary_join_element_wise(kept.column("video_id"), pc.cast(kept.column("clip_index"), pa.string()),
+                                            ":") if result.level == "clip" else None)  # VIDEO_ID:CLIP_INDEX
     if path.suffix.lower() in (".csv", ".parquet"):
         names = [c for c in ("path", "video_id", "clip_index", "start_s", "end_s") if c in kept.column_names
                  and (result.level == "clip" or c in ("path", "video_id"))]
         table = kept.select(names)
+        if clip_ids is not None:  # one row per clip: the video's own id would repeat, which extract refuses
+            table = table.set_column(names.index("video_id"), "video_id", clip_ids)
         if path.suffix.lower() == ".csv":
             buffer = io.BytesIO()
             pacsv.write_csv(table, buffer)
@@ -545,9 +551,7 @@ def write_keep_list(result: DedupResult, path: str | os.PathLike) -> int:
             pq.write_table(table, sink)
             data = sink.getvalue().to_pybytes()
     else:
-        ids = kept.column("video_id")
-        if result.level == "clip":
-            ids = pc.binary_join_element_wise(ids, pc.cast(kept.column("clip_index"), pa.string()), ":")
+        ids = kept.column("video_id") if clip_ids is None else clip_ids
         data = ("\n".join(ids.to_pylist()) + "\n").encode() if kept.num_rows else b""
     write_atomic(path, data, f".{path.name}.tmp")
     return kept.num_rows
