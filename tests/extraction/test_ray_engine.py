@@ -215,6 +215,8 @@ def test_a_ray_driver_runs_the_whole_job_without_importing_torch(tmp_path, clust
     assert done.stdout.strip().splitlines()[-1] == "loaded: []", done.stdout
     # the options the engine gives Ray Data are current ones: no "``concurrency`` is deprecated" on every job
     assert "is deprecated" not in done.stderr, done.stderr[-3000:]
+    # nor Ray Data's advice to turn its progress bars on (the driver has its own)
+    assert "Progress bars disabled" not in done.stderr, done.stderr[-3000:]
     assert_same_rows(rows_of(out), rows_of(reference))
 
 

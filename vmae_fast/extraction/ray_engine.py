@@ -764,6 +764,11 @@ def _data_context(ray) -> tuple[Any, dict]:
     saved = {key: getattr(context, key) for key in settings}
     for key, value in settings.items():
         setattr(context, key, value)
+    from ray.util.debug import log_once
+
+    # Ray Data's advice to turn its bars back on, on every job: the driver shows its own bar (Ray 2.60 gives it once
+    # a process under this key)
+    log_once("ray_data_progress_manager_disabled")
     return context, saved
 
 
