@@ -120,7 +120,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--timeout-s", type=float, default=120.0,
                    help="a decoding worker with no progress for this long is replaced (default %(default)s)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+                   help="show a progress bar (default: a bar when stderr is a terminal, else a plain line a minute)")
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto", help="model kernels")
     p.add_argument("--decode-backend", choices=("auto", "pyav", "decord", "torchcodec"), default="auto",
                    help="video decoder: auto (PyAV, measured fastest per core), pyav, decord (PyAV for the files it "

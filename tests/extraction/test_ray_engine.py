@@ -199,12 +199,13 @@ def test_an_actor_killed_mid_group_loses_nothing_and_duplicates_nothing(tmp_path
 def test_a_ray_driver_runs_the_whole_job_without_importing_torch(tmp_path, cluster, ckpt, small_videos, reference):
     """The driver checks the options, starts the job, follows it and writes the summary without torch or the model's
     modules (only the actors load the model; importing them cost the driver ~2.9 s of CPU before the job on a
-    2-core node: docs/ray.md); its output equals the local engine's."""
+    2-core node: docs/ray.md); its output equals the local engine's. Its stderr is a pipe, as in `ray job logs`:
+    the progress comes as plain lines (every 60 s in a run, here at every poll)."""
     out = tmp_path / "out"
     args = ["extract", str(small_videos), "-o", str(out), "--model", str(ckpt), "--workers", "1", "--batch-size", "3",
-            "--no-progress", "--engine", "ray", "--ray-address", cluster, "--ray-actors", "1",
-            "--ray-cpus-per-actor", "1"]
-    code = (f"import sys\nfrom vmae_fast import cli\nstatus = cli.main({args!r})\n"
+            "--engine", "ray", "--ray-address", cluster, "--ray-actors", "1", "--ray-cpus-per-actor", "1"]
+    code = ("import sys\nfrom vmae_fast.extraction import progress\nprogress.LOG_EVERY_S = 0.0\n"
+            f"from vmae_fast import cli\nstatus = cli.main({args!r})\n"
             "heavy = ('torch', 'vmae_fast.model', 'vmae_fast.kernels')\n"
             "print('loaded:', sorted(m for m in heavy if m in sys.modules))\n"
             "sys.exit(status)")
@@ -217,6 +218,8 @@ def test_a_ray_driver_runs_the_whole_job_without_importing_torch(tmp_path, clust
     assert "is deprecated" not in done.stderr, done.stderr[-3000:]
     # nor Ray Data's advice to turn its progress bars on (the driver has its own)
     assert "Progress bars disabled" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("extract (ray): ")]
+    assert lines and lines[-1].startswith("extract (ray): 8/8 videos (100%)") and "\r" not in done.stderr, lines[-3:]
     assert_same_rows(rows_of(out), rows_of(reference))
 
 

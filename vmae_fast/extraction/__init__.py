@@ -55,8 +55,9 @@ def extract(inputs, out, model: Any = "random:small", **options) -> RunSummary |
     dtype ("bf16", "fp16", "fp32"), backend (model kernels), shard ("i/n" or (i, n); default from torchrun /
     SLURM variables), overwrite (a different configuration into the same `out` is refused unless True),
     embedding_dtype ("float32", "float16"), timeout_s (a decode worker with no progress for this long is
-    replaced), progress (a tqdm bar; default when stderr is a terminal), decode_backend, decode_device ("cpu", or
-    "cuda"/"cuda:N" to decode with NVDEC through torchcodec in this process), part_rows, commit_interval_s,
+    replaced), progress (True a tqdm bar, False none; None: the bar on a terminal, else a line a minute),
+    decode_backend, decode_device ("cpu", or "cuda"/"cuda:N" to decode with NVDEC through torchcodec in this
+    process), part_rows, commit_interval_s,
     decode_options (extra DecodePool arguments: max_attempts, threads, max_pending_clips, decode, nice),
     retry_errors (redo the videos with error rows: store.retire_errors moves those rows out first),
     break_lock (take the shard's lock even when another host holds it; a live holder on this host is never

@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import time
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .. import store
 from ..store import ShardLock, committed_ids
@@ -25,6 +23,7 @@ from ..video import decode as decoding
 from .core import CorePlan, Extraction, decode_pool_options, feed
 from .devices import use_device
 from .inputs import Discovery, resolve_shard
+from .progress import progress_display
 from .runner import ModelRunner
 from .spec import RunSpec
 from .summary import RunSummary
@@ -88,11 +87,9 @@ def run_local(spec: RunSpec) -> RunSummary:
         writer = store.RunWriter(out, run, shard_index, part_rows=spec.part_rows,
                                  commit_interval_s=spec.commit_interval_s, before_commit=lock.fence)
         runner = ModelRunner(net, batch_size, loaded.keep_policy, dev, int(cfg.num_frames), int(cfg.image_size))
-        progress = sys.stderr.isatty() if spec.progress is None else spec.progress
-        bar = None
-        if progress:
-            desc = f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract"
-            bar = tqdm(total=None, unit="video", file=sys.stderr, dynamic_ncols=True, desc=desc)
+        desc = f"extract {shard_index}/{num_shards}" if num_shards > 1 else "extract"
+        bar = progress_display(desc, spec.progress)  # a bar on a terminal, a line a minute in a log
+        if bar is not None:
             discovery.progress = functools.partial(_discovery_progress, bar, desc)  # the total is known at its end
         state = Extraction(runner, writer, functools.partial(_bar_progress, bar) if bar is not None else None)
 

@@ -12,7 +12,8 @@ A _GroupWorker is one GPU's worth of work (num_gpus=1; num_cpus=C on a CPU-only 
 the model, a DecodePool on its own node and a RunWriter, and runs each group exactly as the local engine runs a
 shard (core.Extraction: a video is all its clips or one error row; a bad video is an error row, never a failed Ray
 task). Frames never leave the actor's node: only group descriptions go to it; its reports (counts, timings) go to
-the coordinator, which the driver polls for the tqdm bar and the per-actor time split of the summary.
+the coordinator, which the driver polls for its progress (extraction/progress.py) and the per-actor time split of
+the summary.
 
 _Coordinator: the run's one stateful place, a threaded Ray actor on the driver's node (no CPU, never restarted:
 a worker node's loss cannot take it). The first actor that has loaded the model hands it the run (_run.json's
@@ -64,7 +65,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 import uuid
@@ -75,7 +75,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from .. import store
 from ..faults import EnvironmentFault, InternalError, InvalidOption, MissingDependency, UserError
@@ -95,6 +94,7 @@ from ..store.layout import (
 from ..store.storage import read_table
 from ..video import DecodePool, VideoTask
 from ..video.decode import require_backend
+from .progress import progress_display
 from .ray_inputs import READ_TASKS, RepeatedVideoId, input_dataset, located, repeated_id, task_options
 from .summary import RaySummary
 
@@ -567,9 +567,7 @@ def _run(spec: RunSpec) -> RaySummary:
         coordinator = ray.remote(_Coordinator).options(
             num_cpus=0, max_concurrency=64, max_restarts=0, scheduling_strategy=here).remote(
             _CoordinatorSpec(spec.out, spec.overwrite, spec.retry_errors), token, group_videos)
-        bar = None
-        if spec.progress or (spec.progress is None and sys.stderr.isatty()):
-            bar = tqdm(total=0, unit="video", file=sys.stderr, dynamic_ncols=True, desc="extract (ray)")
+        bar = progress_display("extract (ray)", spec.progress, total=0)  # a bar on a terminal, a line a minute in a log
         per_actor: dict[str, dict] = {}
         t_job = time.perf_counter()
         with warnings.catch_warnings():
