@@ -1,7 +1,8 @@
 """`extract --engine ray` on a multi-node cluster simulated on this machine (ray.cluster_utils.Cluster: a head and
 worker nodes, each its own raylet and object store, every one on 127.0.0.1: tests/conftest.py): a worker node lost
-mid-run (its raylet killed), nodes added mid-run, the driver killed mid-run. The local engine's run is the
-reference (rows within ATOL, as in test_ray_engine.py).
+mid-run (its raylet killed), the same while its actor uploads a part to a bucket (OUT on the session's SeaweedFS
+S3 server, tests/helpers/object_store.py), nodes added mid-run, the driver killed mid-run. The local engine's run is
+the reference (rows within ATOL, as in test_ray_engine.py).
 
 The head node has no CPU (the coordinator, the readers and the admission ask for none) and each worker node one:
 one actor of one CPU a worker node, so an actor never runs on the head. Every test is bounded: a hold or a kill
@@ -10,6 +11,7 @@ waits at most two minutes, and the cluster is shut down after the module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,14 +23,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from tests.extraction import test_ray_engine as engine_tests
 from tests.extraction.test_ray_engine import ATOL, KEY, LOCAL, REPO, assert_same_rows, no_temp_files, rows_of
-from tests.helpers.ray_faults import decode_gated, decode_hold_for_node_loss
+from tests.helpers import object_store
+from tests.helpers.ray_faults import _ancestors, decode_gated, decode_hold_for_node_loss
 from vmae_fast import cli, store
 from vmae_fast.extraction import extract, ray_engine
+from vmae_fast.store.storage import read_table
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (the test extra installs it)")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -67,13 +70,29 @@ def _raylet_pid(node) -> int:
     return node.all_processes["raylet"][0].process.pid
 
 
-def _exactly_once(out: Path) -> None:
+def _exactly_once(out) -> None:
+    """No row twice, no video in two clips parts (OUT: a folder or an s3:// URL)."""
     rows = rows_of(out)
     assert len({tuple(r[k] for k in KEY) for r in rows}) == len(rows)  # no row twice
     seen = []
-    for part in store.list_parts(out / "clips"):
-        seen += pq.read_table(out / "clips" / part.name, columns=["video_id"]).column("video_id").unique().to_pylist()
+    clips = store.out_path(out) / "clips"
+    for part in store.list_parts(clips):
+        seen += read_table(clips / part.name, columns=["video_id"]).column("video_id").unique().to_pylist()
     assert len(seen) == len(set(seen))  # no video in two parts
+
+
+@contextlib.contextmanager
+def _job_env(env: dict[str, str]):
+    """This driver connected again to the same cluster with `env` in its job's runtime_env (the actors' and the
+    coordinator's environment: how a bucket's endpoint and credentials reach them), then back to the plain one."""
+    address = ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}}, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
 
 
 def test_a_worker_node_lost_mid_run_loses_nothing_and_doubles_nothing(tmp_path, nodes, ckpt, small_videos):
@@ -121,6 +140,67 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_doubles_nothing(tmp_path, 
     _exactly_once(tmp_path / "out")
     assert_same_rows(rows_of(tmp_path / "out"), rows_of(tmp_path / "local"))
     assert no_temp_files(tmp_path / "out") == []
+
+
+def test_a_worker_node_lost_while_its_actor_uploads_to_a_bucket(tmp_path, nodes, ckpt, small_videos, reference, s3):
+    """OUT on S3 (SeaweedFS on loopback, the actors reaching it through a proxy): the proxy holds the upload of
+    group 0's second clips part half-sent (its videos part is already there, its first part committed); the test
+    finds the uploading process and removes its node (raylet SIGKILLed, the actor with it), then lets the upload
+    break. Ray restarts the actor and retries the group: the retry keeps part 0, replaces the orphan videos part 1
+    and commits the rest; every video ends in exactly one part, the rows and the video table equal the local
+    engine's."""
+    out = f"s3://{s3.bucket()}/nodeloss"
+    proxy = object_store.S3Proxy(s3.port)
+    proxy.stall("/clips/part-g000000-000001.parquet", after_bytes=512)
+    found: dict = {}
+    result: dict = {}
+
+    def driver():
+        try:
+            result["summary"] = extract([small_videos], out, model=ckpt, **_ray(2))
+        except BaseException as e:  # noqa: BLE001 - raised below
+            result["error"] = e
+
+    try:
+        with _job_env(object_store.env(proxy.endpoint)):
+            runner = threading.Thread(target=driver, daemon=True)
+            runner.start()
+            deadline = time.monotonic() + 120
+            while runner.is_alive() and not proxy.stalled.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proxy.stalled.is_set():
+                pid = found["uploader"] = object_store.client_pid(proxy.stalled_from[1])
+                ancestors = _ancestors(pid) if pid else []
+                found["parts_then"] = [p.name for p in store.list_parts(store.out_path(out) / "videos")]
+                for node in list(nodes.worker_nodes):
+                    if _raylet_pid(node) in ancestors:
+                        found["node_id"] = node.node_id
+                        nodes.remove_node(node, allow_graceful=False)  # SIGKILL: the raylet and its workers
+                        nodes.add_node(**NODE, node_ip_address="127.0.0.1")  # its replacement
+                        break
+                deadline = time.monotonic() + 30
+                while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                found["uploader_gone"] = not (pid and Path(f"/proc/{pid}").exists())
+            proxy.release()  # the held upload breaks (the server sees it cut short); later uploads pass
+            runner.join(300)
+    finally:
+        proxy.release()
+        proxy.close()
+    assert not runner.is_alive() and "error" not in result, (result, found)
+    summary = result["summary"]
+    print(cli.format_actors(summary), found)
+    assert "node_id" in found, found  # the uploading actor ran on a worker node, which was removed
+    assert found["uploader_gone"], found  # and died with it
+    # when the node went: part 0 of group 0 committed, videos part 1 uploaded, clips part 1 held half-sent
+    assert {"part-g000000-000000.parquet", "part-g000000-000001.parquet"} <= set(found["parts_then"]), found
+    assert (summary["videos_ok"], summary["clips"]) == (8, len(rows_of(reference)))
+    _exactly_once(out)
+    assert_same_rows(rows_of(out), rows_of(reference))
+    videos = [p.name for p in store.list_parts(store.out_path(out) / "videos")]
+    assert videos == [p.name for p in store.list_parts(store.out_path(out) / "clips")]  # no orphan left
+    assert sorted(store.read_videos(out).column("video_id").to_pylist()) == \
+        sorted(store.read_videos(reference).column("video_id").to_pylist())
 
 
 def test_nodes_added_mid_run_get_actors_when_the_pool_may_grow(tmp_path, nodes, ckpt, small_videos, reference):

@@ -11,7 +11,8 @@ S3Proxy: a TCP proxy on 127.0.0.1 that reads each HTTP/1.1 request's head, then
   another one in flight: "retry the request"), passes the rest;
 - stall(substring, after_bytes): a PUT whose path contains `substring` is forwarded with only the first
   `after_bytes` bytes of its body, then held (the client blocks sending the rest) until release(), which closes
-  both sides: the server sees an upload cut short. `stalled` is set when that happens.
+  both sides: the server sees an upload cut short. `stalled` is set when that happens, and `stalled_from` is the
+  client's (host, port) (client_pid(port) finds its process: which Ray worker is uploading).
 Requests with `Transfer-Encoding: chunked` are passed through raw (the clients here send Content-Length).
 
 env(endpoint) gives the environment a vmae-fast process needs to reach the server: fsspec's FSSPEC_S3 (endpoint,
@@ -62,6 +63,28 @@ def env(endpoint: str, *, few_retries: bool = False) -> dict[str, str]:
     """Environment variables for a vmae-fast process (or Ray worker) that writes to the server at `endpoint`."""
     return {"FSSPEC_S3": json.dumps(storage_options(endpoint, few_retries=few_retries)),
             "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def client_pid(port: int) -> int | None:
+    """The pid of the process on this machine whose TCP socket has the local port `port` (Linux /proc: the socket's
+    inode in /proc/net/tcp, then the process holding it), None if none."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fds.iterdir()):
+                return int(fds.parent.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
 
 
 class SeaweedS3:
@@ -151,6 +174,7 @@ class S3Proxy:
         self.mode = "pass"
         self.stall_on: tuple[str, int] | None = None
         self.stalled = threading.Event()
+        self.stalled_from: tuple[str, int] | None = None  # the stalled client's address
         self.requests: list[str] = []  # "METHOD path" of every request seen
         self.answered_503 = 0
         self.answered_409 = 0
@@ -238,6 +262,7 @@ class S3Proxy:
                 stall = self.stall_on
                 if stall and method == b"PUT" and stall[0] in path.decode():
                     upstream.sendall(reader.read(min(stall[1], length)))
+                    self.stalled_from = client.getpeername()[:2]
                     self.stalled.set()
                     self._release.wait()
                     return  # closes both sides: the server saw a body cut short
