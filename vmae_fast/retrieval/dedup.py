@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..extraction.inputs import LIST_EXTENSIONS
 from ..faults import InvalidOption, UnusableOutput
 from ..store.layout import dedup_files, write_atomic
 from ..store.storage import out_path
@@ -58,7 +59,7 @@ MAX_NEIGHBOURS = 4096  # a row with more neighbours above the threshold keeps it
 EXACT_MAX_ROWS = 50_000  # without an index: exact search in memory up to here (50k x 50k x 768 ~ 2e12 flops)
 THRESHOLD_SAMPLE = 100_000  # rows whose neighbour similarities choose the threshold
 THRESHOLD_RANKS = 4  # their 1st..4th nearest neighbours: the 4th is another video even for a video with 3 copies
-KEEP_LIST_EXTENSIONS = (".txt", ".csv", ".parquet")  # the keep list's formats: the lists `vmae-fast extract` reads
+KEEP_LIST_EXTENSIONS = LIST_EXTENSIONS  # the keep list's formats: those of the lists `vmae-fast extract` reads
 VALLEY_RATIO = 0.5  # a valley counts when it is at most this fraction of the lower of the two modes around it
 GRID = 1024  # points of the density estimate
 MIN_BANDWIDTH = 0.1  # decades of 1 - similarity: modes closer than a few of these are not "far apart"
