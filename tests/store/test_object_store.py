@@ -157,6 +157,45 @@ def test_shard_lock_by_conditional_create_with_a_fencing_token(s3):
         lock.release()
 
 
+def test_shard_lock_lease_is_renewed_and_an_expired_one_taken_over(s3, monkeypatch):
+    """The lease on S3: the holder overwrites its lock object every RENEW_S until release; another host's lock
+    renewed 30 s ago is refused naming when it may be taken over, one renewed 200 s ago is taken over after
+    SETTLE_S."""
+    import time
+
+    from vmae_fast.store import lock as shard_lock
+
+    monkeypatch.setattr(shard_lock, "RENEW_S", 0.02)
+    monkeypatch.setattr(shard_lock, "SETTLE_S", 0.2)
+    out = f"s3://{s3.bucket()}/out"
+    path = layout.lock_path(out, 0)
+    lock = store.ShardLock(out, 0).acquire()
+    first = json.loads(path.read_text())
+    deadline = time.monotonic() + 10
+    while json.loads(path.read_text())["renewed_unix"] == first["renewed_unix"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    renewed = json.loads(path.read_text())
+    assert renewed["renewed_unix"] > first["renewed_unix"] and renewed["token"] == lock.token
+    renewer = lock._renewer
+    lock.release()
+    assert not renewer.is_alive() and not path.is_file()
+
+    other = {"host": "other-host", "boot_id": "b", "pid": 4242, "started_utc": "2026-12-01T09:00:00Z",
+             "token": "theirs", "lease_s": 120.0, "renewed_unix": time.time() - 30}
+    assert layout.create_file(path, json.dumps(other).encode())
+    with pytest.raises(faults.ShardLocked, match=r"on host other-host .*takes the shard over on its own from "
+                                                 r"\S+ \(in (89|90) s\)"):
+        store.ShardLock(out, 0).acquire()
+    path.unlink()
+    assert layout.create_file(path, json.dumps({**other, "renewed_unix": time.time() - 200}).encode())
+    t0 = time.monotonic()
+    taken = store.ShardLock(out, 0).acquire()
+    assert time.monotonic() - t0 >= 0.2 and taken.took_over == "its lease ran out: not renewed for 200 s"
+    assert json.loads(path.read_text())["token"] == taken.token
+    taken.release()
+    assert not path.is_file()
+
+
 def test_racing_creates_have_one_winner(s3):
     out = storage.out_path(f"s3://{s3.bucket()}/out")
     wins, barrier = [], threading.Barrier(6)

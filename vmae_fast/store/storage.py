@@ -11,6 +11,8 @@ made visible and how one is created only if absent, is a backend's (`backend(pat
     create(path, data)           O_CREAT | O_EXCL, then the content         conditional create: S3 If-None-Match: *,
                                                                             GCS ifGenerationMatch=0, Azure
                                                                             If-None-Match: * (fsspec mode="create")
+    remove_if / replace_if       under a flock(2) guard in the folder:       check, then delete / one PUT (not
+    (path, still) (the lock)     check, then unlink / write                 atomic: see ShardLock)
     move(src, dst)               rename                                     copy, then delete (no rename exists)
     names(folder)                os.listdir                                 one listing, never cached
 
@@ -236,16 +238,21 @@ class PosixBackend:
     def remove_if(self, path: Path, still: Callable[[], bool]) -> None:
         """Remove `path` if still() is true, under a short flock(2) on `.guard` beside it: of several processes
         removing the same stale file, one removes it, and a file created meanwhile is not removed."""
-        import fcntl
-
-        guard = os.open(path.parent / ".guard", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+        with _guarded(path):
             if still():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        finally:
-            os.close(guard)  # closing releases the flock
+
+    def replace_if(self, path: Path, data: bytes, still: Callable[[], bool]) -> bool:
+        """Replace `path` by `data` with the atomic write (a reader sees the old content or the new, whole) if
+        still() is true, under remove_if's guard: a file that remove_if removes meanwhile is not written again.
+        True: written. (The shard lock's lease renewal, store/lock.py.)"""
+        with _guarded(path):
+            if not still():
+                return False
+            with self.write(path) as f:
+                f.write(data)
+        return True
 
     def names(self, folder: Path, files_only: bool = True) -> list[str]:
         """The names in `folder` ([] when it is not a folder)."""
@@ -261,6 +268,19 @@ class PosixBackend:
 
     def sync_dir(self, folder: Path) -> None:
         fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def _guarded(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock(2) on `.guard` in `path`'s folder for the block (PosixBackend.remove_if, replace_if)."""
+    import fcntl
+
+    guard = os.open(path.parent / ".guard", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(guard)  # closing releases the flock
 
 
 def fsync_dir(directory: Path) -> None:
@@ -436,6 +456,17 @@ class ObjectBackend:
         next commit (ShardLock.fence) and stops."""
         if still():
             self.delete(path.key)
+
+    def replace_if(self, path: ObjectPath, data: bytes, still: Callable[[], bool]) -> bool:
+        """Overwrite the object `path` with `data` (one PUT, write) if still() is true; True: written. Not atomic, as
+        remove_if: an object replaced between the check and the PUT is written over; the shard lock's lease renewal
+        stops writing before another process may take the lock over (store/lock.py), and the fencing token settles
+        the rest."""
+        if not still():
+            return False
+        with self.write(path) as f:
+            f.write(data)
+        return True
 
     def remove_tree(self, path: ObjectPath) -> None:
         """Delete the object `path`, or every object under the prefix `path`."""
