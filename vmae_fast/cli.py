@@ -136,7 +136,8 @@ def _add_extract(sub) -> None:
                    help="redo the videos that have error rows (the rows are moved to OUT/errors/_retried/; the new "
                         "outcome replaces them)")
     p.add_argument("--break-lock", action="store_true",
-                   help="take this shard's lock although another host holds it (only when that job is known gone)")
+                   help="take this shard's lock although another host holds it and renews its lease (only when "
+                        "that job is known gone; a lock not renewed for 2 min is taken over without this)")
     ray = p.add_argument_group("Ray engine (--engine ray; pip install \"vmae-fast[ray]\")")
     ray.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process and its decode workers (static --shard); ray: a Ray Data job, one "

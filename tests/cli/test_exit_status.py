@@ -68,8 +68,13 @@ def test_cli_the_users_problems_and_the_environments_are_one_line(tmp_path, monk
         assert code == status and len(err) == 1 and text in err[0], (args, error, code, err)
 
 
-def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos):
+def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos, monkeypatch):
+    """A lock of another host without a lease needs --break-lock; one whose lease ran out is taken over by a plain
+    rerun."""
+    import time
+
     from vmae_fast import cli
+    from vmae_fast.store import lock as shard_lock
 
     out = tmp_path / "out"
     (out / "_locks").mkdir(parents=True)
@@ -81,6 +86,12 @@ def test_cli_break_lock_takes_another_hosts_lock(tmp_path, capsys, ckpt, videos)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gpu-node-3" in err[0] and "--break-lock" in err[0]
     assert cli.main([*args, "--break-lock"]) == 0
+    assert len(store.read_clips(out)) == 4 and not (out / "_locks" / "shard-00000.lock").exists()
+    monkeypatch.setattr(shard_lock, "SETTLE_S", 0.05)
+    (out / "_locks" / "shard-00000.lock").write_text(json.dumps(
+        {"host": "gpu-node-3", "pid": 77, "started_utc": "2026-12-01T08:00:00Z", "token": "t", "lease_s": 120.0,
+         "renewed_unix": time.time() - 121}))
+    assert cli.main(args) == 0, capsys.readouterr().err
     assert len(store.read_clips(out)) == 4 and not (out / "_locks" / "shard-00000.lock").exists()
 
 

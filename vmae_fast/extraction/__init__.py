@@ -60,7 +60,8 @@ def extract(inputs, out, model: Any = "random:small", **options) -> RunSummary |
     process), part_rows, commit_interval_s,
     decode_options (extra DecodePool arguments: max_attempts, threads, max_pending_clips, decode, nice),
     retry_errors (redo the videos with error rows: store.retire_errors moves those rows out first),
-    break_lock (take the shard's lock even when another host holds it; a live holder on this host is never
+    break_lock (take the shard's lock even when another host holds it and its lease still runs; a lock of another
+    host not renewed for store.lock.LEASE_S is taken over without it; a live holder on this host is never
     overridden).
     engine: "local" (this process and its decode workers) or "ray" (a Ray Data job on the cluster at
     ray_address, actors per ray_options: see ray_engine.run_ray; same output).
