@@ -135,7 +135,8 @@ def test_shard_lock_by_conditional_create_with_a_fencing_token(s3):
     first.fence()  # still ours
     first.release()
     assert not layout.lock_path(out, 3).is_file()
-    # a lock whose holder died on this host is taken over; one of another host is refused until --break-lock
+    # a lock whose holder died on this host is taken over; one of another host without a lease (an older
+    # vmae_fast's) is refused until --break-lock
     dead = {"host": os.uname().nodename, "boot_id": store.lock.boot_id(), "pid": 2 ** 22 + 7, "token": "dead"}
     assert layout.create_file(layout.lock_path(out, 4), json.dumps(dead).encode())
     store.ShardLock(out, 4).acquire().release()
