@@ -347,7 +347,7 @@ def _add_index(sub) -> None:
     p.add_argument("--factory", help="a FAISS index_factory string instead of --kind (e.g. 'IVF4096,SQ8')")
     p.add_argument("--rebuild", action="store_true", help="build from scratch even if only new parts were added")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+                   help="show a progress bar (default: a bar when stderr is a terminal, else a plain line a minute)")
     p.set_defaults(run=_run_index)
 
 
@@ -373,10 +373,9 @@ def _run_index(args) -> int:
                              f"not {args.kind}")
     if args.factory:
         params["factory"] = args.factory
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         index = Index.build(args.out, level=args.level, kind=args.kind, batch_size=args.batch_size,
-                            progress=progress, target_recall=args.target_recall, max_memory=args.max_memory,
+                            progress=args.progress, target_recall=args.target_recall, max_memory=args.max_memory,
                             rebuild=args.rebuild, tune_queries=args.tune_queries,
                             log=lambda msg: print(f"vmae-fast index: {msg}", file=sys.stderr),
                             **params)

@@ -587,3 +587,28 @@ def test_from_vectors_with_metadata():
     assert (match.row, match.video_id, match.clip_index, match.start_s) == (12, "v2", 2, None)
     bare = Index.from_vectors(vectors).search(vectors[:2], k=2)
     assert bare[1][0].row == 1 and bare[1][0].video_id is None
+
+
+def test_index_in_a_log_prints_a_line_for_each_phase_that_counts_rows(tmp_path, capsys, monkeypatch):
+    """`vmae-fast index` with stderr not a terminal (a SLURM output file, `nohup`; here pytest's capture) and no
+    --progress either way: plain lines, as extract's (before, nothing between its phase messages for hours at 10^8
+    rows); --no-progress: none."""
+    from vmae_fast import cli
+    from vmae_fast.extraction import progress
+
+    vectors, video = clustered_vectors(3000, 16, seed=4, topics=20)
+    out = tmp_path / "out"
+    write_dataset(out, vectors, video)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every batch (60 s in a real build)
+    assert cli.main(["index", str(out), "--kind", "ivf", "--nlist", "16", "--batch-size", "1000",
+                     "--tune-queries", "200"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    adds = [line for line in lines if line.startswith("index: ")]
+    assert len(adds) >= 3 and adds[-1].startswith("index: 3,000/3,000 clips (100%), "), adds  # a line a batch
+    exact = [line for line in lines if line.startswith("exact top-10 of held-out queries: ")]
+    assert exact and exact[-1].startswith("exact top-10 of held-out queries: 3,000/3,000 clips (100%)"), exact
+
+    assert cli.main(["index", str(out), "--kind", "ivf", "--nlist", "16", "--rebuild", "--no-progress"]) == 0
+    assert "clips (" not in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""A run's progress on stderr, for both engines: tqdm's bar on a terminal; in a log (stderr a file or a pipe: a
-SLURM output file, `ray job logs`, a pod's log, `nohup`) one plain line every LOG_EVERY_S. A bar redrawn there is
-one endless line of carriage returns, and a run of hours was silent in its log until its summary."""
+"""A run's progress on stderr, for both engines and `vmae-fast index`'s phases: tqdm's bar on a terminal; in a log
+(stderr a file or a pipe: a SLURM output file, `ray job logs`, a pod's log, `nohup`) one plain line every
+LOG_EVERY_S. A bar redrawn there is one endless line of carriage returns, and a run of hours was silent in its log
+until its summary."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from tqdm import tqdm
 LOG_EVERY_S = 60.0  # a log line this often (the first one after this long: a short run prints only its summary)
 
 
-def progress_display(desc: str, progress: bool | None, total: int | None = None, stream: TextIO | None = None):
+def progress_display(desc: str, progress: bool | None, total: int | None = None, stream: TextIO | None = None,
+                     unit: str = "video"):
     """progress False: None. True: tqdm's bar, wherever stderr goes (asked for). None (the default): the bar on a
-    terminal, else LogLines."""
+    terminal, else LogLines. unit: what is counted (the engines count videos, `vmae-fast index` clips)."""
     stream = sys.stderr if stream is None else stream
     if progress is False:
         return None
     if progress or stream.isatty():
-        return tqdm(total=total, unit="video", file=stream, dynamic_ncols=True, desc=desc)
-    return LogLines(desc, total, stream)
+        return tqdm(total=total, unit=unit, file=stream, dynamic_ncols=True, desc=desc)
+    return LogLines(desc, total, stream, unit=unit)
 
 
 class LogLines:
@@ -32,8 +34,8 @@ class LogLines:
         extract: 1,204/10,000 videos (12%), 0:20:03 elapsed, 1.00 videos/s, about 2:26:30 left; clips=8428, errors=3
     """
 
-    def __init__(self, desc: str, total: int | None, stream: TextIO, every: float | None = None):
-        self.desc, self.total, self.n = desc, total, 0
+    def __init__(self, desc: str, total: int | None, stream: TextIO, every: float | None = None, unit: str = "video"):
+        self.desc, self.total, self.n, self.unit = desc, total, 0, unit
         self.stream, self.every = stream, LOG_EVERY_S if every is None else every
         self.started = self.last = time.monotonic()
         self.postfix: dict[str, Any] = {}
@@ -70,10 +72,10 @@ class LogLines:
         rate = self.n / elapsed if elapsed > 0 else 0.0
         text = f"{self.desc}: {self.n:,}"
         if self.total:
-            text += f"/{self.total:,} videos ({100 * self.n / self.total:.0f}%)"
+            text += f"/{self.total:,} {self.unit}s ({100 * self.n / self.total:.0f}%)"
         else:
-            text += " videos"
-        text += f", {_clock(elapsed)} elapsed, {rate:.2f} videos/s"
+            text += f" {self.unit}s"
+        text += f", {_clock(elapsed)} elapsed, {rate:.2f} {self.unit}s/s"
         if self.total and rate > 0 and self.n < self.total:
             text += f", about {_clock((self.total - self.n) / rate)} left"
         if self.postfix:

@@ -45,8 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from ..extraction.progress import progress_display
 from ..faults import InvalidInput, InvalidOption, OutputNotADirectory, UnusableOutput
 from ..store import CLIPS_DIR, VideoAccumulator
 from ..store.layout import atomic_file, clip_parts, index_dir, run_path, video_part_of, write_atomic
@@ -356,7 +356,7 @@ class Index:
 
     @classmethod
     def build(cls, out: str | os.PathLike, level: str = "clip", kind: str = "auto", *, batch_size: int = 65_536,
-              save: bool = True, progress: bool = False, target_recall: float = TARGET_RECALL,
+              save: bool = True, progress: bool | None = False, target_recall: float = TARGET_RECALL,
               max_memory: int | str | None = None, rebuild: bool = False, tune_queries: int = TUNE_QUERIES,
               log: Callable[[str], None] | None = None, **params) -> Index:
         """Build an index over OUT/clips, reading at most batch_size rows at a time, tune it and save it in OUT/index/.
@@ -368,6 +368,8 @@ class Index:
         the rows it was trained on, or rebuild=True. Memory beyond the index: the row map (the metadata of every row,
         as Arrow columns), one batch, the training sample (held once), the held-out queries; at level "video" of an
         output without a video table also one clips part's running sums. Never every row's vector.
+        progress: False (the default) nothing; True tqdm's bar for each phase that counts rows (adding, the exact
+        top-10 of the held-out queries); None the bar on a terminal, else a plain line a minute (a log).
         """
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -422,7 +424,7 @@ class Index:
     @classmethod
     def _add_new_parts(cls, out: Path, level: str, previous: dict, fingerprint: dict, kind: str, params: dict,
                        target_recall: float, tune_queries: int, max_memory, batch_size: int, meta_cols: list[str],
-                       dim: int, progress: bool, log) -> Index | None:
+                       dim: int, progress: bool | None, log) -> Index | None:
         """Incremental build: add the rows of part files that appeared since `previous` was built, re-measure recall.
         None when a full rebuild is needed (the reason goes to log)."""
         changes = _part_changes(previous["fingerprint"], fingerprint)
@@ -586,8 +588,8 @@ def _fixed_setting(params: dict) -> dict:
     return {k: int(v) for k, v in params.items() if k in SEARCH_PARAMS and v is not None}
 
 
-def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixed: dict, *, progress: bool = False,
-                 with_metadata: bool = False):
+def _build_faiss(rows: _Rows, plan: dict, target: float, tune_queries: int, fixed: dict, *,
+                 progress: bool | None = False, with_metadata: bool = False):
     """Train (on a strided sample that leaves the held-out queries out), add every row, measure and tune.
     Returns (faiss index, metadata Table collected while adding or None, quality dict incl. "train_rule")."""
     index = new_faiss_index(rows.dim, plan)
@@ -803,7 +805,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="clip")
+def _progress(total: int, desc: str, progress: bool | None):
+    """progress True: tqdm's bar; None: the bar on a terminal, in a log (stderr a file or a pipe: a SLURM output file,
+    `nohup`) a plain line a minute for each phase that counts rows (extraction/progress.py); False: nothing."""
+    return progress_display(desc, progress, total, unit="clip") or _NoBar()
