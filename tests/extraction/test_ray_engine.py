@@ -541,12 +541,14 @@ def _same_ids(keyset, ids: set[str]) -> bool:
 def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(tmp_path, cluster, ckpt, reference,
                                                                                monkeypatch, case):
     """_Coordinator reads OUT's resume set as soon as it starts (beside the actors' start), by RESUME_TASKS Ray
-    tasks; prepare() adds the parts committed after that read, or reads OUT again when a part it read is gone;
-    --retry-errors reads clips only. Each time the set equals the ids OUT holds once prepared."""
+    tasks (an output of RESUME_PARTS_PER_TASK parts and more a task); prepare() adds the parts committed after that
+    read, or reads OUT again when a part it read is gone; --retry-errors reads clips only. Each time the set equals
+    the ids OUT holds once prepared."""
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     _error_part(out, 400, "broken.mp4")  # OUT holds an error row before the run
     monkeypatch.setattr(ray_engine, "ZOMBIE_GRACE_S", 0.0)
+    monkeypatch.setattr(ray_engine, "RESUME_PARTS_PER_TASK", 2)  # tasks even for this small output (64 parts each)
     spec = RunSpec.from_keywords([str(tmp_path)], out, ckpt, engine="ray",
                                             retry_errors=case == "retry errors")
     coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
@@ -571,6 +573,18 @@ def test_the_resume_set_is_read_while_the_actors_start_and_completed_at_prepare(
         assert after == clips_only and "late.mp4" not in coordinator.done
     else:
         assert lost and not lost & after and coordinator.done is not early  # read again
+
+
+def test_a_small_outputs_resume_set_is_read_by_the_coordinator_itself(tmp_path, cluster, reference):
+    """Fewer than RESUME_PARTS_PER_TASK committed parts: no Ray task (each is a new worker process, ~1 s of CPU:
+    four of them took ~4 s from the actors' start on 2 cores, for 40 small parts); the set is the same."""
+    spec = RunSpec.from_keywords([str(tmp_path)], reference, "random:small", engine="ray")
+    parts = store.committed_parts(reference)
+    assert ray.is_initialized() and ray_engine.RESUME_TASKS < len(parts) < ray_engine.RESUME_PARTS_PER_TASK
+    coordinator = ray_engine._Coordinator(spec, "t" * 32, group_videos=2)
+    coordinator.early_thread.join(60)
+    assert coordinator.early["tasks"] == 0
+    assert _same_ids(coordinator.early["done"], store.committed_video_ids(reference))
 
 
 def test_the_coordinator_answers_a_rerun_batch_alike_and_refuses_a_repeated_id(tmp_path, ckpt, reference,

@@ -20,7 +20,8 @@ a worker node's loss cannot take it). The first actor that has loaded the model 
 content): the coordinator prepares OUT with it (store.prepare_output: a different configuration is refused; the
 run token; --retry-errors; the temporary files of dead groups) and completes the resume set (an ids.KeySet,
 16+8 bytes an id): the coordinator starts reading it from OUT's committed parts as soon as it starts, while the
-actors start (RESUME_TASKS Ray tasks read the parts and return their ids' keys), and adds the parts committed after
+actors start (up to RESUME_TASKS Ray tasks read the parts and return their ids' keys; a few parts, the
+coordinator itself), and adds the parts committed after
 that read (a dead driver's actors, until the take-over's grace).
 There was a probe task for this before: now no model is loaded twice. _admit tasks (parallel, beside
 the readers) send it each batch's id keys; it answers which entries to do (not committed, not seen before: a
@@ -108,6 +109,10 @@ ZOMBIE_GRACE_S = 10.0  # after a driver that did not finish: let its actors' las
 REPORT_EVERY_S = 1.0  # an actor reports (progress, timings) at most this often, and at the end of each group
 POLL_S = 0.5  # the driver asks the coordinator for reports this often
 RESUME_TASKS = 4  # Ray tasks at most that read the committed parts into the resume set (_Coordinator._read_early)
+# committed parts per such task at least: fewer parts (an output of a few thousand videos) are read by the
+# coordinator's own thread, in well under a second on local disk; a task is a new worker process (Ray, numpy,
+# pyarrow: ~1 s of CPU), four of them took ~4 s from the actors' start on a 2-core node to read 40 small parts
+RESUME_PARTS_PER_TASK = 64
 
 
 def _require_ray():
@@ -174,8 +179,9 @@ class _Coordinator:
     def _read_early(self) -> None:
         """Read the resume set of OUT as it is now, while the actors start: prepare() adds the parts committed since
         (a dead driver's actors may commit until its take-over's grace ends) instead of reading everything after
-        the model loaded. The parts are read by up to RESUME_TASKS Ray tasks (no CPU asked, like the readers: the
-        actors may hold every CPU) wherever the cluster has room, each returning its parts' keys (16 bytes an id);
+        the model loaded. The parts are read by up to RESUME_TASKS Ray tasks, RESUME_PARTS_PER_TASK parts each at
+        least (no CPU asked, like the readers: the actors may hold every CPU) wherever the cluster has room, each
+        returning its parts' keys (16 bytes an id);
         the coordinator only makes them a set (10M ids: ~9 s of reading and hashing, ~1 s for the set, here).
         Outside a Ray worker (a test's coordinator) the thread reads them itself. Read-only: OUT is checked
         (configuration, format) by prepare() as before; an error here is left for prepare() to meet again."""
@@ -183,7 +189,8 @@ class _Coordinator:
 
         try:
             parts = committed_parts(self.out, include_errors=not self.spec.retry_errors)
-            chunks = [parts[i::RESUME_TASKS] for i in range(min(RESUME_TASKS, len(parts)))]
+            n = min(RESUME_TASKS, len(parts) // RESUME_PARTS_PER_TASK)
+            chunks = [parts[i::n] for i in range(n)]
             if len(chunks) > 1 and ray.is_initialized():
                 task = ray.remote(num_cpus=0)(_committed_keys)
                 keys = ray.get([task.remote(self.spec.out, chunk) for chunk in chunks])
