@@ -409,6 +409,25 @@ def test_a_signal_stops_the_driver_in_one_line_and_the_rerun_completes_exactly(t
     assert_same_rows(rows_of(out), rows_of(reference))
 
 
+def test_a_driver_whose_lease_cannot_be_renewed_stops_its_job(tmp_path, cluster, ckpt, small_videos, monkeypatch):
+    """The driver's lock of OUT cannot be renewed (its store unreachable from the driver, a stalled driver): before
+    its lease may run out and another host take OUT over, the driver stops Ray Data's job and its actors and raises
+    the lease's ShardLocked (before, the job ran on: the lock's fence is called by the local engine's writer only);
+    the CPUs are back and the lock, still this run's, is released."""
+    from vmae_fast.faults import ShardLocked
+    from vmae_fast.store import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "RENEW_S", 3600.0)  # no renewal runs
+    monkeypatch.setattr(lock_module, "LEASE_S", lock_module.MARGIN_S + 2.0)  # refused 2 s after the lock is taken
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(ShardLocked, match=r"could not be renewed for \d+ s \(no renewal ran\); this run stops"):
+        extract([small_videos], out, model=ckpt, **RAY)
+    assert time.monotonic() - t0 < 30
+    assert _cpus_free_within(2.0, 30.0)
+    assert len(store.committed_video_ids(out)) < 8 and not list((out / "_locks").glob("*.lock"))
+
+
 def _cpus_free_within(cpus: float, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while ray.available_resources().get("CPU", 0.0) < cpus:

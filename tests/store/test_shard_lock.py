@@ -239,6 +239,8 @@ def test_a_holder_whose_lock_was_taken_over_stops_renewing_and_its_fence_refuses
     assert json.loads(lock.path.read_text()) == theirs  # never written over
     with pytest.raises(ShardLocked, match="was taken over by pid 4242 on host other-host"):
         lock.fence()
+    with pytest.raises(ShardLocked, match="was taken over or removed .found by its lease's renewal."):
+        lock.check_lease()  # what a Ray driver checks at every poll, without reading the lock
     lock.release()
     assert json.loads(lock.path.read_text()) == theirs
 
@@ -270,6 +272,7 @@ def test_the_fence_refuses_once_the_lease_could_not_be_renewed(tmp_path, monkeyp
     assert wait_for(lambda: json.loads(lock.path.read_text())["renewed_unix"] > first)  # after 3 failed tries
     assert len(failures) == 3 and lock._renewer.is_alive()
     lock.fence()
+    lock.check_lease()
 
     replace_if_works = False  # from here on every renewal fails
     assert wait_for(lambda: not lock._renewer.is_alive())  # given up once LEASE_S - MARGIN_S has passed
@@ -281,5 +284,11 @@ def test_the_fence_refuses_once_the_lease_could_not_be_renewed(tmp_path, monkeyp
     assert re.search(r"lease of the lock of shard 0 .* could not be renewed for \d+ s \(OSError: \[Errno 5\] "
                      r"Input/output error.*\); this run stops before another host may take the shard over .*"
                      "rerun to resume$", message), message
+    with pytest.raises(ShardLocked, match="could not be renewed") as checked:
+        lock.check_lease()
+    def without_age(text: str) -> str:
+        return re.sub(r"for \d+ s", "for N s", text)
+
+    assert without_age(str(checked.value)) == without_age(message)  # the same one line as the writer's fence
     lock.release()
     assert not lock.path.exists()

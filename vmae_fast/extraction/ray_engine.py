@@ -581,7 +581,7 @@ def _run(spec: RunSpec) -> RaySummary:
             # Ray Data's advice for a job that reads fewer inputs than READ_TASKS tasks could (every small job)
             warnings.filterwarnings("ignore", "The maximum number of concurrent tasks for", UserWarning)
             state = _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar,
-                             per_actor, timing)
+                             per_actor, timing, lock.check_lease)
         timing["job_s"] = time.perf_counter() - t_job
         result = ray.get(coordinator.outcome.remote())
         if bar is not None:  # reports of a retried group can be lost (see _consume): the parts are the truth
@@ -737,9 +737,11 @@ def _finish(out: Path, token: str) -> None:
 
 
 def _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, cpus, gpus, bar, per_actor,
-             timing) -> dict:
+             timing, check_lease) -> dict:
     """The Ray Data job: entries -> admission -> one group a block -> actors, consumed in a thread while this one
-    polls the coordinator (progress, per-actor totals). Returns the coordinator's last state."""
+    polls the coordinator (progress, per-actor totals) and checks the lease of OUT's lock (check_lease raises
+    ShardLocked once it could not be renewed: the job is stopped before another host may take OUT over). Returns
+    the coordinator's last state."""
     cores = max(1, int(cpus))
     if isinstance(concurrency, tuple):
         compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1],
@@ -755,7 +757,7 @@ def _run_job(ray, spec, inputs, coordinator, token, group_videos, concurrency, c
           .map_batches(_GroupWorker, batch_size=1, batch_format="numpy", compute=compute, num_cpus=cpus,
                        num_gpus=gpus, fn_constructor_kwargs={"spec": spec, "token": token, "cores": cores,
                                                              "coordinator": coordinator}))
-    return _consume(ray, ds, coordinator, bar, per_actor, timing)
+    return _consume(ray, ds, coordinator, bar, per_actor, timing, check_lease)
 
 
 def _data_context(ray) -> tuple[Any, dict]:
@@ -802,7 +804,7 @@ def _ray_version() -> str:
     return ray.__version__
 
 
-def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
+def _consume(ray, ds, coordinator, bar, per_actor, timing, check_lease) -> dict:
     """Iterate the job in a thread (one tiny row per group reaches the driver); meanwhile take the actors'
     reports from the coordinator every POLL_S. An actor's report is progress and timings, never the record: some
     reports of a group whose actor died are lost, so the summary's counts come from the parts."""
@@ -828,6 +830,7 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
     try:
         while True:
             alive = not ended.wait(POLL_S)
+            check_lease()  # a driver cut off from OUT's store stops its job (then its actors) before its lease ends
             state = ray.get(coordinator.take.remote())
             for row in state["reports"]:
                 _tally(row, per_actor, timing, first_seen, t0)
@@ -840,7 +843,8 @@ def _consume(ray, ds, coordinator, bar, per_actor, timing) -> dict:
                 bar.refresh()
             if not alive or state.get("failure") is not None:  # a failed run stops now, not when Ray's job gives up
                 break
-    except BaseException:  # Ctrl-C, SIGTERM (`ray job stop`, a preemption): stop Ray Data's job before Ray goes
+    except BaseException:  # Ctrl-C, SIGTERM (`ray job stop`, a preemption), the lease lost: stop Ray Data's job
+        # before Ray goes
         _stop_job(ds, ended)
         raise
     if state.get("failure") is not None:  # an actor's start, OUT's preparation, the admission: its own error

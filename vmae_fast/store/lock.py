@@ -193,18 +193,36 @@ class ShardLock:
         """Raise ShardLocked unless this holder may still commit: called before every commit (the writer's
         before_commit). Refused when its lease could not be renewed for LEASE_S - MARGIN_S (another host may take
         the lock over soon), or when the lock file no longer holds this object's token (taken over)."""
-        age, lease_s = time.time() - self._renewed, float(self._info.get("lease_s", LEASE_S))
-        if self.token is not None and not self._lost and age > lease_s - MARGIN_S:
-            raise ShardLocked(f"the lease of the lock of shard {self.shard} of {self.out} ({self.path}) could not be "
-                              f"renewed for {age:.0f} s ({self._renew_error or 'no renewal ran'}); this run stops "
-                              f"before another host may take the shard over (once the lease of {lease_s:.0f} s has "
-                              "run out): rerun to resume")
+        refusal = None if self._lost else self._lease_refusal()
+        if refusal is not None:
+            raise ShardLocked(refusal)
         holder = self._read()
         if self.token is None or holder is None or holder.get("token") != self.token:
             who = "removed" if holder is None else (f"taken over by pid {holder.get('pid')} on host "
                                                     f"{holder.get('host')} since {holder.get('started_utc', '?')}")
             raise ShardLocked(f"the lock of shard {self.shard} of {self.out} ({self.path}) was {who}; this run stops "
                               "without writing more: another process writes this shard now")
+
+    def check_lease(self) -> None:
+        """fence() without reading the lock: raise ShardLocked when this holder's lease could not be renewed for
+        LEASE_S - MARGIN_S, or a renewal found the lock taken over or removed. No I/O: a Ray driver calls it at
+        every poll and stops its job (its actors' commits are fenced by the run token, not by this lock)."""
+        if self.token is None:
+            return
+        if self._lost:
+            raise ShardLocked(f"the lock of shard {self.shard} of {self.out} ({self.path}) was taken over or removed "
+                              "(found by its lease's renewal); this run stops without writing more")
+        refusal = self._lease_refusal()
+        if refusal is not None:
+            raise ShardLocked(refusal)
+
+    def _lease_refusal(self) -> str | None:
+        age, lease_s = time.time() - self._renewed, float(self._info.get("lease_s", LEASE_S))
+        if self.token is None or age <= lease_s - MARGIN_S:
+            return None
+        return (f"the lease of the lock of shard {self.shard} of {self.out} ({self.path}) could not be renewed for "
+                f"{age:.0f} s ({self._renew_error or 'no renewal ran'}); this run stops before another host may take "
+                f"the shard over (once the lease of {lease_s:.0f} s has run out): rerun to resume")
 
     # internals
     def _create(self) -> bool:
