@@ -257,9 +257,9 @@ class ShardLock:
     def _renew(self, token: str, stop: threading.Event) -> bool:
         """Write the lease again if the lock still holds `token`; False when renewing must stop: released, the
         lock is another's (or gone), or this holder's lease is too old to be renewed safely (fence refuses)."""
-        now = time.time()
-        if now - self._renewed > float(self._info["lease_s"]) - MARGIN_S:
+        if self._lease_refusal() is not None:
             return False  # never again: another host may be taking the lock over, writing now could undo that
+        now = time.time()
         data = json.dumps({**self._info, "renewed_unix": now, "renewed_utc": _utc(now)}).encode()
 
         def still_ours() -> bool:
